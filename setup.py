@@ -1,0 +1,38 @@
+"""star_jax: STaR (Self-Taught Reasoner) in pure JAX."""
+
+from setuptools import find_packages, setup
+
+# Versions tested together on Python 3.11 (CPU); see README "Install".
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "tensorflow-datasets==4.9.10",
+    "sentencepiece==0.2.3",
+    "ml-collections==1.1.0",
+    "absl-py==2.5.1",
+    "numpy>=2.0,<3",
+    "tqdm>=4.66",
+]
+
+EXTRAS_REQUIRE = {
+    "test": [
+        "pytest==9.2.0",
+    ],
+}
+
+setup(
+    name="star_jax",
+    version="0.1.0",
+    description="STaR (Self-Taught Reasoner) in pure JAX: one sharded Flax decoder for "
+                "sampling and training.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["star_jax", "star_jax.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    license="Apache-2.0",
+)

@@ -1,0 +1,107 @@
+"""Turning (prompt, completion) token lists into training batches.
+
+Each example becomes one *segment*: inputs ``tokens[:-1]``, targets
+``tokens[1:]``, and a loss mask that is 1 only where the target is a completion
+token (rationale + answer), never the prompt. Segments are packed into rows
+(``pack=True``) or placed one per row; segment ids keep packed examples from
+attending to each other and positions restart at 0 in every segment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator, Sequence
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainExample:
+  prompt: Sequence[int]  # not trained on (few-shot prompt, question)
+  completion: Sequence[int]  # trained on (rationale, answer, end token)
+
+
+def batch_arrays(rows: int, seq_len: int) -> dict[str, np.ndarray]:
+  return {
+      "tokens": np.zeros((rows, seq_len), np.int32),
+      "targets": np.zeros((rows, seq_len), np.int32),
+      "loss_mask": np.zeros((rows, seq_len), np.float32),
+      "segment_ids": np.zeros((rows, seq_len), np.int32),
+      "positions": np.zeros((rows, seq_len), np.int32),
+  }
+
+
+def _segment(ex: TrainExample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  seq = np.asarray(list(ex.prompt) + list(ex.completion), np.int32)
+  weight = np.asarray([0.0] * len(ex.prompt) + [1.0] * len(ex.completion), np.float32)
+  return seq[:-1], seq[1:], weight[1:]
+
+
+@dataclasses.dataclass
+class Packed:
+  batch: dict[str, np.ndarray]  # [rows, seq_len] arrays
+  num_examples: int
+  num_too_long: int  # examples longer than seq_len, skipped (counted, not silently dropped)
+
+
+def pack(examples: Sequence[TrainExample], seq_len: int, pack_rows: bool = True) -> Packed:
+  """Lays examples into rows of ``seq_len``; too-long examples are skipped and counted."""
+  segments, too_long = [], 0
+  for ex in examples:
+    if not ex.completion:
+      raise ValueError("a training example has an empty completion: nothing to learn from")
+    if len(ex.prompt) + len(ex.completion) - 1 > seq_len:
+      too_long += 1
+      continue
+    segments.append(_segment(ex))
+  rows: list[list[tuple]] = []
+  used: list[int] = []
+  for seg in segments:  # first fit keeps rows in example order when nothing fits earlier
+    n = len(seg[0])
+    for r in (range(len(rows)) if pack_rows else ()):
+      if used[r] + n <= seq_len:
+        rows[r].append(seg)
+        used[r] += n
+        break
+    else:
+      rows.append([seg])
+      used.append(n)
+  batch = batch_arrays(len(rows), seq_len)
+  for r, row in enumerate(rows):
+    offset = 0
+    for seg_id, (inp, tgt, w) in enumerate(row, start=1):
+      sl = slice(offset, offset + len(inp))
+      batch["tokens"][r, sl] = inp
+      batch["targets"][r, sl] = tgt
+      batch["loss_mask"][r, sl] = w
+      batch["segment_ids"][r, sl] = seg_id
+      batch["positions"][r, sl] = np.arange(len(inp))
+      offset += len(inp)
+  return Packed(batch, len(segments), too_long)
+
+
+def iterate_batches(rows: dict[str, np.ndarray], batch_size: int, num_steps: int,
+                    seed: int, grad_accum: int = 1, start_step: int = 0
+                    ) -> Iterator[dict[str, np.ndarray]]:
+  """``num_steps`` batches of ``grad_accum x batch_size`` rows, epoch after shuffled epoch.
+
+  Deterministic in (seed, step): resuming at ``start_step`` yields the same
+  batches an uninterrupted run would. Rows that do not fill the last batch of an
+  epoch are topped up with all-padding rows (loss mask 0), never dropped.
+  """
+  n = len(rows["tokens"])
+  if n == 0:
+    raise ValueError("no training rows to iterate over")
+  per_step = batch_size * grad_accum
+  steps_per_epoch = -(-n // per_step)
+  for step in range(start_step, num_steps):
+    epoch, k = divmod(step, steps_per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    idx = order[k * per_step:(k + 1) * per_step]
+    out = {}
+    for name, arr in rows.items():
+      part = arr[idx]
+      if len(idx) < per_step:
+        part = np.concatenate([part, np.zeros((per_step - len(idx),) + arr.shape[1:], arr.dtype)])
+      out[name] = part.reshape((grad_accum, batch_size) + arr.shape[1:])
+    yield out

@@ -1,0 +1,56 @@
+"""Creating, describing and merging the decoder's parameters.
+
+Parameters live as an ``nnx.State`` (``params``) apart from the module's
+structure (``graphdef``): jitted functions take ``params`` explicitly with their
+shardings, and the sampler and trainer share the very same arrays.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh
+
+from star_jax import sharding
+from star_jax.config import ModelConfig
+from star_jax.model import Decoder
+
+
+def abstract_model(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
+  """Structure and shapes without allocating anything."""
+  return nnx.split(nnx.eval_shape(lambda: Decoder(cfg, nnx.Rngs(0))))
+
+
+def param_shardings(abstract_params: nnx.State, mesh: Mesh,
+                    rules: Mapping[str, Any] = sharding.RULES) -> nnx.State:
+  return sharding.state_shardings(abstract_params, mesh, rules)
+
+
+def init_params(cfg: ModelConfig, mesh: Mesh, seed: int = 0,
+                rules: Mapping[str, Any] = sharding.RULES) -> tuple[nnx.GraphDef, nnx.State]:
+  """Random parameters, each created directly on its target sharding."""
+  graphdef, abstract = abstract_model(cfg)
+  shardings = param_shardings(abstract, mesh, rules)
+
+  @jax.jit
+  def create():
+    return nnx.split(Decoder(cfg, nnx.Rngs(seed)))[1]
+
+  with jax.set_mesh(mesh):
+    params = jax.jit(create, out_shardings=shardings)()
+  return graphdef, params
+
+
+def merge(graphdef: nnx.GraphDef, params: nnx.State) -> Decoder:
+  return nnx.merge(graphdef, params)
+
+
+def count(params: nnx.State) -> int:
+  return sum(x.size for x in jax.tree.leaves(params))
+
+
+def shardings_of(tree) -> Any:
+  """The sharding of every array in a (possibly nnx.State) tree, same structure."""
+  return jax.tree.map(lambda x: x.sharding, tree)

@@ -1,0 +1,169 @@
+"""Fine-tuning: optax AdamW with warmup, schedule and clipping, and a jitted train step.
+
+A batch holds ``[M, B, L]`` arrays (M micro-batches for gradient accumulation).
+The loss is a token-weighted mean over *all* M·B·L masked tokens: each micro-batch
+contributes its summed loss and gradient and one division happens at the end,
+so accumulating k micro-batches equals one batch k times larger.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from star_jax import sharding
+from star_jax.model import causal_mask
+from star_jax.params import merge, shardings_of
+
+BATCH_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  learning_rate: float = 1e-5
+  warmup_steps: int = 100
+  schedule: str = "constant"  # after warmup: constant | linear | cosine (to end_lr_factor)
+  total_steps: int = 1000  # horizon of the linear/cosine decay
+  end_lr_factor: float = 0.0
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  weight_decay: float = 0.0
+  clip_norm: float = 1.0
+
+  @classmethod
+  def from_dict(cls, d: Any) -> "OptimConfig":
+    fields = {f.name for f in dataclasses.fields(cls)}
+    d = dict(d)
+    unknown = set(d) - fields
+    if unknown:
+      raise ValueError(f"unknown optimizer keys {sorted(unknown)}; known: {sorted(fields)}")
+    return cls(**d)
+
+
+def make_schedule(oc: OptimConfig) -> optax.Schedule:
+  warmup = max(oc.warmup_steps, 0)
+  decay_steps = max(oc.total_steps - warmup, 1)
+  end = oc.learning_rate * oc.end_lr_factor
+  if oc.schedule == "constant":
+    main = optax.constant_schedule(oc.learning_rate)
+  elif oc.schedule == "linear":
+    main = optax.linear_schedule(oc.learning_rate, end, decay_steps)
+  elif oc.schedule == "cosine":
+    main = optax.cosine_decay_schedule(oc.learning_rate, decay_steps, alpha=oc.end_lr_factor)
+  else:
+    raise ValueError(f"schedule must be constant, linear or cosine, got {oc.schedule!r}")
+  if warmup == 0:
+    return main
+  # Step k of warmup uses lr*(k+1)/warmup, so the very first update is not wasted at lr=0.
+  ramp = optax.linear_schedule(oc.learning_rate / warmup, oc.learning_rate, max(warmup - 1, 1))
+  return optax.join_schedules([ramp, main], [warmup])
+
+
+def make_optimizer(oc: OptimConfig) -> optax.GradientTransformation:
+  decay_mask = lambda params: jax.tree.map(lambda x: x.ndim > 1, params)  # no decay on norms/biases
+  return optax.chain(
+      optax.clip_by_global_norm(oc.clip_norm),
+      optax.adamw(make_schedule(oc), b1=oc.b1, b2=oc.b2, eps=oc.eps,
+                  weight_decay=oc.weight_decay, mask=decay_mask))
+
+
+class TrainState(NamedTuple):
+  step: jax.Array
+  params: nnx.State
+  opt_state: Any
+
+
+def loss_sums(model, micro: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+  """Summed masked cross-entropy and the number of masked tokens of one micro-batch."""
+  mask_BxLxL = causal_mask(micro["segment_ids"])
+  h_BxLxD, _ = model(micro["tokens"], micro["positions"], mask_BxLxL)
+  logits_BxLxV = model.logits(h_BxLxD)
+  xent_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, micro["targets"])
+  weight_BxL = micro["loss_mask"].astype(jnp.float32)
+  return jnp.sum(xent_BxL * weight_BxL), jnp.sum(weight_BxL)
+
+
+def train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.Schedule,
+               state: TrainState, batch: dict[str, jax.Array]):
+  """One optimizer update from ``[M, B, L]`` micro-batches; returns (state, metrics)."""
+
+  def micro_grads(params, micro):
+    def f(p):
+      total, count = loss_sums(merge(graphdef, p), micro)
+      return total, count
+    (total, count), grads = jax.value_and_grad(f, has_aux=True)(params)
+    return total, count, grads
+
+  def body(carry, micro):
+    total, count, grads = micro_grads(state.params, micro)
+    acc_total, acc_count, acc_grads = carry
+    return (acc_total + total, acc_count + count,
+            jax.tree.map(jnp.add, acc_grads, grads)), None
+
+  zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), state.params)
+  (total, count, grads), _ = jax.lax.scan(
+      body, (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), zeros), batch)
+  denom = jnp.maximum(count, 1.0)
+  grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, state.params)
+  grad_norm = optax.global_norm(grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"loss": total / denom, "tokens": count, "grad_norm": grad_norm,
+             "learning_rate": schedule(state.step)}
+  return TrainState(state.step + 1, params, opt_state), metrics
+
+
+class Trainer:
+  """Owns the optimizer and the jitted, sharded, donating train step."""
+
+  def __init__(self, graphdef: nnx.GraphDef, mesh: Mesh, optim: OptimConfig):
+    self.graphdef, self.mesh, self.optim = graphdef, mesh, optim
+    self.schedule = make_schedule(optim)
+    self.tx = make_optimizer(optim)
+    self._step_fns: dict = {}
+
+  def init(self, params: nnx.State) -> TrainState:
+    """Optimizer state laid out like the parameters (mu/nu inherit their shardings)."""
+    with jax.set_mesh(self.mesh):
+      opt_state = jax.jit(self.tx.init)(params)
+      step = jax.device_put(jnp.zeros((), jnp.int32), sharding.replicated(self.mesh))
+    return TrainState(step, params, opt_state)
+
+  def state_shardings(self, state: TrainState) -> TrainState:
+    return shardings_of(state)
+
+  def batch_sharding(self, shape):
+    return sharding.named(self.mesh, (None, "batch") + (None,) * (len(shape) - 2), shape)
+
+  def step(self, state: TrainState, batch: dict[str, Any]) -> tuple[TrainState, dict]:
+    """Runs one update. ``state`` is donated: use the returned one from here on."""
+    missing = set(BATCH_KEYS) - set(batch)
+    if missing:
+      raise ValueError(f"batch lacks {sorted(missing)}")
+    shape = tuple(batch["tokens"].shape)
+    if len(shape) != 3:
+      raise ValueError(f"batch arrays must be [micro_batches, batch, length], got {shape}")
+    div = sharding.batch_divisor(self.mesh)
+    if shape[1] % div:
+      raise ValueError(f"batch size {shape[1]} must be a multiple of the mesh's {div} batch "
+                       "shards")
+    fn = self._step_fns.get(shape)
+    if fn is None:
+      st_shard = self.state_shardings(state)
+      b_shard = {k: self.batch_sharding(shape) for k in BATCH_KEYS}
+      fn = jax.jit(functools.partial(train_step, self.graphdef, self.tx, self.schedule),
+                   in_shardings=(st_shard, b_shard),
+                   out_shardings=(st_shard, sharding.replicated(self.mesh)),
+                   donate_argnums=(0,))
+      self._step_fns[shape] = fn
+    batch = {k: jax.device_put(batch[k], self.batch_sharding(shape)) for k in BATCH_KEYS}
+    with jax.set_mesh(self.mesh):
+      return fn(state, batch)
