@@ -33,14 +33,23 @@ def init_params(cfg: ModelConfig, mesh: Mesh, seed: int = 0,
   """Random parameters, each created directly on its target sharding."""
   graphdef, abstract = abstract_model(cfg)
   shardings = param_shardings(abstract, mesh, rules)
-
-  @jax.jit
-  def create():
-    return nnx.split(Decoder(cfg, nnx.Rngs(seed)))[1]
-
+  create = _creator(cfg, mesh, sharding.tree_key(shardings), shardings)
   with jax.set_mesh(mesh):
-    params = jax.jit(create, out_shardings=shardings)()
+    params = create(jax.random.key(seed))
   return graphdef, params
+
+
+_CREATORS: dict = {}
+
+
+def _creator(cfg, mesh, key, shardings):
+  """One compiled initialiser per (config, mesh, layout); the seed is an argument."""
+  fn = _CREATORS.get((cfg, mesh, key))
+  if fn is None:
+    def create(rng):
+      return nnx.split(Decoder(cfg, nnx.Rngs(params=rng)))[1]
+    fn = _CREATORS[(cfg, mesh, key)] = jax.jit(create, out_shardings=shardings)
+  return fn
 
 
 def merge(graphdef: nnx.GraphDef, params: nnx.State) -> Decoder:

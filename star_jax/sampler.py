@@ -171,6 +171,10 @@ def _bucket(n: int, minimum: int) -> int:
   return max(minimum, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
 
 
+# Compiled prefill/decode pairs shared by all samplers of the same structure and layout.
+_FNS: dict = {}
+
+
 class Sampler:
   """Samples continuations from the decoder whose parameters the caller passes in.
 
@@ -188,7 +192,6 @@ class Sampler:
     div = sharding.batch_divisor(mesh)
     self.batch_size = max(div, -(-batch_size // div) * div)  # a multiple of the batch shards
     self.stop_check_every = stop_check_every
-    self._fns: dict = {}
 
   def _batch_sharding(self, shape) -> NamedSharding:
     return sharding.named(self.mesh, ("batch",) + (None,) * (len(shape) - 1), shape)
@@ -207,9 +210,10 @@ class Sampler:
         keys_B=self._batch_sharding((B,)))
 
   def _compiled(self, params, B: int, P: int, S: int, N: int, sp: SamplingParams):
-    key = (B, P, S, N, sp)
-    if key not in self._fns:
-      p_shard = shardings_of(params)
+    p_shard = shardings_of(params)
+    key = (self.graphdef, self.mesh, self.end_ids, self.pad_id, B, P, S, N, sp,
+           sharding.tree_key(p_shard))
+    if key not in _FNS:
       st_shard = self._state_shardings(B, S, N)
       rep = sharding.replicated(self.mesh)
       static = dict(sp=sp, end_ids=self.end_ids, pad_id=self.pad_id)
@@ -221,8 +225,8 @@ class Sampler:
       dec = jax.jit(functools.partial(decode, self.graphdef, **static),
                     in_shardings=(p_shard, st_shard, rep), out_shardings=st_shard,
                     donate_argnums=(1,))
-      self._fns[key] = (pre, dec)
-    return self._fns[key]
+      _FNS[key] = (pre, dec)
+    return _FNS[key]
 
   def sample(self, params, prompts: Sequence[Sequence[int]], max_new_tokens: int,
              sampling: SamplingParams = SamplingParams(), n: int = 1, seed: int = 0,

@@ -120,6 +120,12 @@ def constrain(x: jax.Array, axes: Sequence[str | None],
   return jax.lax.with_sharding_constraint(x, logical_to_spec(axes, x.shape, mesh.shape, rules))
 
 
+def tree_key(shardings: Any) -> tuple:
+  """A hashable summary of a tree of shardings (for caches of compiled functions)."""
+  leaves, treedef = jax.tree.flatten(shardings)
+  return (str(treedef), tuple(leaves))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

@@ -91,9 +91,9 @@ def loss_sums(model, micro: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]
   return jnp.sum(xent_BxL * weight_BxL), jnp.sum(weight_BxL)
 
 
-def train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.Schedule,
-               state: TrainState, batch: dict[str, jax.Array]):
+def train_step(graphdef, optim: OptimConfig, state: TrainState, batch: dict[str, jax.Array]):
   """One optimizer update from ``[M, B, L]`` micro-batches; returns (state, metrics)."""
+  tx, schedule = make_optimizer(optim), make_schedule(optim)
 
   def micro_grads(params, micro):
     def f(p):
@@ -113,12 +113,22 @@ def train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.Sched
       body, (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), zeros), batch)
   denom = jnp.maximum(count, 1.0)
   grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, state.params)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {"loss": total / denom, "tokens": count, "grad_norm": grad_norm,
              "learning_rate": schedule(state.step)}
   return TrainState(state.step + 1, params, opt_state), metrics
+
+
+# Compiled steps shared by every Trainer with the same structure, optimizer, mesh and
+# shapes: the STaR loop builds a fresh Trainer each iteration without recompiling.
+_STEP_FNS: dict = {}
+
+
+@functools.lru_cache(maxsize=None)
+def _opt_init(optim: OptimConfig):
+  return jax.jit(make_optimizer(optim).init)
 
 
 class Trainer:
@@ -128,12 +138,11 @@ class Trainer:
     self.graphdef, self.mesh, self.optim = graphdef, mesh, optim
     self.schedule = make_schedule(optim)
     self.tx = make_optimizer(optim)
-    self._step_fns: dict = {}
 
   def init(self, params: nnx.State) -> TrainState:
     """Optimizer state laid out like the parameters (mu/nu inherit their shardings)."""
     with jax.set_mesh(self.mesh):
-      opt_state = jax.jit(self.tx.init)(params)
+      opt_state = _opt_init(self.optim)(params)
       step = jax.device_put(jnp.zeros((), jnp.int32), sharding.replicated(self.mesh))
     return TrainState(step, params, opt_state)
 
@@ -155,15 +164,16 @@ class Trainer:
     if shape[1] % div:
       raise ValueError(f"batch size {shape[1]} must be a multiple of the mesh's {div} batch "
                        "shards")
-    fn = self._step_fns.get(shape)
+    st_shard = self.state_shardings(state)
+    key = (self.graphdef, self.optim, self.mesh, shape, sharding.tree_key(st_shard))
+    fn = _STEP_FNS.get(key)
     if fn is None:
-      st_shard = self.state_shardings(state)
       b_shard = {k: self.batch_sharding(shape) for k in BATCH_KEYS}
-      fn = jax.jit(functools.partial(train_step, self.graphdef, self.tx, self.schedule),
+      fn = jax.jit(functools.partial(train_step, self.graphdef, self.optim),
                    in_shardings=(st_shard, b_shard),
                    out_shardings=(st_shard, sharding.replicated(self.mesh)),
                    donate_argnums=(0,))
-      self._step_fns[shape] = fn
+      _STEP_FNS[key] = fn
     batch = {k: jax.device_put(batch[k], self.batch_sharding(shape)) for k in BATCH_KEYS}
     with jax.set_mesh(self.mesh):
       return fn(state, batch)

@@ -1,0 +1,160 @@
+"""TFDS builders for CommonsenseQA and GSM8K that work without TensorFlow.
+
+The builders read the official jsonl files from `data.dir`, write ArrayRecord
+files (the only TFDS format that needs no TensorFlow) and are read back with
+`as_data_source()` for random access. `_info` builds `tfds.core.DatasetInfo`
+directly because TFDS's default path goes through TensorFlow.
+
+Prepared data lives in `<data.tfds_dir or data.dir/tfds>/<fingerprint>/`, where
+the fingerprint hashes the source files: editing or replacing a source file
+prepares a fresh copy instead of silently serving stale data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+from star_jax.data.sources import SOURCES, SourceSpec, cfg_get, ensure_files, read_jsonl
+
+_Text = tfds.features.Text
+
+
+class _JsonlBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Shared builder: one split per official file, keyed by line number.
+
+  skip_registration: these are constructed explicitly with the source paths,
+  and registering them would clash on module reloads.
+  """
+
+  VERSION = tfds.core.Version("1.0.0")
+  SPEC: SourceSpec
+  # TFDS 4.9.10 finds a builder's source file through `importlib_resources`, a
+  # package it declares only for Python < 3.9, so for a builder inside a package
+  # that lookup raises ModuleNotFoundError. Naming the file here skips it.
+  code_path = epath.Path(__file__)
+
+  def __init__(self, *, src_paths: dict[str, str], **kwargs: Any):
+    self._src_paths = dict(src_paths)
+    super().__init__(**kwargs)
+
+  def _features(self) -> dict[str, Any]:
+    raise NotImplementedError
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=f"{self.SPEC.title}, official jsonl release, parsed for star_jax.",
+        features=tfds.features.FeaturesDict(self._features()),
+        homepage=self.SPEC.homepage,
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # the files are local (see sources.ensure_files)
+    return {split: self._generate_examples(split) for split in self.SPEC.files}
+
+  def _generate_examples(self, split: str):
+    # read_jsonl validates every line before anything is yielded, so a bad line
+    # fails the whole preparation with its file and line number.
+    for record in read_jsonl(self._src_paths[split], self.SPEC.parse, split):
+      yield record["index"], record
+
+
+class CommonsenseQABuilder(_JsonlBuilder, skip_registration=True):
+  name = "star_commonsense_qa"
+  SPEC = SOURCES["commonsense_qa"]
+
+  def _features(self):
+    return {
+        "index": tfds.features.Scalar(dtype=np.int64, doc="1-based line in the source file"),
+        "id": _Text(), "question": _Text(), "concept": _Text(),
+        "choice_labels": tfds.features.Sequence(_Text()),
+        "choice_texts": tfds.features.Sequence(_Text()),
+        "answer_key": _Text(),
+    }
+
+
+class Gsm8kBuilder(_JsonlBuilder, skip_registration=True):
+  name = "star_gsm8k"
+  SPEC = SOURCES["gsm8k"]
+
+  def _features(self):
+    return {
+        "index": tfds.features.Scalar(dtype=np.int64, doc="1-based line in the source file"),
+        "id": _Text(), "question": _Text(),
+        "solution": _Text(doc="worked solution; never shown as a hint"),
+        "answer": _Text(doc="final answer after ####"),
+    }
+
+
+BUILDERS: dict[str, type[_JsonlBuilder]] = {
+    "commonsense_qa": CommonsenseQABuilder,
+    "gsm8k": Gsm8kBuilder,
+}
+
+
+def _fingerprint(paths: dict[str, str]) -> str:
+  h = hashlib.sha256()
+  for split in sorted(paths):
+    h.update(split.encode())
+    with open(paths[split], "rb") as f:
+      for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
+  return h.hexdigest()[:16]
+
+
+def source_paths(source: str, data_cfg: Any) -> dict[str, str]:
+  """Paths of `source`'s official files in `data_cfg.dir`, downloading them if allowed."""
+  if source not in SOURCES:
+    raise ValueError(f"unknown data source {source!r}; known: {sorted(SOURCES)}")
+  src_dir = cfg_get(data_cfg, "dir")
+  if not src_dir:
+    raise ValueError(f"data.dir must name the directory holding the {SOURCES[source].title} files")
+  return ensure_files(SOURCES[source], src_dir, download=bool(cfg_get(data_cfg, "download", True)),
+                      timeout_s=float(cfg_get(data_cfg, "download_timeout_s", 30.0)))
+
+
+def make_builder(source: str, data_cfg: Any) -> _JsonlBuilder:
+  """The TFDS builder for `source` over `data_cfg.dir`'s files (not yet prepared)."""
+  paths = source_paths(source, data_cfg)
+  tfds_dir = cfg_get(data_cfg, "tfds_dir") or os.path.join(cfg_get(data_cfg, "dir"), "tfds")
+  return BUILDERS[source](src_paths=paths, data_dir=os.path.join(tfds_dir, _fingerprint(paths)),
+                          file_format="array_record")
+
+
+def _decode(value: Any) -> Any:
+  if isinstance(value, bytes):
+    return value.decode("utf-8")
+  if isinstance(value, (list, tuple, np.ndarray)):
+    return [_decode(v) for v in value]
+  if isinstance(value, np.integer):
+    return int(value)
+  return value
+
+
+def load_records(source: str, split: str, data_cfg: Any) -> list[dict]:
+  """All records of one split ('train' or 'eval'), in source-file order.
+
+  Goes through the TFDS builder (prepared once, then read back from ArrayRecord);
+  `data.use_tfds=False` reads the jsonl directly instead, with the same checks.
+  """
+  if source not in SOURCES:
+    raise ValueError(f"unknown data source {source!r}; known: {sorted(SOURCES)}")
+  spec = SOURCES[source]
+  if split not in ("train", "eval"):
+    raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+  tfds_split = spec.eval_split if split == "eval" else "train"
+  if not cfg_get(data_cfg, "use_tfds", True):
+    paths = source_paths(source, data_cfg)
+    return read_jsonl(paths[tfds_split], spec.parse, tfds_split)
+  builder = make_builder(source, data_cfg)
+  builder.download_and_prepare()
+  ds = builder.as_data_source(split=tfds_split)
+  rows = [{k: _decode(v) for k, v in row.items()} for row in ds.__getitems__(range(len(ds)))]
+  # ArrayRecord shuffles by key hash; the line number restores the file order.
+  return sorted(rows, key=lambda r: r["index"])

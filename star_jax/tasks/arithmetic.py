@@ -1,0 +1,230 @@
+"""n-digit addition with the paper's scratchpad, generated from a seed.
+
+Text format for 29 + 57 (the prompt ends after "Target:\\n"):
+
+  Input:
+  2 9 + 5 7
+  Target:
+  <scratch>
+  2 9 + 5 7 , C: 0
+  2 + 5 , 6 C: 1
+  , 8 6 C: 0
+  0 8 6
+  </scratch>
+  8 6
+  <blank line>
+
+Digits are separated by spaces so every digit is its own token. Each scratch
+line is one step: the digits still to add, then (after ",") the sum digits so
+far and the carry. The first line is the problem with carry 0; the last scratch
+line is the final carry followed by the digits; the line after </scratch> is
+the sum. When one number runs out of digits its side is left empty
+("9 9 + , 0 C: 1" for 999 + 1). The hint (rationalization) is a "Hint: 8 6"
+line after the problem. A completion with an empty rationale is the direct
+format: just the sum line (for a direct-answer baseline).
+
+Because problems are generated, the true scratchpad is known
+(`meta['scratchpad']`), which lets `step_correct` / `step_accuracy` measure
+per-step correctness of generated rationales (RL-STaR's delta).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+import numpy as np
+
+from star_jax.tasks.base import (Example, Task, cfg_get, check_split, first_block, register_task)
+
+_SCRATCH_OPEN, _SCRATCH_CLOSE = "<scratch>", "</scratch>"
+_DIGITS_LINE_RE = re.compile(r"[0-9](?: ?[0-9])*")
+
+
+def spaced(digits: int | str) -> str:
+  return " ".join(str(digits))
+
+
+def scratchpad_lines(a: int, b: int) -> list[str]:
+  """The true scratchpad of a + b, one string per step (no tags)."""
+  if a < 0 or b < 0:
+    raise ValueError(f"only non-negative addends are supported, got {a} + {b}")
+  rest_a, rest_b = str(a), str(b)
+  lines = [f"{spaced(rest_a)} + {spaced(rest_b)} , C: 0"]
+  carry, out = 0, ""
+  while rest_a or rest_b:
+    x = int(rest_a[-1]) if rest_a else 0
+    y = int(rest_b[-1]) if rest_b else 0
+    carry, digit = divmod(x + y + carry, 10)
+    out = str(digit) + out
+    rest_a, rest_b = rest_a[:-1], rest_b[:-1]
+    todo = f"{spaced(rest_a)} + {spaced(rest_b)}".strip() if rest_a or rest_b else ""
+    lines.append(f"{todo} , {spaced(out)} C: {carry}".lstrip())
+  lines.append(spaced(f"{carry}{out}"))
+  return lines
+
+
+def scratchpad(a: int, b: int) -> str:
+  """The true scratchpad of a + b as text, tags included (the gold rationale in context)."""
+  return "\n".join([_SCRATCH_OPEN, *scratchpad_lines(a, b), _SCRATCH_CLOSE])
+
+
+def _number_range(digits: int) -> tuple[int, int]:
+  return (0 if digits == 1 else 10 ** (digits - 1)), 10 ** digits - 1
+
+
+def _in_eval_partition(a: int, b: int, seed: int, eval_fraction: float) -> bool:
+  # A fixed hash of the problem decides its side, so train and eval are disjoint
+  # whatever their sizes, and neither set depends on the other's size.
+  h = hashlib.blake2b(f"{seed}:{a}+{b}".encode(), digest_size=8).digest()
+  return int.from_bytes(h, "big") < eval_fraction * 2.0 ** 64
+
+
+def generate(split: str, count: int, seed: int, min_digits: int, max_digits: int,
+             eval_fraction: float = 0.1) -> list[tuple[int, int]]:
+  """`count` (a, b) pairs, both with the same number of digits drawn uniformly in
+  [min_digits, max_digits]; deterministic in `seed`. Duplicates within a split
+  are allowed (there are only 100 one-digit problems); train and eval never share one."""
+  if not 1 <= min_digits <= max_digits:
+    raise ValueError(f"need 1 <= min_digits <= max_digits, got {min_digits}, {max_digits}")
+  if not 0.0 < eval_fraction < 1.0:
+    raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
+  want_eval = split == "eval"
+  rng = np.random.default_rng([seed, 1 if want_eval else 0])
+  pairs = []
+  for _ in range(count):
+    digits = int(rng.integers(min_digits, max_digits + 1))
+    lo, hi = _number_range(digits)
+    for _ in range(10_000):
+      a, b = (int(x) for x in rng.integers(lo, hi + 1, size=2))
+      if _in_eval_partition(a, b, seed, eval_fraction) == want_eval:
+        break
+    else:
+      raise ValueError(f"no {digits}-digit problem falls in the {split} partition; "
+                       f"change data.eval_fraction ({eval_fraction}) or the digit range")
+    pairs.append((a, b))
+  return pairs
+
+
+@register_task("arithmetic")
+class ArithmeticTask(Task):
+  """Addition of two n-digit numbers. data_cfg keys: seed, min_digits, max_digits,
+  eval_min_digits, eval_max_digits (default: the train range), max_train, max_eval
+  (counts to generate), eval_fraction (share of problem space reserved for eval)."""
+
+  name = "arithmetic"
+  # A completion of 8-digit problems is 353 characters: enough even at one token per character.
+  max_new_tokens = 360
+  default_train, default_eval = 50_000, 1_000  # the paper's 50k problems
+
+  def __init__(self, max_new_tokens: int | None = None):
+    super().__init__(max_new_tokens)
+    self._shots = [self.make_example(a, b, f"arith-shot-{i}")
+                   for i, (a, b) in enumerate(((38, 45), (706, 598)))]
+
+  @staticmethod
+  def make_example(a: int, b: int, ex_id: str) -> Example:
+    digits = max(len(str(a)), len(str(b)))
+    return Example(id=ex_id, question=f"{a} + {b}", answer=str(a + b),
+                   meta={"a": a, "b": b, "digits": digits,
+                         "scratchpad": tuple(scratchpad_lines(a, b))})
+
+  def exemplars(self) -> list[Example]:
+    return list(self._shots)
+
+  def load(self, split: str, data_cfg: Any) -> list[Example]:
+    check_split(split)
+    lo = int(cfg_get(data_cfg, "min_digits", 1))
+    hi = int(cfg_get(data_cfg, "max_digits", 5))
+    if split == "eval":
+      lo = int(cfg_get(data_cfg, "eval_min_digits", lo))
+      hi = int(cfg_get(data_cfg, "eval_max_digits", hi))
+    count = cfg_get(data_cfg, "max_train" if split == "train" else "max_eval")
+    count = int(count) if count else (self.default_train if split == "train" else self.default_eval)
+    pairs = generate(split, count, int(cfg_get(data_cfg, "seed", 0)), lo, hi,
+                     float(cfg_get(data_cfg, "eval_fraction", 0.1)))
+    return [self.make_example(a, b, f"arith-{split}-{i:06d}") for i, (a, b) in enumerate(pairs)]
+
+  def _query(self, ex: Example, hint: bool) -> str:
+    problem = f"{spaced(ex.meta['a'])} + {spaced(ex.meta['b'])}"
+    hint_line = f"Hint: {spaced(ex.answer)}\n" if hint else ""
+    return f"Input:\n{problem}\n{hint_line}Target:\n"
+
+  def prompt(self, ex: Example, hint: bool = False, few_shot: bool = True) -> str:
+    shots = self._shots if few_shot else []
+    parts = [self._query(s, hint) + self.completion(self.gold_rationale(s), s) for s in shots]
+    return "".join(parts) + self._query(ex, hint)
+
+  def completion(self, rationale: str, ex: Example) -> str:
+    if not isinstance(ex, Example):
+      raise TypeError(f"completion(rationale, ex) takes the Example, got {type(ex).__name__}")
+    rationale = rationale.strip("\n")
+    answer = spaced(ex.answer) + self.end_marker
+    if not rationale.strip():
+      return answer  # direct format
+    return f"{_SCRATCH_OPEN}\n{rationale}\n{_SCRATCH_CLOSE}\n{answer}"
+
+  def gold_rationale(self, ex: Example) -> str:
+    return "\n".join(ex.meta["scratchpad"])
+
+  def difficulty(self, ex: Example) -> int:
+    return ex.meta["digits"]
+
+  def extract_answer(self, text: str) -> str | None:
+    """Digits of the line after </scratch> (or of a lone direct-answer line), e.g. "86"."""
+    if not isinstance(text, str):
+      return None
+    block = first_block(text, self.end_marker)
+    if _SCRATCH_CLOSE in block:
+      block = block.split(_SCRATCH_CLOSE, 1)[1]
+    elif _SCRATCH_OPEN in block:
+      return None  # the scratchpad never closed: no committed answer
+    lines = [l.strip() for l in block.split("\n") if l.strip()]
+    if not lines or not _DIGITS_LINE_RE.fullmatch(lines[0]):
+      return None
+    return str(int(lines[0].replace(" ", "")))
+
+  def is_correct(self, prediction: str | None, ex: Example) -> bool:
+    if prediction is None or not re.fullmatch(r"[0-9]+", prediction.strip()):
+      return False
+    return int(prediction) == int(ex.answer)
+
+  def split_rationale(self, text: str) -> str:
+    """Scratch lines between the tags (the tags themselves are re-added by `completion`)."""
+    return scratch_body(text, self.end_marker)
+
+  def step_correct(self, generated: str, ex: Example) -> list[bool]:
+    return step_correct(generated, ex, self.end_marker)
+
+  def step_accuracy(self, generated: str, ex: Example) -> float:
+    return step_accuracy(generated, ex, self.end_marker)
+
+
+def scratch_body(text: str, end_marker: str = "\n\n") -> str:
+  """The lines between <scratch> and </scratch> (to the end if unclosed); "" if none."""
+  if not isinstance(text, str):
+    return ""
+  block = first_block(text, end_marker)
+  if _SCRATCH_OPEN not in block:
+    return ""  # direct answer: no rationale
+  return block.split(_SCRATCH_OPEN, 1)[1].split(_SCRATCH_CLOSE, 1)[0].strip("\n")
+
+
+def step_correct(generated: str, ex: Example, end_marker: str = "\n\n") -> list[bool]:
+  """Per step: does the generated scratch line equal the true one? Missing and
+  extra lines count as wrong steps. `generated` is a full generation (with tags)
+  or a bare rationale as returned by `split_rationale`."""
+  if _SCRATCH_OPEN in generated:
+    generated = scratch_body(generated, end_marker)
+  body = first_block(generated, end_marker).strip("\n")
+  got = [l.strip() for l in body.split("\n")] if body.strip() else []
+  true = list(ex.meta["scratchpad"])
+  return [i < len(got) and i < len(true) and got[i] == true[i]
+          for i in range(max(len(got), len(true)))]
+
+
+def step_accuracy(generated: str, ex: Example, end_marker: str = "\n\n") -> float:
+  """Fraction of scratchpad steps that match the true ones."""
+  steps = step_correct(generated, ex, end_marker)
+  return sum(steps) / len(steps)

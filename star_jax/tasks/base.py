@@ -1,0 +1,184 @@
+"""The Task interface: everything the STaR loop needs to know about one dataset.
+
+A task turns its dataset into `Example`s and owns the text format around them:
+the few-shot prompt, the rationalization hint, the training target, and how to
+read an answer back out of generated text. The loop itself never looks inside
+the text. To add a task, subclass `Task` in one module and register it:
+
+  @register_task("mytask")
+  class MyTask(Task):
+    name = "mytask"
+    ...
+
+then `get_task("mytask")` (after importing the module), or without touching
+star_jax at all: `get_task("my_pkg.my_module:MyTask")`.
+
+The format contract every task keeps (the loop and the tests rely on it):
+  * `prompt(ex)` ends exactly where the model starts writing its rationale.
+  * `prompt(ex, hint=False) + completion(rationale, ex)` is one training text;
+    the completion ends with `end_marker`, which is also in `stop_strings`.
+  * `extract_answer` and `split_rationale` never raise, whatever the text.
+
+`data_cfg` keys (an ml_collections ConfigDict, a dict or None; missing = default):
+  seed (0)                 subset sampling / problem generation
+  max_train, max_eval      subset sizes (None: everything; arithmetic: how many to generate,
+                           default 50,000 / 1,000)
+  dir                      cqa, gsm8k: directory holding the official jsonl files
+  tfds_dir (<dir>/tfds)    where the TFDS builders write their ArrayRecord files
+  download (True)          fetch missing official files (30 s timeout: download_timeout_s)
+  use_tfds (True)          False reads the jsonl directly (same checks, same records)
+  min_digits, max_digits (1, 5), eval_min_digits, eval_max_digits, eval_fraction (0.1)
+                           arithmetic problem generation
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import re
+from typing import Any, Callable
+
+import numpy as np
+
+from star_jax.data.sources import cfg_get  # re-exported: tasks read data_cfg with it
+
+SPLITS = ("train", "eval")
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  """One problem. `answer` is the gold answer in the task's canonical form
+  (CQA: the choice label "A".."E"; GSM8K and arithmetic: a number as text).
+  `meta` holds task-specific data (choices, digits, the true scratchpad, ...);
+  treat it as read-only."""
+
+  id: str
+  question: str
+  answer: str
+  meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class Task:
+  """Base class; subclasses override the methods that raise NotImplementedError."""
+
+  name: str = ""
+  end_marker: str = "\n\n"  # ends every completion; few-shot exemplars are separated by it
+  stop_strings: tuple[str, ...] = ("\n\n",)  # generation stops after one answer
+  max_new_tokens: int = 128
+
+  def __init__(self, max_new_tokens: int | None = None):
+    if max_new_tokens is not None:
+      self.max_new_tokens = int(max_new_tokens)
+
+  def load(self, split: str, data_cfg: Any) -> list[Example]:
+    """All examples of `split` ('train' or 'eval'), or the seeded subset that
+    `data_cfg.max_train` / `data_cfg.max_eval` ask for."""
+    raise NotImplementedError
+
+  def prompt(self, ex: Example, hint: bool = False, few_shot: bool = True) -> str:
+    """Few-shot exemplars (if `few_shot`) then the query, ending where the
+    rationale starts. `hint=True` adds the rationalization hint (to the
+    exemplars too, so the model sees how hints are used)."""
+    raise NotImplementedError
+
+  def completion(self, rationale: str, ex: Example) -> str:
+    """Training target after `prompt(ex, hint=False)`: the rationale, then the
+    fixed answer phrase with the gold answer of `ex`, then `end_marker`."""
+    raise NotImplementedError
+
+  def extract_answer(self, text: str) -> str | None:
+    """The answer the generated `text` commits to, or None. Never raises."""
+    raise NotImplementedError
+
+  def is_correct(self, prediction: str | None, ex: Example) -> bool:
+    raise NotImplementedError
+
+  def split_rationale(self, text: str) -> str:
+    """The rationale part of generated `text` (before the answer phrase),
+    stripped of any hint marker, ready for `completion(rationale, ex)`."""
+    raise NotImplementedError
+
+  def difficulty(self, ex: Example) -> int | None:
+    """A difficulty bucket for per-difficulty accuracy, or None if the task has none."""
+    return None
+
+  def gold_rationale(self, ex: Example) -> str | None:
+    """A known-correct rationale, if the task can produce one (arithmetic can)."""
+    return None
+
+  def exemplars(self) -> list[Example]:
+    """The examples the few-shot prompt is made of (so callers can exclude them)."""
+    return []
+
+  def __repr__(self) -> str:
+    return f"{type(self).__name__}(name={self.name!r}, max_new_tokens={self.max_new_tokens})"
+
+
+def check_split(split: str) -> None:
+  if split not in SPLITS:
+    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+def first_block(text: str, marker: str) -> str:
+  """Text up to the first `marker`: an answer only counts there, since anything
+  after the end marker is the model starting another question."""
+  return text.split(marker, 1)[0]
+
+
+def last_match(pattern: re.Pattern, text: str) -> re.Match | None:
+  """The last match: a rationale may say "the answer is" before its final answer."""
+  m = None
+  for m in pattern.finditer(text):
+    pass
+  return m
+
+
+def take_subset(examples: list[Example], limit: int | None, seed: int) -> list[Example]:
+  """A seeded random subset of `limit` examples, kept in their original order.
+
+  `limit` None or <= 0 keeps everything: nothing is dropped unless asked for.
+  """
+  if not limit or limit <= 0 or limit >= len(examples):
+    return list(examples)
+  keep = np.random.default_rng(seed).choice(len(examples), size=limit, replace=False)
+  return [examples[i] for i in sorted(keep)]
+
+
+def split_limit(split: str, data_cfg: Any) -> int | None:
+  return cfg_get(data_cfg, "max_train" if split == "train" else "max_eval")
+
+
+_REGISTRY: dict[str, Callable[..., Task]] = {}
+
+
+def register_task(name: str):
+  """Class decorator adding a Task subclass to the `get_task` registry."""
+
+  def wrap(cls):
+    if name in _REGISTRY and _REGISTRY[name] is not cls:
+      raise ValueError(f"task name {name!r} is already registered to {_REGISTRY[name]}")
+    _REGISTRY[name] = cls
+    return cls
+
+  return wrap
+
+
+def available_tasks() -> list[str]:
+  return sorted(_REGISTRY)
+
+
+def get_task(name: str, **kwargs: Any) -> Task:
+  """A task instance by registered name, or by "module.path:ClassName"."""
+  if ":" in name:
+    module, _, attr = name.partition(":")
+    try:
+      cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+      raise ValueError(f"cannot import task {name!r}: {e}") from e
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+      raise ValueError(f"{name!r} is not a Task subclass")
+    return cls(**kwargs)
+  if name not in _REGISTRY:
+    raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(available_tasks())} "
+                     "(or give 'module.path:ClassName')")
+  return _REGISTRY[name](**kwargs)

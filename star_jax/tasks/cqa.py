@@ -1,0 +1,161 @@
+"""CommonsenseQA: five-way multiple choice with a short rationale.
+
+Text format (one exemplar; the prompt ends after "A:"):
+
+  Q: Where should you put a stamped letter so that it gets delivered?
+  Answer Choices:
+  (a) desk drawer
+  (b) mailbox
+  ...
+  A: Letters are delivered by the postal service, ... Therefore, the answer is mailbox (b).
+  <blank line>
+
+The hint (rationalization) appends " (CORRECT)" to the gold choice, in the
+exemplars and in the query. Answers are checked by choice label; a generated
+answer may name the label, the choice text, or both (they must then agree).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from star_jax.data.builders import load_records
+from star_jax.tasks.base import (Example, Task, cfg_get, check_split, first_block, last_match,
+                                 register_task, split_limit, take_subset)
+
+HINT_MARK = "(CORRECT)"
+ANSWER_PREFIX = "Therefore, the answer is"
+# Where the answer phrase starts in generated text; the connective is optional
+# so "So the answer is" and a bare "the answer is" count too.
+_ANSWER_RE = re.compile(r"(?:\b(?:therefore|so|thus)\s*,?\s*)?\bthe answer is\b", re.IGNORECASE)
+_HINT_RE = re.compile(r"\s*\(correct\)", re.IGNORECASE)
+
+# Our own exemplars (not the paper's): (stem, choices a-e, gold label, rationale).
+_SHOTS = (
+    ("Where should you put a stamped letter so that it gets delivered?",
+     ("desk drawer", "mailbox", "bookshelf", "refrigerator", "garbage can"), "B",
+     "Letters are delivered by the postal service, which collects mail from mailboxes."),
+    ("The boy wanted to see giraffes up close, so where did his parents take him?",
+     ("zoo", "library", "ocean", "dentist", "bakery"), "A",
+     "Giraffes are wild animals, and a zoo is where people can see wild animals up close."),
+    ("What can happen to you if you stay in the hot sun all day without drinking water?",
+     ("catch a cold", "grow taller", "become dehydrated", "learn to swim", "fall asleep"), "C",
+     "The body loses water by sweating in the heat, and without drinking it runs short of "
+     "water."),
+    ("If you want to cut a sheet of paper neatly, which tool would you use?",
+     ("hammer", "spoon", "glue", "scissors", "pencil"), "D",
+     "Scissors have sharp blades made for cutting thin things like paper."),
+    ("Where would you keep milk so that it does not spoil?",
+     ("cupboard", "oven", "refrigerator", "windowsill", "backpack"), "C",
+     "Milk spoils quickly when it is warm, and a refrigerator keeps food cold."),
+    ("The audience clapped loudly at the end of the play because they what?",
+     ("were asleep", "felt hungry", "lost their tickets", "were bored", "enjoyed it"), "E",
+     "People clap at the end of a performance to show that they liked it."),
+)
+
+
+def _norm(text: str) -> str:
+  return " ".join(text.lower().strip().strip("\"'").rstrip(".!?,;:").split())
+
+
+@register_task("cqa")
+class CommonsenseQATask(Task):
+  """CommonsenseQA (official jsonl through the TFDS builder)."""
+
+  name = "cqa"
+  max_new_tokens = 128
+
+  def __init__(self, max_new_tokens: int | None = None):
+    super().__init__(max_new_tokens)
+    self._shots = [
+        Example(id=f"cqa-shot-{i}", question=stem, answer=gold,
+                meta={"choices": tuple(zip("ABCDE", choices)), "rationale": rationale})
+        for i, (stem, choices, gold, rationale) in enumerate(_SHOTS)
+    ]
+
+  def exemplars(self) -> list[Example]:
+    return list(self._shots)
+
+  def load(self, split: str, data_cfg: Any) -> list[Example]:
+    check_split(split)
+    examples = [
+        Example(id=r["id"], question=r["question"], answer=r["answer_key"],
+                meta={"choices": tuple(zip(r["choice_labels"], r["choice_texts"])),
+                      "concept": r["concept"], "line": r["index"]})
+        for r in load_records("commonsense_qa", split, data_cfg)
+    ]
+    return take_subset(examples, split_limit(split, data_cfg), cfg_get(data_cfg, "seed", 0))
+
+  def _query(self, ex: Example, hint: bool) -> str:
+    lines = [f"Q: {ex.question}", "Answer Choices:"]
+    for label, text in ex.meta["choices"]:
+      mark = f" {HINT_MARK}" if hint and label == ex.answer else ""
+      lines.append(f"({label.lower()}) {text}{mark}")
+    lines.append("A:")
+    return "\n".join(lines)
+
+  def prompt(self, ex: Example, hint: bool = False, few_shot: bool = True) -> str:
+    shots = self._shots if few_shot else []
+    parts = [self._query(s, hint) + self.completion(s.meta["rationale"], s) for s in shots]
+    return "".join(parts) + self._query(ex, hint)
+
+  def answer_sentence(self, ex: Example) -> str:
+    text = dict(ex.meta["choices"])[ex.answer]
+    return f"{ANSWER_PREFIX} {text} ({ex.answer.lower()})."
+
+  def completion(self, rationale: str, ex: Example) -> str:
+    if not isinstance(ex, Example):
+      raise TypeError("completion(rationale, ex) takes the Example (the answer text needs its "
+                      f"choices), got {type(ex).__name__}")
+    rationale = rationale.strip()
+    body = f"{rationale} {self.answer_sentence(ex)}" if rationale else self.answer_sentence(ex)
+    return f" {body}{self.end_marker}"
+
+  def extract_answer(self, text: str) -> str | None:
+    """The text after the last answer phrase of the first block, to the line end: "river (b)"."""
+    if not isinstance(text, str):
+      return None
+    block = first_block(text, self.end_marker)
+    m = last_match(_ANSWER_RE, block)
+    if not m:
+      return None
+    span = block[m.end():].split("\n", 1)[0].strip().lstrip(":").strip()
+    span = _HINT_RE.sub("", span).strip().rstrip(".").strip()
+    return span or None
+
+  def resolve_choice(self, prediction: str | None, ex: Example) -> str | None:
+    """The choice label `prediction` names, or None if it names none or contradicts itself."""
+    if not prediction:
+      return None
+    by_label = {label.lower(): label for label, _ in ex.meta["choices"]}
+    by_text: dict[str, list[str]] = {}
+    for label, text in ex.meta["choices"]:
+      by_text.setdefault(_norm(text), []).append(label)
+    p = prediction.strip()
+    m = re.fullmatch(r"\(?([A-Za-z])\)?\.?", p)
+    if m and _norm(p) not in by_text:
+      return by_label.get(m.group(1).lower())
+    m = (re.fullmatch(r"(?P<text>.*?)\s*\((?P<label>[A-Za-z])\)\.?", p, re.DOTALL)
+         or re.fullmatch(r"\((?P<label>[A-Za-z])\)\s*(?P<text>.*?)", p, re.DOTALL))
+    if m:
+      label = by_label.get(m.group("label").lower())
+      named = by_text.get(_norm(m.group("text")), [])
+      # The label decides, unless the text names a different choice.
+      if label is None or (named and label not in named):
+        return None
+      return label
+    named = by_text.get(_norm(p), [])
+    return named[0] if len(named) == 1 else None
+
+  def is_correct(self, prediction: str | None, ex: Example) -> bool:
+    return self.resolve_choice(prediction, ex) == ex.answer
+
+  def split_rationale(self, text: str) -> str:
+    if not isinstance(text, str):
+      return ""
+    block = first_block(text, self.end_marker)
+    m = last_match(_ANSWER_RE, block)
+    rationale = block[:m.start()] if m else block
+    # A rationale written under a hint must not carry the hint into training data.
+    return _HINT_RE.sub("", rationale).strip()

@@ -1,0 +1,133 @@
+"""GSM8K: grade-school math word problems with a worked rationale.
+
+Text format (one exemplar; the prompt ends after "A:"):
+
+  Q: A baker makes 4 trays of muffins with 12 muffins on each tray. ...
+  A: She makes 4 * 12 = 48 muffins. ... The answer is 18.
+  <blank line>
+
+The hint (rationalization) is one line with the final number only,
+"Hint: the final answer is 18.", between the question and "A:". The dataset's
+worked solution is kept in `meta['solution']` for reference and is never part
+of any prompt (the original STaR code leaked it as the hint).
+"""
+
+from __future__ import annotations
+
+import decimal
+import re
+from typing import Any
+
+from star_jax.data.builders import load_records
+from star_jax.tasks.base import (Example, Task, cfg_get, check_split, first_block, last_match,
+                                 register_task, split_limit, take_subset)
+
+ANSWER_PREFIX = "The answer is"
+_ANSWER_RE = re.compile(r"(?:\b(?:therefore|so|thus)\s*,?\s*)?\bthe (?:final )?answer is\b",
+                        re.IGNORECASE)
+# A number as people write it: optional sign and "$", thousands commas, decimals.
+_NUMBER = r"(-\s*)?\$?\s*(-\s*)?(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?"
+_NUMBER_AFTER_RE = re.compile(r"\s*:?\s*" + _NUMBER)
+# The hint line, in case the model copies it into its rationale.
+_HINT_RE = re.compile(r"\s*hint:\s*the final answer is\s*" + _NUMBER + r"\.?", re.IGNORECASE)
+
+# Our own exemplars (not the paper's): (question, rationale, final answer).
+_SHOTS = (
+    ("A baker makes 4 trays of muffins with 12 muffins on each tray. She sells 30 muffins. "
+     "How many muffins does she have left?",
+     "She makes 4 * 12 = 48 muffins. After selling 30, she has 48 - 30 = 18 muffins left.", "18"),
+    ("Tom reads 15 pages of his book every day. The book has 120 pages. How many days does it "
+     "take him to finish the book?",
+     "He reads 15 pages a day, so he needs 120 / 15 = 8 days.", "8"),
+    ("A shirt costs $25 and a pair of pants costs $40. Maria buys 2 shirts and 1 pair of pants "
+     "and pays with a $100 bill. How much change does she get?",
+     "Two shirts cost 2 * 25 = 50 dollars. With the pants she spends 50 + 40 = 90 dollars. "
+     "Her change is 100 - 90 = 10 dollars.", "10"),
+    ("There are 24 students in a class. One third of them walk to school and the rest take the "
+     "bus. How many students take the bus?",
+     "One third of 24 is 24 / 3 = 8 students who walk. The rest, 24 - 8 = 16 students, take "
+     "the bus.", "16"),
+)
+
+
+def normalize_number(text: str) -> str | None:
+  """Canonical text of a number: "$1,234.00" -> "1234", "-0.50" -> "-0.5"; None if not one."""
+  if not isinstance(text, str):
+    return None
+  m = re.fullmatch(r"\s*" + _NUMBER + r"\s*\.?\s*", text)
+  if not m:
+    return None
+  negative = bool(m.group(1) or m.group(2))
+  value = decimal.Decimal(m.group(3).replace(",", "") + (m.group(4) or ""))
+  if value == 0:
+    negative = False
+  if value == value.to_integral_value():
+    out = str(int(value))
+  else:
+    out = format(value.normalize(), "f")
+  return f"-{out}" if negative else out
+
+
+@register_task("gsm8k")
+class Gsm8kTask(Task):
+  """GSM8K (official jsonl through the TFDS builder); eval is the test split."""
+
+  name = "gsm8k"
+  max_new_tokens = 256
+
+  def __init__(self, max_new_tokens: int | None = None):
+    super().__init__(max_new_tokens)
+    self._shots = [Example(id=f"gsm8k-shot-{i}", question=q, answer=a, meta={"rationale": r})
+                   for i, (q, r, a) in enumerate(_SHOTS)]
+
+  def exemplars(self) -> list[Example]:
+    return list(self._shots)
+
+  def load(self, split: str, data_cfg: Any) -> list[Example]:
+    check_split(split)
+    examples = []
+    for r in load_records("gsm8k", split, data_cfg):
+      # The source check guarantees a number after "####", so this is never None.
+      answer = normalize_number(r["answer"])
+      examples.append(Example(id=r["id"], question=r["question"], answer=answer,
+                              meta={"solution": r["solution"], "line": r["index"]}))
+    return take_subset(examples, split_limit(split, data_cfg), cfg_get(data_cfg, "seed", 0))
+
+  def _query(self, ex: Example, hint: bool) -> str:
+    hint_line = f"Hint: the final answer is {ex.answer}.\n" if hint else ""
+    return f"Q: {ex.question}\n{hint_line}A:"
+
+  def prompt(self, ex: Example, hint: bool = False, few_shot: bool = True) -> str:
+    shots = self._shots if few_shot else []
+    parts = [self._query(s, hint) + self.completion(s.meta["rationale"], s) for s in shots]
+    return "".join(parts) + self._query(ex, hint)
+
+  def completion(self, rationale: str, ex: Example) -> str:
+    if not isinstance(ex, Example):
+      raise TypeError(f"completion(rationale, ex) takes the Example, got {type(ex).__name__}")
+    rationale = rationale.strip()
+    answer = f"{ANSWER_PREFIX} {ex.answer}."
+    return f" {rationale} {answer}{self.end_marker}" if rationale else f" {answer}{self.end_marker}"
+
+  def extract_answer(self, text: str) -> str | None:
+    """The number right after the last "the answer is" of the first block, normalized."""
+    if not isinstance(text, str):
+      return None
+    block = first_block(text, self.end_marker)
+    m = last_match(_ANSWER_RE, block)
+    if not m:
+      return None
+    n = _NUMBER_AFTER_RE.match(block, m.end())
+    return normalize_number(n.group(0).strip().lstrip(":")) if n else None
+
+  def is_correct(self, prediction: str | None, ex: Example) -> bool:
+    pred = normalize_number(prediction) if prediction is not None else None
+    return pred is not None and decimal.Decimal(pred) == decimal.Decimal(ex.answer)
+
+  def split_rationale(self, text: str) -> str:
+    if not isinstance(text, str):
+      return ""
+    block = first_block(text, self.end_marker)
+    m = last_match(_ANSWER_RE, block)
+    # A rationale written under a hint must not carry the hint into training data.
+    return _HINT_RE.sub("", block[:m.start()] if m else block).strip()

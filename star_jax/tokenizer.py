@@ -1,0 +1,224 @@
+"""Tokenizers behind one small interface.
+
+Everything outside this module sees only `Tokenizer`: `encode`, `decode`, the
+special ids and `end_ids` (the ids that stop generation). Two implementations:
+
+- `SentencePieceTokenizer`: BPE/unigram trained in memory on the task texts (or
+  loaded from a `.model` file). Configured so that `decode(encode(s)) == s` for
+  any text: identity normalisation, whitespace kept as is, newlines as their
+  own piece and byte fallback for characters never seen in training.
+- `CharTokenizer`: one id per character, for tiny models trained from scratch
+  (arithmetic). Deterministic: ids depend only on the alphabet.
+
+Both share the special ids pad=0, bos=1, eos=2, unk=3, so a model and its
+batches never depend on which one was used.
+"""
+
+from __future__ import annotations
+
+import abc
+import io
+import json
+import os
+from typing import Iterable, Sequence
+
+import sentencepiece as spm
+
+PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+# Pieces that end a chat turn in instruct vocabularies; they stop generation too.
+_CHAT_END_PIECES = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>")
+_UNK_TEXT = "\ufffd"  # what an unknown or out-of-vocabulary id decodes to
+
+
+class Tokenizer(abc.ABC):
+  """Text <-> ids. Subclasses set the attributes below in `__init__`."""
+
+  vocab_size: int
+  bos_id: int | None
+  eos_id: int
+  pad_id: int
+  end_ids: tuple[int, ...]  # ids that end generation: eos and chat-end tokens
+
+  @abc.abstractmethod
+  def encode(self, text: str, add_bos: bool = False) -> list[int]:
+    """Ids of `text`, with bos first when `add_bos` (never eos: callers add it)."""
+
+  @abc.abstractmethod
+  def decode(self, ids: Sequence[int]) -> str:
+    """Text of `ids`. Pad, bos and eos decode to nothing; decoding does not stop at eos.
+
+    Ids outside the vocabulary (a model's padded vocabulary can be larger) decode
+    to U+FFFD instead of raising, so a bad sample never stops a STaR iteration.
+    """
+
+  @abc.abstractmethod
+  def save(self, path: str) -> None:
+    """Writes the tokenizer so that `load_tokenizer(path)` restores it."""
+
+
+class SentencePieceTokenizer(Tokenizer):
+  """A SentencePiece model (BPE or unigram) with round-trip-safe settings."""
+
+  def __init__(self, model: str | bytes, extra_end_pieces: Sequence[str] = ()):
+    """Loads from a `.model` file path or from serialized model bytes."""
+    if isinstance(model, str):
+      with open(model, "rb") as f:
+        model = f.read()
+    self._proto = bytes(model)
+    self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
+    self.vocab_size = self._sp.get_piece_size()
+    self.pad_id = self._sp.pad_id()
+    self.unk_id = self._sp.unk_id()
+    self.eos_id = self._sp.eos_id()
+    bos = self._sp.bos_id()
+    self.bos_id = bos if bos >= 0 else None
+    if self.eos_id < 0:
+      raise ValueError("SentencePiece model has no eos piece; generation could never stop")
+    if self.pad_id < 0:
+      raise ValueError("SentencePiece model has no pad piece; train it with pad_id set")
+    ends = [self.eos_id]
+    for piece in (*_CHAT_END_PIECES, *extra_end_pieces):
+      i = self._sp.piece_to_id(piece)
+      # piece_to_id returns unk for unknown pieces.
+      if i != self._sp.unk_id() and i not in ends:
+        ends.append(i)
+    self.end_ids = tuple(ends)
+    self._skip = {i for i in (self.pad_id, self.bos_id, self.eos_id) if i is not None}
+
+  @classmethod
+  def train(cls,
+            texts: Iterable[str],
+            vocab_size: int,
+            model_type: str = "bpe",
+            split_digits: bool = True,
+            user_defined_symbols: Sequence[str] = (),
+            hard_vocab_limit: bool = False,
+            num_threads: int = 2,
+            **trainer_kwargs) -> "SentencePieceTokenizer":
+    """Trains in memory on `texts` (each item one training "sentence").
+
+    `vocab_size` includes the 4 specials and the 256 byte-fallback pieces, so it
+    must exceed ~300. With `hard_vocab_limit=False` (default) a small corpus gives
+    a smaller vocabulary instead of an error; read `.vocab_size` afterwards.
+    """
+    model = io.BytesIO()
+    # "\n" must be a piece: SentencePiece would otherwise treat it as
+    # whitespace-like input and the few-shot block structure would not survive.
+    symbols = ["\n", *[s for s in user_defined_symbols if s != "\n"]]
+    kwargs = dict(
+        sentence_iterator=iter(texts),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type=model_type,
+        split_digits=split_digits,
+        byte_fallback=True,
+        character_coverage=1.0,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=False,
+        allow_whitespace_only_pieces=True,
+        user_defined_symbols=symbols,
+        pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID, unk_id=UNK_ID,
+        hard_vocab_limit=hard_vocab_limit,
+        max_sentence_length=1 << 16,  # few-shot prompts are long; the default drops them
+        num_threads=num_threads,
+        minloglevel=2,
+    )
+    kwargs.update(trainer_kwargs)
+    spm.SentencePieceTrainer.train(**kwargs)
+    return cls(model.getvalue())
+
+  def encode(self, text: str, add_bos: bool = False) -> list[int]:
+    ids = list(self._sp.encode(text))
+    if add_bos:
+      if self.bos_id is None:
+        raise ValueError("add_bos=True but this tokenizer has no bos piece")
+      ids.insert(0, self.bos_id)
+    return ids
+
+  def decode(self, ids: Sequence[int]) -> str:
+    out, run = [], []
+    for i in (int(x) for x in ids):
+      if i in self._skip:
+        continue
+      if 0 <= i < self.vocab_size:
+        run.append(i)
+        continue
+      out.append(self._sp.decode(run))
+      out.append(_UNK_TEXT)
+      run = []
+    out.append(self._sp.decode(run))
+    return "".join(out)
+
+  def id_to_piece(self, i: int) -> str:
+    return self._sp.id_to_piece(i)
+
+  def save(self, path: str) -> None:
+    _write_bytes(path, self._proto)
+
+
+class CharTokenizer(Tokenizer):
+  """One id per character: ids 0-3 are pad/bos/eos/unk, then the alphabet in order."""
+
+  def __init__(self, alphabet: Sequence[str]):
+    alphabet = list(alphabet)
+    for c in alphabet:
+      if not isinstance(c, str) or len(c) != 1:
+        raise ValueError(f"alphabet entries must be single characters, got {c!r}")
+    if len(set(alphabet)) != len(alphabet):
+      raise ValueError("alphabet has duplicate characters")
+    self.alphabet = tuple(alphabet)
+    self._index = {c: i + 4 for i, c in enumerate(self.alphabet)}
+    self.vocab_size = 4 + len(self.alphabet)
+    self.pad_id, self.bos_id, self.eos_id, self.unk_id = PAD_ID, BOS_ID, EOS_ID, UNK_ID
+    self.end_ids = (EOS_ID,)
+
+  @classmethod
+  def from_texts(cls, texts: Iterable[str], extra: str = "") -> "CharTokenizer":
+    """Alphabet = sorted characters of `texts` plus `extra` (sorted: ids do not depend on order)."""
+    chars = set(extra)
+    for t in texts:
+      chars.update(t)
+    return cls(sorted(chars))
+
+  def encode(self, text: str, add_bos: bool = False) -> list[int]:
+    ids = [self._index.get(c, UNK_ID) for c in text]
+    return [BOS_ID, *ids] if add_bos else ids
+
+  def decode(self, ids: Sequence[int]) -> str:
+    chars = []
+    for i in (int(x) for x in ids):
+      if i in (PAD_ID, BOS_ID, EOS_ID):
+        continue
+      chars.append(self.alphabet[i - 4] if 4 <= i < self.vocab_size else _UNK_TEXT)
+    return "".join(chars)
+
+  def save(self, path: str) -> None:
+    data = {"type": "char", "alphabet": list(self.alphabet)}
+    _write_bytes(path, json.dumps(data, ensure_ascii=True).encode())
+
+  @classmethod
+  def load(cls, path: str) -> "CharTokenizer":
+    with open(path) as f:
+      data = json.load(f)
+    if data.get("type") != "char" or "alphabet" not in data:
+      raise ValueError(f"{path} is not a CharTokenizer file (expected type 'char' and 'alphabet')")
+    return cls(data["alphabet"])
+
+
+def load_tokenizer(path: str) -> Tokenizer:
+  """`.model` -> SentencePieceTokenizer, `.json` -> CharTokenizer."""
+  if path.endswith(".model"):
+    return SentencePieceTokenizer(path)
+  if path.endswith(".json"):
+    return CharTokenizer.load(path)
+  raise ValueError(f"unknown tokenizer file type {path!r}: expected a .model or .json file")
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+  # Write-then-rename: an interrupted save never leaves a truncated tokenizer.
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp"
+  with open(tmp, "wb") as f:
+    f.write(data)
+  os.replace(tmp, path)
