@@ -53,6 +53,13 @@ class Checkpointer:
         meta=ocp.args.JsonSave(meta)), force=force)
     return step
 
+  def save_params(self, step: int, params: nnx.State, meta: dict | None = None) -> int:
+    """Saves a model without optimizer state (e.g. the result of a STaR iteration)."""
+    meta = dict(meta or {}, step=step)
+    self._manager.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)), force=True)
+    return step
+
   def wait(self) -> None:
     self._manager.wait_until_finished()
 

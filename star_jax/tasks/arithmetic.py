@@ -114,6 +114,7 @@ class ArithmeticTask(Task):
   (counts to generate), eval_fraction (share of problem space reserved for eval)."""
 
   name = "arithmetic"
+  difficulty_name = "digits"
   # A completion of 8-digit problems is 353 characters: enough even at one token per character.
   max_new_tokens = 360
   default_train, default_eval = 50_000, 1_000  # the paper's 50k problems

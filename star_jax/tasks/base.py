@@ -65,6 +65,7 @@ class Task:
   end_marker: str = "\n\n"  # ends every completion; few-shot exemplars are separated by it
   stop_strings: tuple[str, ...] = ("\n\n",)  # generation stops after one answer
   max_new_tokens: int = 128
+  difficulty_name: str = "difficulty"  # metrics key: accuracy_by_<difficulty_name>
 
   def __init__(self, max_new_tokens: int | None = None):
     if max_new_tokens is not None:

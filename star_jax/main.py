@@ -1,0 +1,28 @@
+"""Entry point: ``python -m star_jax.main --config=configs/<task>.py[:smoke] --workdir=DIR``."""
+
+import logging as std_logging
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from star_jax import star
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file[:variant].",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for metrics, artifacts, checkpoints.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.INFO)
+  # Libraries log through absl too; keep their INFO chatter (orbax: ~20 lines per save) out.
+  quiet = ("/orbax/", "/jax/", "/tensorflow_datasets/", "/etils/")
+  logging.get_absl_handler().addFilter(
+      lambda r: r.levelno >= std_logging.WARNING or not any(q in r.pathname for q in quiet))
+  star.run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

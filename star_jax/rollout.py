@@ -1,0 +1,102 @@
+"""Running the model over questions: rationale generation, rationalization, evaluation."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from star_jax.report import progress
+from star_jax.sampler import Sampler, SamplingParams
+from star_jax.tasks import Example, Task
+from star_jax.tokenizer import Tokenizer
+
+
+@dataclasses.dataclass
+class Generation:
+  example: Example
+  texts: list[str]  # one per sample
+  predictions: list[str | None]
+  correct: list[bool]
+
+
+def encode_prompt(tokenizer: Tokenizer, text: str) -> list[int]:
+  return tokenizer.encode(text, add_bos=tokenizer.bos_id is not None)
+
+
+def generate(task: Task, tokenizer: Tokenizer, sampler: Sampler, params,
+             examples: Sequence[Example], *, hint: bool, few_shot: bool,
+             sampling: SamplingParams, n: int, seed: int, desc: str) -> tuple[list[Generation], int]:
+  """Samples ``n`` completions per example; returns generations and the count skipped.
+
+  Examples whose prompt leaves no room for ``task.max_new_tokens`` in the model's
+  context are skipped and counted (never silently dropped).
+  """
+  limit = sampler.cfg.max_seq_len - task.max_new_tokens
+  prompts, kept = [], []
+  for ex in examples:
+    ids = encode_prompt(tokenizer, task.prompt(ex, hint=hint, few_shot=few_shot))
+    if len(ids) <= limit:
+      prompts.append(ids)
+      kept.append(ex)
+  skipped = len(examples) - len(kept)
+  if not kept:
+    return [], skipped
+  with progress(len(prompts) * n, desc, "seq") as bar:
+    out = sampler.sample(params, prompts, task.max_new_tokens, sampling, n=n, seed=seed,
+                         stop_strings=task.stop_strings, decode_fn=tokenizer.decode,
+                         progress=bar.update)
+  gens = []
+  for i, ex in enumerate(kept):
+    texts = [tokenizer.decode(out.sequences(i, j)) for j in range(n)]
+    preds = [task.extract_answer(t) for t in texts]
+    gens.append(Generation(ex, texts, preds, [task.is_correct(p, ex) for p in preds]))
+  return gens, skipped
+
+
+@dataclasses.dataclass
+class EvalResult:
+  accuracy: float
+  n: int
+  records: list[dict]
+  by_difficulty: dict[str, float]  # difficulty bucket -> accuracy (empty if the task has none)
+  skipped_too_long: int
+
+
+def evaluate(task: Task, tokenizer: Tokenizer, sampler: Sampler, params,
+             examples: Sequence[Example], *, few_shot: bool, seed: int) -> EvalResult:
+  """Greedy accuracy over every example (too-long prompts count as wrong)."""
+  gens, skipped = generate(task, tokenizer, sampler, params, examples, hint=False,
+                           few_shot=few_shot, sampling=SamplingParams(), n=1, seed=seed,
+                           desc="evaluate")
+  records = []
+  by_bucket: dict[str, list[bool]] = collections.defaultdict(list)
+  done = {g.example.id for g in gens}
+  for g in gens:
+    rec = {"id": g.example.id, "prediction": g.predictions[0], "gold": g.example.answer,
+           "correct": g.correct[0], "text": g.texts[0]}
+    d = task.difficulty(g.example)
+    if d is not None:
+      rec["difficulty"] = d
+      by_bucket[str(d)].append(g.correct[0])
+    if "scratchpad" in g.example.meta and hasattr(task, "step_accuracy"):
+      rec["step_accuracy"] = task.step_accuracy(g.texts[0], g.example)
+    records.append(rec)
+  for ex in examples:  # too long for the context: scored, as wrong
+    if ex.id not in done:
+      records.append({"id": ex.id, "prediction": None, "gold": ex.answer, "correct": False,
+                      "text": "", "skipped": "prompt too long"})
+      d = task.difficulty(ex)
+      if d is not None:
+        by_bucket[str(d)].append(False)
+  correct = sum(r["correct"] for r in records)
+  by_difficulty = {k: float(np.mean(v)) for k, v in sorted(by_bucket.items(), key=_bucket_key)}
+  return EvalResult(correct / max(len(records), 1), len(records), records, by_difficulty,
+                    skipped)
+
+
+def _bucket_key(item):
+  k = item[0]
+  return (0, int(k)) if k.lstrip("-").isdigit() else (1, k)
