@@ -14,7 +14,8 @@ INSTALL_REQUIRES = [
     "ml-collections==1.1.0",
     "absl-py==2.5.1",
     "numpy>=2.0,<3",
-    "tqdm>=4.66",
+    "tqdm==4.70.1",
+    "matplotlib==3.11.2",
 ]
 
 EXTRAS_REQUIRE = {
