@@ -45,6 +45,8 @@ def get_config(variant: str = ""):
     c.train.batch_size = 8
     c.train.learning_rate = 3e-3
     c.sample.batch_size = 64
+    c.sample.shard_size = 32  # several shards, so the kill-and-resume test has some to lose
+    c.checkpoint_every = 4
   elif variant:
     raise ValueError(f"unknown variant {variant!r} (known: smoke)")
   return c

@@ -33,7 +33,8 @@ class Checkpointer:
   def __init__(self, directory: str, max_to_keep: int | None = 2, async_save: bool = False):
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                           enable_async_checkpointing=async_save)
+                                           enable_async_checkpointing=async_save,
+                                           cleanup_tmp_directories=True)  # a killed save's debris
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=("params", "opt_state", "meta"))
 

@@ -11,6 +11,7 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = "arithmetic"  # cqa | gsm8k | arithmetic | "module.path:TaskClass"
   c.seed = 0
+  c.checkpoint_every = 100  # train steps between train-state checkpoints (resume after a kill)
 
   c.model = ml_collections.ConfigDict()
   c.model.preset = "tiny"  # a name from star_jax.config.PRESETS
@@ -76,4 +77,5 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.sample = ml_collections.ConfigDict()
   c.sample.batch_size = 32
+  c.sample.shard_size = 512  # questions per saved shard of sampling results (resume unit)
   return c

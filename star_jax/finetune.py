@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from star_jax import batching
+from star_jax import batching, failpoints
+from star_jax.checkpoint import Checkpointer
 from star_jax.report import progress
 from star_jax.rollout import encode_prompt
 from star_jax.tasks import Example, Task
@@ -65,8 +66,15 @@ def training_examples(task: Task, tokenizer: Tokenizer, pairs: Sequence[tuple[Ex
 
 def finetune(trainer: Trainer, params, examples: Sequence[batching.TrainExample],
              train_cfg: ml_collections.ConfigDict, steps: int, seed: int,
-             desc: str = "train") -> tuple[object, FinetuneStats]:
-  """Trains a copy of ``params`` for ``steps`` steps; ``params`` itself stays intact."""
+             desc: str = "train", ckpt_dir: str | None = None,
+             checkpoint_every: int = 0) -> tuple[object, FinetuneStats]:
+  """Trains a copy of ``params`` for ``steps`` steps; ``params`` itself stays intact.
+
+  With ``ckpt_dir`` the train state is saved every ``checkpoint_every`` steps and
+  at the end, and a run that finds a checkpoint there continues from it: batches
+  are a function of (seed, step), so the result equals an uninterrupted run's.
+  A non-finite loss stops training before it can overwrite a good checkpoint.
+  """
   packed = batching.pack(examples, train_cfg.seq_len, pack_rows=train_cfg.pack)
   if packed.num_too_long:
     logging.warning("%d of %d training examples exceed seq_len=%d and were skipped",
@@ -74,25 +82,45 @@ def finetune(trainer: Trainer, params, examples: Sequence[batching.TrainExample]
   if packed.num_examples == 0:
     return params, FinetuneStats(0, 0, packed.num_too_long, 0, math.nan, math.nan, 0.0)
   state = trainer.init(jax.tree.map(jnp.copy, params))  # the step donates its input
+  ckpt = Checkpointer(ckpt_dir, max_to_keep=1) if ckpt_dir else None
+  start, last_loss = 0, math.nan
+  if ckpt is not None and ckpt.latest_step() is not None:
+    state, meta = ckpt.restore(state)
+    start, last_loss = int(meta["step"]), meta.get("loss", math.nan)
+    logging.info("%s: resuming from the checkpoint at step %d of %d", desc, start, steps)
   batches = batching.iterate_batches(packed.batch, train_cfg.batch_size, steps, seed,
-                                     grad_accum=train_cfg.grad_accum)
+                                     grad_accum=train_cfg.grad_accum, start_step=start)
   losses, tokens = [], 0.0
   pending = None
+
+  def settle(metrics) -> float:
+    nonlocal tokens
+    losses.append(_check_finite(float(metrics["loss"]), start + len(losses)))
+    tokens += float(metrics["tokens"])
+    return losses[-1]
+
   with progress(steps, desc, "step") as bar:
-    for batch in batches:
-      state, metrics = trainer.step(state, batch)
+    bar.update(start)
+    for step in range(start + 1, steps + 1):
+      state, metrics = trainer.step(state, next(batches))
       if pending is not None:  # read step n-1's metrics after dispatching step n: no host stall
-        losses.append(_check_finite(float(pending["loss"]), len(losses)))
-        tokens += float(pending["tokens"])
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+        bar.set_postfix(loss=f"{settle(pending):.3f}", refresh=False)
       pending = metrics
+      if ckpt is not None and (step == steps or (checkpoint_every and step % checkpoint_every == 0)):
+        settle(pending)  # never checkpoint a state whose loss is not known to be finite
+        pending = None
+        ckpt.save(state, meta={"loss": losses[-1]})
+        failpoints.hit("train_checkpoint")
       bar.update(1)
+      failpoints.hit("train_step")
   if pending is not None:
-    losses.append(_check_finite(float(pending["loss"]), len(losses)))
-    tokens += float(pending["tokens"])
+    settle(pending)
+  final = losses[-1] if losses else last_loss
   stats = FinetuneStats(steps, packed.num_examples, packed.num_too_long,
-                        len(packed.batch["tokens"]), losses[-1] if losses else math.nan,
-                        float(np.mean(losses)) if losses else math.nan, tokens)
+                        len(packed.batch["tokens"]), final,
+                        float(np.mean(losses)) if losses else final, tokens)
+  if ckpt is not None:
+    ckpt.close()
   return state.params, stats
 
 

@@ -10,6 +10,8 @@ from star_jax import star
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file[:variant].",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for metrics, artifacts, checkpoints.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete an earlier run's artifacts in --workdir "
+                                "and start over (default: resume it).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -21,7 +23,7 @@ def main(argv):
   quiet = ("/orbax/", "/jax/", "/tensorflow_datasets/", "/etils/")
   logging.get_absl_handler().addFilter(
       lambda r: r.levelno >= std_logging.WARNING or not any(q in r.pathname for q in quiet))
-  star.run(_CONFIG.value, _WORKDIR.value)
+  star.run(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
 
 
 if __name__ == "__main__":

@@ -173,7 +173,8 @@ class Decoder(nnx.Module):
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     self.cfg = cfg
     V, D, pd = cfg.vocab_size, cfg.d_model, cfg.jnp_param_dtype
-    self.embed = _param(rngs, jax.nn.initializers.normal(1.0), (V, D), pd, ("vocab", "embed"))
+    # std 1/sqrt(D): unit-norm token vectors, and unit-scale logits when the table is tied.
+    self.embed = _param(rngs, _normal(D), (V, D), pd, ("vocab", "embed"))
     self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
     self.final_norm = Norm(cfg, rngs)
     if not cfg.tie_embeddings:

@@ -8,10 +8,12 @@ from typing import Sequence
 
 import numpy as np
 
+from star_jax import failpoints
 from star_jax.report import progress
 from star_jax.sampler import Sampler, SamplingParams
 from star_jax.tasks import Example, Task
 from star_jax.tokenizer import Tokenizer
+from star_jax.workdir import Shards
 
 
 @dataclasses.dataclass
@@ -28,11 +30,16 @@ def encode_prompt(tokenizer: Tokenizer, text: str) -> list[int]:
 
 def generate(task: Task, tokenizer: Tokenizer, sampler: Sampler, params,
              examples: Sequence[Example], *, hint: bool, few_shot: bool,
-             sampling: SamplingParams, n: int, seed: int, desc: str) -> tuple[list[Generation], int]:
+             sampling: SamplingParams, n: int, seed: int, desc: str,
+             shard_dir: str | None = None, shard_size: int = 0
+             ) -> tuple[list[Generation], int]:
   """Samples ``n`` completions per example; returns generations and the count skipped.
 
   Examples whose prompt leaves no room for ``task.max_new_tokens`` in the model's
-  context are skipped and counted (never silently dropped).
+  context are skipped and counted (never silently dropped). With ``shard_dir``,
+  results are saved every ``shard_size`` examples and shards already there are
+  reused, so a killed phase resumes where it stopped; the samples are the same
+  either way (each prompt's randomness depends on its index in ``examples``).
   """
   limit = sampler.cfg.max_seq_len - task.max_new_tokens
   prompts, kept = [], []
@@ -42,17 +49,29 @@ def generate(task: Task, tokenizer: Tokenizer, sampler: Sampler, params,
       prompts.append(ids)
       kept.append(ex)
   skipped = len(examples) - len(kept)
-  if not kept:
-    return [], skipped
+  shards = Shards(shard_dir)
+  size = shard_size if shard_size > 0 else max(len(kept), 1)
+  texts: list[list[str]] = []
   with progress(len(prompts) * n, desc, "seq") as bar:
-    out = sampler.sample(params, prompts, task.max_new_tokens, sampling, n=n, seed=seed,
-                         stop_strings=task.stop_strings, decode_fn=tokenizer.decode,
-                         progress=bar.update)
+    for k, start in enumerate(range(0, len(kept), size)):
+      chunk = kept[start:start + size]
+      ids = [ex.id for ex in chunk]
+      rows = shards.load(k, ids)
+      if rows is None:
+        out = sampler.sample(params, prompts[start:start + size], task.max_new_tokens, sampling,
+                             n=n, seed=seed, stop_strings=task.stop_strings,
+                             decode_fn=tokenizer.decode, progress=bar.update, first_index=start)
+        rows = [{"id": ex.id, "texts": [tokenizer.decode(out.sequences(i, j)) for j in range(n)]}
+                for i, ex in enumerate(chunk)]
+        shards.save(k, rows)
+        failpoints.hit("sample_shard")
+      else:
+        bar.update(len(chunk) * n)
+      texts += [r["texts"] for r in rows]
   gens = []
-  for i, ex in enumerate(kept):
-    texts = [tokenizer.decode(out.sequences(i, j)) for j in range(n)]
-    preds = [task.extract_answer(t) for t in texts]
-    gens.append(Generation(ex, texts, preds, [task.is_correct(p, ex) for p in preds]))
+  for ex, ts in zip(kept, texts):
+    preds = [task.extract_answer(t) for t in ts]
+    gens.append(Generation(ex, ts, preds, [task.is_correct(p, ex) for p in preds]))
   return gens, skipped
 
 
@@ -63,14 +82,16 @@ class EvalResult:
   records: list[dict]
   by_difficulty: dict[str, float]  # difficulty bucket -> accuracy (empty if the task has none)
   skipped_too_long: int
+  seconds: float = 0.0
 
 
 def evaluate(task: Task, tokenizer: Tokenizer, sampler: Sampler, params,
-             examples: Sequence[Example], *, few_shot: bool, seed: int) -> EvalResult:
+             examples: Sequence[Example], *, few_shot: bool, seed: int,
+             shard_dir: str | None = None, shard_size: int = 0) -> EvalResult:
   """Greedy accuracy over every example (too-long prompts count as wrong)."""
   gens, skipped = generate(task, tokenizer, sampler, params, examples, hint=False,
                            few_shot=few_shot, sampling=SamplingParams(), n=1, seed=seed,
-                           desc="evaluate")
+                           desc="evaluate", shard_dir=shard_dir, shard_size=shard_size)
   records = []
   by_bucket: dict[str, list[bool]] = collections.defaultdict(list)
   done = {g.example.id for g in gens}

@@ -232,13 +232,16 @@ class Sampler:
              sampling: SamplingParams = SamplingParams(), n: int = 1, seed: int = 0,
              stop_strings: Sequence[str] = (),
              decode_fn: Callable[[list[int]], str] | None = None,
-             progress: Callable[[int], None] | None = None) -> SampleOutput:
+             progress: Callable[[int], None] | None = None,
+             first_index: int = 0) -> SampleOutput:
     """Samples ``n`` continuations of every prompt; returns all of them, in prompt order.
 
     ``stop_strings`` need ``decode_fn`` (token ids -> text); they are checked on
     the host every ``stop_check_every`` tokens and the row's length is cut at
     the first token whose text completes a stop string. ``progress(k)`` is
-    called after each batch with the number of rows it held.
+    called after each batch with the number of rows it held. Prompt ``i`` draws
+    its random numbers as prompt ``first_index + i``, so a long list sampled in
+    chunks gives the same samples as sampled at once.
     """
     if stop_strings and decode_fn is None:
       raise ValueError("stop_strings need decode_fn to turn token ids into text")
@@ -260,20 +263,21 @@ class Sampler:
     rows = sorted(((i, j) for i in range(num) for j in range(n)), key=lambda r: len(prompts[r[0]]))
     root = jax.random.key(seed)
     B = self.batch_size
+    offset = int(first_index)
     with jax.set_mesh(self.mesh):
       for start in range(0, len(rows), B):
         batch = rows[start:start + B]
         real = len(batch)
         batch = batch + [batch[0]] * (B - real)  # pad the remainder; padded rows are dropped
         self._sample_batch(params, prompts, batch, real, max_new_tokens, N, sampling, root,
-                           stop_strings, decode_fn, out)
+                           stop_strings, decode_fn, out, offset)
         if progress is not None:
           progress(real)
     out.tokens, out.logprobs = out.tokens[:, :, :max_new_tokens], out.logprobs[:, :, :max_new_tokens]
     return out
 
   def _sample_batch(self, params, prompts, batch, real, max_new_tokens, N, sp, root,
-                    stop_strings, decode_fn, out: SampleOutput):
+                    stop_strings, decode_fn, out: SampleOutput, offset: int):
     longest = max(len(prompts[i]) for i, _ in batch)
     P = min(_bucket(longest, MIN_PROMPT_BUCKET), self.cfg.max_seq_len - N)
     P = max(P, longest)
@@ -285,7 +289,7 @@ class Sampler:
       prompt_BxP[r, P - len(p):] = p
       mask_BxP[r, P - len(p):] = 1
     keys_B = jax.vmap(lambda i, j: jax.random.fold_in(jax.random.fold_in(root, i), j))(
-        jnp.asarray([i for i, _ in batch]), jnp.asarray([j for _, j in batch]))
+        jnp.asarray([offset + i for i, _ in batch]), jnp.asarray([j for _, j in batch]))
     keys_B = jax.device_put(keys_B, self._batch_sharding((len(batch),)))
     pre, dec = self._compiled(params, len(batch), P, S, N, sp)
     state = pre(params, prompt_BxP, mask_BxP, keys_B)
