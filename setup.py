@@ -21,6 +21,7 @@ INSTALL_REQUIRES = [
 EXTRAS_REQUIRE = {
     "test": [
         "pytest==9.2.0",
+        "hypothesis==6.155.2",
     ],
 }
 

@@ -20,8 +20,8 @@ from star_jax.sharding import constrain
 
 
 class LayerCache(NamedTuple):
-  k_BxSxKxH: jax.Array
-  v_BxSxKxH: jax.Array
+  k_BxKxSxH: jax.Array
+  v_BxKxSxH: jax.Array
 
 
 def _param(rngs: nnx.Rngs, init, shape, dtype, axes) -> nnx.Param:
@@ -99,21 +99,32 @@ class Attention(nnx.Module):
       v_BxTxKxH += self.v_bias[...].astype(dt)
     q_BxTxNxH = rope(q_BxTxNxH, positions_BxT, cfg)
     k_BxTxKxH = rope(k_BxTxKxH, positions_BxT, cfg)
+    # Keys/values live as [B, K, S, H]: batch and head lead, so the attention matmuls read
+    # the cache in place (a [B, S, K, H] cache was transposed, i.e. copied, every decode step).
+    k_BxKxTxH = k_BxTxKxH.transpose(0, 2, 1, 3)
+    v_BxKxTxH = v_BxTxKxH.transpose(0, 2, 1, 3)
     if cache is not None:
       # Every row writes the same slots: left padding keeps the batch aligned.
-      start = (0, cache_slot, 0, 0)
-      k_BxSxKxH = jax.lax.dynamic_update_slice(cache.k_BxSxKxH, k_BxTxKxH.astype(
-          cache.k_BxSxKxH.dtype), start)
-      v_BxSxKxH = jax.lax.dynamic_update_slice(cache.v_BxSxKxH, v_BxTxKxH.astype(
-          cache.v_BxSxKxH.dtype), start)
-      cache = LayerCache(k_BxSxKxH, v_BxSxKxH)
-      k_BxSxKxH = constrain(k_BxSxKxH, ("batch", "seq", "kv_heads", "head_dim"))
-      v_BxSxKxH = constrain(v_BxSxKxH, ("batch", "seq", "kv_heads", "head_dim"))
+      start = (0, 0, cache_slot, 0)
+      k_BxKxSxH = jax.lax.dynamic_update_slice(
+          cache.k_BxKxSxH, k_BxKxTxH.astype(cache.k_BxKxSxH.dtype), start)
+      v_BxKxSxH = jax.lax.dynamic_update_slice(
+          cache.v_BxKxSxH, v_BxKxTxH.astype(cache.v_BxKxSxH.dtype), start)
+      cache = LayerCache(k_BxKxSxH, v_BxKxSxH)
+      k_BxKxSxH = constrain(k_BxKxSxH, ("batch", "kv_heads", "seq", "head_dim"))
+      v_BxKxSxH = constrain(v_BxKxSxH, ("batch", "kv_heads", "seq", "head_dim"))
     else:
-      k_BxSxKxH, v_BxSxKxH = k_BxTxKxH, v_BxTxKxH
-    out_BxTxNxH = jax.nn.dot_product_attention(
-        q_BxTxNxH, k_BxSxKxH.astype(dt), v_BxSxKxH.astype(dt), mask=mask_BxTxS[:, None])
-    out_BxTxD = jnp.einsum("btnh,nhd->btd", out_BxTxNxH, self.o[...].astype(dt))
+      k_BxKxSxH, v_BxKxSxH = k_BxKxTxH, v_BxKxTxH
+    B, T, N, H = q_BxTxNxH.shape
+    K = k_BxKxSxH.shape[1]
+    q_BxKxGxTxH = q_BxTxNxH.reshape(B, T, K, N // K, H).transpose(0, 2, 3, 1, 4)
+    scores_BxKxGxTxS = jnp.einsum("bkgth,bksh->bkgts", q_BxKxGxTxH, k_BxKxSxH.astype(dt),
+                                  preferred_element_type=jnp.float32) / math.sqrt(H)
+    scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], scores_BxKxGxTxS, -1e30)
+    probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(dt)
+    out_BxKxGxTxH = jnp.einsum("bkgts,bksh->bkgth", probs_BxKxGxTxS, v_BxKxSxH.astype(dt))
+    out_BxTxD = jnp.einsum("bkgth,kghd->btd", out_BxKxGxTxH,
+                           self.o[...].astype(dt).reshape(K, N // K, H, -1))
     return out_BxTxD, cache
 
 
@@ -231,6 +242,6 @@ def causal_mask(segment_ids_BxT: jax.Array) -> jax.Array:
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> list[LayerCache]:
-  shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
+  shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
   return [LayerCache(jnp.zeros(shape, cfg.jnp_dtype), jnp.zeros(shape, cfg.jnp_dtype))
           for _ in range(cfg.num_layers)]

@@ -198,8 +198,8 @@ class Sampler:
 
   def _state_shardings(self, B: int, S: int, N: int) -> DecodeState:
     cfg = self.cfg
-    kv = (B, S, cfg.num_kv_heads, cfg.head_dim)
-    kv_sharding = sharding.named(self.mesh, ("batch", "seq", "kv_heads", "head_dim"), kv)
+    kv = (B, cfg.num_kv_heads, S, cfg.head_dim)
+    kv_sharding = sharding.named(self.mesh, ("batch", "kv_heads", "seq", "head_dim"), kv)
     rep = sharding.replicated(self.mesh)
     return DecodeState(
         cache=[LayerCache(kv_sharding, kv_sharding) for _ in range(cfg.num_layers)],

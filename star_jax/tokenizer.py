@@ -207,10 +207,16 @@ class CharTokenizer(Tokenizer):
 
 
 def load_tokenizer(path: str) -> Tokenizer:
-  """`.model` -> SentencePieceTokenizer, `.json` -> CharTokenizer."""
+  """`.model` -> SentencePieceTokenizer; `.json` -> CharTokenizer, or a pre-trained
+  `HFTokenizer` for a file it saved or a Hugging Face `tokenizer.json`."""
   if path.endswith(".model"):
     return SentencePieceTokenizer(path)
   if path.endswith(".json"):
+    with open(path) as f:
+      data = json.load(f)
+    if data.get("type") == "hf_tokenizers" or ("type" not in data and "model" in data):
+      from star_jax.hf_tokenizer import HFTokenizer  # needs the optional tokenizers package
+      return HFTokenizer.load(path)
     return CharTokenizer.load(path)
   raise ValueError(f"unknown tokenizer file type {path!r}: expected a .model or .json file")
 

@@ -35,3 +35,24 @@ def test_overfit_examples_are_reproduced_by_the_sampler():
   for g in gens:
     assert g.texts[0] == task.completion(task.gold_rationale(g.example), g.example)
     assert g.correct[0]
+
+
+def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+  import jax
+  import pytest
+  from star_jax import batching
+  from star_jax.checkpoint import Checkpointer
+  cfg = config.get_preset("tiny")
+  mesh = mesh_of((1, 1, 1))
+  graphdef, params = P.init_params(cfg, mesh)
+  tc = base_config().train
+  tc.seq_len, tc.learning_rate, tc.warmup_steps, tc.batch_size, tc.clip_norm = 16, 1e30, 0, 8, 1e30
+  examples = [batching.TrainExample([1, 2, 3], [4, 5, 6])] * 8
+  trainer = T.Trainer(graphdef, mesh, ft.optim_config(tc, 20))
+  with pytest.raises(FloatingPointError, match="loss became"):
+    ft.finetune(trainer, params, examples, tc, 20, seed=0, ckpt_dir=str(tmp_path / "ck"),
+                checkpoint_every=1)
+  ckpt = Checkpointer(str(tmp_path / "ck"))
+  state, meta = ckpt.restore(trainer.init(params))
+  assert np.isfinite(meta["loss"])
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))

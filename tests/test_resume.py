@@ -88,3 +88,21 @@ def test_unknown_config_keys_are_rejected(tmp_path):
   config.star.iteratons = 3
   with pytest.raises(ValueError, match=r"unknown config keys \['star.iteratons'\]"):
     star.run(config, str(tmp_path / "run"))
+
+
+def test_model_checkpoint_that_is_missing_or_mismatched_gets_a_clear_error(tmp_path):
+  from conftest import mesh_of
+  from star_jax import config as model_config, experiment, params as P
+  from star_jax.checkpoint import Checkpointer
+  mesh = mesh_of((1, 1, 1))
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    experiment.load_params(str(tmp_path / "nope"), None)
+  _, small = P.init_params(model_config.get_preset("tiny"), mesh)
+  ckpt = Checkpointer(str(tmp_path / "ck"))
+  ckpt.save_params(0, small)
+  ckpt.wait()
+  _, big = P.init_params(model_config.get_preset("tiny", d_model=128, head_dim=32), mesh)
+  with pytest.raises(ValueError, match="does not match model config"):
+    experiment.load_params(str(tmp_path / "ck"), big)
+  restored = experiment.load_params(str(tmp_path / "ck"), small)
+  assert P.count(restored) == P.count(small)

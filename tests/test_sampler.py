@@ -127,3 +127,14 @@ def test_bad_requests_get_clear_errors(setup):
     sampler.sample(params, [[1]], 4, stop_strings=("x",))
   with pytest.raises(ValueError, match="top_p"):
     S.SamplingParams(temperature=1.0, top_p=0.0)
+
+
+def test_chunked_sampling_equals_sampling_at_once(setup):
+  """Resumed phases sample in shards; ``first_index`` keeps every prompt's randomness."""
+  cfg, graphdef, params, mesh = setup
+  sampler = S.Sampler(cfg, graphdef, mesh, batch_size=4)
+  hot = S.SamplingParams(temperature=1.0)
+  whole = sampler.sample(params, PROMPTS, 6, hot, n=2, seed=5)
+  head = sampler.sample(params, PROMPTS[:2], 6, hot, n=2, seed=5)
+  tail = sampler.sample(params, PROMPTS[2:], 6, hot, n=2, seed=5, first_index=2)
+  np.testing.assert_array_equal(np.concatenate([head.tokens, tail.tokens]), whole.tokens)

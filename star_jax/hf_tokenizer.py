@@ -1,0 +1,220 @@
+"""Pre-trained tokenizers (Hugging Face ``tokenizers``) behind star_jax's `Tokenizer` interface.
+
+Two sources:
+- a Hugging Face directory: ``tokenizer.json`` plus the special tokens named in
+  ``tokenizer_config.json`` / ``generation_config.json`` / ``config.json``;
+- the GPT-2-style byte-level BPE embedded in a GGUF file
+  (``tokenizer.ggml.tokens/merges/token_type``), rebuilt as a ``tokenizers``
+  BPE with the pre-tokenizer llama.cpp uses for that vocabulary.
+
+Control tokens (``<|im_start|>``, ``<|im_end|>``, ...) are atomic: text that
+spells one encodes to its single id, as in the reference tokenizers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Sequence
+
+from star_jax.tokenizer import _CHAT_END_PIECES, _UNK_TEXT, Tokenizer, _write_bytes
+
+_FORMAT = "hf_tokenizers"  # the "type" of files written by HFTokenizer.save
+
+# llama.cpp's pre-tokenizer regexes (tokenizer.ggml.pre), for the BPE vocabularies we accept.
+_GPT2_SPLIT = None  # ByteLevel's own GPT-2 regex
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_PRE_SPLITS = {"default": _GPT2_SPLIT, "gpt2": _GPT2_SPLIT, "smollm": "digits",
+               "llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT}
+_CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types
+
+
+class HFTokenizer(Tokenizer):
+  """A ``tokenizers.Tokenizer`` plus the special ids the model was trained with."""
+
+  def __init__(self, tok, eos_id: int, bos_id: int | None = None, pad_id: int | None = None,
+               end_ids: Sequence[int] = (), add_bos_token: bool = False,
+               chat_template: str | None = None):
+    self._tok = tok
+    self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
+    self.bos_id, self.eos_id = bos_id, int(eos_id)
+    self.pad_id = int(pad_id) if pad_id is not None else self.eos_id  # common for causal LMs
+    ends = [self.eos_id, *map(int, end_ids)]
+    for piece in _CHAT_END_PIECES:
+      i = tok.token_to_id(piece)
+      if i is not None:
+        ends.append(i)
+    self.end_ids = tuple(dict.fromkeys(ends))  # ordered, without duplicates
+    self.add_bos_token = add_bos_token  # whether the model expects bos before a prompt
+    self.chat_template = chat_template
+    self._skip = {i for i in (self.pad_id, self.bos_id, self.eos_id) if i is not None}
+
+  def encode(self, text: str, add_bos: bool = False) -> list[int]:
+    ids = self._tok.encode(text, add_special_tokens=False).ids  # bos is the caller's choice
+    if add_bos:
+      if self.bos_id is None:
+        raise ValueError("add_bos=True but this tokenizer has no bos token")
+      ids.insert(0, self.bos_id)
+    return ids
+
+  def decode(self, ids: Sequence[int]) -> str:
+    out, run = [], []
+    for i in (int(x) for x in ids):
+      if i in self._skip:
+        continue
+      if 0 <= i < self.vocab_size:
+        run.append(i)
+        continue
+      out += [self._tok.decode(run, skip_special_tokens=False), _UNK_TEXT]
+      run = []
+    out.append(self._tok.decode(run, skip_special_tokens=False))
+    return "".join(out)
+
+  def token_to_id(self, piece: str) -> int | None:
+    return self._tok.token_to_id(piece)
+
+  def id_to_piece(self, i: int) -> str | None:
+    return self._tok.id_to_token(i)
+
+  def save(self, path: str) -> None:
+    data = {"type": _FORMAT, "tokenizer": json.loads(self._tok.to_str()), "bos_id": self.bos_id,
+            "eos_id": self.eos_id, "pad_id": self.pad_id, "end_ids": list(self.end_ids),
+            "add_bos_token": self.add_bos_token, "chat_template": self.chat_template}
+    _write_bytes(path, json.dumps(data, ensure_ascii=False).encode())
+
+  @classmethod
+  def load(cls, path: str) -> "HFTokenizer":
+    """A file written by `save`, or a bare ``tokenizer.json`` (specials from its directory)."""
+    with open(path) as f:
+      data = json.load(f)
+    if data.get("type") != _FORMAT:
+      return from_pretrained_dir(os.path.dirname(os.path.abspath(path)), os.path.basename(path))
+    tokenizers = _import_tokenizers()
+    tok = tokenizers.Tokenizer.from_str(json.dumps(data["tokenizer"]))
+    return cls(tok, data["eos_id"], data["bos_id"], data["pad_id"], data["end_ids"],
+               data["add_bos_token"], data["chat_template"])
+
+
+def _import_tokenizers():
+  try:
+    import tokenizers
+  except ImportError as e:
+    raise ImportError("pre-trained tokenizers need the tokenizers package: "
+                      "pip install tokenizers") from e
+  return tokenizers
+
+
+def _read_json(path: str) -> dict[str, Any]:
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def from_pretrained_dir(directory: str, filename: str = "tokenizer.json") -> HFTokenizer:
+  """The tokenizer of a Hugging Face model directory."""
+  tokenizers = _import_tokenizers()
+  path = os.path.join(directory, filename)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{directory} has no {filename} (only fast tokenizers are supported)")
+  tok = tokenizers.Tokenizer.from_file(path)
+  tc = _read_json(os.path.join(directory, "tokenizer_config.json"))
+  tc.update({k: v for k, v in _read_json(
+      os.path.join(directory, "special_tokens_map.json")).items() if k not in tc})
+  gen = _read_json(os.path.join(directory, "generation_config.json"))
+  cfg = _read_json(os.path.join(directory, "config.json"))
+
+  def special(name: str) -> int | None:  # token text (str or AddedToken dict) -> id
+    v = tc.get(f"{name}_token")
+    v = v.get("content") if isinstance(v, dict) else v
+    i = tok.token_to_id(v) if v else None
+    return i if i is not None else _first(gen.get(f"{name}_token_id", cfg.get(f"{name}_token_id")))
+
+  eos, bos, pad = special("eos"), special("bos"), special("pad")
+  if eos is None:
+    raise ValueError(f"{directory}: no eos token in tokenizer_config.json or config.json; "
+                     f"generation could never stop")
+  end_ids = _as_list(gen.get("eos_token_id")) + _as_list(cfg.get("eos_token_id"))
+  add_bos = tc.get("add_bos_token")
+  if add_bos is None:  # the post-processor decides, as in transformers
+    probe = tok.encode("a", add_special_tokens=True).ids
+    add_bos = bos is not None and bool(probe) and probe[0] == bos
+  template = tc.get("chat_template")
+  jinja = os.path.join(directory, "chat_template.jinja")
+  if template is None and os.path.exists(jinja):
+    with open(jinja) as f:
+      template = f.read()
+  return HFTokenizer(tok, eos, bos, pad, end_ids, bool(add_bos), template)
+
+
+def _as_list(x) -> list[int]:
+  return [] if x is None else [int(i) for i in (x if isinstance(x, list) else [x])]
+
+
+def _first(x) -> int | None:
+  xs = _as_list(x)
+  return xs[0] if xs else None
+
+
+def from_gguf(reader, where: str = "GGUF") -> HFTokenizer:
+  """The byte-level BPE tokenizer embedded in a GGUF file (``tokenizer.ggml.model == gpt2``)."""
+  from star_jax.checkpoints.gguf_file import field  # noqa: avoids importing gguf at module load
+  tokenizers = _import_tokenizers()
+  from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+  model = field(reader, "tokenizer.ggml.model")
+  if model != "gpt2":
+    raise ValueError(f"{where}: tokenizer.ggml.model={model!r} is not supported (only the "
+                     f"GPT-2-style byte-level BPE, 'gpt2')")
+  pre = field(reader, "tokenizer.ggml.pre", "default")
+  if pre not in _PRE_SPLITS:
+    raise ValueError(f"{where}: pre-tokenizer {pre!r} is not supported; known: {sorted(_PRE_SPLITS)}")
+  tokens = field(reader, "tokenizer.ggml.tokens")
+  merges = [tuple(m.split(" ", 1)) for m in field(reader, "tokenizer.ggml.merges")]
+  tok = tokenizers.Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, merges))
+  byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=_PRE_SPLITS[pre] is None)
+  if _PRE_SPLITS[pre] == "digits":  # llama.cpp 'smollm': every digit alone, then GPT-2's regex
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 byte_level])
+  elif _PRE_SPLITS[pre] is not None:
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(_PRE_SPLITS[pre]), behavior="isolated"), byte_level])
+  else:
+    tok.pre_tokenizer = byte_level
+  tok.decoder = decoders.ByteLevel()
+  types = field(reader, "tokenizer.ggml.token_type") or [1] * len(tokens)
+  tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                          for t, ty in zip(tokens, types) if ty == _CONTROL])
+  tok.add_tokens([AddedToken(t, special=False, normalized=False)
+                  for t, ty in zip(tokens, types) if ty == _USER_DEFINED])
+  eos = field(reader, "tokenizer.ggml.eos_token_id")
+  if eos is None:
+    raise ValueError(f"{where}: no tokenizer.ggml.eos_token_id; generation could never stop")
+  eot = field(reader, "tokenizer.ggml.eot_token_id")
+  return HFTokenizer(tok, eos, field(reader, "tokenizer.ggml.bos_token_id"),
+                     field(reader, "tokenizer.ggml.padding_token_id"),
+                     end_ids=[] if eot is None else [eot],
+                     add_bos_token=bool(field(reader, "tokenizer.ggml.add_bos_token", False)),
+                     chat_template=field(reader, "tokenizer.chat_template"))
+
+
+def chat_prompt(tokenizer: HFTokenizer, user_text: str) -> str:
+  """``user_text`` as one user turn plus the assistant header, in the model's chat format."""
+  template = tokenizer.chat_template
+  if template:
+    import jinja2.sandbox  # only chat prompts need it
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                                       extensions=["jinja2.ext.loopcontrols"])
+
+    def raise_exception(message):
+      raise jinja2.exceptions.TemplateError(message)
+
+    env.globals["raise_exception"] = raise_exception
+    specials = {f"{n}_token": tokenizer.id_to_piece(i) or ""
+                for n, i in (("bos", tokenizer.bos_id), ("eos", tokenizer.eos_id)) if i is not None}
+    return env.from_string(template).render(
+        messages=[{"role": "user", "content": user_text}], add_generation_prompt=True, **specials)
+  if tokenizer.token_to_id("<|im_start|>") is not None:
+    return f"<|im_start|>user\n{user_text}<|im_end|>\n<|im_start|>assistant\n"  # ChatML
+  raise ValueError("this tokenizer has no chat template; run without --chat")
