@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -73,8 +74,7 @@ class Checkpointer:
         opt_state=ocp.args.StandardRestore(target.opt_state),
         meta=ocp.args.JsonRestore()))
     meta = dict(out["meta"])
-    step_arr = jax.device_put(jax.numpy.asarray(meta["step"], jax.numpy.int32),
-                              target.step.sharding)
+    step_arr = jax.device_put(np.asarray(meta["step"], np.int32), target.step.sharding)
     return TrainState(step_arr, out["params"], out["opt_state"]), meta
 
   def restore_params(self, target_params: nnx.State, step: int | None = None) -> nnx.State:

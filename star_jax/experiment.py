@@ -17,6 +17,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from star_jax import checkpoint, config as model_config, params as params_lib, sharding
+from star_jax.distributed import barrier, is_primary
 from star_jax.tasks import Example, Task, get_task
 from star_jax.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer, load_tokenizer
 
@@ -45,16 +46,16 @@ def build_tokenizer(config: ml_collections.ConfigDict, task: Task, texts: list[s
     raise ValueError(f"tokenizer.kind must be 'char' or 'sentencepiece' (or set tokenizer.path), "
                      f"got {kind!r}")
   saved = os.path.join(workdir, f"tokenizer.{suffix}")
-  if os.path.exists(saved):
-    return load_tokenizer(saved)
-  if kind == "char":
-    tok = CharTokenizer.from_texts(texts)
-  else:
-    tok = SentencePieceTokenizer.train(texts, vocab_size=tc.vocab_size)
-  tok.save(saved)
-  logging.info("built a %s tokenizer with %d ids from %d texts -> %s", kind, tok.vocab_size,
-               len(texts), saved)
-  return tok
+  if not os.path.exists(saved) and is_primary():  # one process builds; the others load it
+    if kind == "char":
+      tok = CharTokenizer.from_texts(texts)
+    else:
+      tok = SentencePieceTokenizer.train(texts, vocab_size=tc.vocab_size)
+    tok.save(saved)
+    logging.info("built a %s tokenizer with %d ids from %d texts -> %s", kind, tok.vocab_size,
+                 len(texts), saved)
+  barrier("tokenizer built")
+  return load_tokenizer(saved)
 
 
 def tokenizer_texts(task: Task, examples: list[Example]) -> list[str]:

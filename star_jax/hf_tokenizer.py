@@ -21,12 +21,9 @@ from star_jax.tokenizer import _CHAT_END_PIECES, _UNK_TEXT, Tokenizer, _write_by
 
 _FORMAT = "hf_tokenizers"  # the "type" of files written by HFTokenizer.save
 
-# llama.cpp's pre-tokenizer regexes (tokenizer.ggml.pre), for the BPE vocabularies we accept.
-_GPT2_SPLIT = None  # ByteLevel's own GPT-2 regex
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_PRE_SPLITS = {"default": _GPT2_SPLIT, "gpt2": _GPT2_SPLIT, "smollm": "digits",
-               "llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT}
+# llama.cpp pre-tokenizers (tokenizer.ggml.pre) we rebuild exactly: GPT-2's byte-level regex,
+# and SmolLM's, which first isolates every digit (as SmolLM2's own tokenizer.json does).
+_PRE_TOKENIZERS = ("default", "gpt2", "smollm")
 _CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types
 
 
@@ -161,25 +158,21 @@ def from_gguf(reader, where: str = "GGUF") -> HFTokenizer:
   """The byte-level BPE tokenizer embedded in a GGUF file (``tokenizer.ggml.model == gpt2``)."""
   from star_jax.checkpoints.gguf_file import field  # noqa: avoids importing gguf at module load
   tokenizers = _import_tokenizers()
-  from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+  from tokenizers import AddedToken, decoders, models, pre_tokenizers
   model = field(reader, "tokenizer.ggml.model")
   if model != "gpt2":
     raise ValueError(f"{where}: tokenizer.ggml.model={model!r} is not supported (only the "
                      f"GPT-2-style byte-level BPE, 'gpt2')")
   pre = field(reader, "tokenizer.ggml.pre", "default")
-  if pre not in _PRE_SPLITS:
-    raise ValueError(f"{where}: pre-tokenizer {pre!r} is not supported; known: {sorted(_PRE_SPLITS)}")
+  if pre not in _PRE_TOKENIZERS:
+    raise ValueError(f"{where}: pre-tokenizer {pre!r} is not supported; known: {_PRE_TOKENIZERS}")
   tokens = field(reader, "tokenizer.ggml.tokens")
   merges = [tuple(m.split(" ", 1)) for m in field(reader, "tokenizer.ggml.merges")]
   tok = tokenizers.Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, merges))
-  byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=_PRE_SPLITS[pre] is None)
-  if _PRE_SPLITS[pre] == "digits":  # llama.cpp 'smollm': every digit alone, then GPT-2's regex
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+  byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+  if pre == "smollm":
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
                                                  byte_level])
-  elif _PRE_SPLITS[pre] is not None:
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(Regex(_PRE_SPLITS[pre]), behavior="isolated"), byte_level])
   else:
     tok.pre_tokenizer = byte_level
   tok.decoder = decoders.ByteLevel()

@@ -10,6 +10,8 @@ from typing import Any, Iterable
 
 import tqdm
 
+from star_jax.distributed import is_primary
+
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on TPU VMs or CI
@@ -20,11 +22,16 @@ def progress(total: int, desc: str, unit: str) -> tqdm.tqdm:
   """A progress bar with rates; redrawn rarely when stderr is a log file, not a terminal."""
   tty = sys.stderr.isatty()
   return tqdm.tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=tty,
-                   mininterval=0.2 if tty else 30.0)
+                   mininterval=0.2 if tty else 30.0, disable=not is_primary())
 
 
 def write_atomic(path: str, text: str) -> None:
-  """Writes via a temporary file and a rename: a reader never sees half a file."""
+  """Writes via a temporary file and a rename: a reader never sees half a file.
+
+  In a multi-host run only process 0 writes (every process computes the same text).
+  """
+  if not is_primary():
+    return
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
   try:
@@ -115,6 +122,9 @@ def plot_by_difficulty(metrics: list[dict], key: str, path: str, title: str,
 
 
 def _save(fig, path: str) -> None:
+  if not is_primary():
+    plt.close(fig)
+    return
   tmp = path + ".tmp.png"
   fig.tight_layout()
   fig.savefig(tmp, dpi=110)

@@ -23,6 +23,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from star_jax import sharding
 from star_jax.config import ModelConfig
+from star_jax.distributed import to_host
 from star_jax.model import LayerCache, init_cache
 from star_jax.params import merge, shardings_of
 
@@ -118,11 +119,19 @@ def _record(state: DecodeState, logits_BxV, sp: SamplingParams, end_ids: tuple[i
                         lengths_B=lengths_B, done_B=done_B, step=state.step + 1)
 
 
-def prefill(graphdef, params, prompt_BxP, prompt_mask_BxP, keys_B, cache_len: int,
-            max_new: int, sp: SamplingParams, end_ids: tuple[int, ...], pad_id: int
-            ) -> DecodeState:
+def row_keys(seed, prompt_idx_B, sample_idx_B) -> jax.Array:
+  """Row (prompt i, sample j) draws from key(seed) -> fold_in(i) -> fold_in(j) -> fold_in(step)."""
+  root = jax.random.key(seed)
+  return jax.vmap(lambda i, j: jax.random.fold_in(jax.random.fold_in(root, i), j))(
+      prompt_idx_B, sample_idx_B)
+
+
+def prefill(graphdef, params, prompt_BxP, prompt_mask_BxP, prompt_idx_B, sample_idx_B, seed,
+            cache_len: int, max_new: int, sp: SamplingParams, end_ids: tuple[int, ...],
+            pad_id: int) -> DecodeState:
   """Runs the prompt through the model, filling cache slots [0, P), and samples token 0."""
   model = merge(graphdef, params)
+  keys_B = row_keys(seed, prompt_idx_B, sample_idx_B)
   B, P = prompt_BxP.shape
   positions_BxP = jnp.maximum(jnp.cumsum(prompt_mask_BxP, axis=-1) - 1, 0)
   kv_valid_BxS = jnp.zeros((B, cache_len), bool).at[:, :P].set(prompt_mask_BxP.astype(bool))
@@ -220,7 +229,7 @@ class Sampler:
       pre = jax.jit(
           functools.partial(prefill, self.graphdef, cache_len=S, max_new=N, **static),
           in_shardings=(p_shard, self._batch_sharding((B, P)), self._batch_sharding((B, P)),
-                        self._batch_sharding((B,))),
+                        self._batch_sharding((B,)), self._batch_sharding((B,)), rep),
           out_shardings=st_shard)
       dec = jax.jit(functools.partial(decode, self.graphdef, **static),
                     in_shardings=(p_shard, st_shard, rep), out_shardings=st_shard,
@@ -261,7 +270,6 @@ class Sampler:
                        finished=np.zeros((num, n), bool), decode_steps=0)
     # Rows sorted by prompt length keep each batch's padding bucket tight.
     rows = sorted(((i, j) for i in range(num) for j in range(n)), key=lambda r: len(prompts[r[0]]))
-    root = jax.random.key(seed)
     B = self.batch_size
     offset = int(first_index)
     with jax.set_mesh(self.mesh):
@@ -269,14 +277,14 @@ class Sampler:
         batch = rows[start:start + B]
         real = len(batch)
         batch = batch + [batch[0]] * (B - real)  # pad the remainder; padded rows are dropped
-        self._sample_batch(params, prompts, batch, real, max_new_tokens, N, sampling, root,
+        self._sample_batch(params, prompts, batch, real, max_new_tokens, N, sampling, seed,
                            stop_strings, decode_fn, out, offset)
         if progress is not None:
           progress(real)
     out.tokens, out.logprobs = out.tokens[:, :, :max_new_tokens], out.logprobs[:, :, :max_new_tokens]
     return out
 
-  def _sample_batch(self, params, prompts, batch, real, max_new_tokens, N, sp, root,
+  def _sample_batch(self, params, prompts, batch, real, max_new_tokens, N, sp, seed,
                     stop_strings, decode_fn, out: SampleOutput, offset: int):
     longest = max(len(prompts[i]) for i, _ in batch)
     P = min(_bucket(longest, MIN_PROMPT_BUCKET), self.cfg.max_seq_len - N)
@@ -288,23 +296,24 @@ class Sampler:
       p = prompts[i]
       prompt_BxP[r, P - len(p):] = p
       mask_BxP[r, P - len(p):] = 1
-    keys_B = jax.vmap(lambda i, j: jax.random.fold_in(jax.random.fold_in(root, i), j))(
-        jnp.asarray([offset + i for i, _ in batch]), jnp.asarray([j for _, j in batch]))
-    keys_B = jax.device_put(keys_B, self._batch_sharding((len(batch),)))
+    prompt_idx_B = np.asarray([offset + i for i, _ in batch], np.int32)
+    sample_idx_B = np.asarray([j for _, j in batch], np.int32)
     pre, dec = self._compiled(params, len(batch), P, S, N, sp)
-    state = pre(params, prompt_BxP, mask_BxP, keys_B)
+    put = lambda x: jax.device_put(x, self._batch_sharding(x.shape))  # host data -> global array
+    state = pre(params, put(prompt_BxP), put(mask_BxP), put(prompt_idx_B), put(sample_idx_B),
+                jax.device_put(np.int32(seed), sharding.replicated(self.mesh)))
     chunk = self.stop_check_every if stop_strings else max_new_tokens
     stop_len = np.full((len(batch),), -1)
     steps = 1
     while True:
       stop_at = min(max_new_tokens, steps + chunk) if stop_strings else max_new_tokens
-      state = dec(params, state, jnp.asarray(stop_at, jnp.int32))
+      state = dec(params, state, jax.device_put(np.int32(stop_at), sharding.replicated(self.mesh)))
       steps = int(state.step)
       if not stop_strings:
         break
-      done = np.asarray(state.done_B).copy()
-      tokens = np.asarray(state.tokens_BxN)
-      lengths = np.asarray(state.lengths_B)
+      done = to_host(state.done_B).copy()
+      tokens = to_host(state.tokens_BxN)
+      lengths = to_host(state.lengths_B)
       for r in range(real):
         if stop_len[r] < 0:
           cut = _stop_cut(tokens[r, :lengths[r]].tolist(), stop_strings, decode_fn)
@@ -315,8 +324,8 @@ class Sampler:
       done[real:] = True
       state = state._replace(done_B=jax.device_put(done, state.done_B.sharding))
     out.decode_steps += steps - 1
-    tokens, logprobs = np.asarray(state.tokens_BxN), np.asarray(state.logprobs_BxN)
-    lengths, done = np.asarray(state.lengths_B), np.asarray(state.done_B)
+    tokens, logprobs = to_host(state.tokens_BxN), to_host(state.logprobs_BxN)
+    lengths, done = to_host(state.lengths_B), to_host(state.done_B)
     for r, (i, j) in enumerate(batch[:real]):
       length = int(stop_len[r]) if stop_len[r] >= 0 else int(lengths[r])
       out.tokens[i, j, :length] = tokens[r, :length]

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh
@@ -143,7 +144,7 @@ class Trainer:
     """Optimizer state laid out like the parameters (mu/nu inherit their shardings)."""
     with jax.set_mesh(self.mesh):
       opt_state = _opt_init(self.optim)(params)
-      step = jax.device_put(jnp.zeros((), jnp.int32), sharding.replicated(self.mesh))
+      step = jax.device_put(np.zeros((), np.int32), sharding.replicated(self.mesh))
     return TrainState(step, params, opt_state)
 
   def state_shardings(self, state: TrainState) -> TrainState:

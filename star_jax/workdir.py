@@ -15,6 +15,7 @@ import ml_collections
 
 from star_jax import report
 from star_jax.defaults import base_config
+from star_jax.distributed import barrier, is_primary
 
 # Keys that change how a run is executed but not its results: free to differ on resume.
 OPERATIONAL_KEYS = {"checkpoint_every", "sample.shard_size", "data.download", "data.tfds_dir",
@@ -72,12 +73,13 @@ def record_or_check_config(config: ml_collections.ConfigDict, workdir: str) -> b
   else:
     resumed = False
   report.write_atomic(path, json.dumps(current, indent=2, sort_keys=True))
+  barrier("config recorded")  # no process reads the workdir before every process checked it
   return resumed
 
 
 def clear(workdir: str) -> None:
   """Deletes a previous run's artifacts (only the files a run writes)."""
-  if not os.path.isdir(workdir):
+  if not os.path.isdir(workdir) or not is_primary():
     return
   for name in os.listdir(workdir):
     path = os.path.join(workdir, name)
@@ -112,5 +114,5 @@ class Shards:
       report.write_jsonl(self._path(k), rows)
 
   def remove(self) -> None:
-    if self.directory is not None and os.path.isdir(self.directory):
+    if self.directory is not None and os.path.isdir(self.directory) and is_primary():
       shutil.rmtree(self.directory)

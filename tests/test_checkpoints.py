@@ -6,8 +6,8 @@ import os
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
-from conftest import mesh_of
 from star_jax import params as P
 from star_jax.checkpoints import CheckpointError, hf, load_pretrained
 from star_jax.config import PRESETS
@@ -101,12 +101,12 @@ def test_logits_match_transformers(tmp_path, mesh1, kind):
   np.testing.assert_allclose(ours_BxTxV[real], ref_BxTxV[real], atol=1e-4, rtol=0)
 
 
-def test_sharded_load_matches_one_device(tmp_path, mesh1):
+def test_sharded_load_matches_one_device(tmp_path, mesh1, mesh8):
   path = _save(_hf_model("qwen2"), tmp_path / "qwen2")
-  mesh8 = mesh_of((2, 2, 2))
   one, eight = load_pretrained(path, mesh1), load_pretrained(path, mesh8)
-  expected = dict(nnx_flat(P.param_shardings(P.abstract_model(eight.model_cfg)[1], mesh8)))
-  for path_, var in nnx_flat(eight.params):
+  expected = dict(nnx.to_flat_state(P.param_shardings(P.abstract_model(eight.model_cfg)[1],
+                                                      mesh8)))
+  for path_, var in nnx.to_flat_state(eight.params):
     assert var.get_value().sharding == expected[path_].get_value(), path_
   gate = eight.params["layers"][0]["mlp"]["gate"].get_value()
   assert gate.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
@@ -116,11 +116,6 @@ def test_sharded_load_matches_one_device(tmp_path, mesh1):
   b = _forward(eight.graphdef, mesh8)(eight.params, tokens_BxT, mask_BxT)
   real = mask_BxT.astype(bool)
   np.testing.assert_allclose(b[real], a[real], atol=1e-5, rtol=0)
-
-
-def nnx_flat(state):
-  from flax import nnx
-  return list(nnx.to_flat_state(state))
 
 
 def test_bfloat16_checkpoint_loads_exactly(tmp_path, mesh1):
@@ -222,6 +217,23 @@ def test_config_mapping_of_published_shapes():
                           "use_sliding_window": False, "tie_word_embeddings": True,
                           "torch_dtype": "bfloat16"}, dtype="float32")
   assert qwen == PRESETS["qwen2-0.5b"]
+
+
+def test_unsupported_gguf_architecture(tmp_path, mesh1):
+  gguf = pytest.importorskip("gguf")
+  w = gguf.GGUFWriter(str(tmp_path / "falcon.gguf"), "falcon")
+  w.add_tensor("token_embd.weight", np.zeros((8, 4), np.float32))
+  w.write_header_to_file()
+  w.write_kv_data_to_file()
+  w.write_tensors_to_file()
+  w.close()
+  with pytest.raises(CheckpointError, match="unsupported GGUF architecture 'falcon'"):
+    load_pretrained(str(tmp_path / "falcon.gguf"), mesh1)
+
+
+def test_not_a_checkpoint(tmp_path, mesh1):
+  with pytest.raises(CheckpointError, match="not a checkpoint"):
+    load_pretrained(str(tmp_path), mesh1)  # exists, but holds no config.json
 
 
 def test_unknown_checkpoint_name(mesh1):

@@ -2,8 +2,6 @@
 
 import importlib.util
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -87,12 +85,19 @@ def test_greedy_continuations_match_transformers(ours, reference, mesh1):
   assert 0 < finished < len(prompts)  # both stop on end tokens and run to the limit
 
 
-def test_generate_command_prints_only_the_continuation():
-  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
-  run = subprocess.run(
-      [sys.executable, "-m", "star_jax.generate", "--checkpoint=smollm2-135m-instruct",
-       "--prompt=What is the capital of France?", "--max_new_tokens=16", "--chat"],
-      capture_output=True, text=True, env=env, timeout=240, check=True)
-  assert "Paris" in run.stdout
-  assert run.stdout.count("\n") <= 2 and "loaded" not in run.stdout  # logs went to stderr
-  assert "load" in run.stderr
+def test_tokenizer_matches_transformers(ours, reference):
+  from test_hf_tokenizer import TEXTS
+  ref_tok, _ = reference
+  tok = ours.tokenizer
+  for text in TEXTS + PROMPTS + ["  Über 9000!!! ¿Qué?   🙂\r\n", "x" * 300 + " 0123456789"]:
+    assert tok.encode(text) == ref_tok.encode(text, add_special_tokens=False), text
+  assert (tok.bos_id, tok.eos_id) == (ref_tok.bos_token_id, ref_tok.eos_token_id) == (1, 2)
+  assert tok.encode("<|im_start|>x<|im_end|>") == [1, tok.encode("x")[0], 2]
+  assert set(tok.end_ids) == {2, 0}  # <|im_end|> ends a turn, <|endoftext|> a document
+
+
+def test_chat_prompt_matches_transformers_template(ours, reference):
+  ref_tok, _ = reference
+  messages = [{"role": "user", "content": "What is 2+2?"}]
+  expected = ref_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+  assert chat_prompt(ours.tokenizer, "What is 2+2?") == expected
