@@ -79,3 +79,32 @@ def base_config() -> ml_collections.ConfigDict:
   c.sample.batch_size = 32
   c.sample.shard_size = 512  # questions per saved shard of sampling results (resume unit)
   return c
+
+
+def text_task_config(task: str, data_dir: str, variant: str) -> ml_collections.ConfigDict:
+  """Shared shape of the question-answering configs (cqa, gsm8k) and their :smoke variant."""
+  c = base_config()
+  c.task = task
+  c.data.dir = data_dir
+  # Until pre-trained checkpoints are wired in: a random model, a tokenizer built from the data.
+  c.model.preset = "tiny"
+  c.model.overrides = {"max_seq_len": 2048}
+  c.tokenizer.kind = "sentencepiece"
+  c.tokenizer.vocab_size = 4096
+  c.star.iterations = 10
+  c.train.seq_len = 1024
+  c.sample.batch_size = 32
+  if variant == "smoke":
+    c.model.overrides = {"max_seq_len": 1024}
+    c.tokenizer.vocab_size = 512
+    c.data.max_train, c.data.max_eval = 24, 10
+    c.data.download = False
+    c.star.iterations = 2
+    c.star.max_new_tokens = 24
+    c.star.base_steps = 4
+    c.train.seq_len = 512
+    c.train.learning_rate = 1e-3
+    c.train.warmup_steps = 2
+  elif variant:
+    raise ValueError(f"unknown variant {variant!r} (known: smoke)")
+  return c
