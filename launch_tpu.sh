@@ -50,8 +50,11 @@ Options (--opt=VALUE or --opt VALUE):
                                            which worker 0 mirrors to the bucket every
                                            --sync-every seconds and when the run ends; 'run'
                                            first restores it from the bucket, so a run on a new
-                                           VM (after preemption) resumes where it stopped
-                         /abs/path         a path on the VM's disk
+                                           VM (after preemption) resumes where it stopped;
+                                           single-host VMs only (at most 8 cores/chips: v4-8,
+                                           v5litepod-8, ...)
+                         /abs/path         a path on the VM; on a multi-host slice a filesystem
+                                           every worker mounts (NFS, gcsfuse)
                          rel/path, ~/path  relative to the VM user's home directory
   --extra="FLAGS"      more star_jax.main flags, split on whitespace; may be repeated
                        (e.g. --extra="--config.star.iterations=3 --overwrite")
@@ -95,9 +98,9 @@ quote_arg() {
   fi
 }
 
-# Prints the command ('+ ' first); runs it unless --dry-run. Real runs print to stderr, so
-# $(runcmd ...) captures only the command's own output.
-runcmd() {
+# Prints a command, '+ ' first: to stdout in a dry run, else to stderr (so that $(runcmd ...)
+# captures only the command's own output).
+show_cmd() {
   local line="+" a
   for a in "$@"; do
     line+=" $(quote_arg "$a")"
@@ -106,6 +109,13 @@ runcmd() {
     printf '%s\n' "$line"
   else
     printf '%s\n' "$line" >&2
+  fi
+}
+
+# Prints the command; runs it unless --dry-run.
+runcmd() {
+  show_cmd "$@"
+  if ((!DRY_RUN)); then
     "$@"
   fi
 }
@@ -171,7 +181,9 @@ parse_args() {
         ;;
       --name | --zone | --project | --accelerator | --runtime | --config | --workdir | --dest | \
         --sync-every | --extra)
-        (($#)) || die_usage "$arg needs a value ($arg=VALUE)"
+        if (($# == 0)) || [[ $arg != --extra && $1 == --* ]]; then
+          die_usage "$arg needs a value ($arg=VALUE)"
+        fi
         set_option "$arg" "$1"
         shift
         ;;
@@ -189,6 +201,7 @@ parse_args() {
 WD_SHELL=""
 WD_SCP=""
 GS_URL=""
+MULTIHOST_WARNING=""
 
 validate() {
   [[ -n $SUBCOMMAND ]] || die_usage "missing subcommand (one of: ${SUBCOMMANDS// /, })"
@@ -234,7 +247,7 @@ validate() {
   if [[ -n $WORKDIR ]]; then
     local rel
     if [[ $WORKDIR == gs://* ]]; then
-      [[ $WORKDIR =~ ^gs://[a-z0-9][-a-z0-9_.]*[a-z0-9](/[A-Za-z0-9._=+@,-]+)+/?$ ]] ||
+      [[ $WORKDIR =~ ^gs://[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9](/[A-Za-z0-9._=+@,-]+)+/?$ ]] ||
         die_usage "--workdir='$WORKDIR': use gs://BUCKET/PATH with letters, digits and ._=+@,- in PATH"
       GS_URL=${WORKDIR%/}
       rel="star_runs/${GS_URL#gs://}"
@@ -254,6 +267,15 @@ validate() {
       WD_SHELL="\"\$HOME\"/$rel"
       WD_SCP=$rel
     fi
+  fi
+  # More than 8 cores/chips means more than one worker (v4-16, v5litepod-16, ...): every worker
+  # runs a process of the same job and needs the same workdir.
+  if [[ $SUBCOMMAND == run || $SUBCOMMAND == all ]] && ((10#${ACCELERATOR##*-} > 8)); then
+    [[ -z $GS_URL ]] || die_usage "--workdir=gs://... is mirrored from worker 0's own disk, which \
+suits single-host TPU VMs only; a multi-host slice ($ACCELERATOR) needs a filesystem that every \
+worker mounts at the same path (NFS, gcsfuse): pass --workdir=/that/mount/run"
+    MULTIHOST_WARNING="warning: $ACCELERATOR has several workers; --workdir=$WORKDIR must be on a \
+filesystem they all share (NFS, gcsfuse), else checkpoints and resuming break"
   fi
 }
 
@@ -282,7 +304,8 @@ do_create() {
     create_vm
     return
   fi
-  if ! out=$(gcloud_tpu "${describe[@]}" 2>/dev/null); then
+  show_cmd gcloud compute tpus tpu-vm "${describe[@]}" "${GFLAGS[@]}"
+  if ! out=$(gcloud compute tpus tpu-vm "${describe[@]}" "${GFLAGS[@]}" 2>/dev/null); then
     info "no TPU VM named $NAME in $ZONE: creating it"
     create_vm
     return
@@ -495,6 +518,9 @@ main() {
     if [[ $SUBCOMMAND == fetch && -n $GS_URL ]]; then
       command -v gsutil >/dev/null || die "gsutil not found (part of the Google Cloud SDK)"
     fi
+  fi
+  if [[ -n $MULTIHOST_WARNING ]]; then
+    info "$MULTIHOST_WARNING"
   fi
   case $SUBCOMMAND in
     create) do_create ;;

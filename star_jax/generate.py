@@ -14,8 +14,9 @@ import time
 
 from absl import app, flags, logging
 
-FLAGS = flags.DEFINE_string("checkpoint", None, "Checkpoint directory, .gguf file or known name "
-                            "(e.g. smollm2-135m-instruct).", required=True)
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "Checkpoint directory, .gguf file or known name (smollm2-135m-instruct).",
+    required=True)
 _PROMPT = flags.DEFINE_string("prompt", None, "Text to continue.", required=True)
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "Tokens to generate at most.")
 _TEMPERATURE = flags.DEFINE_float("temperature", None, "Sampling temperature; unset: greedy.")
@@ -62,8 +63,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.INFO)
-  text = generate(FLAGS.value, _PROMPT.value, _MAX_NEW.value, _TEMPERATURE.value, _TOP_K.value,
-                  _TOP_P.value, _SEED.value, _CHAT.value, _DTYPE.value)
+  text = generate(_CHECKPOINT.value, _PROMPT.value, _MAX_NEW.value, _TEMPERATURE.value,
+                  _TOP_K.value, _TOP_P.value, _SEED.value, _CHAT.value, _DTYPE.value)
   sys.stdout.write(text + "\n")
   sys.stdout.flush()
 

@@ -12,7 +12,8 @@ gguf = pytest.importorskip("gguf")
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 TRAIN = ["Hello world! 12345 apples and 678 oranges, 3.14159 and 2+2=4.",
          "The quick brown fox jumps over the lazy dog.\n\n  Indented  text\tand tabs",
-         "naïve café — déjà vu, 東京 and emojis 🙂🙂", "def f(x):\n    return x ** 2  # square",
+         "naïve café — déjà vu, 東京 and emojis 🙂🙂",
+         "def f(x):\n    return x ** 2  # square",
          "I'm sure they'll say we've DONE it; isn't it?"] * 20
 # Unicode, digits, whitespace runs, newlines, tabs, contractions and chat tokens in the text.
 TEXTS = ["Hello world", " leading space", "trailing  ", "12345 + 678 = 13023", "3.14159",

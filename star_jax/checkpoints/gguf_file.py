@@ -38,12 +38,20 @@ def field(reader, key: str, default: Any = None) -> Any:
 def model_config(reader, dtype: str | None = None, where: str = "GGUF") -> ModelConfig:
   arch = field(reader, "general.architecture")
   if arch not in SUPPORTED:
-    raise CheckpointError(f"{where}: unsupported GGUF architecture {arch!r}; supported: {SUPPORTED}")
+    raise CheckpointError(f"{where}: unsupported GGUF architecture {arch!r}; "
+                          f"supported: {SUPPORTED}")
   get = lambda key, default=None: field(reader, f"{arch}.{key}", default)
+
+  def need(key):
+    value = get(key)
+    if value is None:
+      raise CheckpointError(f"{where}: no {arch}.{key} in the GGUF metadata")
+    return value
+
   scaling = get("rope.scaling.type", "none")
   if scaling not in ("none", None) or "rope_freqs.weight" in _tensors(reader):
     raise CheckpointError(f"{where}: RoPE scaling ({scaling!r} / rope_freqs) is not implemented")
-  D, N = get("embedding_length"), get("attention.head_count")
+  D, N = need("embedding_length"), need("attention.head_count")
   H = get("attention.key_length") or D // N
   if get("rope.dimension_count", H) != H:
     raise CheckpointError(f"{where}: partial rotary ({get('rope.dimension_count')} of {H} dims) "
@@ -54,9 +62,9 @@ def model_config(reader, dtype: str | None = None, where: str = "GGUF") -> Model
     vocab = _tensors(reader)["token_embd.weight"].shape[-1]
   dtype = dtype or "float32"  # quantized weights: float32 is the faithful default
   return ModelConfig(
-      vocab_size=int(vocab), d_model=D, num_layers=get("block_count"), num_heads=N,
+      vocab_size=int(vocab), d_model=D, num_layers=need("block_count"), num_heads=N,
       num_kv_heads=get("attention.head_count_kv") or N, head_dim=H,
-      ffn_dim=get("feed_forward_length"), norm_eps=float(get("attention.layer_norm_rms_epsilon")),
+      ffn_dim=need("feed_forward_length"), norm_eps=float(need("attention.layer_norm_rms_epsilon")),
       rope_base=float(get("rope.freq_base", 10000.0)), max_seq_len=get("context_length", 2048),
       tie_embeddings="output.weight" not in _tensors(reader), param_dtype=dtype, dtype=dtype)
 

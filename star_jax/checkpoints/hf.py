@@ -43,10 +43,11 @@ def model_config(hf: dict[str, Any], dtype: str | None = None, where: str = "con
     if dtype not in _DTYPES:
       raise CheckpointError(f"{where}: checkpoint dtype {dtype!r} is not one of {sorted(_DTYPES)}; "
                             f"pass dtype= to load it as one of those")
-  kw = dict(param_dtype=dtype, dtype=dtype, vocab_size=hf["vocab_size"])
-  if arch == GPTJ:
-    return ModelConfig(**kw, **_gptj(hf, where))
-  return ModelConfig(**kw, **_llama(hf, arch, where))
+  try:
+    kw = dict(param_dtype=dtype, dtype=dtype, vocab_size=hf["vocab_size"])
+    return ModelConfig(**kw, **(_gptj(hf, where) if arch == GPTJ else _llama(hf, arch, where)))
+  except KeyError as e:
+    raise CheckpointError(f"{where}: no {e.args[0]!r}, which a {arch} config needs") from None
 
 
 def _llama(hf: dict[str, Any], arch: str, where: str) -> dict[str, Any]:
@@ -84,7 +85,7 @@ def _rope_base(hf: dict[str, Any], where: str) -> float:
     raise CheckpointError(f"{where}: RoPE scaling {kind!r} is not implemented "
                           f"(only unscaled RoPE); refusing rather than running a different model")
   if (hf.get("partial_rotary_factor") or rp.get("partial_rotary_factor") or 1.0) != 1.0:
-    raise CheckpointError(f"{where}: partial_rotary_factor is not supported for Llama-family models")
+    raise CheckpointError(f"{where}: partial_rotary_factor is not supported for the Llama family")
   return float(hf.get("rope_theta") or rp.get("rope_theta") or 10000.0)
 
 
@@ -158,25 +159,22 @@ class SafetensorsSource:
     from safetensors import safe_open  # optional dependency: only HF checkpoints need it
     self._open = safe_open
     index = os.path.join(directory, "model.safetensors.index.json")
-    if os.path.exists(index):
+    if os.path.exists(index):  # sharded: the index names the files
       with open(index) as f:
-        weight_map = json.load(f)["weight_map"]
-      self._file = {k: os.path.join(directory, v) for k, v in weight_map.items()}
+        files = sorted(set(json.load(f)["weight_map"].values()))
     else:
       files = sorted(f for f in os.listdir(directory) if f.endswith(".safetensors"))
-      if not files:
-        raise CheckpointError(f"{directory}: no *.safetensors files (PyTorch .bin checkpoints are "
-                              f"not supported; re-save with safe_serialization=True)")
-      self._file = {}
-      for name in files:
-        with safe_open(os.path.join(directory, name), framework="np") as f:
-          self._file.update({k: os.path.join(directory, name) for k in f.keys()})
-    self._meta: dict[str, tuple[str, tuple[int, ...]]] = {}
-    for path in sorted(set(self._file.values())):
+    if not files:
+      raise CheckpointError(f"{directory}: no *.safetensors files (PyTorch .bin checkpoints are "
+                            f"not supported; re-save with safe_serialization=True)")
+    self._file: dict[str, str] = {}
+    self._meta: dict[str, tuple[str, tuple[int, ...]]] = {}  # key -> (dtype, shape)
+    for name in files:
+      path = os.path.join(directory, name)
       with safe_open(path, framework="np") as f:
         for k in f.keys():
           s = f.get_slice(k)
-          self._meta[k] = (s.get_dtype(), tuple(s.get_shape()))
+          self._file[k], self._meta[k] = path, (s.get_dtype(), tuple(s.get_shape()))
 
   def keys(self):
     return self._file.keys()
