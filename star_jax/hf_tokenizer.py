@@ -17,7 +17,7 @@ import json
 import os
 from typing import Any, Sequence
 
-from star_jax.tokenizer import _CHAT_END_PIECES, _UNK_TEXT, Tokenizer, _write_bytes
+from star_jax.tokenizer import _CHAT_END_PIECES, SubwordTokenizer, _write_bytes
 
 _FORMAT = "hf_tokenizers"  # the "type" of files written by HFTokenizer.save
 
@@ -27,7 +27,7 @@ _PRE_TOKENIZERS = ("default", "gpt2", "smollm")
 _CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types
 
 
-class HFTokenizer(Tokenizer):
+class HFTokenizer(SubwordTokenizer):
   """A ``tokenizers.Tokenizer`` plus the special ids the model was trained with."""
 
   def __init__(self, tok, eos_id: int, bos_id: int | None = None, pad_id: int | None = None,
@@ -45,28 +45,12 @@ class HFTokenizer(Tokenizer):
     self.end_ids = tuple(dict.fromkeys(ends))  # ordered, without duplicates
     self.add_bos_token = add_bos_token  # whether the model expects bos before a prompt
     self.chat_template = chat_template
-    self._skip = {i for i in (self.pad_id, self.bos_id, self.eos_id) if i is not None}
 
-  def encode(self, text: str, add_bos: bool = False) -> list[int]:
-    ids = self._tok.encode(text, add_special_tokens=False).ids  # bos is the caller's choice
-    if add_bos:
-      if self.bos_id is None:
-        raise ValueError("add_bos=True but this tokenizer has no bos token")
-      ids.insert(0, self.bos_id)
-    return ids
+  def _encode_text(self, text: str) -> list[int]:
+    return self._tok.encode(text, add_special_tokens=False).ids  # bos is the caller's choice
 
-  def decode(self, ids: Sequence[int]) -> str:
-    out, run = [], []
-    for i in (int(x) for x in ids):
-      if i in self._skip:
-        continue
-      if 0 <= i < self.vocab_size:
-        run.append(i)
-        continue
-      out += [self._tok.decode(run, skip_special_tokens=False), _UNK_TEXT]
-      run = []
-    out.append(self._tok.decode(run, skip_special_tokens=False))
-    return "".join(out)
+  def _decode_run(self, ids: list[int]) -> str:
+    return self._tok.decode(ids, skip_special_tokens=False)
 
   def token_to_id(self, piece: str) -> int | None:
     return self._tok.token_to_id(piece)

@@ -56,7 +56,43 @@ class Tokenizer(abc.ABC):
     """Writes the tokenizer so that `load_tokenizer(path)` restores it."""
 
 
-class SentencePieceTokenizer(Tokenizer):
+class SubwordTokenizer(Tokenizer):
+  """Shared encode/decode of library-backed tokenizers: subclasses give one text <-> ids pair."""
+
+  @abc.abstractmethod
+  def _encode_text(self, text: str) -> list[int]:
+    """Ids of `text`, no special tokens added."""
+
+  @abc.abstractmethod
+  def _decode_run(self, ids: list[int]) -> str:
+    """Text of in-vocabulary ids."""
+
+  def _skip_ids(self) -> set[int]:
+    return {i for i in (self.pad_id, self.bos_id, self.eos_id) if i is not None}
+
+  def encode(self, text: str, add_bos: bool = False) -> list[int]:
+    ids = list(self._encode_text(text))
+    if add_bos:
+      if self.bos_id is None:
+        raise ValueError("add_bos=True but this tokenizer has no bos token")
+      ids.insert(0, self.bos_id)
+    return ids
+
+  def decode(self, ids: Sequence[int]) -> str:
+    skip, out, run = self._skip_ids(), [], []
+    for i in (int(x) for x in ids):
+      if i in skip:
+        continue
+      if 0 <= i < self.vocab_size:
+        run.append(i)
+        continue
+      out += [self._decode_run(run), _UNK_TEXT]  # out-of-vocabulary id (padded model vocab)
+      run = []
+    out.append(self._decode_run(run))
+    return "".join(out)
+
+
+class SentencePieceTokenizer(SubwordTokenizer):
   """A SentencePiece model (BPE or unigram) with round-trip-safe settings."""
 
   def __init__(self, model: str | bytes, extra_end_pieces: Sequence[str] = ()):
@@ -83,7 +119,6 @@ class SentencePieceTokenizer(Tokenizer):
       if i != self._sp.unk_id() and i not in ends:
         ends.append(i)
     self.end_ids = tuple(ends)
-    self._skip = {i for i in (self.pad_id, self.bos_id, self.eos_id) if i is not None}
 
   @classmethod
   def train(cls,
@@ -128,27 +163,11 @@ class SentencePieceTokenizer(Tokenizer):
     spm.SentencePieceTrainer.train(**kwargs)
     return cls(model.getvalue())
 
-  def encode(self, text: str, add_bos: bool = False) -> list[int]:
-    ids = list(self._sp.encode(text))
-    if add_bos:
-      if self.bos_id is None:
-        raise ValueError("add_bos=True but this tokenizer has no bos piece")
-      ids.insert(0, self.bos_id)
-    return ids
+  def _encode_text(self, text: str) -> list[int]:
+    return list(self._sp.encode(text))
 
-  def decode(self, ids: Sequence[int]) -> str:
-    out, run = [], []
-    for i in (int(x) for x in ids):
-      if i in self._skip:
-        continue
-      if 0 <= i < self.vocab_size:
-        run.append(i)
-        continue
-      out.append(self._sp.decode(run))
-      out.append(_UNK_TEXT)
-      run = []
-    out.append(self._sp.decode(run))
-    return "".join(out)
+  def _decode_run(self, ids: list[int]) -> str:
+    return self._sp.decode(ids)
 
   def id_to_piece(self, i: int) -> str:
     return self._sp.id_to_piece(i)
