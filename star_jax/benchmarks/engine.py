@@ -10,7 +10,6 @@ first call of each case compiles and runs, the timed calls after it only run.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import statistics
 import sys
@@ -22,6 +21,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from star_jax import batching, config, params as params_lib, sharding
+from star_jax.benchmarks.common import command, cores, cpu_model
 from star_jax.sampler import Sampler, SamplingParams
 from star_jax.trainer import OptimConfig, Trainer
 
@@ -41,24 +41,6 @@ flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"], "compu
 flags.DEFINE_enum("param_dtype", "float32", ["float32", "bfloat16", "float16"], "param dtype")
 flags.DEFINE_float("peak_flops", None, "peak FLOP/s of one device, for MFU (GPU/TPU only)")
 flags.DEFINE_integer("seed", 0, "seed for parameters and random data")
-
-
-def _cpu_model() -> str | None:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.lower().startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or None
-
-
-def _cores() -> int | None:
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:
-    return os.cpu_count()
 
 
 def bench_decode(cfg, graphdef, params, mesh, rng) -> dict:
@@ -179,8 +161,8 @@ def main(argv):
       "devices": {"count": len(devices), "platform": devices[0].platform,
                   "kind": devices[0].device_kind},
       "jax": jax.__version__, "flax": flax.__version__, "python": platform.python_version(),
-      "cpu": {"model": _cpu_model(), "cores": _cores()},
-      "command": " ".join(["python", "-m", "star_jax.benchmarks.engine"] + sys.argv[1:]),
+      "cpu": {"model": cpu_model(), "cores": cores()},
+      "command": command("star_jax.benchmarks.engine"),
       "init_s": init_s,
   }
   # Decode first: train steps donate (and replace) the parameter arrays.

@@ -1,0 +1,153 @@
+"""Benchmarks end to end on a tiny random Llama: record keys, figures, ratios, agreement."""
+
+import json
+
+import pytest
+
+from star_jax.benchmarks import common, decode, star_iteration, to_markdown, train
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from test_checkpoints import _hf_model, _save  # noqa: E402  (needs torch)
+
+DECODE_KEYS = set(common.RECORD_KEYS) | {
+    "checkpoint", "batch", "prompt_len", "new_tokens", "star_jax_detail", "transformers_detail",
+    "token_agreement", "roofline"}
+TRAIN_KEYS = set(common.RECORD_KEYS) | {
+    "checkpoint", "batch", "seq_len", "tokens_per_step", "star_jax_detail", "transformers_detail",
+    "flops_per_token", "matmul_peak_flops", "first_step_loss"}
+MACHINE_KEYS = {"cpu_model", "cores", "jax", "jaxlib", "torch", "transformers", "jax_backend",
+                "jax_devices"}
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+  """A tiny random LlamaForCausalLM saved as safetensors + config.json (no tokenizer)."""
+  return _save(_hf_model("llama"), tmp_path_factory.mktemp("bench") / "tiny_llama")
+
+
+def _printed(capsys):
+  return common.read_records(capsys.readouterr().out.splitlines())
+
+
+def _check_common(rec, keys, metric):
+  assert keys <= set(rec), keys - set(rec)
+  assert MACHINE_KEYS <= set(rec["machine"]), MACHINE_KEYS - set(rec["machine"])
+  assert rec["machine"]["cores"] >= 1
+  assert rec["metric"] == metric
+  assert rec["star_jax"] > 0 and rec["transformers"] > 0
+  assert rec["ratio"] == pytest.approx(rec["star_jax"] / rec["transformers"], rel=1e-12)
+  assert rec["command"].startswith("python -m star_jax.benchmarks.")
+  json.dumps(rec)  # plain JSON
+
+
+def test_decode_end_to_end(tiny_llama, capsys):
+  recs = decode.run(checkpoint=tiny_llama, batch_sizes=[1, 2], new_tokens=4, prompt_len=8,
+                    iters=1, bandwidth_mib=8, markdown=True, cmd="python -m " + decode.MODULE)
+  out = capsys.readouterr().out
+  assert common.read_records(out.splitlines()) == recs
+  assert "| batch=1 |" in out  # the markdown table follows the JSON lines
+  assert [r["case"] for r in recs] == ["batch=1", "batch=2"]
+  for rec in recs:
+    _check_common(rec, DECODE_KEYS, "new_tokens_per_s")
+    assert rec["benchmark"] == "decode"
+    assert rec["token_agreement"] == 1.0  # same greedy tokens: the same work was timed
+    for side in ("star_jax_detail", "transformers_detail"):
+      d = rec[side]
+      assert d["first_call_s"] > 0 and d["compile_s"] >= 0 and d["median_s"] > 0
+      assert d["tokens_per_s"] == pytest.approx(rec["batch"] * 4 / d["median_s"])
+  assert rec["star_jax"] == rec["star_jax_detail"]["tokens_per_s"]
+  roof = recs[0]["roofline"]
+  assert roof["bandwidth_bytes_per_s"] > 0 and roof["tokens_per_s"] > 0
+  # Tied embeddings: every matrix once (2 layers of attention + MLP, the 128 x 64 table).
+  assert roof["params_read_per_step"] == 2 * (4 * 16 * 64 * 2 + 2 * 16 * 64 * 2
+                                              + 3 * 64 * 128 + 2 * 64) + 64 + 128 * 64
+  assert roof["param_bytes_per_step"] == 4 * roof["params_read_per_step"]
+  assert roof["star_jax_fraction"] == pytest.approx(recs[0]["star_jax"] / roof["tokens_per_s"])
+  assert recs[1]["roofline"] is None
+
+
+def test_train_end_to_end(tiny_llama, capsys):
+  recs = train.run(checkpoint=tiny_llama, batch_sizes=[1, 2], seq_len=32, steps=1, matmul_n=64,
+                   matmul_repeats=1, cmd="python -m " + train.MODULE)
+  assert _printed(capsys) == recs
+  assert [r["case"] for r in recs] == ["batch=1 seq_len=32", "batch=2 seq_len=32"]
+  for rec in recs:
+    _check_common(rec, TRAIN_KEYS, "train_tokens_per_s")
+    assert rec["tokens_per_step"] == rec["batch"] * 32
+    peak = rec["matmul_peak_flops"]
+    assert peak["best"] == max(peak[k] for k in ("jax", "numpy", "torch")) > 0
+    for side in ("star_jax", "transformers"):
+      d = rec[f"{side}_detail"]
+      assert d["tokens_per_s"] == rec[side]
+      assert d["flops_per_s"] == pytest.approx(rec["flops_per_token"] * rec[side])
+      assert d["fraction_of_peak"] == pytest.approx(d["flops_per_s"] / peak["best"])
+      assert d["mfu"] is None  # CPU: no --peak_flops
+    loss = rec["first_step_loss"]
+    assert loss["star_jax"] == pytest.approx(loss["transformers"], rel=1e-4)
+    assert loss["agree"]
+
+
+METRICS = [
+    {"iteration": 0, "eval_accuracy": 0.1, "eval_n": 40, "eval_seconds": 3.0},
+    {"iteration": 1, "eval_accuracy": 0.2, "eval_n": 40, "train_questions": 48, "kept": 5,
+     "train_steps": 6, "sample_seconds": 4.0, "rationalize_seconds": 2.0, "train_seconds": 5.0,
+     "eval_seconds": 1.0},
+    {"iteration": 2, "eval_accuracy": 0.3, "eval_n": 40, "kept": 0, "train_steps": 0,
+     "sample_seconds": 4.5, "train_seconds": 0.5, "eval_seconds": 1.5},
+]
+
+
+def test_star_iteration_parses_metrics(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text("".join(json.dumps(m) + "\n" for m in reversed(METRICS)) + "\n")
+  rows = star_iteration.phase_breakdown(star_iteration.read_metrics(str(path)),
+                                        pretrain_seconds=7.0)
+  assert [r["iteration"] for r in rows] == [0, 1, 2]
+  assert rows[0]["phases"] == {"pretrain_seconds": 7.0, "eval_seconds": 3.0}
+  assert rows[0]["pretrain_source"] == "benchmark" and rows[0]["total_seconds"] == 10.0
+  assert rows[1]["phases"] == {"sample_seconds": 4.0, "rationalize_seconds": 2.0,
+                               "train_seconds": 5.0, "eval_seconds": 1.0}
+  assert rows[1]["missing"] == [] and rows[1]["total_seconds"] == 12.0
+  assert rows[2]["missing"] == ["rationalize_seconds"] and rows[2]["total_seconds"] == 6.5
+  # Without an outside timing, pretrain is reported missing rather than invented.
+  assert star_iteration.phase_breakdown(METRICS[:1])[0]["missing"] == ["pretrain_seconds"]
+
+  machine = common.machine_info()
+  recs = star_iteration.records_for_run("configs/arithmetic.py:smoke", METRICS, 7.0, 30.0,
+                                        machine, "python -m star_jax.benchmarks.star_iteration")
+  for rec, row in zip(recs, rows):
+    assert set(common.RECORD_KEYS) <= set(rec)
+    assert rec["benchmark"] == "star_iteration"
+    assert rec["transformers"] is None and rec["ratio"] is None and rec["peer"] is None
+    assert rec["star_jax"] == row["total_seconds"]
+    assert rec["run_unaccounted_seconds"] == pytest.approx(30.0 - 28.5)
+  table = common.markdown_table(recs)
+  assert "| configs/arithmetic.py:smoke | 1 | – | 4 | 2 | 5 | 1 | 12 |" in table
+
+
+def test_star_iteration_loads_configs():
+  cfg = star_iteration.load_config("configs/arithmetic.py:smoke")
+  assert cfg.task == "arithmetic" and cfg.star.iterations == 2
+
+
+def test_to_markdown_renders_every_benchmark(tmp_path):
+  machine = common.machine_info()
+  recs = [
+      common.record("decode", "batch=1", "new_tokens_per_s", 10.0, 5.0, "transformers", machine,
+                    "python -m star_jax.benchmarks.decode", token_agreement=1.0,
+                    roofline={"tokens_per_s": 40.0, "star_jax_fraction": 0.25}),
+      common.record("train", "batch=4 seq_len=256", "train_tokens_per_s", 100.0, 50.0,
+                    "transformers", machine, "python -m star_jax.benchmarks.train",
+                    matmul_peak_flops={"best": 2e11, "best_source": "jax"},
+                    star_jax_detail={"flops_per_s": 1e11, "fraction_of_peak": 0.5}),
+  ]
+  src = tmp_path / "in.jsonl"
+  src.write_text("".join(json.dumps(r) + "\n" for r in recs) + "\n| a markdown line |\n")
+  assert common.read_records(src.read_text().splitlines()) == recs
+  text = to_markdown.render(recs)
+  assert "## Greedy decoding" in text and "## Training step" in text
+  assert "| batch=1 | 10 | 5 | 2 |" in text
+  assert "| batch=4 seq_len=256 | 100 | 50 | 2 | 100 | – | 200 (jax) | 50.0% |" in text
+  assert common.machine_line(machine) in text
