@@ -35,6 +35,10 @@ class ModelConfig:
   rope_base: float = 10000.0
   rotary_dim: int | None = None  # None: rotate all of H; GPT-J rotates the first 64
   rope_interleaved: bool = False  # False: rotate-half (Llama/NeoX); True: pairs (GPT-J)
+  # "sequence" (index in the text) or "line_column" (see star_jax.positions); the latter
+  # needs the ids of the tokens that end a line.
+  rope_positions: str = "sequence"
+  line_break_ids: tuple[int, ...] = ()
   qkv_bias: bool = False  # Qwen2
   tie_embeddings: bool = False  # SmolLM2, small Qwen2
   lm_head_bias: bool = False  # GPT-J
@@ -51,6 +55,16 @@ class ModelConfig:
     rd = self.rotary_dim if self.rotary_dim is not None else self.head_dim
     if rd % 2 or rd > self.head_dim:
       raise ValueError(f"rotary_dim {rd} must be even and at most head_dim {self.head_dim}")
+    if self.rope_positions not in ("sequence", "line_column"):
+      raise ValueError(f"rope_positions must be 'sequence' or 'line_column', got "
+                       f"{self.rope_positions!r}")
+    if self.rope_positions == "line_column":
+      if rd % 4:
+        raise ValueError(f"line_column positions split the rotary dims in two halves of "
+                         f"pairs: rotary_dim {rd} must be a multiple of 4")
+      if not self.line_break_ids:
+        raise ValueError("line_column positions need line_break_ids (the tokens that end a line)")
+    object.__setattr__(self, "line_break_ids", tuple(int(i) for i in self.line_break_ids))
     for name in ("param_dtype", "dtype"):
       if getattr(self, name) not in _DTYPES:
         raise ValueError(f"{name} must be one of {sorted(_DTYPES)}, got {getattr(self, name)!r}")

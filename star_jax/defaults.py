@@ -25,6 +25,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.tokenizer.path = ""  # a .model (SentencePiece) or .json (char) file; "" = build from data
   c.tokenizer.kind = "sentencepiece"  # when built from the data: sentencepiece | char
   c.tokenizer.vocab_size = 2048
+  c.tokenizer.pieces = ()  # char: multi-character tokens, matched longest first (e.g. " 7")
 
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})  # -1 = the rest
 
@@ -63,6 +64,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.pretrain = ml_collections.ConfigDict()  # warm start on gold rationales (arithmetic)
   c.pretrain.steps = 0
   c.pretrain.data = ml_collections.ConfigDict()  # data overrides for the seed set
+  # Share of seed problems shown with the hint in the prompt, so a from-scratch base model
+  # learns to use the rationalization hint (the paper's base model learns it from hinted
+  # few-shot exemplars instead).
+  c.pretrain.hint_fraction = 0.0
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 8  # sequences per step (paper: 8)

@@ -16,7 +16,8 @@ import ml_collections
 from flax import nnx
 from jax.sharding import Mesh
 
-from star_jax import checkpoint, config as model_config, params as params_lib, sharding
+from star_jax import checkpoint, config as model_config, params as params_lib, positions
+from star_jax import sharding
 from star_jax.distributed import barrier, is_primary
 from star_jax.tasks import Example, Task, get_task
 from star_jax.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer, load_tokenizer
@@ -48,7 +49,7 @@ def build_tokenizer(config: ml_collections.ConfigDict, task: Task, texts: list[s
   saved = os.path.join(workdir, f"tokenizer.{suffix}")
   if not os.path.exists(saved) and is_primary():  # one process builds; the others load it
     if kind == "char":
-      tok = CharTokenizer.from_texts(texts)
+      tok = CharTokenizer.from_texts(texts, pieces=list(tc.get("pieces", ()) or ()))
     else:
       tok = SentencePieceTokenizer.train(texts, vocab_size=tc.vocab_size)
     tok.save(saved)
@@ -72,6 +73,8 @@ def tokenizer_texts(task: Task, examples: list[Example]) -> list[str]:
 def build_model_config(config: ml_collections.ConfigDict, tokenizer: Tokenizer
                        ) -> model_config.ModelConfig:
   overrides = dict(config.model.get("overrides", {}) or {})
+  if overrides.get("rope_positions") == "line_column" and not overrides.get("line_break_ids"):
+    overrides["line_break_ids"] = positions.break_ids_of(tokenizer)
   cfg = model_config.get_preset(config.model.preset, **overrides)
   if cfg.vocab_size < tokenizer.vocab_size:
     if config.model.checkpoint:

@@ -55,11 +55,19 @@ def optim_config(train_cfg: ml_collections.ConfigDict, total_steps: int) -> Opti
 
 
 def training_examples(task: Task, tokenizer: Tokenizer, pairs: Sequence[tuple[Example, str]],
-                      few_shot: bool) -> list[batching.TrainExample]:
-  """Prompt (no hint; few-shot if asked) + completion (rationale and gold answer)."""
+                      few_shot: bool, hints: Sequence[bool] | None = None
+                      ) -> list[batching.TrainExample]:
+  """Prompt (few-shot if asked) + completion (rationale and gold answer).
+
+  Prompts carry no hint, except where ``hints[i]`` is true: pretraining on a mix
+  teaches a from-scratch base model what the rationalization hint means.
+  """
+  if hints is not None and len(hints) != len(pairs):
+    raise ValueError(f"got {len(hints)} hint flags for {len(pairs)} examples")
   out = []
-  for ex, rationale in pairs:
-    prompt = encode_prompt(tokenizer, task.prompt(ex, hint=False, few_shot=few_shot))
+  for i, (ex, rationale) in enumerate(pairs):
+    hint = bool(hints[i]) if hints is not None else False
+    prompt = encode_prompt(tokenizer, task.prompt(ex, hint=hint, few_shot=few_shot))
     out.append(batching.TrainExample(prompt, tokenizer.encode(task.completion(rationale, ex))))
   return out
 

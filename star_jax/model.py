@@ -56,10 +56,23 @@ class Norm(nnx.Module):
 
 
 def rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, cfg: ModelConfig) -> jax.Array:
-  """Rotary embedding on the first ``cfg.rope_dim`` dims (rotate-half or interleaved pairs)."""
+  """Rotary embedding on the first ``cfg.rope_dim`` dims (rotate-half or interleaved pairs).
+
+  ``positions`` are ``[B, T]`` indices, or ``[B, T, 2]`` (line, column) pairs: then
+  the first half of the frequencies turn with the column and the second half
+  with the line, each half its own geometric ladder from 1 rad per step.
+  """
   rd = cfg.rope_dim
-  inv_freq = cfg.rope_base ** (-jnp.arange(0, rd, 2, dtype=jnp.float32) / rd)
-  angle_BxTxR = positions_BxT[..., None].astype(jnp.float32) * inv_freq  # R = rd // 2
+  if positions_BxT.ndim == 3:
+    half = rd // 4
+    ladder = cfg.rope_base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    inv_freq = jnp.concatenate([ladder, ladder])
+    coord_R = jnp.asarray([1] * half + [0] * half)  # column, then line
+    pos_BxTxR = jnp.take(positions_BxT, coord_R, axis=-1).astype(jnp.float32)
+    angle_BxTxR = pos_BxTxR * inv_freq
+  else:
+    inv_freq = cfg.rope_base ** (-jnp.arange(0, rd, 2, dtype=jnp.float32) / rd)
+    angle_BxTxR = positions_BxT[..., None].astype(jnp.float32) * inv_freq  # R = rd // 2
   sin, cos = jnp.sin(angle_BxTxR)[:, :, None, :], jnp.cos(angle_BxTxR)[:, :, None, :]
   x = x_BxTxNxH.astype(jnp.float32)
   rot, rest = x[..., :rd], x[..., rd:]

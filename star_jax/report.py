@@ -75,9 +75,16 @@ def summary_line(m: dict[str, Any]) -> str:
   return " | ".join(parts)
 
 
+def kept_line(kept_by: dict[str, dict[str, int]], name: str) -> str:
+  """One line: per bucket, questions solved by generation + by rationalization / asked."""
+  cells = [f"{b}: {r['generation']}+{r['rationalization']}/{r['questions']}"
+           for b, r in kept_by.items()]
+  return f"solved by {name} (generation+rationalization/questions): " + ", ".join(cells)
+
+
 def difficulty_table(metrics: list[dict], key: str) -> str:
   """Iterations as rows, difficulty buckets as columns (accuracy in %)."""
-  buckets = sorted({b for m in metrics for b in m.get(key, {})}, key=_num)
+  buckets = sorted({b for m in metrics for b in m.get(key, {})}, key=bucket_key)
   if not buckets:
     return ""
   head = "iter | " + " | ".join(f"{b:>5}" for b in buckets) + " |   all"
@@ -88,8 +95,10 @@ def difficulty_table(metrics: list[dict], key: str) -> str:
   return "\n".join(lines)
 
 
-def _num(b: str):
-  return (0, int(b)) if str(b).isdigit() else (1, str(b))
+def bucket_key(b) -> tuple:
+  """Sort key for difficulty buckets: integers in numeric order, then names."""
+  b = str(b)
+  return (0, int(b)) if b.lstrip("-").isdigit() else (1, b)
 
 
 def plot_accuracy(metrics: list[dict], path: str, title: str) -> None:
@@ -107,7 +116,7 @@ def plot_accuracy(metrics: list[dict], path: str, title: str) -> None:
 
 def plot_by_difficulty(metrics: list[dict], key: str, path: str, title: str,
                        label: str = "{} digits") -> None:
-  buckets = sorted({b for m in metrics for b in m.get(key, {})}, key=_num)
+  buckets = sorted({b for m in metrics for b in m.get(key, {})}, key=bucket_key)
   fig, ax = plt.subplots(figsize=(6, 4))
   for b in buckets:
     pts = [(m["iteration"], 100 * m[key][b]) for m in metrics if b in m.get(key, {})]

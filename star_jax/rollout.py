@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from star_jax import failpoints
-from star_jax.report import progress
+from star_jax.report import bucket_key, progress
 from star_jax.sampler import Sampler, SamplingParams
 from star_jax.tasks import Example, Task
 from star_jax.tokenizer import Tokenizer
@@ -26,6 +26,20 @@ class Generation:
 
 def encode_prompt(tokenizer: Tokenizer, text: str) -> list[int]:
   return tokenizer.encode(text, add_bos=tokenizer.bos_id is not None)
+
+
+def stop_sequences(tokenizer: Tokenizer, stop_strings: Sequence[str]) -> list[list[int]]:
+  """Token spellings of the stop strings, for the sampler to stop rows on the device.
+
+  Only encodings that decode back to the string are used; the host-side stop
+  check still covers any other way a tokenizer may spell a stop string.
+  """
+  out = []
+  for s in stop_strings:
+    ids = tokenizer.encode(s)
+    if ids and tokenizer.decode(ids) == s:
+      out.append(ids)
+  return out
 
 
 def generate(task: Task, tokenizer: Tokenizer, sampler: Sampler, params,
@@ -113,11 +127,7 @@ def evaluate(task: Task, tokenizer: Tokenizer, sampler: Sampler, params,
       if d is not None:
         by_bucket[str(d)].append(False)
   correct = sum(r["correct"] for r in records)
-  by_difficulty = {k: float(np.mean(v)) for k, v in sorted(by_bucket.items(), key=_bucket_key)}
+  by_difficulty = {k: float(np.mean(by_bucket[k])) for k in sorted(by_bucket, key=bucket_key)}
   return EvalResult(correct / max(len(records), 1), len(records), records, by_difficulty,
                     skipped)
 
-
-def _bucket_key(item):
-  k = item[0]
-  return (0, int(k)) if k.lstrip("-").isdigit() else (1, k)

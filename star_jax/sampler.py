@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
+from star_jax import positions as pos_lib
 from star_jax import sharding
 from star_jax.config import ModelConfig
 from star_jax.distributed import to_host
@@ -57,7 +58,7 @@ class DecodeState(NamedTuple):
   cache: list[LayerCache]
   kv_valid_BxS: jax.Array  # which cache slots hold real tokens
   last_token_B: jax.Array  # token to feed next
-  position_B: jax.Array  # its position
+  position_B: jax.Array  # position of the token before it: [B], or [B, 2] (line, column)
   slot: jax.Array  # cache slot it goes to (shared by all rows)
   step: jax.Array  # tokens generated so far
   done_B: jax.Array
@@ -105,8 +106,13 @@ def _logprob(logits_BxV: jax.Array, tokens_B: jax.Array) -> jax.Array:
 
 
 def _record(state: DecodeState, logits_BxV, sp: SamplingParams, end_ids: tuple[int, ...],
-            pad_id: int) -> DecodeState:
-  """Samples from the logits of ``state.step`` and appends to the outputs."""
+            pad_id: int, stop_seqs: tuple[tuple[int, ...], ...] = ()) -> DecodeState:
+  """Samples from the logits of ``state.step`` and appends to the outputs.
+
+  A row is done after an end id, or once its newest tokens spell one of
+  ``stop_seqs`` (multi-token stop sequences, matched on the device so a batch
+  exits as soon as its last row stops, with no host round trip).
+  """
   tok_B = pick_tokens(logits_BxV, state.keys_B, state.step, sp)
   tok_B = jnp.where(state.done_B, pad_id, tok_B)
   logp_B = jnp.where(state.done_B, 0.0, _logprob(logits_BxV, tok_B))
@@ -115,6 +121,12 @@ def _record(state: DecodeState, logits_BxV, sp: SamplingParams, end_ids: tuple[i
                                               (0, state.step))
   lengths_B = state.lengths_B + (~state.done_B).astype(jnp.int32)
   done_B = state.done_B | jnp.isin(tok_B, jnp.asarray(end_ids, jnp.int32))
+  for seq in stop_seqs:
+    m = len(seq)
+    window_BxM = jax.lax.dynamic_slice_in_dim(tokens_BxN, jnp.maximum(state.step - (m - 1), 0),
+                                              m, axis=1)
+    hit_B = jnp.all(window_BxM == jnp.asarray(seq, jnp.int32), axis=1) & (state.step >= m - 1)
+    done_B = done_B | hit_B
   return state._replace(last_token_B=tok_B, tokens_BxN=tokens_BxN, logprobs_BxN=logprobs_BxN,
                         lengths_B=lengths_B, done_B=done_B, step=state.step + 1)
 
@@ -128,12 +140,16 @@ def row_keys(seed, prompt_idx_B, sample_idx_B) -> jax.Array:
 
 def prefill(graphdef, params, prompt_BxP, prompt_mask_BxP, prompt_idx_B, sample_idx_B, seed,
             cache_len: int, max_new: int, sp: SamplingParams, end_ids: tuple[int, ...],
-            pad_id: int) -> DecodeState:
+            pad_id: int, stop_seqs: tuple[tuple[int, ...], ...] = ()) -> DecodeState:
   """Runs the prompt through the model, filling cache slots [0, P), and samples token 0."""
   model = merge(graphdef, params)
   keys_B = row_keys(seed, prompt_idx_B, sample_idx_B)
   B, P = prompt_BxP.shape
   positions_BxP = jnp.maximum(jnp.cumsum(prompt_mask_BxP, axis=-1) - 1, 0)
+  line_column = model.cfg.rope_positions == "line_column"
+  if line_column:  # counting starts at each row's first real token (rows are left-padded)
+    first_BxP = (positions_BxP == 0) & (prompt_mask_BxP > 0)
+    positions_BxP = pos_lib.line_column(prompt_BxP, first_BxP, model.cfg.line_break_ids)
   kv_valid_BxS = jnp.zeros((B, cache_len), bool).at[:, :P].set(prompt_mask_BxP.astype(bool))
   causal_PxS = jnp.arange(cache_len)[None, :] <= jnp.arange(P)[:, None]
   mask_BxPxS = causal_PxS[None] & kv_valid_BxS[:, None, :]
@@ -142,27 +158,32 @@ def prefill(graphdef, params, prompt_BxP, prompt_mask_BxP, prompt_idx_B, sample_
   logits_BxV = model.logits(h_BxPxD[:, -1:])[:, 0]
   state = DecodeState(
       cache=cache, kv_valid_BxS=kv_valid_BxS, last_token_B=jnp.zeros((B,), jnp.int32),
-      position_B=positions_BxP[:, -1] + 1, slot=jnp.asarray(P, jnp.int32),
+      position_B=positions_BxP[:, -1], slot=jnp.asarray(P, jnp.int32),
       step=jnp.asarray(0, jnp.int32), done_B=jnp.zeros((B,), bool),
       tokens_BxN=jnp.zeros((B, max_new), jnp.int32),
       logprobs_BxN=jnp.zeros((B, max_new), jnp.float32),
       lengths_B=jnp.zeros((B,), jnp.int32), keys_B=keys_B)
-  return _record(state, logits_BxV, sp, end_ids, pad_id)
+  return _record(state, logits_BxV, sp, end_ids, pad_id, stop_seqs)
 
 
 def decode_step(model, state: DecodeState) -> tuple[jax.Array, DecodeState]:
   """Feeds ``state.last_token_B`` at ``state.slot``; returns next-token logits [B, V]."""
   kv_valid_BxS = jax.lax.dynamic_update_slice(
       state.kv_valid_BxS, jnp.ones((state.kv_valid_BxS.shape[0], 1), bool), (0, state.slot))
-  h_Bx1xD, cache = model(state.last_token_B[:, None], state.position_B[:, None],
+  if model.cfg.rope_positions == "line_column":  # a line break opens a new line
+    position_B = pos_lib.advance(state.position_B, state.last_token_B, model.cfg.line_break_ids)
+  else:
+    position_B = state.position_B + 1
+  h_Bx1xD, cache = model(state.last_token_B[:, None], position_B[:, None],
                          kv_valid_BxS[:, None, :], state.cache, state.slot)
   state = state._replace(cache=cache, kv_valid_BxS=kv_valid_BxS, slot=state.slot + 1,
-                         position_B=state.position_B + 1)
+                         position_B=position_B)
   return model.logits(h_Bx1xD)[:, 0], state
 
 
 def decode(graphdef, params, state: DecodeState, stop_at, sp: SamplingParams,
-           end_ids: tuple[int, ...], pad_id: int) -> DecodeState:
+           end_ids: tuple[int, ...], pad_id: int,
+           stop_seqs: tuple[tuple[int, ...], ...] = ()) -> DecodeState:
   """Decodes until ``step == stop_at`` or every row is done (early exit)."""
   model = merge(graphdef, params)
 
@@ -171,7 +192,7 @@ def decode(graphdef, params, state: DecodeState, stop_at, sp: SamplingParams,
 
   def body(s: DecodeState):
     logits_BxV, s = decode_step(model, s)
-    return _record(s, logits_BxV, sp, end_ids, pad_id)
+    return _record(s, logits_BxV, sp, end_ids, pad_id, stop_seqs)
 
   return jax.lax.while_loop(cond, body, state)
 
@@ -190,13 +211,23 @@ class Sampler:
   The sampler holds structure only (graphdef, config, mesh); ``params`` are an
   argument of every call, so the trainer's freshly updated arrays are used
   directly — there is no second copy of the weights.
+
+  ``stop_sequences`` are token-id sequences that end a row on the device, like
+  end ids spelled with several tokens (the row's length includes them): pass
+  the encodings of the stop strings so batches need not wait for the host's
+  stop-string check. Stop strings stay authoritative: a tokenizer may spell a
+  stop string with other tokens, and the host check still catches those.
   """
 
   def __init__(self, cfg: ModelConfig, graphdef: nnx.GraphDef, mesh: Mesh,
                end_ids: Sequence[int] = (), pad_id: int = 0, batch_size: int = 32,
-               stop_check_every: int = 32):
+               stop_check_every: int = 32, stop_sequences: Sequence[Sequence[int]] = ()):
     self.cfg, self.graphdef, self.mesh = cfg, graphdef, mesh
-    self.end_ids = tuple(sorted(set(int(i) for i in end_ids)))
+    seqs = {tuple(int(i) for i in seq) for seq in stop_sequences}
+    if () in seqs:
+      raise ValueError("stop_sequences must not contain an empty sequence")
+    self.end_ids = tuple(sorted(set(int(i) for i in end_ids) | {s[0] for s in seqs if len(s) == 1}))
+    self.stop_seqs = tuple(sorted(s for s in seqs if len(s) > 1))
     self.pad_id = pad_id
     div = sharding.batch_divisor(mesh)
     self.batch_size = max(div, -(-batch_size // div) * div)  # a multiple of the batch shards
@@ -213,19 +244,20 @@ class Sampler:
     return DecodeState(
         cache=[LayerCache(kv_sharding, kv_sharding) for _ in range(cfg.num_layers)],
         kv_valid_BxS=self._batch_sharding((B, S)), last_token_B=self._batch_sharding((B,)),
-        position_B=self._batch_sharding((B,)), slot=rep, step=rep,
+        position_B=self._batch_sharding((B, 2) if cfg.rope_positions == "line_column" else (B,)),
+        slot=rep, step=rep,
         done_B=self._batch_sharding((B,)), tokens_BxN=self._batch_sharding((B, N)),
         logprobs_BxN=self._batch_sharding((B, N)), lengths_B=self._batch_sharding((B,)),
         keys_B=self._batch_sharding((B,)))
 
   def _compiled(self, params, B: int, P: int, S: int, N: int, sp: SamplingParams):
     p_shard = shardings_of(params)
-    key = (self.graphdef, self.mesh, self.end_ids, self.pad_id, B, P, S, N, sp,
+    key = (self.graphdef, self.mesh, self.end_ids, self.stop_seqs, self.pad_id, B, P, S, N, sp,
            sharding.tree_key(p_shard))
     if key not in _FNS:
       st_shard = self._state_shardings(B, S, N)
       rep = sharding.replicated(self.mesh)
-      static = dict(sp=sp, end_ids=self.end_ids, pad_id=self.pad_id)
+      static = dict(sp=sp, end_ids=self.end_ids, pad_id=self.pad_id, stop_seqs=self.stop_seqs)
       pre = jax.jit(
           functools.partial(prefill, self.graphdef, cache_len=S, max_new=N, **static),
           in_shardings=(p_shard, self._batch_sharding((B, P)), self._batch_sharding((B, P)),

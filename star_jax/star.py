@@ -42,7 +42,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
                  wd.finished_iterations(workdir) or "none")
   exp = build(config, workdir)
   sampler = Sampler(exp.model_cfg, exp.graphdef, exp.mesh, end_ids=exp.tokenizer.end_ids,
-                    pad_id=exp.tokenizer.pad_id, batch_size=config.sample.batch_size)
+                    pad_id=exp.tokenizer.pad_id, batch_size=config.sample.batch_size,
+                    stop_sequences=rollout.stop_sequences(exp.tokenizer, exp.task.stop_strings))
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=None)
   loop = _Loop(config, exp, sampler, ckpt, workdir)
   done = wd.finished_iterations(workdir)
@@ -150,12 +151,15 @@ class _Loop:
       new_params, stats = start, None
     record = {
         "iteration": n, "train_questions": len(questions),
+        f"kept_by_{task.difficulty_name}": _solved_by_difficulty(task, questions, solved,
+                                                                 rationalized),
         "solved_by_generation": len(solved), "solved_by_rationalization": len(rationalized),
         "kept": len(kept), "train_steps": stats.steps if stats else 0,
         "train_loss": stats.final_loss if stats else None,
         "train_examples_too_long": stats.too_long if stats else 0,
         "prompts_skipped_too_long": skipped,
         "train_pass_at_1": correct_samples / max(len(gens) * star.samples_per_question, 1),
+        "kept_wrong_step_share": _wrong_step_share(task, by_id, kept),
         "sample_seconds": sample_seconds, "rationalize_seconds": rationalize_seconds,
         "train_seconds": time.time() - t0,
     }
@@ -167,6 +171,9 @@ class _Loop:
     exp, workdir = self.exp, self.workdir
     record.update(eval_accuracy=result.accuracy, eval_n=result.n, eval_seconds=result.seconds,
                   eval_skipped_too_long=result.skipped_too_long)
+    steps = [r["step_accuracy"] for r in result.records if "step_accuracy" in r]
+    if steps:  # per-step correctness of the generated rationales (RL-STaR's delta)
+      record["eval_step_accuracy"] = float(np.mean(steps))
     if result.by_difficulty:
       record[self.diff_key] = result.by_difficulty
     if n > 0:
@@ -182,6 +189,9 @@ class _Loop:
       wd.Shards(self._dir(n, f"{phase}_shards")).remove()
     wd.Shards(self._dir(n, "train_ckpt")).remove()
     logging.info("%s", report.summary_line(record))
+    kept_key = f"kept_by_{exp.task.difficulty_name}"
+    if record.get(kept_key):
+      logging.info("%s", report.kept_line(record[kept_key], exp.task.difficulty_name))
     metrics = report.read_jsonl(metrics_path)
     title = f"STaR on {exp.task.name}"
     report.plot_accuracy(metrics, os.path.join(workdir, "accuracy.png"), title)
@@ -206,7 +216,9 @@ class _Loop:
         raise ValueError(f"pretrain needs gold rationales, and task {exp.task.name!r} has none; "
                          "set pretrain.steps=0")
       pairs.append((ex, gold))
-    examples = ft.training_examples(exp.task, exp.tokenizer, pairs, few_shot=config.star.few_shot)
+    hints = np.random.default_rng([config.seed, 7]).random(len(pairs)) < pc.hint_fraction
+    examples = ft.training_examples(exp.task, exp.tokenizer, pairs, few_shot=config.star.few_shot,
+                                    hints=hints)
     t0 = time.time()
     params, stats = ft.finetune(self._trainer(pc.steps), exp.params, examples, config.train,
                                 pc.steps, seed=config.seed, desc="pretrain",
@@ -215,6 +227,29 @@ class _Loop:
     logging.info("pretrained on %d gold rationales for %d steps in %.0fs (final loss %.3f)",
                  stats.examples, stats.steps, time.time() - t0, stats.final_loss)
     return jax.block_until_ready(params)
+
+
+def _solved_by_difficulty(task, questions, solved: set, rationalized: set) -> dict:
+  """Per difficulty bucket: questions asked, solved by generation, solved by rationalization."""
+  out: dict[str, dict[str, int]] = {}
+  for ex in questions:
+    d = task.difficulty(ex)
+    if d is None:
+      continue
+    row = out.setdefault(str(d), {"questions": 0, "generation": 0, "rationalization": 0})
+    row["questions"] += 1
+    row["generation"] += ex.id in solved
+    row["rationalization"] += ex.id in rationalized
+  return dict(sorted(out.items(), key=lambda kv: report.bucket_key(kv[0])))
+
+
+def _wrong_step_share(task, by_id: dict, kept: list[dict]) -> float | None:
+  """Share of kept rationales that reach the gold answer through a wrong step (tasks that
+  know their true steps, e.g. arithmetic); None for tasks that do not."""
+  if not kept or not hasattr(task, "step_correct"):
+    return None
+  wrong = [not all(task.step_correct(k["rationale"], by_id[k["id"]])) for k in kept]
+  return float(np.mean(wrong))
 
 
 def _unique_rationales(task, g: rollout.Generation, limit: int) -> list[str]:

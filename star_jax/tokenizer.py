@@ -7,8 +7,9 @@ special ids and `end_ids` (the ids that stop generation). Two implementations:
   loaded from a `.model` file). Configured so that `decode(encode(s)) == s` for
   any text: identity normalisation, whitespace kept as is, newlines as their
   own piece and byte fallback for characters never seen in training.
-- `CharTokenizer`: one id per character, for tiny models trained from scratch
-  (arithmetic). Deterministic: ids depend only on the alphabet.
+- `CharTokenizer`: one id per character (plus optional multi-character pieces,
+  matched longest first), for tiny models trained from scratch (arithmetic).
+  Deterministic: ids depend only on the alphabet and the pieces.
 
 Both share the special ids pad=0, bos=1, eos=2, unk=3, so a model and its
 batches never depend on which one was used.
@@ -177,43 +178,74 @@ class SentencePieceTokenizer(SubwordTokenizer):
 
 
 class CharTokenizer(Tokenizer):
-  """One id per character: ids 0-3 are pad/bos/eos/unk, then the alphabet in order."""
+  """One id per character, plus optional multi-character pieces.
 
-  def __init__(self, alphabet: Sequence[str]):
-    alphabet = list(alphabet)
+  Ids 0-3 are pad/bos/eos/unk, then the alphabet in order, then the pieces.
+  Encoding takes the longest piece that matches at each position (single
+  characters always match), so `decode(encode(s)) == s` for any text over the
+  alphabet. Pieces shorten sequences without merging digits: with pieces
+  " 0".." 9", "9 6 0" is three tokens, one per digit, instead of five.
+  """
+
+  def __init__(self, alphabet: Sequence[str], pieces: Sequence[str] = ()):
+    alphabet, pieces = list(alphabet), list(pieces)
     for c in alphabet:
       if not isinstance(c, str) or len(c) != 1:
         raise ValueError(f"alphabet entries must be single characters, got {c!r}")
     if len(set(alphabet)) != len(alphabet):
       raise ValueError("alphabet has duplicate characters")
-    self.alphabet = tuple(alphabet)
-    self._index = {c: i + 4 for i, c in enumerate(self.alphabet)}
-    self.vocab_size = 4 + len(self.alphabet)
+    for p in pieces:
+      if not isinstance(p, str) or len(p) < 2:
+        raise ValueError(f"pieces must be strings of two or more characters, got {p!r}")
+      missing = sorted(set(p) - set(alphabet))
+      if missing:
+        raise ValueError(f"piece {p!r} uses characters outside the alphabet: {missing}")
+    if len(set(pieces)) != len(pieces):
+      raise ValueError("pieces has duplicates")
+    self.alphabet, self.pieces = tuple(alphabet), tuple(pieces)
+    self._vocab = self.alphabet + self.pieces
+    self._index = {c: i + 4 for i, c in enumerate(self._vocab)}
+    self._lengths = sorted({len(p) for p in self.pieces}, reverse=True)
+    self.vocab_size = 4 + len(self._vocab)
     self.pad_id, self.bos_id, self.eos_id, self.unk_id = PAD_ID, BOS_ID, EOS_ID, UNK_ID
     self.end_ids = (EOS_ID,)
 
   @classmethod
-  def from_texts(cls, texts: Iterable[str], extra: str = "") -> "CharTokenizer":
-    """Alphabet = sorted characters of `texts` plus `extra` (sorted: ids do not depend on order)."""
+  def from_texts(cls, texts: Iterable[str], extra: str = "",
+                 pieces: Sequence[str] = ()) -> "CharTokenizer":
+    """Alphabet = sorted characters of `texts`, `extra` and `pieces` (ids do not depend on
+    text order); pieces keep the order given."""
     chars = set(extra)
     for t in texts:
       chars.update(t)
-    return cls(sorted(chars))
+    for p in pieces:
+      chars.update(p)
+    return cls(sorted(chars), pieces)
 
   def encode(self, text: str, add_bos: bool = False) -> list[int]:
-    ids = [self._index.get(c, UNK_ID) for c in text]
-    return [BOS_ID, *ids] if add_bos else ids
+    ids = [BOS_ID] if add_bos else []
+    i, n = 0, len(text)
+    while i < n:
+      for k in self._lengths:  # longest piece first
+        if i + k <= n and text[i:i + k] in self._index:
+          ids.append(self._index[text[i:i + k]])
+          i += k
+          break
+      else:
+        ids.append(self._index.get(text[i], UNK_ID))
+        i += 1
+    return ids
 
   def decode(self, ids: Sequence[int]) -> str:
     chars = []
     for i in (int(x) for x in ids):
       if i in (PAD_ID, BOS_ID, EOS_ID):
         continue
-      chars.append(self.alphabet[i - 4] if 4 <= i < self.vocab_size else _UNK_TEXT)
+      chars.append(self._vocab[i - 4] if 4 <= i < self.vocab_size else _UNK_TEXT)
     return "".join(chars)
 
   def save(self, path: str) -> None:
-    data = {"type": "char", "alphabet": list(self.alphabet)}
+    data = {"type": "char", "alphabet": list(self.alphabet), "pieces": list(self.pieces)}
     _write_bytes(path, json.dumps(data, ensure_ascii=True).encode())
 
   @classmethod
@@ -222,7 +254,7 @@ class CharTokenizer(Tokenizer):
       data = json.load(f)
     if data.get("type") != "char" or "alphabet" not in data:
       raise ValueError(f"{path} is not a CharTokenizer file (expected type 'char' and 'alphabet')")
-    return cls(data["alphabet"])
+    return cls(data["alphabet"], data.get("pieces", ()))
 
 
 def load_tokenizer(path: str) -> Tokenizer:

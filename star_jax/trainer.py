@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 from star_jax import sharding
 from star_jax.model import causal_mask
 from star_jax.params import merge, shardings_of
+from star_jax.positions import line_column, segment_starts
 
 BATCH_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions")
 
@@ -85,7 +86,11 @@ class TrainState(NamedTuple):
 def loss_sums(model, micro: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
   """Summed masked cross-entropy and the number of masked tokens of one micro-batch."""
   mask_BxLxL = causal_mask(micro["segment_ids"])
-  h_BxLxD, _ = model(micro["tokens"], micro["positions"], mask_BxLxL)
+  positions = micro["positions"]
+  if model.cfg.rope_positions == "line_column":
+    positions = line_column(micro["tokens"], segment_starts(micro["segment_ids"]),
+                            model.cfg.line_break_ids)
+  h_BxLxD, _ = model(micro["tokens"], positions, mask_BxLxL)
   logits_BxLxV = model.logits(h_BxLxD)
   xent_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, micro["targets"])
   weight_BxL = micro["loss_mask"].astype(jnp.float32)

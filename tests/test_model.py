@@ -9,6 +9,7 @@ import pytest
 
 from conftest import mesh_of
 from star_jax import config, model as M, params as P, sampler as S
+from star_jax.positions import line_column
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -16,6 +17,8 @@ def _forward(graphdef, params, tokens_BxT):
   model = P.merge(graphdef, params)
   B, T = tokens_BxT.shape
   positions = jnp.broadcast_to(jnp.arange(T), (B, T))
+  if model.cfg.rope_positions == "line_column":
+    positions = line_column(tokens_BxT, positions == 0, model.cfg.line_break_ids)
   h, _ = model(tokens_BxT, positions, M.causal_mask(jnp.ones((B, T), jnp.int32)))
   return model.logits(h)
 
@@ -24,9 +27,13 @@ def full_logits(graphdef, params, seq):
   return np.asarray(_forward(graphdef, params, jnp.asarray([seq]))[0])
 
 
-@pytest.mark.parametrize("preset", ["tiny", "tiny-gptj"])
-def test_cached_decode_matches_full_forward(preset, mesh1):
-  cfg = config.get_preset(preset)
+LINES = dict(rope_positions="line_column", line_break_ids=tuple(range(0, 256, 5)))
+
+
+@pytest.mark.parametrize("preset,overrides", [("tiny", {}), ("tiny-gptj", {}), ("tiny", LINES)],
+                         ids=["llama", "gptj", "line_column"])
+def test_cached_decode_matches_full_forward(preset, overrides, mesh1):
+  cfg = config.get_preset(preset, **overrides)
   graphdef, params = P.init_params(cfg, mesh1, seed=3)
   rng = np.random.default_rng(0)
   prompts = [rng.integers(0, cfg.vocab_size, n).tolist() for n in (5, 9, 1)]

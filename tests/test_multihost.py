@@ -57,8 +57,9 @@ def test_two_processes_match_one_process(tmp_path):
         continue
       if key == "train_loss" and e[key] is not None:
         # The cross-process all-reduce (gloo) sums gradients in another order than the
-        # in-process one: the loss agrees to float32 rounding, every count exactly.
-        assert g[key] == pytest.approx(e[key], rel=1e-3), key
+        # in-process one: over hundreds of Adam steps the loss drifts by float32 rounding
+        # (relative to the loss near 1, absolute once it is near 0); every count is exact.
+        assert g[key] == pytest.approx(e[key], rel=1e-3, abs=1e-4), key
       else:
         assert g[key] == e[key], (e["iteration"], key)
   # Only process 0 wrote artifacts: one copy of each, no partial lines.

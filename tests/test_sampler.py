@@ -116,6 +116,29 @@ def test_stop_strings_cut_at_the_completing_token(setup):
     assert out.finished[i, 0] == (stop in decode(free.sequences(i)))
 
 
+def test_stop_sequences_end_rows_on_the_device(setup):
+  cfg, graphdef, params, mesh = setup
+  decode = lambda ids: "".join(chr(0x100 + i) for i in ids)  # one character per id
+  free = S.Sampler(cfg, graphdef, mesh, batch_size=8).sample(params, PROMPTS, 16)
+  seq = free.sequences(0)[5:7]
+  stop = decode(seq)
+  host = S.Sampler(cfg, graphdef, mesh, batch_size=8, stop_check_every=32)
+  dev = S.Sampler(cfg, graphdef, mesh, batch_size=8, stop_check_every=32, stop_sequences=[seq])
+  a = host.sample(params, PROMPTS, 16, stop_strings=(stop,), decode_fn=decode)
+  b = dev.sample(params, PROMPTS, 16, stop_strings=(stop,), decode_fn=decode)
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  np.testing.assert_array_equal(a.lengths, b.lengths)
+  np.testing.assert_array_equal(a.finished, b.finished)
+  assert b.finished[0, 0] and b.lengths[0, 0] <= 7
+  # Alone, the stopping row ends the loop on the device instead of at the host's next check.
+  one_host = host.sample(params, PROMPTS[:1], 16, stop_strings=(stop,), decode_fn=decode)
+  one_dev = dev.sample(params, PROMPTS[:1], 16, stop_strings=(stop,), decode_fn=decode)
+  assert one_host.decode_steps == 15
+  assert one_dev.decode_steps == one_dev.lengths[0, 0] - 1
+  with pytest.raises(ValueError, match="empty sequence"):
+    S.Sampler(cfg, graphdef, mesh, stop_sequences=[[]])
+
+
 def test_bad_requests_get_clear_errors(setup):
   cfg, graphdef, params, mesh = setup
   sampler = S.Sampler(cfg, graphdef, mesh)

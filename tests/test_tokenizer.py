@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from star_jax import tasks
@@ -99,11 +100,50 @@ def test_char_tokenizer(tmp_path, corpus):
   assert loaded.encode(text) == ids
 
 
+ARITHMETIC_PIECES = [" " + d for d in "0123456789"] + ["<scratch>\n", " , ", " C: ", "C: "]
+
+
+def test_char_pieces_keep_one_token_per_digit_and_round_trip(tmp_path, corpus):
+  tok = CharTokenizer.from_texts(corpus, pieces=ARITHMETIC_PIECES)
+  text = "<scratch>\n7 0 6 + 5 9 8 , C: 0\n6 , 4 C: 1\n\n"
+  ids = tok.encode(text)
+  pieces = [tok.decode([i]) for i in ids]
+  assert pieces == ["<scratch>\n", "7", " 0", " 6", " ", "+", " 5", " 9", " 8", " , ", "C: ", "0",
+                    "\n", "6", " , ", "4", " C: ", "1", "\n", "\n"]  # one token per digit
+  assert tok.decode(ids) == text
+  assert tok.encode("<scratch") == CharTokenizer.from_texts(corpus).encode("<scratch")  # partial
+  rng = np.random.default_rng(0)
+  alphabet = list(tok.alphabet)
+  for _ in range(200):  # any text over the alphabet round-trips
+    t = "".join(rng.choice(alphabet, size=int(rng.integers(0, 40))))
+    assert tok.decode(tok.encode(t)) == t
+  path = str(tmp_path / "pieces.json")
+  tok.save(path)
+  loaded = load_tokenizer(path)
+  assert loaded.pieces == tuple(ARITHMETIC_PIECES) and loaded.encode(text) == ids
+
+
+def test_char_pieces_split_prompt_and_completion_like_the_whole_text(corpus):
+  tok = CharTokenizer.from_texts(corpus, pieces=ARITHMETIC_PIECES + ["Target:\n", "Hint:"])
+  task = tasks.get_task("arithmetic")
+  for ex in task.load("train", {"max_train": 50, "seed": 3}):
+    for hint in (False, True):
+      prompt = task.prompt(ex, hint=hint, few_shot=False)
+      target = task.completion(task.gold_rationale(ex), ex)
+      assert tok.encode(prompt) + tok.encode(target) == tok.encode(prompt + target)
+
+
 def test_char_tokenizer_rejects_bad_alphabets(tmp_path):
   with pytest.raises(ValueError, match="duplicate"):
     CharTokenizer(["a", "b", "a"])
   with pytest.raises(ValueError, match="single characters"):
     CharTokenizer(["ab"])
+  with pytest.raises(ValueError, match="two or more"):
+    CharTokenizer(["a", "b"], pieces=["a"])
+  with pytest.raises(ValueError, match="outside the alphabet"):
+    CharTokenizer(["a", "b"], pieces=["ac"])
+  with pytest.raises(ValueError, match="pieces has duplicates"):
+    CharTokenizer(["a", "b"], pieces=["ab", "ab"])
   path = tmp_path / "other.json"
   path.write_text(json.dumps({"type": "bpe"}))
   with pytest.raises(ValueError, match="not a CharTokenizer"):
