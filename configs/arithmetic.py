@@ -4,8 +4,8 @@
   python -m star_jax.main --config=configs/arithmetic.py:smoke --workdir=/tmp/arith_smoke
 
 The "pre-trained" base model is a small decoder trained on gold scratchpads of
-1-3 digit problems only; STaR then teaches it 4 and 5 digits from answers alone.
-The recipe, what failed and the measured results: docs/arithmetic.md.
+1-3 digit problems only; STaR then samples 1-5 digit problems from answers alone.
+The recipe, the measured results and the variants that failed: docs/arithmetic.md.
 """
 
 from star_jax.defaults import base_config
@@ -20,11 +20,13 @@ def get_config(variant: str = ""):
   c.tokenizer.pieces = [" " + d for d in "0123456789"] + [
       "Input:\n", "Target:\n", "Hint:", "<scratch>\n", "</scratch>\n", " + ", " , ", " C: ", "C: "]
   c.model.preset = "tiny"
-  # (line, column) rotary positions: every scratchpad step copies the line above at a fixed
-  # offset, whatever the number of digits, so lengths beyond the seed set are reachable.
+  # (line, column) rotary positions, columns counted from the end of the line above and
+  # spaced by random gaps in training: every scratchpad step copies the line above at a
+  # fixed offset whatever the number of digits, and no rule can count its way to a length.
+  lines = {"rope_positions": "line_column", "rope_base": 100.0, "right_aligned_columns": True,
+           "position_jitter": 2}
   c.model.overrides = {"d_model": 128, "num_layers": 4, "num_heads": 4, "num_kv_heads": 4,
-                       "head_dim": 32, "ffn_dim": 512, "max_seq_len": 256,
-                       "rope_positions": "line_column", "rope_base": 100.0}
+                       "head_dim": 32, "ffn_dim": 512, "max_seq_len": 256, **lines}
   c.data.max_train = 20000  # the pool STaR samples its questions from (1-5 digits)
   c.data.max_eval = 500  # held out, 100 per digit count
   c.star.iterations = 10
@@ -47,8 +49,7 @@ def get_config(variant: str = ""):
   c.sample.batch_size = 256
   if variant == "smoke":
     c.model.overrides = {"d_model": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
-                         "head_dim": 16, "ffn_dim": 128, "max_seq_len": 256,
-                         "rope_positions": "line_column", "rope_base": 100.0}
+                         "head_dim": 16, "ffn_dim": 128, "max_seq_len": 256, **lines}
     c.data.max_train, c.data.max_eval = 48, 40
     c.data.max_digits = c.data.eval_max_digits = 3
     c.star.iterations = 2

@@ -40,6 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.max_digits = 5
   c.data.eval_min_digits = 1
   c.data.eval_max_digits = 5
+  c.data.same_length = True  # arithmetic: False = addends of independent digit counts
 
   c.star = ml_collections.ConfigDict()
   c.star.iterations = 10

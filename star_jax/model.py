@@ -58,10 +58,12 @@ class Norm(nnx.Module):
 def rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, cfg: ModelConfig) -> jax.Array:
   """Rotary embedding on the first ``cfg.rope_dim`` dims (rotate-half or interleaved pairs).
 
-  ``positions`` are ``[B, T]`` indices, or ``[B, T, 2]`` (line, column) pairs: then
+  ``positions`` are ``[B, T]`` indices, or ``[B, T, 3]`` (line, column, index): then
   the first half of the frequencies turn with the column and the second half
   with the line, each half its own geometric ladder from 1 rad per step.
   """
+  if cfg.rope_positions == "none":  # NoPE: order comes from the causal mask alone
+    return x_BxTxNxH
   rd = cfg.rope_dim
   if positions_BxT.ndim == 3:
     half = rd // 4

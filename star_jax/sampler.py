@@ -58,7 +58,7 @@ class DecodeState(NamedTuple):
   cache: list[LayerCache]
   kv_valid_BxS: jax.Array  # which cache slots hold real tokens
   last_token_B: jax.Array  # token to feed next
-  position_B: jax.Array  # position of the token before it: [B], or [B, 2] (line, column)
+  position_B: jax.Array  # position of the token before it: [B], or [B, 3] (line, column, index)
   slot: jax.Array  # cache slot it goes to (shared by all rows)
   step: jax.Array  # tokens generated so far
   done_B: jax.Array
@@ -146,10 +146,9 @@ def prefill(graphdef, params, prompt_BxP, prompt_mask_BxP, prompt_idx_B, sample_
   keys_B = row_keys(seed, prompt_idx_B, sample_idx_B)
   B, P = prompt_BxP.shape
   positions_BxP = jnp.maximum(jnp.cumsum(prompt_mask_BxP, axis=-1) - 1, 0)
-  line_column = model.cfg.rope_positions == "line_column"
-  if line_column:  # counting starts at each row's first real token (rows are left-padded)
+  if model.cfg.uses_lines:  # counting starts at each row's first real token (rows are left-padded)
     first_BxP = (positions_BxP == 0) & (prompt_mask_BxP > 0)
-    positions_BxP = pos_lib.line_column(prompt_BxP, first_BxP, model.cfg.line_break_ids)
+    positions_BxP = pos_lib.of_tokens(model.cfg, prompt_BxP, first_BxP)
   kv_valid_BxS = jnp.zeros((B, cache_len), bool).at[:, :P].set(prompt_mask_BxP.astype(bool))
   causal_PxS = jnp.arange(cache_len)[None, :] <= jnp.arange(P)[:, None]
   mask_BxPxS = causal_PxS[None] & kv_valid_BxS[:, None, :]
@@ -170,8 +169,8 @@ def decode_step(model, state: DecodeState) -> tuple[jax.Array, DecodeState]:
   """Feeds ``state.last_token_B`` at ``state.slot``; returns next-token logits [B, V]."""
   kv_valid_BxS = jax.lax.dynamic_update_slice(
       state.kv_valid_BxS, jnp.ones((state.kv_valid_BxS.shape[0], 1), bool), (0, state.slot))
-  if model.cfg.rope_positions == "line_column":  # a line break opens a new line
-    position_B = pos_lib.advance(state.position_B, state.last_token_B, model.cfg.line_break_ids)
+  if model.cfg.uses_lines:  # a line break opens a new line
+    position_B = pos_lib.next_position(model.cfg, state.position_B, state.last_token_B)
   else:
     position_B = state.position_B + 1
   h_Bx1xD, cache = model(state.last_token_B[:, None], position_B[:, None],
@@ -244,7 +243,7 @@ class Sampler:
     return DecodeState(
         cache=[LayerCache(kv_sharding, kv_sharding) for _ in range(cfg.num_layers)],
         kv_valid_BxS=self._batch_sharding((B, S)), last_token_B=self._batch_sharding((B,)),
-        position_B=self._batch_sharding((B, 2) if cfg.rope_positions == "line_column" else (B,)),
+        position_B=self._batch_sharding((B, 3) if cfg.uses_lines else (B,)),
         slot=rep, step=rep,
         done_B=self._batch_sharding((B,)), tokens_BxN=self._batch_sharding((B, N)),
         logprobs_BxN=self._batch_sharding((B, N)), lengths_B=self._batch_sharding((B,)),

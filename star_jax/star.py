@@ -50,10 +50,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
   if 0 in done:
     base = ckpt.restore_params(exp.params, step=0)
   else:
-    base = exp.params
+    base, record = exp.params, {"iteration": 0}
     if config.pretrain.steps > 0:
-      base = loop.pretrain()
-    loop.finish(0, {"iteration": 0}, loop.evaluate(0, base, config.star.few_shot), [], base)
+      base, pretrain_record = loop.pretrain()
+      record.update(pretrain_record)
+    loop.finish(0, record, loop.evaluate(0, base, config.star.few_shot), [], base)
   last = max(done) if done else 0
   params = base if last == 0 else ckpt.restore_params(exp.params, step=last)
   for n in range(last + 1, config.star.iterations + 1):
@@ -202,8 +203,11 @@ class _Loop:
       report.plot_by_difficulty(metrics, self.diff_key,
                                 os.path.join(workdir, f"{self.diff_key}.png"), title, label)
 
-  def pretrain(self):
-    """Warm start: supervised training on gold rationales of a seed set (tasks that have them)."""
+  def pretrain(self) -> tuple[object, dict]:
+    """Warm start: supervised training on gold rationales of a seed set (tasks that have them).
+
+    Returns the parameters and the fields iteration 0 records about it.
+    """
     config, exp = self.config, self.exp
     pc = config.pretrain
     data_cfg = ml_collections.ConfigDict(config.data.to_dict())
@@ -224,9 +228,13 @@ class _Loop:
                                 pc.steps, seed=config.seed, desc="pretrain",
                                 ckpt_dir=os.path.join(self.workdir, "pretrain_ckpt"),
                                 checkpoint_every=config.checkpoint_every)
+    params = jax.block_until_ready(params)
+    seconds = time.time() - t0
     logging.info("pretrained on %d gold rationales for %d steps in %.0fs (final loss %.3f)",
-                 stats.examples, stats.steps, time.time() - t0, stats.final_loss)
-    return jax.block_until_ready(params)
+                 stats.examples, stats.steps, seconds, stats.final_loss)
+    # A resumed pretraining counts only the time of the part it ran.
+    return params, {"pretrain_examples": stats.examples, "pretrain_steps": stats.steps,
+                    "pretrain_loss": stats.final_loss, "pretrain_seconds": seconds}
 
 
 def _solved_by_difficulty(task, questions, solved: set, rationalized: set) -> dict:

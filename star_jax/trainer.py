@@ -22,7 +22,7 @@ from jax.sharding import Mesh
 from star_jax import sharding
 from star_jax.model import causal_mask
 from star_jax.params import merge, shardings_of
-from star_jax.positions import line_column, segment_starts
+from star_jax import positions as positions_lib
 
 BATCH_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions")
 
@@ -83,13 +83,18 @@ class TrainState(NamedTuple):
   opt_state: Any
 
 
-def loss_sums(model, micro: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-  """Summed masked cross-entropy and the number of masked tokens of one micro-batch."""
+def loss_sums(model, micro: dict[str, jax.Array],
+              key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Summed masked cross-entropy and the number of masked tokens of one micro-batch.
+
+  ``key`` draws the random gaps of jittered line positions; without it they are
+  laid out as the sampler lays them out.
+  """
   mask_BxLxL = causal_mask(micro["segment_ids"])
   positions = micro["positions"]
-  if model.cfg.rope_positions == "line_column":
-    positions = line_column(micro["tokens"], segment_starts(micro["segment_ids"]),
-                            model.cfg.line_break_ids)
+  if model.cfg.uses_lines:
+    positions = positions_lib.of_tokens(model.cfg, micro["tokens"],
+                                        positions_lib.segment_starts(micro["segment_ids"]), key)
   h_BxLxD, _ = model(micro["tokens"], positions, mask_BxLxL)
   logits_BxLxV = model.logits(h_BxLxD)
   xent_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, micro["targets"])
@@ -101,22 +106,27 @@ def train_step(graphdef, optim: OptimConfig, state: TrainState, batch: dict[str,
   """One optimizer update from ``[M, B, L]`` micro-batches; returns (state, metrics)."""
   tx, schedule = make_optimizer(optim), make_schedule(optim)
 
-  def micro_grads(params, micro):
+  def micro_grads(params, micro, key):
     def f(p):
-      total, count = loss_sums(merge(graphdef, p), micro)
+      total, count = loss_sums(merge(graphdef, p), micro, key)
       return total, count
     (total, count), grads = jax.value_and_grad(f, has_aux=True)(params)
     return total, count, grads
 
-  def body(carry, micro):
-    total, count, grads = micro_grads(state.params, micro)
+  def body(carry, xs):
+    micro, key = xs
+    total, count, grads = micro_grads(state.params, micro, key)
     acc_total, acc_count, acc_grads = carry
     return (acc_total + total, acc_count + count,
             jax.tree.map(jnp.add, acc_grads, grads)), None
 
+  # Randomness of a step (jittered line positions) is a function of the step number:
+  # a resumed run draws what an uninterrupted one drew.
+  M = batch["tokens"].shape[0]
+  keys = jax.random.split(jax.random.fold_in(jax.random.key(0), state.step), M)
   zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), state.params)
   (total, count, grads), _ = jax.lax.scan(
-      body, (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), zeros), batch)
+      body, (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), zeros), (batch, keys))
   denom = jnp.maximum(count, 1.0)
   grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, state.params)
   grad_norm = optax.tree.norm(grads)

@@ -151,3 +151,29 @@ def test_to_markdown_renders_every_benchmark(tmp_path):
   assert "| batch=1 | 10 | 5 | 2 |" in text
   assert "| batch=4 seq_len=256 | 100 | 50 | 2 | 100 | – | 200 (jax) | 50.0% |" in text
   assert common.machine_line(machine) in text
+
+
+def test_star_iteration_reads_finished_runs(tmp_path, capsys):
+  from star_jax import workdir as wd
+  spec = "configs/arithmetic.py:smoke"
+  config = star_iteration.load_config(spec)
+  run_dir = tmp_path / "run"
+  with pytest.raises(FileNotFoundError, match="no metrics.jsonl"):
+    star_iteration.run([spec], finished=[str(run_dir)])
+  run_dir.mkdir()
+  wd.record_or_check_config(config, str(run_dir))
+  (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in METRICS[:2]))
+  with pytest.raises(ValueError, match="has not finished"):
+    star_iteration.run([spec], finished=[str(run_dir)])
+  (run_dir / "metrics.jsonl").write_text(
+      "".join(json.dumps(dict(m, pretrain_seconds=7.0) if m["iteration"] == 0 else m) + "\n"
+              for m in METRICS))
+  recs = star_iteration.run([spec], finished=[str(run_dir)], cmd="python -m x")
+  assert _printed(capsys) == recs
+  assert [r["iteration"] for r in recs] == [0, 1, 2]
+  assert recs[0]["phases"]["pretrain_seconds"] == 7.0
+  assert recs[0]["pretrain_source"] == "metrics.jsonl"
+  other = star_iteration.load_config(spec)
+  other.star.iterations = 3
+  with pytest.raises(ValueError, match="star.iterations"):
+    star_iteration._finished_metrics(spec, other, str(run_dir))

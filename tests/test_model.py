@@ -9,7 +9,7 @@ import pytest
 
 from conftest import mesh_of
 from star_jax import config, model as M, params as P, sampler as S
-from star_jax.positions import line_column
+from star_jax.positions import of_tokens
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -17,8 +17,8 @@ def _forward(graphdef, params, tokens_BxT):
   model = P.merge(graphdef, params)
   B, T = tokens_BxT.shape
   positions = jnp.broadcast_to(jnp.arange(T), (B, T))
-  if model.cfg.rope_positions == "line_column":
-    positions = line_column(tokens_BxT, positions == 0, model.cfg.line_break_ids)
+  if model.cfg.uses_lines:
+    positions = of_tokens(model.cfg, tokens_BxT, positions == 0)
   h, _ = model(tokens_BxT, positions, M.causal_mask(jnp.ones((B, T), jnp.int32)))
   return model.logits(h)
 
@@ -28,10 +28,12 @@ def full_logits(graphdef, params, seq):
 
 
 LINES = dict(rope_positions="line_column", line_break_ids=tuple(range(0, 256, 5)))
+JITTERED = dict(LINES, right_aligned_columns=True, position_jitter=2)
 
 
-@pytest.mark.parametrize("preset,overrides", [("tiny", {}), ("tiny-gptj", {}), ("tiny", LINES)],
-                         ids=["llama", "gptj", "line_column"])
+@pytest.mark.parametrize("preset,overrides",
+                         [("tiny", {}), ("tiny-gptj", {}), ("tiny", LINES), ("tiny", JITTERED)],
+                         ids=["llama", "gptj", "line_column", "right_aligned_jittered"])
 def test_cached_decode_matches_full_forward(preset, overrides, mesh1):
   cfg = config.get_preset(preset, **overrides)
   graphdef, params = P.init_params(cfg, mesh1, seed=3)

@@ -1,5 +1,6 @@
 """(line, column) positions: counting, restarts, and the same positions in training and decoding."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -69,3 +70,37 @@ def test_config_checks():
     config.get_preset("tiny", rope_positions="line_column", line_break_ids=(1,), rotary_dim=6)
   with pytest.raises(ValueError, match="rope_positions"):
     config.get_preset("tiny", rope_positions="grid")
+
+
+def test_right_aligned_columns_line_up_line_ends():
+  # Lines of 4, 3 and 2 tokens after their breaks: each ends one column left of the one above.
+  tokens = jnp.asarray([[5, 6, 7, BREAK, 5, 6, 7, BREAK, 5, 6, BREAK, 5]])
+  starts = jnp.zeros((1, 12)).at[:, 0].set(1)
+  got = np.asarray(positions.line_column(tokens, starts, [BREAK], right_aligned=True))
+  np.testing.assert_array_equal(got[0, :, 2], [1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 0, 1])  # index
+  # First line: columns are indices. Later lines: index minus the last index of the line above.
+  np.testing.assert_array_equal(got[0, :, 1], [1, 2, 3, -3, -2, -1, 0, -3, -2, -1, -2, -1])
+  rng = np.random.default_rng(1)
+  toks = rng.integers(0, 12, (3, 24))
+  full = np.asarray(positions.line_column(jnp.asarray(toks), jnp.zeros((3, 24)).at[:, 0].set(1),
+                                          [BREAK, 10], right_aligned=True))
+  pos = jnp.asarray(full[:, 0])
+  for t in range(1, 24):  # decoding one token at a time counts the same
+    pos = positions.advance(pos, jnp.asarray(toks[:, t]), [BREAK, 10], right_aligned=True)
+    np.testing.assert_array_equal(np.asarray(pos), full[:, t])
+
+
+def test_jitter_keeps_lines_and_columns_aligned():
+  tokens = jnp.asarray([[5, 6, 7, BREAK, 5, 6, 7, BREAK, 5, 6, 7, 8]] * 4)
+  starts = jnp.zeros((4, 12)).at[:, 0].set(1)
+  exact = np.asarray(positions.line_column(tokens, starts, [BREAK]))
+  got = np.asarray(positions.jitter(jnp.asarray(exact), 2, jax.random.key(0)))
+  for row in got:
+    for axis in (0, 1):  # equal coordinates stay equal, neighbours are 2 or 3 apart
+      for c in np.unique(exact[0, :, axis]):
+        assert len(set(row[exact[0, :, axis] == c, axis])) == 1
+      steps = np.diff(np.unique(row[:, axis]))
+      assert set(steps.tolist()) <= {2.0, 3.0}
+  assert len({tuple(r[:, 1]) for r in got}) > 1  # each row draws its own gaps
+  mean = np.asarray(positions.jitter(jnp.asarray(exact), 2))  # sampling: the mean gap
+  np.testing.assert_allclose(mean[..., :2], exact[..., :2] * 2.5)

@@ -6,9 +6,8 @@ r"""Wall time of a STaR run, phase by phase: pretrain, sampling, rationalization
 
 Runs ``star_jax.star.run(config, workdir)`` for each config in a fresh
 temporary workdir and reads the ``*_seconds`` fields the run writes into
-``WORKDIR/metrics.jsonl``. metrics.jsonl has no pretrain timing, so the
-benchmark times ``pretrain`` around the run's own call (``pretrain_source``
-says which). Prints one JSON line per iteration per config
+``WORKDIR/metrics.jsonl``. ``--finished`` reads runs that already finished
+instead (their recorded config must match). Prints one JSON line per iteration per config
 (see ``star_jax.benchmarks.common``): ``star_jax`` is the iteration's seconds
 (sum of its phases, compilation included where a phase compiles), ``phases``
 the breakdown. There is no transformers counterpart: ``transformers``,
@@ -17,7 +16,6 @@ the breakdown. There is no transformers counterpart: ``transformers``,
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import logging as std_logging
@@ -85,30 +83,6 @@ def phase_breakdown(metrics: Iterable[dict[str, Any]],
   return out
 
 
-@contextlib.contextmanager
-def _timed_pretrain(box: dict):
-  """Times the run's pretrain phase (metrics.jsonl has no field for it)."""
-  from star_jax import star
-  loop = getattr(star, "_Loop", None)
-  original = getattr(loop, "pretrain", None)
-  if original is None:
-    logging.warning("star._Loop.pretrain not found: pretrain is not timed")
-    yield
-    return
-
-  def pretrain(self, *args, **kwargs):
-    t0 = time.perf_counter()
-    try:
-      return original(self, *args, **kwargs)
-    finally:
-      box["pretrain_seconds"] = box.get("pretrain_seconds", 0.0) + time.perf_counter() - t0
-  loop.pretrain = pretrain
-  try:
-    yield
-  finally:
-    loop.pretrain = original
-
-
 def records_for_run(spec: str, metrics: list[dict[str, Any]], pretrain_seconds: float | None,
                     wall_seconds: float | None, machine: dict, cmd: str) -> list[dict[str, Any]]:
   rows = phase_breakdown(metrics, pretrain_seconds)
@@ -126,35 +100,56 @@ def records_for_run(spec: str, metrics: list[dict[str, Any]], pretrain_seconds: 
   return recs
 
 
+def _finished_metrics(spec: str, config, run_dir: str) -> list[dict[str, Any]]:
+  """Metrics of a finished run of ``config`` in ``run_dir``; a clear error otherwise."""
+  from star_jax import workdir as wd
+  path = os.path.join(run_dir, "metrics.jsonl")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{run_dir} holds no metrics.jsonl: run {spec} there first")
+  wd.record_or_check_config(config, run_dir)  # the same config, or an error naming the keys
+  metrics = read_metrics(path)
+  want = list(range(config.star.iterations + 1))
+  if sorted(m["iteration"] for m in metrics) != want:
+    raise ValueError(f"{run_dir} has not finished {spec}: iterations "
+                     f"{sorted(m['iteration'] for m in metrics)}, expected {want}")
+  return metrics
+
+
 def run(configs: Sequence[str] = ("configs/arithmetic.py:smoke",), workdir: str | None = None,
-        keep_workdir: bool = False, markdown: bool = False,
+        keep_workdir: bool = False, finished: Sequence[str] = (), markdown: bool = False,
         cmd: str | None = None) -> list[dict[str, Any]]:
+  """Runs each config in a fresh workdir (or reads ``finished[i]``, a finished run of
+  ``configs[i]``) and prints one record per iteration."""
   import jax
 
   from star_jax import star
+  if finished and len(finished) != len(configs):
+    raise ValueError(f"got {len(finished)} finished workdirs for {len(configs)} configs")
   cmd = cmd if cmd is not None else common.command(MODULE)
   machine = common.machine_info(jax.devices())
   records = []
-  for spec in configs:
+  for i, spec in enumerate(configs):
     config = load_config(spec)
-    base = workdir or tempfile.mkdtemp(prefix="star_bench_")
-    run_dir = os.path.join(base, spec.replace("/", "_").replace(":", "_"))
-    if os.path.exists(run_dir):
-      shutil.rmtree(run_dir)  # a fresh run, never a resumed one
-    logging.info("running %s in %s", spec, run_dir)
-    box: dict[str, float] = {}
-    t0 = time.perf_counter()
-    with _timed_pretrain(box):
+    if finished:
+      logging.info("reading the finished run of %s in %s", spec, finished[i])
+      metrics, wall = _finished_metrics(spec, config, finished[i]), None
+    else:
+      base = workdir or tempfile.mkdtemp(prefix="star_bench_")
+      run_dir = os.path.join(base, spec.replace("/", "_").replace(":", "_"))
+      if os.path.exists(run_dir):
+        shutil.rmtree(run_dir)  # a fresh run, never a resumed one
+      logging.info("running %s in %s", spec, run_dir)
+      t0 = time.perf_counter()
       star.run(config, run_dir)
-    wall = time.perf_counter() - t0
-    metrics = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
-    for rec in records_for_run(spec, metrics, box.get("pretrain_seconds"), wall, machine, cmd):
+      wall = time.perf_counter() - t0
+      metrics = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
+      if not keep_workdir:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if workdir is None:
+          shutil.rmtree(base, ignore_errors=True)
+    for rec in records_for_run(spec, metrics, None, wall, machine, cmd):
       common.emit(rec)
       records.append(rec)
-    if not keep_workdir:
-      shutil.rmtree(run_dir, ignore_errors=True)
-      if workdir is None:
-        shutil.rmtree(base, ignore_errors=True)
   if markdown:
     common.print_markdown(records)
   return records
@@ -166,6 +161,8 @@ def define_flags() -> None:
                     "configs/arithmetic.py")
   flags.DEFINE_string("workdir", None, "where the runs go (default: a temporary directory)")
   flags.DEFINE_bool("keep_workdir", False, "keep the runs' workdirs")
+  flags.DEFINE_list("finished", [], "instead of running, read finished runs of --configs from "
+                    "these workdirs (one per config, same order)")
   flags.DEFINE_bool("markdown", False, "also print a markdown table after the JSON lines")
 
 
@@ -178,7 +175,8 @@ def main(argv):
   quiet = ("/orbax/", "/jax/", "/tensorflow_datasets/", "/etils/")  # as star_jax.main does
   logging.get_absl_handler().addFilter(
       lambda r: r.levelno >= std_logging.WARNING or not any(q in r.pathname for q in quiet))
-  run(configs=F.configs, workdir=F.workdir, keep_workdir=F.keep_workdir, markdown=F.markdown)
+  run(configs=F.configs, workdir=F.workdir, keep_workdir=F.keep_workdir, finished=F.finished,
+      markdown=F.markdown)
 
 
 if __name__ == "__main__":

@@ -82,10 +82,11 @@ def _in_eval_partition(a: int, b: int, seed: int, eval_fraction: float) -> bool:
 
 
 def generate(split: str, count: int, seed: int, min_digits: int, max_digits: int,
-             eval_fraction: float = 0.1) -> list[tuple[int, int]]:
+             eval_fraction: float = 0.1, same_length: bool = True) -> list[tuple[int, int]]:
   """`count` (a, b) pairs, both with the same number of digits drawn uniformly in
-  [min_digits, max_digits]; deterministic in `seed`. Duplicates within a split
-  are allowed (there are only 100 one-digit problems); train and eval never share one."""
+  [min_digits, max_digits] (with ``same_length=False`` each addend draws its own);
+  deterministic in `seed`. Duplicates within a split are allowed (there are only
+  100 one-digit problems); train and eval never share one."""
   if not 1 <= min_digits <= max_digits:
     raise ValueError(f"need 1 <= min_digits <= max_digits, got {min_digits}, {max_digits}")
   if not 0.0 < eval_fraction < 1.0:
@@ -96,8 +97,11 @@ def generate(split: str, count: int, seed: int, min_digits: int, max_digits: int
   for _ in range(count):
     digits = int(rng.integers(min_digits, max_digits + 1))
     lo, hi = _number_range(digits)
+    lo_b, hi_b = lo, hi
+    if not same_length:
+      lo_b, hi_b = _number_range(int(rng.integers(min_digits, max_digits + 1)))
     for _ in range(10_000):
-      a, b = (int(x) for x in rng.integers(lo, hi + 1, size=2))
+      a, b = int(rng.integers(lo, hi + 1)), int(rng.integers(lo_b, hi_b + 1))
       if _in_eval_partition(a, b, seed, eval_fraction) == want_eval:
         break
     else:
@@ -111,7 +115,8 @@ def generate(split: str, count: int, seed: int, min_digits: int, max_digits: int
 class ArithmeticTask(Task):
   """Addition of two n-digit numbers. data_cfg keys: seed, min_digits, max_digits,
   eval_min_digits, eval_max_digits (default: the train range), max_train, max_eval
-  (counts to generate), eval_fraction (share of problem space reserved for eval)."""
+  (counts to generate), eval_fraction (share of problem space reserved for eval),
+  same_length (False: each addend draws its own digit count; difficulty is the larger)."""
 
   name = "arithmetic"
   difficulty_name = "digits"
@@ -144,7 +149,8 @@ class ArithmeticTask(Task):
     count = cfg_get(data_cfg, "max_train" if split == "train" else "max_eval")
     count = int(count) if count else (self.default_train if split == "train" else self.default_eval)
     pairs = generate(split, count, int(cfg_get(data_cfg, "seed", 0)), lo, hi,
-                     float(cfg_get(data_cfg, "eval_fraction", 0.1)))
+                     float(cfg_get(data_cfg, "eval_fraction", 0.1)),
+                     bool(cfg_get(data_cfg, "same_length", True)))
     return [self.make_example(a, b, f"arith-{split}-{i:06d}") for i, (a, b) in enumerate(pairs)]
 
   def _query(self, ex: Example, hint: bool) -> str:
