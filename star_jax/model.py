@@ -28,6 +28,20 @@ def _param(rngs: nnx.Rngs, init, shape, dtype, axes) -> nnx.Param:
   return nnx.Param(init(rngs.params(), shape, dtype), axes=axes)
 
 
+def dense(x_BxTxI: jax.Array, w_Ix___: jax.Array, in_dims: int = 1) -> jax.Array:
+  """``x @ w`` over the last ``in_dims`` axes of x and the first of w, as one 2-D matmul.
+
+  Rows are flattened to ``[B*T, I]`` first: with two contracting axes (batch and
+  sequence) in the backward pass, XLA:CPU ran the 3-D form ~1.5x slower
+  (docs/benchmarks.md).
+  """
+  lead, feat = x_BxTxI.shape[:-in_dims], x_BxTxI.shape[-in_dims:]
+  out_shape = w_Ix___.shape[in_dims:]
+  x_RxI = x_BxTxI.reshape(-1, math.prod(feat))
+  y_RxO = x_RxI @ w_Ix___.reshape(math.prod(feat), -1)
+  return y_RxO.reshape(*lead, *out_shape)
+
+
 def _normal(fan_in: int):
   return jax.nn.initializers.normal(stddev=1.0 / math.sqrt(fan_in))
 
@@ -105,9 +119,9 @@ class Attention(nnx.Module):
   def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache: LayerCache | None,
                cache_slot) -> tuple[jax.Array, LayerCache | None]:
     cfg, dt = self.cfg, x_BxTxD.dtype
-    q_BxTxNxH = jnp.einsum("btd,dnh->btnh", x_BxTxD, self.q[...].astype(dt))
-    k_BxTxKxH = jnp.einsum("btd,dkh->btkh", x_BxTxD, self.k[...].astype(dt))
-    v_BxTxKxH = jnp.einsum("btd,dkh->btkh", x_BxTxD, self.v[...].astype(dt))
+    q_BxTxNxH = dense(x_BxTxD, self.q[...].astype(dt))
+    k_BxTxKxH = dense(x_BxTxD, self.k[...].astype(dt))
+    v_BxTxKxH = dense(x_BxTxD, self.v[...].astype(dt))
     if cfg.qkv_bias:
       q_BxTxNxH += self.q_bias[...].astype(dt)
       k_BxTxKxH += self.k_bias[...].astype(dt)
@@ -133,13 +147,27 @@ class Attention(nnx.Module):
     B, T, N, H = q_BxTxNxH.shape
     K = k_BxKxSxH.shape[1]
     q_BxKxGxTxH = q_BxTxNxH.reshape(B, T, K, N // K, H).transpose(0, 2, 3, 1, 4)
-    scores_BxKxGxTxS = jnp.einsum("bkgth,bksh->bkgts", q_BxKxGxTxH, k_BxKxSxH.astype(dt),
-                                  preferred_element_type=jnp.float32) / math.sqrt(H)
+    if T == 1:
+      # One new token: batched matrix-vector products. As multiply-and-reduce XLA fuses them
+      # into one pass over the cache; as dots, XLA:CPU ran them ~6x slower (see
+      # docs/benchmarks.md). Same float32 accumulation either way.
+      q_BxKxGxH = q_BxKxGxTxH[:, :, :, 0].astype(jnp.float32)
+      scores_BxKxGxS = jnp.sum(q_BxKxGxH[:, :, :, None, :]
+                               * k_BxKxSxH[:, :, None].astype(jnp.float32), axis=-1)
+      scores_BxKxGxTxS = scores_BxKxGxS[:, :, :, None] / math.sqrt(H)
+    else:
+      scores_BxKxGxTxS = jnp.einsum("bkgth,bksh->bkgts", q_BxKxGxTxH, k_BxKxSxH.astype(dt),
+                                    preferred_element_type=jnp.float32) / math.sqrt(H)
     scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], scores_BxKxGxTxS, -1e30)
     probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(dt)
-    out_BxKxGxTxH = jnp.einsum("bkgts,bksh->bkgth", probs_BxKxGxTxS, v_BxKxSxH.astype(dt))
-    out_BxTxD = jnp.einsum("bkgth,kghd->btd", out_BxKxGxTxH,
-                           self.o[...].astype(dt).reshape(K, N // K, H, -1))
+    if T == 1:
+      out_BxKxGxH = jnp.sum(probs_BxKxGxTxS[:, :, :, 0, :, None].astype(jnp.float32)
+                            * v_BxKxSxH[:, :, None].astype(jnp.float32), axis=-2)
+      out_BxKxGxTxH = out_BxKxGxH[:, :, :, None].astype(dt)
+    else:
+      out_BxKxGxTxH = jnp.einsum("bkgts,bksh->bkgth", probs_BxKxGxTxS, v_BxKxSxH.astype(dt))
+    out_BxTxNxH = out_BxKxGxTxH.transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
+    out_BxTxD = dense(out_BxTxNxH, self.o[...].astype(dt), in_dims=2)
     return out_BxTxD, cache
 
 
@@ -163,13 +191,13 @@ class MLP(nnx.Module):
   def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
     dt = x_BxTxD.dtype
     if self.gated:
-      g_BxTxF = jax.nn.silu(x_BxTxD @ self.gate[...].astype(dt))
-      h_BxTxF = g_BxTxF * (x_BxTxD @ self.up[...].astype(dt))
+      g_BxTxF = jax.nn.silu(dense(x_BxTxD, self.gate[...].astype(dt)))
+      h_BxTxF = g_BxTxF * dense(x_BxTxD, self.up[...].astype(dt))
       h_BxTxF = constrain(h_BxTxF, ("batch", "seq", "mlp"))
-      return h_BxTxF @ self.down[...].astype(dt)
-    h_BxTxF = x_BxTxD @ self.fc_in[...].astype(dt) + self.fc_in_bias[...].astype(dt)
+      return dense(h_BxTxF, self.down[...].astype(dt))
+    h_BxTxF = dense(x_BxTxD, self.fc_in[...].astype(dt)) + self.fc_in_bias[...].astype(dt)
     h_BxTxF = constrain(jax.nn.gelu(h_BxTxF, approximate=True), ("batch", "seq", "mlp"))
-    return h_BxTxF @ self.fc_out[...].astype(dt) + self.fc_out_bias[...].astype(dt)
+    return dense(h_BxTxF, self.fc_out[...].astype(dt)) + self.fc_out_bias[...].astype(dt)
 
 
 class Block(nnx.Module):
@@ -238,9 +266,9 @@ class Decoder(nnx.Module):
     """float32 logits; callers pick the positions first so no [B, L, V] buffer is needed."""
     dt = h_BxTxD.dtype
     if self.cfg.tie_embeddings:
-      logits_BxTxV = jnp.einsum("btd,vd->btv", h_BxTxD, self.embed[...].astype(dt))
+      logits_BxTxV = dense(h_BxTxD, self.embed[...].astype(dt).T)
     else:
-      logits_BxTxV = h_BxTxD @ self.lm_head[...].astype(dt)
+      logits_BxTxV = dense(h_BxTxD, self.lm_head[...].astype(dt))
     logits_BxTxV = logits_BxTxV.astype(jnp.float32)
     if self.cfg.lm_head_bias:
       logits_BxTxV += self.lm_head_bias[...].astype(jnp.float32)
