@@ -147,10 +147,11 @@ class Attention(nnx.Module):
     B, T, N, H = q_BxTxNxH.shape
     K = k_BxKxSxH.shape[1]
     q_BxKxGxTxH = q_BxTxNxH.reshape(B, T, K, N // K, H).transpose(0, 2, 3, 1, 4)
-    if T == 1:
-      # One new token: batched matrix-vector products. As multiply-and-reduce XLA fuses them
-      # into one pass over the cache; as dots, XLA:CPU ran them ~6x slower (see
-      # docs/benchmarks.md). Same float32 accumulation either way.
+    if T == 1 and N // K > 1:
+      # One new token with grouped-query heads: scores as multiply-and-reduce, which XLA:CPU
+      # fuses into one pass over the cache; as a batched dot with G > 1 rows per kv head it
+      # ran up to 6x slower. With G == 1 the dot is the faster form (docs/performance.md).
+      # Same float32 accumulation either way.
       q_BxKxGxH = q_BxKxGxTxH[:, :, :, 0].astype(jnp.float32)
       scores_BxKxGxS = jnp.sum(q_BxKxGxH[:, :, :, None, :]
                                * k_BxKxSxH[:, :, None].astype(jnp.float32), axis=-1)
@@ -160,12 +161,7 @@ class Attention(nnx.Module):
                                     preferred_element_type=jnp.float32) / math.sqrt(H)
     scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], scores_BxKxGxTxS, -1e30)
     probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(dt)
-    if T == 1:
-      out_BxKxGxH = jnp.sum(probs_BxKxGxTxS[:, :, :, 0, :, None].astype(jnp.float32)
-                            * v_BxKxSxH[:, :, None].astype(jnp.float32), axis=-2)
-      out_BxKxGxTxH = out_BxKxGxH[:, :, :, None].astype(dt)
-    else:
-      out_BxKxGxTxH = jnp.einsum("bkgts,bksh->bkgth", probs_BxKxGxTxS, v_BxKxSxH.astype(dt))
+    out_BxKxGxTxH = jnp.einsum("bkgts,bksh->bkgth", probs_BxKxGxTxS, v_BxKxSxH.astype(dt))
     out_BxTxNxH = out_BxKxGxTxH.transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
     out_BxTxD = dense(out_BxTxNxH, self.o[...].astype(dt), in_dims=2)
     return out_BxTxD, cache
