@@ -28,7 +28,8 @@ def get_config(variant: str = ""):
   c.model.overrides = {"d_model": 128, "num_layers": 4, "num_heads": 4, "num_kv_heads": 4,
                        "head_dim": 32, "ffn_dim": 512, "max_seq_len": 256, **lines}
   c.data.max_train = 20000  # the pool STaR samples its questions from (1-5 digits)
-  c.data.max_eval = 500  # held out, 100 per digit count
+  c.data.max_eval = 500  # draws of distinct held-out problems: ~100 per digit count, but
+  # only 8 one-digit problems are held out, so 428 problems in all
   c.star.iterations = 10
   c.star.questions_per_iteration = 2000
   c.star.few_shot = False  # the warm-started base model reads the bare problem

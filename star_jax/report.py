@@ -16,6 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on TPU VMs or CI
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 
 def progress(total: int, desc: str, unit: str) -> tqdm.tqdm:
@@ -106,6 +107,7 @@ def plot_accuracy(metrics: list[dict], path: str, title: str) -> None:
   it = [m["iteration"] for m in metrics]
   ax.plot(it, [100 * m["eval_accuracy"] for m in metrics], marker="o", label="eval accuracy")
   ax.set_xlabel("STaR iteration")
+  ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
   ax.set_ylabel("accuracy (%)")
   ax.set_ylim(-2, 102)
   ax.set_title(title)
@@ -121,7 +123,10 @@ def plot_by_difficulty(metrics: list[dict], key: str, path: str, title: str,
   for b in buckets:
     pts = [(m["iteration"], 100 * m[key][b]) for m in metrics if b in m.get(key, {})]
     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label.format(b))
+  ax.plot([m["iteration"] for m in metrics], [100 * m["eval_accuracy"] for m in metrics],
+          color="black", linestyle="--", label="all")
   ax.set_xlabel("STaR iteration")
+  ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
   ax.set_ylabel("accuracy (%)")
   ax.set_ylim(-2, 102)
   ax.set_title(title)

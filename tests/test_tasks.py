@@ -300,7 +300,15 @@ def test_arithmetic_generation_deterministic_disjoint():
   task = tasks.get_task("arithmetic")
   c = cfg(max_train=2000, max_eval=300, min_digits=1, max_digits=3)
   train, evals = task.load("train", c), task.load("eval", c)
-  assert len(train) == 2000 and len(evals) == 300
+  assert len(train) == 2000
+  # Held-out problems are distinct; the one-digit ones run out (10% of 100), the others do not.
+  assert len({(e.meta["a"], e.meta["b"]) for e in evals}) == len(evals)
+  one_digit = [e for e in evals if e.meta["digits"] == 1]
+  held_out = {(a, b) for a in range(10) for b in range(10)
+              if arithmetic._in_eval_partition(a, b, 0, 0.1)}
+  assert {(e.meta["a"], e.meta["b"]) for e in one_digit} == held_out and 3 <= len(held_out) <= 20
+  # The other digit counts get their full share (a third of the draws each, give or take).
+  assert all(sum(e.meta["digits"] == d for e in evals) >= 80 for d in (2, 3))
   assert train == task.load("train", c) and evals == task.load("eval", c)
   pairs = lambda exs: {(e.meta["a"], e.meta["b"]) for e in exs}
   assert not pairs(train) & pairs(evals)

@@ -81,32 +81,49 @@ def _in_eval_partition(a: int, b: int, seed: int, eval_fraction: float) -> bool:
   return int.from_bytes(h, "big") < eval_fraction * 2.0 ** 64
 
 
+_ENUMERATE_UP_TO = 50_000  # problem spaces this small are listed, not sampled by rejection
+
+
 def generate(split: str, count: int, seed: int, min_digits: int, max_digits: int,
              eval_fraction: float = 0.1, same_length: bool = True) -> list[tuple[int, int]]:
-  """`count` (a, b) pairs, both with the same number of digits drawn uniformly in
+  """Up to `count` (a, b) pairs, both with the same number of digits drawn uniformly in
   [min_digits, max_digits] (with ``same_length=False`` each addend draws its own);
-  deterministic in `seed`. Duplicates within a split are allowed (there are only
-  100 one-digit problems); train and eval never share one."""
+  deterministic in `seed`. Train and eval never share a problem. Train pairs may repeat
+  (there are only 100 one-digit problems). Eval pairs are distinct, so every held-out
+  problem counts once: a digit count whose held-out problems run out (one-digit: about 10)
+  gets fewer than its share, and the set can be smaller than `count`."""
   if not 1 <= min_digits <= max_digits:
     raise ValueError(f"need 1 <= min_digits <= max_digits, got {min_digits}, {max_digits}")
   if not 0.0 < eval_fraction < 1.0:
     raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
   want_eval = split == "eval"
   rng = np.random.default_rng([seed, 1 if want_eval else 0])
-  pairs = []
+  pairs, seen = [], set()
+  pools: dict[tuple[int, int], list[tuple[int, int]]] = {}  # small spaces, eval only
   for _ in range(count):
     digits = int(rng.integers(min_digits, max_digits + 1))
-    lo, hi = _number_range(digits)
-    lo_b, hi_b = lo, hi
-    if not same_length:
-      lo_b, hi_b = _number_range(int(rng.integers(min_digits, max_digits + 1)))
+    digits_b = digits if same_length else int(rng.integers(min_digits, max_digits + 1))
+    (lo, hi), (lo_b, hi_b) = _number_range(digits), _number_range(digits_b)
+    if want_eval and (hi - lo + 1) * (hi_b - lo_b + 1) <= _ENUMERATE_UP_TO:
+      if (digits, digits_b) not in pools:
+        space = [(a, b) for a in range(lo, hi + 1) for b in range(lo_b, hi_b + 1)
+                 if _in_eval_partition(a, b, seed, eval_fraction)]
+        if not space:
+          raise ValueError(f"no {digits}-digit problem falls in the eval partition; "
+                           f"change data.eval_fraction ({eval_fraction}) or the digit range")
+        pools[digits, digits_b] = [space[i] for i in rng.permutation(len(space))][::-1]
+      if pools[digits, digits_b]:
+        pairs.append(pools[digits, digits_b].pop())
+      continue
     for _ in range(10_000):
       a, b = int(rng.integers(lo, hi + 1)), int(rng.integers(lo_b, hi_b + 1))
-      if _in_eval_partition(a, b, seed, eval_fraction) == want_eval:
+      if (_in_eval_partition(a, b, seed, eval_fraction) == want_eval
+          and not (want_eval and (a, b) in seen)):
         break
     else:
       raise ValueError(f"no {digits}-digit problem falls in the {split} partition; "
                        f"change data.eval_fraction ({eval_fraction}) or the digit range")
+    seen.add((a, b))
     pairs.append((a, b))
   return pairs
 
