@@ -28,6 +28,7 @@ import time
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+from absl import app, flags, logging
 
 RECORD_KEYS = ("benchmark", "case", "metric", "star_jax", "transformers", "ratio", "peer",
                "machine", "command")
@@ -486,3 +487,46 @@ def parse_int_list(values: Iterable[Any]) -> list[int]:
   if not out or any(v < 1 for v in out):
     raise ValueError(f"expected positive integers, got {list(values)}")
   return out
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def setup_run(device: str, mesh_shape: Sequence[Any], matmul_precision: str, peers: bool):
+  """Devices, the star_jax mesh and the torch device of a side-by-side benchmark."""
+  from star_jax import sharding
+  if peers:
+    share_gpu_memory()
+  set_matmul_precision(matmul_precision)
+  devices, torch_device = select_devices(device, mesh_shape)
+  if peers:
+    setup_torch(torch_device)
+  mesh = sharding.make_mesh([int(s) for s in mesh_shape], devices=devices)
+  return devices, mesh, torch_device
+
+
+def define_peer_flags(default_checkpoint: str) -> None:
+  """Flags of the benchmarks that run a checkpoint in star_jax and in transformers."""
+  flags.DEFINE_string("checkpoint", default_checkpoint,
+                      "known checkpoint name, Hugging Face directory or .gguf file")
+  flags.DEFINE_enum("device", "auto", ["auto", "cpu", "gpu", "tpu"],
+                    "jax platform (torch follows: cuda for gpu, else cpu)")
+  flags.DEFINE_list("mesh", ["1", "1", "1"], "star_jax mesh (data, fsdp, tensor)")
+  flags.DEFINE_enum("matmul_precision", "highest", ["highest", "high"],
+                    "float32 matmul precision in both frameworks (high: TF32 on GPUs)")
+  flags.DEFINE_bool("peers", True, "also run transformers (False: star_jax only)")
+
+
+def define_markdown_flag() -> None:
+  flags.DEFINE_bool("markdown", False, "also print a markdown table after the JSON lines")
+
+
+def parsed_flags(argv: Sequence[str]) -> flags.FlagValues:
+  """The parsed flags of a benchmark's ``main``: no positional arguments; INFO logs by default."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  F = flags.FLAGS
+  if not F["verbosity"].present:
+    logging.set_verbosity(logging.INFO)
+  return F

@@ -112,7 +112,6 @@ def run(checkpoint: str = DEFAULT_CHECKPOINT, batch_sizes: Sequence[int] = (1, 3
         peers: bool = True, seed: int = 0, markdown: bool = False,
         cmd: str | None = None) -> list[dict[str, Any]]:
   """Runs every batch size; prints and returns one record per case."""
-  from star_jax import sharding
   from star_jax.checkpoints import load_pretrained
   from star_jax.sampler import Sampler, SamplingParams
 
@@ -120,13 +119,7 @@ def run(checkpoint: str = DEFAULT_CHECKPOINT, batch_sizes: Sequence[int] = (1, 3
   if new_tokens < 1 or prompt_len < 1:
     raise ValueError("new_tokens and prompt_len must be >= 1")
   cmd = cmd if cmd is not None else common.command(MODULE)
-  if peers:
-    common.share_gpu_memory()
-  common.set_matmul_precision(matmul_precision)
-  devices, torch_device = common.select_devices(device, mesh_shape)
-  if peers:
-    common.setup_torch(torch_device)
-  mesh = sharding.make_mesh([int(s) for s in mesh_shape], devices=devices)
+  devices, mesh, torch_device = common.setup_run(device, mesh_shape, matmul_precision, peers)
 
   t0 = time.perf_counter()
   pre = load_pretrained(checkpoint, mesh, dtype="float32")
@@ -158,22 +151,15 @@ def run(checkpoint: str = DEFAULT_CHECKPOINT, batch_sizes: Sequence[int] = (1, 3
   for B in batch_sizes:
     prompts, source = make_prompts(tok, cfg.vocab_size, B, prompt_len, seed)
     sampler = Sampler(cfg, pre.graphdef, mesh, end_ids=(), pad_id=pad_id, batch_size=B)
-    result: dict[str, Any] = {}
 
     def ours(n):
       out = sampler.sample(pre.params, prompts, max_new_tokens=n, sampling=greedy)
       if not (out.lengths == n).all():
         raise RuntimeError(f"star_jax: expected {n} new tokens per row, got "
                            f"{sorted(set(out.lengths.ravel().tolist()))}")
-      result["tokens"] = out.tokens[:, 0, :]
-    label = f"star_jax batch {B}"
-    ours_t = common.time_calls(lambda: ours(new_tokens), iters, label, logging.info)
-    ours_tokens = result["tokens"]
-    ours_detail = _detail(ours_t, B, new_tokens)
-    if short is not None:
-      short_t = common.time_calls(lambda: ours(short), iters, label + f" ({short} tokens)",
-                                  logging.info)
-      ours_detail.update(_decode_only(ours_t, short_t, B, new_tokens, short))
+      return out.tokens[:, 0, :]
+    ours_tokens, ours_detail = _time_side(ours, f"star_jax batch {B}", iters, B, new_tokens,
+                                          short)
 
     theirs_detail, agreement, rows_identical = None, None, None
     if peers:
@@ -189,15 +175,9 @@ def run(checkpoint: str = DEFAULT_CHECKPOINT, batch_sizes: Sequence[int] = (1, 3
         if out.shape != (B, prompt_len + n):
           raise RuntimeError(f"transformers: expected {n} new tokens per row, got output shape "
                              f"{tuple(out.shape)}")
-        result["theirs"] = out[:, prompt_len:].cpu().numpy()
-      label = f"transformers batch {B}"
-      theirs_t = common.time_calls(lambda: theirs(new_tokens), iters, label, logging.info)
-      theirs_tokens = result["theirs"]
-      theirs_detail = _detail(theirs_t, B, new_tokens)
-      if short is not None:
-        short_t = common.time_calls(lambda: theirs(short), iters, label + f" ({short} tokens)",
-                                    logging.info)
-        theirs_detail.update(_decode_only(theirs_t, short_t, B, new_tokens, short))
+        return out[:, prompt_len:].cpu().numpy()
+      theirs_tokens, theirs_detail = _time_side(theirs, f"transformers batch {B}", iters, B,
+                                                new_tokens, short)
       same = ours_tokens == theirs_tokens
       agreement = float(same.mean())
       rows_identical = float(same.all(axis=1).mean())
@@ -274,31 +254,35 @@ def _roofline(cfg, bandwidth: dict, ours: dict, theirs: dict | None) -> dict[str
   }
 
 
+def _time_side(call, label: str, iters: int, B: int, new_tokens: int,
+               short: int | None) -> tuple[np.ndarray, dict[str, Any]]:
+  """Times ``call(new_tokens)`` (and ``call(short)`` for the decode-only split): the new
+  tokens of the full-length call and the timing detail."""
+  out: dict[str, np.ndarray] = {}
+  timing = common.time_calls(lambda: out.update(tokens=call(new_tokens)), iters, label,
+                             logging.info)
+  detail = _detail(timing, B, new_tokens)
+  if short is not None:
+    short_t = common.time_calls(lambda: call(short), iters, label + f" ({short} tokens)",
+                                logging.info)
+    detail.update(_decode_only(timing, short_t, B, new_tokens, short))
+  return out["tokens"], detail
+
+
 def define_flags() -> None:
-  flags.DEFINE_string("checkpoint", DEFAULT_CHECKPOINT,
-                      "known checkpoint name, Hugging Face directory or .gguf file")
+  common.define_peer_flags(DEFAULT_CHECKPOINT)
   flags.DEFINE_list("batch_sizes", ["1", "32", "128"], "rows decoded together, one case each")
   flags.DEFINE_integer("new_tokens", 64, "new tokens per row (no early stop)")
   flags.DEFINE_integer("prompt_len", 64, "prompt tokens per row")
   flags.DEFINE_integer("iters", 3, "timed calls after the first (compiling / warm-up) one")
   flags.DEFINE_bool("decode_only", True, "also time a shorter call to split off the prefill")
   flags.DEFINE_integer("bandwidth_mib", 1024, "array size of the bandwidth measurement (batch 1)")
-  flags.DEFINE_enum("device", "auto", ["auto", "cpu", "gpu", "tpu"],
-                    "jax platform (torch follows: cuda for gpu, else cpu)")
-  flags.DEFINE_list("mesh", ["1", "1", "1"], "star_jax mesh (data, fsdp, tensor)")
-  flags.DEFINE_enum("matmul_precision", "highest", ["highest", "high"],
-                    "float32 matmul precision in both frameworks (high: TF32 on GPUs)")
-  flags.DEFINE_bool("peers", True, "also run transformers (False: star_jax only)")
   flags.DEFINE_integer("seed", 0, "seed of random prompt ids (checkpoints without a tokenizer)")
-  flags.DEFINE_bool("markdown", False, "also print a markdown table after the JSON lines")
+  common.define_markdown_flag()
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  F = flags.FLAGS
-  if not F["verbosity"].present:
-    logging.set_verbosity(logging.INFO)
+  F = common.parsed_flags(argv)
   run(checkpoint=F.checkpoint, batch_sizes=F.batch_sizes, new_tokens=F.new_tokens,
       prompt_len=F.prompt_len, iters=F.iters, decode_only=F.decode_only,
       bandwidth_mib=F.bandwidth_mib, device=F.device, mesh_shape=F.mesh,

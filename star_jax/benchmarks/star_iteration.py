@@ -163,15 +163,11 @@ def define_flags() -> None:
   flags.DEFINE_bool("keep_workdir", False, "keep the runs' workdirs")
   flags.DEFINE_list("finished", [], "instead of running, read finished runs of --configs from "
                     "these workdirs (one per config, same order)")
-  flags.DEFINE_bool("markdown", False, "also print a markdown table after the JSON lines")
+  common.define_markdown_flag()
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  F = flags.FLAGS
-  if not F["verbosity"].present:
-    logging.set_verbosity(logging.INFO)
+  F = common.parsed_flags(argv)
   quiet = ("/orbax/", "/jax/", "/tensorflow_datasets/", "/etils/")  # as star_jax.main does
   logging.get_absl_handler().addFilter(
       lambda r: r.levelno >= std_logging.WARNING or not any(q in r.pathname for q in quiet))

@@ -73,7 +73,6 @@ def run(checkpoint: str = DEFAULT_CHECKPOINT, batch_sizes: Sequence[int] = (4, 8
         matmul_precision: str = "highest", peers: bool = True, seed: int = 0,
         markdown: bool = False, cmd: str | None = None) -> list[dict[str, Any]]:
   """Runs every batch size; prints and returns one record per case."""
-  from star_jax import sharding
   from star_jax.checkpoints import load_pretrained
   from star_jax.params import shardings_of
   from star_jax.trainer import OptimConfig, Trainer
@@ -82,13 +81,7 @@ def run(checkpoint: str = DEFAULT_CHECKPOINT, batch_sizes: Sequence[int] = (4, 8
   if steps < 1 or seq_len < 2:
     raise ValueError("steps must be >= 1 and seq_len >= 2")
   cmd = cmd if cmd is not None else common.command(MODULE)
-  if peers:
-    common.share_gpu_memory()
-  common.set_matmul_precision(matmul_precision)
-  devices, torch_device = common.select_devices(device, mesh_shape)
-  if peers:
-    common.setup_torch(torch_device)
-  mesh = sharding.make_mesh([int(s) for s in mesh_shape], devices=devices)
+  devices, mesh, torch_device = common.setup_run(device, mesh_shape, matmul_precision, peers)
   accel = devices[0].platform != "cpu"
 
   n = matmul_n or (8192 if accel else 2048)
@@ -207,8 +200,7 @@ def run(checkpoint: str = DEFAULT_CHECKPOINT, batch_sizes: Sequence[int] = (4, 8
 
 
 def define_flags() -> None:
-  flags.DEFINE_string("checkpoint", DEFAULT_CHECKPOINT,
-                      "known checkpoint name, Hugging Face directory or .gguf file")
+  common.define_peer_flags(DEFAULT_CHECKPOINT)
   flags.DEFINE_list("batch_sizes", ["4", "8"], "rows per step, one case each")
   flags.DEFINE_integer("seq_len", 256, "tokens per row")
   flags.DEFINE_integer("steps", 3, "timed steps after the first (compiling / warm-up) one")
@@ -222,22 +214,12 @@ def define_flags() -> None:
                        "8192 on accelerators)")
   flags.DEFINE_integer("matmul_repeats", 5, "timed matmuls (best is kept)")
   flags.DEFINE_float("peak_flops", None, "peak FLOP/s of one accelerator, for MFU (GPU/TPU)")
-  flags.DEFINE_enum("device", "auto", ["auto", "cpu", "gpu", "tpu"],
-                    "jax platform (torch follows: cuda for gpu, else cpu)")
-  flags.DEFINE_list("mesh", ["1", "1", "1"], "star_jax mesh (data, fsdp, tensor)")
-  flags.DEFINE_enum("matmul_precision", "highest", ["highest", "high"],
-                    "float32 matmul precision in both frameworks (high: TF32 on GPUs)")
-  flags.DEFINE_bool("peers", True, "also run transformers (False: star_jax only)")
   flags.DEFINE_integer("seed", 0, "seed of the random token rows")
-  flags.DEFINE_bool("markdown", False, "also print a markdown table after the JSON lines")
+  common.define_markdown_flag()
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  F = flags.FLAGS
-  if not F["verbosity"].present:
-    logging.set_verbosity(logging.INFO)
+  F = common.parsed_flags(argv)
   run(checkpoint=F.checkpoint, batch_sizes=F.batch_sizes, seq_len=F.seq_len, steps=F.steps,
       learning_rate=F.learning_rate, b1=F.b1, b2=F.b2, eps=F.eps, weight_decay=F.weight_decay,
       clip_norm=F.clip_norm, matmul_n=F.matmul_n, matmul_repeats=F.matmul_repeats,
