@@ -102,16 +102,21 @@ def bucket_key(b) -> tuple:
   return (0, int(b)) if b.lstrip("-").isdigit() else (1, b)
 
 
-def plot_accuracy(metrics: list[dict], path: str, title: str) -> None:
-  fig, ax = plt.subplots(figsize=(6, 4))
-  it = [m["iteration"] for m in metrics]
-  ax.plot(it, [100 * m["eval_accuracy"] for m in metrics], marker="o", label="eval accuracy")
+def _accuracy_axes(ax, title: str) -> None:
+  """Iterations (whole numbers) against accuracy in percent."""
   ax.set_xlabel("STaR iteration")
   ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
   ax.set_ylabel("accuracy (%)")
   ax.set_ylim(-2, 102)
   ax.set_title(title)
   ax.grid(alpha=0.3)
+
+
+def plot_accuracy(metrics: list[dict], path: str, title: str) -> None:
+  fig, ax = plt.subplots(figsize=(6, 4))
+  it = [m["iteration"] for m in metrics]
+  ax.plot(it, [100 * m["eval_accuracy"] for m in metrics], marker="o", label="eval accuracy")
+  _accuracy_axes(ax, title)
   ax.legend()
   _save(fig, path)
 
@@ -125,12 +130,7 @@ def plot_by_difficulty(metrics: list[dict], key: str, path: str, title: str,
     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label.format(b))
   ax.plot([m["iteration"] for m in metrics], [100 * m["eval_accuracy"] for m in metrics],
           color="black", linestyle="--", label="all")
-  ax.set_xlabel("STaR iteration")
-  ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-  ax.set_ylabel("accuracy (%)")
-  ax.set_ylim(-2, 102)
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
+  _accuracy_axes(ax, title)
   ax.legend(fontsize=8)
   _save(fig, path)
 

@@ -4,17 +4,17 @@ import json
 
 import pytest
 
-from star_jax.benchmarks import common, decode, star_iteration, to_markdown, train
+from star_jax.benchmarks import common, decode, records, star_iteration, to_markdown, train
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from test_checkpoints import _hf_model, _save  # noqa: E402  (needs torch)
 
-DECODE_KEYS = set(common.RECORD_KEYS) | {
+DECODE_KEYS = set(records.RECORD_KEYS) | {
     "checkpoint", "batch", "prompt_len", "new_tokens", "star_jax_detail", "transformers_detail",
     "token_agreement", "roofline"}
-TRAIN_KEYS = set(common.RECORD_KEYS) | {
+TRAIN_KEYS = set(records.RECORD_KEYS) | {
     "checkpoint", "batch", "seq_len", "tokens_per_step", "star_jax_detail", "transformers_detail",
     "flops_per_token", "matmul_peak_flops", "first_step_loss"}
 MACHINE_KEYS = {"cpu_model", "cores", "jax", "jaxlib", "torch", "transformers", "jax_backend",
@@ -28,7 +28,7 @@ def tiny_llama(tmp_path_factory):
 
 
 def _printed(capsys):
-  return common.read_records(capsys.readouterr().out.splitlines())
+  return records.read_records(capsys.readouterr().out.splitlines())
 
 
 def _check_common(rec, keys, metric):
@@ -46,7 +46,7 @@ def test_decode_end_to_end(tiny_llama, capsys):
   recs = decode.run(checkpoint=tiny_llama, batch_sizes=[1, 2], new_tokens=4, prompt_len=8,
                     iters=1, bandwidth_mib=8, markdown=True, cmd="python -m " + decode.MODULE)
   out = capsys.readouterr().out
-  assert common.read_records(out.splitlines()) == recs
+  assert records.read_records(out.splitlines()) == recs
   assert "| batch=1 |" in out  # the markdown table follows the JSON lines
   assert [r["case"] for r in recs] == ["batch=1", "batch=2"]
   for rec in recs:
@@ -118,12 +118,12 @@ def test_star_iteration_parses_metrics(tmp_path):
   recs = star_iteration.records_for_run("configs/arithmetic.py:smoke", METRICS, 7.0, 30.0,
                                         machine, "python -m star_jax.benchmarks.star_iteration")
   for rec, row in zip(recs, rows):
-    assert set(common.RECORD_KEYS) <= set(rec)
+    assert set(records.RECORD_KEYS) <= set(rec)
     assert rec["benchmark"] == "star_iteration"
     assert rec["transformers"] is None and rec["ratio"] is None and rec["peer"] is None
     assert rec["star_jax"] == row["total_seconds"]
     assert rec["run_unaccounted_seconds"] == pytest.approx(30.0 - 28.5)
-  table = common.markdown_table(recs)
+  table = records.markdown_table(recs)
   assert "| configs/arithmetic.py:smoke | 1 | – | 4 | 2 | 5 | 1 | 12 |" in table
 
 
@@ -135,22 +135,22 @@ def test_star_iteration_loads_configs():
 def test_to_markdown_renders_every_benchmark(tmp_path):
   machine = common.machine_info()
   recs = [
-      common.record("decode", "batch=1", "new_tokens_per_s", 10.0, 5.0, "transformers", machine,
+      records.record("decode", "batch=1", "new_tokens_per_s", 10.0, 5.0, "transformers", machine,
                     "python -m star_jax.benchmarks.decode", token_agreement=1.0,
                     roofline={"tokens_per_s": 40.0, "star_jax_fraction": 0.25}),
-      common.record("train", "batch=4 seq_len=256", "train_tokens_per_s", 100.0, 50.0,
+      records.record("train", "batch=4 seq_len=256", "train_tokens_per_s", 100.0, 50.0,
                     "transformers", machine, "python -m star_jax.benchmarks.train",
                     matmul_peak_flops={"best": 2e11, "best_source": "jax"},
                     star_jax_detail={"flops_per_s": 1e11, "fraction_of_peak": 0.5}),
   ]
   src = tmp_path / "in.jsonl"
   src.write_text("".join(json.dumps(r) + "\n" for r in recs) + "\n| a markdown line |\n")
-  assert common.read_records(src.read_text().splitlines()) == recs
+  assert records.read_records(src.read_text().splitlines()) == recs
   text = to_markdown.render(recs)
   assert "## Greedy decoding" in text and "## Training step" in text
   assert "| batch=1 | 10 | 5 | 2 |" in text
   assert "| batch=4 seq_len=256 | 100 | 50 | 2 | 100 | – | 200 (jax) | 50.0% |" in text
-  assert common.machine_line(machine) in text
+  assert records.machine_line(machine) in text
 
 
 def test_star_iteration_reads_finished_runs(tmp_path, capsys):

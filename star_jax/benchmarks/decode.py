@@ -30,7 +30,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from star_jax.benchmarks import common
+from star_jax.benchmarks import common, records
 
 MODULE = "star_jax.benchmarks.decode"
 DEFAULT_CHECKPOINT = "smollm2-135m-instruct"
@@ -147,7 +147,7 @@ def run(checkpoint: str = DEFAULT_CHECKPOINT, batch_sizes: Sequence[int] = (1, 3
   pad_id = getattr(tok, "pad_id", None) or 0
   greedy = SamplingParams(temperature=0.0)
   short = _short_tokens(new_tokens) if decode_only else None
-  records = []
+  results = []
   for B in batch_sizes:
     prompts, source = make_prompts(tok, cfg.vocab_size, B, prompt_len, seed)
     sampler = Sampler(cfg, pre.graphdef, mesh, end_ids=(), pad_id=pad_id, batch_size=B)
@@ -189,7 +189,7 @@ def run(checkpoint: str = DEFAULT_CHECKPOINT, batch_sizes: Sequence[int] = (1, 3
     roofline = None
     if B == 1 and bandwidth is not None:
       roofline = _roofline(cfg, bandwidth, ours_detail, theirs_detail)
-    rec = common.record(
+    rec = records.record(
         "decode", f"batch={B}", "new_tokens_per_s", ours_detail["tokens_per_s"],
         theirs_detail["tokens_per_s"] if theirs_detail else None, peer, machine, cmd,
         checkpoint=checkpoint, dtype="float32", batch=B, prompt_len=prompt_len,
@@ -197,13 +197,13 @@ def run(checkpoint: str = DEFAULT_CHECKPOINT, batch_sizes: Sequence[int] = (1, 3
         star_jax_detail=ours_detail, transformers_detail=theirs_detail,
         token_agreement=agreement, rows_identical=rows_identical, roofline=roofline,
         memory_bandwidth=bandwidth if B == 1 else None)
-    common.emit(rec)
-    records.append(rec)
+    records.emit(rec)
+    results.append(rec)
     del sampler
     common.free_memory()
   if markdown:
-    common.print_markdown(records)
-  return records
+    records.print_markdown(results)
+  return results
 
 
 def _detail(t: common.Timing, batch: int, new_tokens: int) -> dict[str, Any]:

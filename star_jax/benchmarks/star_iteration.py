@@ -27,7 +27,7 @@ from typing import Any, Iterable, Sequence
 
 from absl import app, flags, logging
 
-from star_jax.benchmarks import common
+from star_jax.benchmarks import common, records
 
 MODULE = "star_jax.benchmarks.star_iteration"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -89,7 +89,7 @@ def records_for_run(spec: str, metrics: list[dict[str, Any]], pretrain_seconds: 
   accounted = sum(r["total_seconds"] or 0.0 for r in rows)
   recs = []
   for r in rows:
-    recs.append(common.record(
+    recs.append(records.record(
         "star_iteration", f"{spec} iteration {r['iteration']}", "iteration_seconds",
         r["total_seconds"], None, None, machine, cmd, config=spec, iteration=r["iteration"],
         phases=r["phases"], missing_phases=r["missing"], pretrain_source=r["pretrain_source"],
@@ -127,7 +127,7 @@ def run(configs: Sequence[str] = ("configs/arithmetic.py:smoke",), workdir: str 
     raise ValueError(f"got {len(finished)} finished workdirs for {len(configs)} configs")
   cmd = cmd if cmd is not None else common.command(MODULE)
   machine = common.machine_info(jax.devices())
-  records = []
+  results = []
   for i, spec in enumerate(configs):
     config = load_config(spec)
     if finished:
@@ -148,11 +148,11 @@ def run(configs: Sequence[str] = ("configs/arithmetic.py:smoke",), workdir: str 
         if workdir is None:
           shutil.rmtree(base, ignore_errors=True)
     for rec in records_for_run(spec, metrics, None, wall, machine, cmd):
-      common.emit(rec)
-      records.append(rec)
+      records.emit(rec)
+      results.append(rec)
   if markdown:
-    common.print_markdown(records)
-  return records
+    records.print_markdown(results)
+  return results
 
 
 def define_flags() -> None:

@@ -30,7 +30,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from star_jax.benchmarks import common
+from star_jax.benchmarks import common, records
 from star_jax.benchmarks.decode import DEFAULT_CHECKPOINT, _load_transformers
 
 MODULE = "star_jax.benchmarks.train"
@@ -116,7 +116,7 @@ def run(checkpoint: str = DEFAULT_CHECKPOINT, batch_sizes: Sequence[int] = (4, 8
                       weight_decay=weight_decay, clip_norm=clip_norm)
   flops_per_token = cfg.flops_per_token(seq_len)
 
-  records = []
+  results = []
   for B in batch_sizes:
     rows = make_rows(cfg.vocab_size, B, seq_len, seed + B)
     tokens = B * seq_len
@@ -182,7 +182,7 @@ def run(checkpoint: str = DEFAULT_CHECKPOINT, batch_sizes: Sequence[int] = (4, 8
       if not loss["agree"]:
         logging.warning("batch %d: first-step losses differ: star_jax %.6f, transformers %.6f",
                         B, loss["star_jax"], loss["transformers"])
-    rec = common.record(
+    rec = records.record(
         "train", f"batch={B} seq_len={seq_len}", "train_tokens_per_s", ours["tokens_per_s"],
         theirs["tokens_per_s"] if theirs else None, peer, machine, cmd,
         checkpoint=checkpoint, dtype="float32", batch=B, seq_len=seq_len, tokens_per_step=tokens,
@@ -192,11 +192,11 @@ def run(checkpoint: str = DEFAULT_CHECKPOINT, batch_sizes: Sequence[int] = (4, 8
         flops_per_token=flops_per_token, matmul_peak_flops=peak,
         peak_flops=peak_flops if accel else None,
         star_jax_detail=ours, transformers_detail=theirs, first_step_loss=loss)
-    common.emit(rec)
-    records.append(rec)
+    records.emit(rec)
+    results.append(rec)
   if markdown:
-    common.print_markdown(records)
-  return records
+    records.print_markdown(results)
+  return results
 
 
 def define_flags() -> None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -99,7 +99,7 @@ def generate(split: str, count: int, seed: int, min_digits: int, max_digits: int
   want_eval = split == "eval"
   rng = np.random.default_rng([seed, 1 if want_eval else 0])
   pairs, seen = [], set()
-  pools: dict[tuple[int, int], list[tuple[int, int]]] = {}  # small spaces, eval only
+  pools: dict[tuple[int, int], Iterator[tuple[int, int]]] = {}  # small spaces, eval only
   for _ in range(count):
     digits = int(rng.integers(min_digits, max_digits + 1))
     digits_b = digits if same_length else int(rng.integers(min_digits, max_digits + 1))
@@ -111,19 +111,20 @@ def generate(split: str, count: int, seed: int, min_digits: int, max_digits: int
         if not space:
           raise ValueError(f"no {digits}-digit problem falls in the eval partition; "
                            f"change data.eval_fraction ({eval_fraction}) or the digit range")
-        pools[digits, digits_b] = [space[i] for i in rng.permutation(len(space))][::-1]
-      if pools[digits, digits_b]:
-        pairs.append(pools[digits, digits_b].pop())
+        pools[digits, digits_b] = iter([space[i] for i in rng.permutation(len(space))])
+      pair = next(pools[digits, digits_b], None)
+      if pair is not None:
+        pairs.append(pair)
       continue
     for _ in range(10_000):
       a, b = int(rng.integers(lo, hi + 1)), int(rng.integers(lo_b, hi_b + 1))
-      if (_in_eval_partition(a, b, seed, eval_fraction) == want_eval
-          and not (want_eval and (a, b) in seen)):
+      if _in_eval_partition(a, b, seed, eval_fraction) == want_eval and (a, b) not in seen:
         break
     else:
       raise ValueError(f"no {digits}-digit problem falls in the {split} partition; "
                        f"change data.eval_fraction ({eval_fraction}) or the digit range")
-    seen.add((a, b))
+    if want_eval:
+      seen.add((a, b))
     pairs.append((a, b))
   return pairs
 
