@@ -8,7 +8,7 @@ The "pre-trained" base model is a small decoder trained on gold scratchpads of
 The recipe, the measured results and the variants that failed: docs/arithmetic.md.
 """
 
-from star_jax.defaults import base_config
+from star_jax.star.defaults import base_config
 
 
 def get_config(variant: str = ""):

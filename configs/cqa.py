@@ -4,7 +4,7 @@ Put the official train_rand_split.jsonl and dev_rand_split.jsonl in data.dir.
   python -m star_jax.main --config=configs/cqa.py --workdir=runs/cqa --config.data.dir=data/cqa
 """
 
-from star_jax.defaults import text_task_config
+from star_jax.star.defaults import text_task_config
 
 
 def get_config(variant: str = ""):

@@ -4,7 +4,7 @@ Put the official train.jsonl and test.jsonl in data.dir.
   python -m star_jax.main --config=configs/gsm8k.py --workdir=runs/gsm8k --config.data.dir=data/gsm8k
 """
 
-from star_jax.defaults import text_task_config
+from star_jax.star.defaults import text_task_config
 
 
 def get_config(variant: str = ""):

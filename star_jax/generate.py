@@ -32,8 +32,10 @@ def generate(checkpoint: str, prompt: str, max_new_tokens: int, temperature: flo
              top_k: int = 0, top_p: float = 1.0, seed: int = 0, chat: bool = False,
              dtype: str | None = None) -> str:
   """The continuation of ``prompt`` (without the end token) as text."""
-  from star_jax import hf_tokenizer, sampler as S, sharding
-  from star_jax.checkpoints import load_pretrained
+  from star_jax.engine import sharding
+  from star_jax.hub import load_pretrained
+  from star_jax.sampling import sampler as S
+  from star_jax.tokenizer import hf as hf_tokenizer
 
   # One prompt: split the weights over every device (tensor axis), not the batch.
   mesh = sharding.make_mesh((1, 1, -1))

@@ -5,7 +5,8 @@ import logging as std_logging
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from star_jax import distributed, star
+from star_jax import star
+from star_jax.runtime import distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file[:variant].",
                                           lock_config=True)

@@ -9,7 +9,7 @@ from star_jax.benchmarks import common, decode, records, star_iteration, to_mark
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from test_checkpoints import _hf_model, _save  # noqa: E402  (needs torch)
+from helpers.reference import hf_model, save_hf  # noqa: E402  (needs torch)
 
 DECODE_KEYS = set(records.RECORD_KEYS) | {
     "checkpoint", "batch", "prompt_len", "new_tokens", "star_jax_detail", "transformers_detail",
@@ -24,7 +24,7 @@ MACHINE_KEYS = {"cpu_model", "cores", "jax", "jaxlib", "torch", "transformers", 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory):
   """A tiny random LlamaForCausalLM saved as safetensors + config.json (no tokenizer)."""
-  return _save(_hf_model("llama"), tmp_path_factory.mktemp("bench") / "tiny_llama")
+  return save_hf(hf_model("llama"), tmp_path_factory.mktemp("bench") / "tiny_llama")
 
 
 def _printed(capsys):
@@ -154,7 +154,7 @@ def test_to_markdown_renders_every_benchmark(tmp_path):
 
 
 def test_star_iteration_reads_finished_runs(tmp_path, capsys):
-  from star_jax import workdir as wd
+  from star_jax.star import workdir as wd
   spec = "configs/arithmetic.py:smoke"
   config = star_iteration.load_config(spec)
   run_dir = tmp_path / "run"

@@ -6,11 +6,10 @@ import sys
 
 import pytest
 
-from test_checkpoints import _hf_model
-from test_hf_tokenizer import train_tiny_tokenizer
-from star_jax import sampler as S
-from star_jax.checkpoints import load_pretrained
+from helpers.reference import hf_model, train_tiny_tokenizer
 from star_jax.generate import generate
+from star_jax.hub import load_pretrained
+from star_jax.sampling import Sampler
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -20,7 +19,7 @@ pytest.importorskip("transformers")
 def checkpoint(tmp_path_factory):
   directory = str(tmp_path_factory.mktemp("tiny_chat"))
   train_tiny_tokenizer(directory)
-  _hf_model("llama", vocab_size=400).save_pretrained(directory)
+  hf_model("llama", vocab_size=400).save_pretrained(directory)
   return directory
 
 
@@ -36,7 +35,7 @@ def test_prints_only_the_greedy_continuation(checkpoint, mesh1):
   stdout, stderr = _cli(f"--checkpoint={checkpoint}", f"--prompt={prompt}", "--max_new_tokens=12")
   pre = load_pretrained(checkpoint, mesh1)
   tok = pre.tokenizer
-  sampler = S.Sampler(pre.model_cfg, pre.graphdef, mesh1, end_ids=tok.end_ids, pad_id=tok.pad_id)
+  sampler = Sampler(pre.model_cfg, pre.graphdef, mesh1, end_ids=tok.end_ids, pad_id=tok.pad_id)
   new = sampler.sample(pre.params, [tok.encode(prompt)], 12).sequences(0)
   new = new[:-1] if new and new[-1] in tok.end_ids else new
   assert stdout == tok.decode(new) + "\n"  # nothing but the continuation on stdout

@@ -16,7 +16,6 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from absl import app, flags, logging
 
-
 # --------------------------------------------------------------------------------------------
 # Machine
 
@@ -302,7 +301,7 @@ def parse_int_list(values: Iterable[Any]) -> list[int]:
 
 def setup_run(device: str, mesh_shape: Sequence[Any], matmul_precision: str, peers: bool):
   """Devices, the star_jax mesh and the torch device of a side-by-side benchmark."""
-  from star_jax import sharding
+  from star_jax.engine import sharding
   if peers:
     share_gpu_memory()
   set_matmul_precision(matmul_precision)

@@ -69,17 +69,17 @@ def make_prompts(tokenizer, vocab_size: int, batch: int, prompt_len: int,
 
 def _short_tokens(new_tokens: int) -> int | None:
   """The fewest new tokens that run the same compiled decode as ``new_tokens`` (same bucket)."""
-  from star_jax.sampler import NEW_TOKENS_BUCKET
+  from star_jax.sampling.sampler import NEW_TOKENS_BUCKET
   bucket = NEW_TOKENS_BUCKET
   short = (-(-new_tokens // bucket) - 1) * bucket + 1
   return short if short < new_tokens else None
 
 
-def _load_transformers(checkpoint: str, torch_device: str):
+def load_transformers(checkpoint: str, torch_device: str):
   import torch
   import transformers
 
-  from star_jax.checkpoints import resolve
+  from star_jax.hub import resolve
   path = resolve(checkpoint)
   if os.path.isfile(path) and path.endswith(".gguf"):
     directory, name = os.path.split(path)
@@ -112,8 +112,8 @@ def run(checkpoint: str = DEFAULT_CHECKPOINT, batch_sizes: Sequence[int] = (1, 3
         peers: bool = True, seed: int = 0, markdown: bool = False,
         cmd: str | None = None) -> list[dict[str, Any]]:
   """Runs every batch size; prints and returns one record per case."""
-  from star_jax.checkpoints import load_pretrained
-  from star_jax.sampler import Sampler, SamplingParams
+  from star_jax.hub import load_pretrained
+  from star_jax.sampling.sampler import Sampler, SamplingParams
 
   batch_sizes = common.parse_int_list(batch_sizes)
   if new_tokens < 1 or prompt_len < 1:
@@ -130,7 +130,7 @@ def run(checkpoint: str = DEFAULT_CHECKPOINT, batch_sizes: Sequence[int] = (1, 3
   model = None
   if peers:
     t0 = time.perf_counter()
-    model = _load_transformers(checkpoint, torch_device)
+    model = load_transformers(checkpoint, torch_device)
     logging.info("transformers: loaded %s in %.1f s", checkpoint, time.perf_counter() - t0)
   machine = common.machine_info(devices, torch_device if peers else None)
   peer = (f"transformers {machine['transformers']} generate (torch {machine['torch']}, "

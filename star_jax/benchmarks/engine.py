@@ -20,10 +20,10 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from star_jax import batching, config, params as params_lib, sharding
 from star_jax.benchmarks.common import command, cores, cpu_model
-from star_jax.sampler import Sampler, SamplingParams
-from star_jax.trainer import OptimConfig, Trainer
+from star_jax.engine import batching, model_config as config, params as params_lib, sharding
+from star_jax.engine.trainer import OptimConfig, Trainer
+from star_jax.sampling.sampler import Sampler, SamplingParams
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "25m", "model preset (config.PRESETS)")

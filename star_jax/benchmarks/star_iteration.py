@@ -102,7 +102,7 @@ def records_for_run(spec: str, metrics: list[dict[str, Any]], pretrain_seconds: 
 
 def _finished_metrics(spec: str, config, run_dir: str) -> list[dict[str, Any]]:
   """Metrics of a finished run of ``config`` in ``run_dir``; a clear error otherwise."""
-  from star_jax import workdir as wd
+  from star_jax.star import workdir as wd
   path = os.path.join(run_dir, "metrics.jsonl")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{run_dir} holds no metrics.jsonl: run {spec} there first")
@@ -122,7 +122,7 @@ def run(configs: Sequence[str] = ("configs/arithmetic.py:smoke",), workdir: str 
   ``configs[i]``) and prints one record per iteration."""
   import jax
 
-  from star_jax import star
+  from star_jax.star import loop as star
   if finished and len(finished) != len(configs):
     raise ValueError(f"got {len(finished)} finished workdirs for {len(configs)} configs")
   cmd = cmd if cmd is not None else common.command(MODULE)

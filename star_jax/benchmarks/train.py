@@ -31,7 +31,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from star_jax.benchmarks import common, records
-from star_jax.benchmarks.decode import DEFAULT_CHECKPOINT, _load_transformers
+from star_jax.benchmarks.decode import DEFAULT_CHECKPOINT, load_transformers
 
 MODULE = "star_jax.benchmarks.train"
 LOSS_RTOL = 1e-4
@@ -73,9 +73,9 @@ def run(checkpoint: str = DEFAULT_CHECKPOINT, batch_sizes: Sequence[int] = (4, 8
         matmul_precision: str = "highest", peers: bool = True, seed: int = 0,
         markdown: bool = False, cmd: str | None = None) -> list[dict[str, Any]]:
   """Runs every batch size; prints and returns one record per case."""
-  from star_jax.checkpoints import load_pretrained
-  from star_jax.params import shardings_of
-  from star_jax.trainer import OptimConfig, Trainer
+  from star_jax.engine.params import shardings_of
+  from star_jax.engine.trainer import OptimConfig, Trainer
+  from star_jax.hub import load_pretrained
 
   batch_sizes = common.parse_int_list(batch_sizes)
   if steps < 1 or seq_len < 2:
@@ -106,7 +106,7 @@ def run(checkpoint: str = DEFAULT_CHECKPOINT, batch_sizes: Sequence[int] = (4, 8
   if peers:
     import torch
     t0 = time.perf_counter()
-    model = _load_transformers(checkpoint, torch_device)
+    model = load_transformers(checkpoint, torch_device)
     initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     logging.info("transformers: loaded %s in %.1f s", checkpoint, time.perf_counter() - t0)
   machine = common.machine_info(devices, torch_device if peers else None)

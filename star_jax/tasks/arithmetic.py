@@ -36,7 +36,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from star_jax.tasks.base import (Example, Task, cfg_get, check_split, first_block, register_task)
+from star_jax.data.sources import cfg_get
+from star_jax.tasks.base import Example, Task, check_split, first_block, register_task
 
 _SCRATCH_OPEN, _SCRATCH_CLOSE = "<scratch>", "</scratch>"
 _DIGITS_LINE_RE = re.compile(r"[0-9](?: ?[0-9])*")
@@ -138,6 +139,7 @@ class ArithmeticTask(Task):
 
   name = "arithmetic"
   difficulty_name = "digits"
+  difficulty_label = "{} digits"
   # A completion of 8-digit problems is 353 characters: enough even at one token per character.
   max_new_tokens = 360
   default_train, default_eval = 50_000, 1_000  # the paper's 50k problems
@@ -219,11 +221,8 @@ class ArithmeticTask(Task):
     """Scratch lines between the tags (the tags themselves are re-added by `completion`)."""
     return scratch_body(text, self.end_marker)
 
-  def step_correct(self, generated: str, ex: Example) -> list[bool]:
-    return step_correct(generated, ex, self.end_marker)
-
-  def step_accuracy(self, generated: str, ex: Example) -> float:
-    return step_accuracy(generated, ex, self.end_marker)
+  def step_correct(self, rationale: str, ex: Example) -> list[bool]:
+    return step_correct(rationale, ex, self.end_marker)
 
 
 def scratch_body(text: str, end_marker: str = "\n\n") -> str:
@@ -247,9 +246,3 @@ def step_correct(generated: str, ex: Example, end_marker: str = "\n\n") -> list[
   true = list(ex.meta["scratchpad"])
   return [i < len(got) and i < len(true) and got[i] == true[i]
           for i in range(max(len(got), len(true)))]
-
-
-def step_accuracy(generated: str, ex: Example, end_marker: str = "\n\n") -> float:
-  """Fraction of scratchpad steps that match the true ones."""
-  steps = step_correct(generated, ex, end_marker)
-  return sum(steps) / len(steps)

@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from star_jax.data.sources import cfg_get  # re-exported: tasks read data_cfg with it
+from star_jax.data.sources import cfg_get
 
 SPLITS = ("train", "eval")
 
@@ -66,6 +66,7 @@ class Task:
   stop_strings: tuple[str, ...] = ("\n\n",)  # generation stops after one answer
   max_new_tokens: int = 128
   difficulty_name: str = "difficulty"  # metrics key: accuracy_by_<difficulty_name>
+  difficulty_label: str = "{}"  # a bucket's name in plots, e.g. "{} digits"
 
   def __init__(self, max_new_tokens: int | None = None):
     if max_new_tokens is not None:
@@ -102,6 +103,20 @@ class Task:
   def difficulty(self, ex: Example) -> int | None:
     """A difficulty bucket for per-difficulty accuracy, or None if the task has none."""
     return None
+
+  def step_correct(self, rationale: str, ex: Example) -> list[bool] | None:
+    """Per step of `rationale` (a generation or a kept rationale): is it the true step?
+
+    Only tasks that know their true steps answer (arithmetic); None otherwise.
+    Feeds RL-STaR's per-step accuracy and the share of kept rationales that reach
+    the right answer through a wrong step.
+    """
+    return None
+
+  def step_accuracy(self, rationale: str, ex: Example) -> float | None:
+    """Share of `rationale`'s steps that are the true ones (None: the task does not know)."""
+    steps = self.step_correct(rationale, ex)
+    return None if steps is None else sum(steps) / max(len(steps), 1)
 
   def gold_rationale(self, ex: Example) -> str | None:
     """A known-correct rationale, if the task can produce one (arithmetic can)."""

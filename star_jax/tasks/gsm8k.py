@@ -19,8 +19,9 @@ import re
 from typing import Any
 
 from star_jax.data.builders import load_records
-from star_jax.tasks.base import (Example, Task, cfg_get, check_split, first_block, last_match,
-                                 register_task, split_limit, take_subset)
+from star_jax.data.sources import cfg_get
+from star_jax.tasks.base import (Example, Task, check_split, first_block, last_match, register_task,
+                                 split_limit, take_subset)
 
 ANSWER_PREFIX = "The answer is"
 _ANSWER_RE = re.compile(r"(?:\b(?:therefore|so|thus)\s*,?\s*)?\bthe (?:final )?answer is\b",

@@ -1,0 +1,100 @@
+"""Orbax checkpoints of the train state (params, optimizer state, step).
+
+Params and optimizer state are separate items, so a sampler can restore the
+params alone. Restoring takes the *target* layout (shapes, dtypes and
+shardings on the current mesh), so a checkpoint written on one mesh restores
+onto any other.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from star_jax.engine.train_state import TrainState
+
+
+def abstract_like(tree: Any, shardings: Any | None = None) -> Any:
+  """ShapeDtypeStructs (with target shardings) mirroring ``tree``."""
+  if shardings is None:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                        tree)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      tree, shardings)
+
+
+class Checkpointer:
+  """A directory of numbered train-state checkpoints."""
+
+  def __init__(self, directory: str, max_to_keep: int | None = 2, async_save: bool = False):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                           enable_async_checkpointing=async_save,
+                                           cleanup_tmp_directories=True)  # a killed save's debris
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=("params", "opt_state", "meta"))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, state: TrainState, meta: dict | None = None, force: bool = True) -> int:
+    """Saves at ``state.step``; ``meta`` is any JSON (e.g. the data position)."""
+    step = int(state.step)
+    meta = dict(meta or {}, step=step)
+    self._manager.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(state.params),
+        opt_state=ocp.args.StandardSave(state.opt_state),
+        meta=ocp.args.JsonSave(meta)), force=force)
+    return step
+
+  def save_params(self, step: int, params: nnx.State, meta: dict | None = None) -> int:
+    """Saves a model without optimizer state (e.g. the result of a STaR iteration)."""
+    meta = dict(meta or {}, step=step)
+    self._manager.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)), force=True)
+    return step
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def restore(self, target: TrainState, step: int | None = None) -> tuple[TrainState, dict]:
+    """Restores onto ``target``'s layout (a TrainState of arrays or ShapeDtypeStructs)."""
+    step = self._resolve(step)
+    target = abstract_like(target) if not _is_abstract(target) else target
+    out = self._manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(target.params),
+        opt_state=ocp.args.StandardRestore(target.opt_state),
+        meta=ocp.args.JsonRestore()))
+    meta = dict(out["meta"])
+    step_arr = jax.device_put(np.asarray(meta["step"], np.int32), target.step.sharding)
+    return TrainState(step_arr, out["params"], out["opt_state"]), meta
+
+  def restore_params(self, target_params: nnx.State, step: int | None = None) -> nnx.State:
+    step = self._resolve(step)
+    target = abstract_like(target_params) if not _is_abstract(target_params) else target_params
+    out = self._manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(target)))
+    return out["params"]
+
+  def _resolve(self, step: int | None) -> int:
+    step = self.latest_step() if step is None else step
+    if step is None or step not in self._manager.all_steps():
+      raise FileNotFoundError(f"no checkpoint{'' if step is None else f' at step {step}'} in "
+                              f"{self.directory} (have: {self.all_steps()})")
+    return step
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def _is_abstract(tree: Any) -> bool:
+  leaves = jax.tree.leaves(tree)
+  return bool(leaves) and all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)

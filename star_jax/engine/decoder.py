@@ -1,0 +1,286 @@
+"""The decoder: one Flax NNX definition for the Llama family and the GPT-J block.
+
+The same module runs a full forward (training, evaluation) and cached decoding
+(prefill + one token at a time): pass ``cache`` and the slot to write and the
+new keys/values land there, attention reads the whole cache under ``mask``.
+Kernels are stored ``[in, ..., out]`` with logical axis names for sharding.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from star_jax.engine.model_config import ModelConfig
+from star_jax.engine.sharding import constrain
+
+
+class LayerCache(NamedTuple):
+  k_BxKxSxH: jax.Array
+  v_BxKxSxH: jax.Array
+
+
+def _param(rngs: nnx.Rngs, init, shape, dtype, axes) -> nnx.Param:
+  return nnx.Param(init(rngs.params(), shape, dtype), axes=axes)
+
+
+def dense(x_BxTxI: jax.Array, w_Ix___: jax.Array, in_dims: int = 1) -> jax.Array:
+  """``x @ w`` over the last ``in_dims`` axes of x and the first of w, as one 2-D matmul.
+
+  Rows are flattened to ``[B*T, I]`` first: with two contracting axes (batch and
+  sequence) in the backward pass, XLA:CPU ran the 3-D form ~1.5x slower
+  (docs/benchmarks.md).
+  """
+  lead, feat = x_BxTxI.shape[:-in_dims], x_BxTxI.shape[-in_dims:]
+  out_shape = w_Ix___.shape[in_dims:]
+  x_RxI = x_BxTxI.reshape(-1, math.prod(feat))
+  y_RxO = x_RxI @ w_Ix___.reshape(math.prod(feat), -1)
+  return y_RxO.reshape(*lead, *out_shape)
+
+
+def _normal(fan_in: int):
+  return jax.nn.initializers.normal(stddev=1.0 / math.sqrt(fan_in))
+
+
+class Norm(nnx.Module):
+  """RMSNorm (Llama) or LayerNorm with bias (GPT-J); statistics in float32."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    del rngs
+    self.rms = cfg.block_type == "llama"
+    self.eps = cfg.norm_eps
+    self.scale = nnx.Param(jnp.ones((cfg.d_model,), cfg.jnp_param_dtype), axes=("norm",))
+    if not self.rms:
+      self.bias = nnx.Param(jnp.zeros((cfg.d_model,), cfg.jnp_param_dtype), axes=("norm",))
+
+  def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+    x = x_BxTxD.astype(jnp.float32)
+    if self.rms:
+      x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+      y = x * self.scale[...].astype(jnp.float32)
+    else:
+      x = x - jnp.mean(x, axis=-1, keepdims=True)
+      x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+      y = x * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+    return y.astype(x_BxTxD.dtype)
+
+
+def rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, cfg: ModelConfig) -> jax.Array:
+  """Rotary embedding on the first ``cfg.rope_dim`` dims (rotate-half or interleaved pairs).
+
+  ``positions`` are ``[B, T]`` indices, or ``[B, T, 3]`` (line, column, index): then
+  the first half of the frequencies turn with the column and the second half
+  with the line, each half its own geometric ladder from 1 rad per step.
+  """
+  if cfg.rope_positions == "none":  # NoPE: order comes from the causal mask alone
+    return x_BxTxNxH
+  rd = cfg.rope_dim
+  if positions_BxT.ndim == 3:
+    half = rd // 4
+    ladder = cfg.rope_base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    inv_freq = jnp.concatenate([ladder, ladder])
+    coord_R = jnp.asarray([1] * half + [0] * half)  # column, then line
+    pos_BxTxR = jnp.take(positions_BxT, coord_R, axis=-1).astype(jnp.float32)
+    angle_BxTxR = pos_BxTxR * inv_freq
+  else:
+    inv_freq = cfg.rope_base ** (-jnp.arange(0, rd, 2, dtype=jnp.float32) / rd)
+    angle_BxTxR = positions_BxT[..., None].astype(jnp.float32) * inv_freq  # R = rd // 2
+  sin, cos = jnp.sin(angle_BxTxR)[:, :, None, :], jnp.cos(angle_BxTxR)[:, :, None, :]
+  x = x_BxTxNxH.astype(jnp.float32)
+  rot, rest = x[..., :rd], x[..., rd:]
+  if cfg.rope_interleaved:
+    x1, x2 = rot[..., 0::2], rot[..., 1::2]
+    rot = jnp.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).reshape(rot.shape)
+  else:
+    x1, x2 = rot[..., : rd // 2], rot[..., rd // 2:]
+    rot = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return jnp.concatenate([rot, rest], axis=-1).astype(x_BxTxNxH.dtype)
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    D, N, K, H, pd = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.jnp_param_dtype
+    self.q = _param(rngs, _normal(D), (D, N, H), pd, ("embed", "heads", "head_dim"))
+    self.k = _param(rngs, _normal(D), (D, K, H), pd, ("embed", "kv_heads", "head_dim"))
+    self.v = _param(rngs, _normal(D), (D, K, H), pd, ("embed", "kv_heads", "head_dim"))
+    self.o = _param(rngs, _normal(N * H), (N, H, D), pd, ("heads", "head_dim", "embed"))
+    if cfg.qkv_bias:
+      zeros = jax.nn.initializers.zeros
+      self.q_bias = _param(rngs, zeros, (N, H), pd, ("heads", "head_dim"))
+      self.k_bias = _param(rngs, zeros, (K, H), pd, ("kv_heads", "head_dim"))
+      self.v_bias = _param(rngs, zeros, (K, H), pd, ("kv_heads", "head_dim"))
+
+  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache: LayerCache | None,
+               cache_slot) -> tuple[jax.Array, LayerCache | None]:
+    cfg, dt = self.cfg, x_BxTxD.dtype
+    q_BxTxNxH = dense(x_BxTxD, self.q[...].astype(dt))
+    k_BxTxKxH = dense(x_BxTxD, self.k[...].astype(dt))
+    v_BxTxKxH = dense(x_BxTxD, self.v[...].astype(dt))
+    if cfg.qkv_bias:
+      q_BxTxNxH += self.q_bias[...].astype(dt)
+      k_BxTxKxH += self.k_bias[...].astype(dt)
+      v_BxTxKxH += self.v_bias[...].astype(dt)
+    q_BxTxNxH = rope(q_BxTxNxH, positions_BxT, cfg)
+    k_BxTxKxH = rope(k_BxTxKxH, positions_BxT, cfg)
+    # Keys/values live as [B, K, S, H]: batch and head lead, so the attention matmuls read
+    # the cache in place (a [B, S, K, H] cache was transposed, i.e. copied, every decode step).
+    k_BxKxTxH = k_BxTxKxH.transpose(0, 2, 1, 3)
+    v_BxKxTxH = v_BxTxKxH.transpose(0, 2, 1, 3)
+    if cache is not None:
+      # Every row writes the same slots: left padding keeps the batch aligned.
+      start = (0, 0, cache_slot, 0)
+      k_BxKxSxH = jax.lax.dynamic_update_slice(
+          cache.k_BxKxSxH, k_BxKxTxH.astype(cache.k_BxKxSxH.dtype), start)
+      v_BxKxSxH = jax.lax.dynamic_update_slice(
+          cache.v_BxKxSxH, v_BxKxTxH.astype(cache.v_BxKxSxH.dtype), start)
+      cache = LayerCache(k_BxKxSxH, v_BxKxSxH)
+      k_BxKxSxH = constrain(k_BxKxSxH, ("batch", "kv_heads", "seq", "head_dim"))
+      v_BxKxSxH = constrain(v_BxKxSxH, ("batch", "kv_heads", "seq", "head_dim"))
+    else:
+      k_BxKxSxH, v_BxKxSxH = k_BxKxTxH, v_BxKxTxH
+    B, T, N, H = q_BxTxNxH.shape
+    K = k_BxKxSxH.shape[1]
+    q_BxKxGxTxH = q_BxTxNxH.reshape(B, T, K, N // K, H).transpose(0, 2, 3, 1, 4)
+    if T == 1 and N // K > 1:
+      # One new token with grouped-query heads: scores as multiply-and-reduce, which XLA:CPU
+      # fuses into one pass over the cache; as a batched dot with G > 1 rows per kv head it
+      # ran up to 6x slower. With G == 1 the dot is the faster form (docs/performance.md).
+      # Same float32 accumulation either way.
+      q_BxKxGxH = q_BxKxGxTxH[:, :, :, 0].astype(jnp.float32)
+      scores_BxKxGxS = jnp.sum(q_BxKxGxH[:, :, :, None, :]
+                               * k_BxKxSxH[:, :, None].astype(jnp.float32), axis=-1)
+      scores_BxKxGxTxS = scores_BxKxGxS[:, :, :, None] / math.sqrt(H)
+    else:
+      scores_BxKxGxTxS = jnp.einsum("bkgth,bksh->bkgts", q_BxKxGxTxH, k_BxKxSxH.astype(dt),
+                                    preferred_element_type=jnp.float32) / math.sqrt(H)
+    scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], scores_BxKxGxTxS, -1e30)
+    probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(dt)
+    out_BxKxGxTxH = jnp.einsum("bkgts,bksh->bkgth", probs_BxKxGxTxS, v_BxKxSxH.astype(dt))
+    out_BxTxNxH = out_BxKxGxTxH.transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
+    out_BxTxD = dense(out_BxTxNxH, self.o[...].astype(dt), in_dims=2)
+    return out_BxTxD, cache
+
+
+class MLP(nnx.Module):
+  """SwiGLU (Llama) or biased GELU (GPT-J)."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    D, F, pd = cfg.d_model, cfg.ffn_dim, cfg.jnp_param_dtype
+    self.gated = cfg.block_type == "llama"
+    if self.gated:
+      self.gate = _param(rngs, _normal(D), (D, F), pd, ("embed", "mlp"))
+      self.up = _param(rngs, _normal(D), (D, F), pd, ("embed", "mlp"))
+      self.down = _param(rngs, _normal(F), (F, D), pd, ("mlp", "embed"))
+    else:
+      zeros = jax.nn.initializers.zeros
+      self.fc_in = _param(rngs, _normal(D), (D, F), pd, ("embed", "mlp"))
+      self.fc_in_bias = _param(rngs, zeros, (F,), pd, ("mlp",))
+      self.fc_out = _param(rngs, _normal(F), (F, D), pd, ("mlp", "embed"))
+      self.fc_out_bias = _param(rngs, zeros, (D,), pd, ("norm",))
+
+  def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+    dt = x_BxTxD.dtype
+    if self.gated:
+      g_BxTxF = jax.nn.silu(dense(x_BxTxD, self.gate[...].astype(dt)))
+      h_BxTxF = g_BxTxF * dense(x_BxTxD, self.up[...].astype(dt))
+      h_BxTxF = constrain(h_BxTxF, ("batch", "seq", "mlp"))
+      return dense(h_BxTxF, self.down[...].astype(dt))
+    h_BxTxF = dense(x_BxTxD, self.fc_in[...].astype(dt)) + self.fc_in_bias[...].astype(dt)
+    h_BxTxF = constrain(jax.nn.gelu(h_BxTxF, approximate=True), ("batch", "seq", "mlp"))
+    return dense(h_BxTxF, self.fc_out[...].astype(dt)) + self.fc_out_bias[...].astype(dt)
+
+
+class Block(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.parallel = cfg.block_type == "gptj"
+    self.attn_norm = Norm(cfg, rngs)
+    self.attn = Attention(cfg, rngs)
+    if not self.parallel:
+      self.mlp_norm = Norm(cfg, rngs)
+    self.mlp = MLP(cfg, rngs)
+
+  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache, cache_slot):
+    h_BxTxD = self.attn_norm(x_BxTxD)
+    attn_BxTxD, cache = self.attn(h_BxTxD, positions_BxT, mask_BxTxS, cache, cache_slot)
+    if self.parallel:  # GPT-J: x + attn(ln(x)) + mlp(ln(x)), one shared LayerNorm
+      x_BxTxD = x_BxTxD + attn_BxTxD + self.mlp(h_BxTxD)
+    else:
+      x_BxTxD = x_BxTxD + attn_BxTxD
+      x_BxTxD = x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD))
+    return constrain(x_BxTxD, ("batch", "seq", "embed_act")), cache
+
+
+class Decoder(nnx.Module):
+  """Token ids -> hidden states (``__call__``) -> logits (``logits``)."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    V, D, pd = cfg.vocab_size, cfg.d_model, cfg.jnp_param_dtype
+    # std 1/sqrt(D): unit-norm token vectors, and unit-scale logits when the table is tied.
+    self.embed = _param(rngs, _normal(D), (V, D), pd, ("vocab", "embed"))
+    self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+    self.final_norm = Norm(cfg, rngs)
+    if not cfg.tie_embeddings:
+      self.lm_head = _param(rngs, _normal(D), (D, V), pd, ("embed", "vocab"))
+    if cfg.lm_head_bias:
+      self.lm_head_bias = _param(rngs, jax.nn.initializers.zeros, (V,), pd, ("vocab",))
+
+  def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, mask_BxTxS: jax.Array,
+               cache: list[LayerCache] | None = None, cache_slot=0,
+               ) -> tuple[jax.Array, list[LayerCache] | None]:
+    """Final-normed hidden states and the updated cache (None when no cache was given).
+
+    ``mask_BxTxS[b, t, s]`` is True where query t may attend key s; keys are the
+    T new tokens without a cache, or the cache's S slots after writing the T new
+    tokens at ``cache_slot`` with one.
+    """
+    cfg = self.cfg
+    # Gather from a whole table: a gather over a vocab-sharded table makes XLA replicate anyway.
+    table_VxD = constrain(self.embed[...], (None, None)).astype(cfg.jnp_dtype)
+    x_BxTxD = table_VxD[tokens_BxT]
+    x_BxTxD = constrain(x_BxTxD, ("batch", "seq", "embed_act"))
+    new_cache = [] if cache is not None else None
+    for i, block in enumerate(self.layers):
+      layer_cache = cache[i] if cache is not None else None
+      if cfg.remat:
+        x_BxTxD, layer_cache = nnx.remat(lambda b, *a: b(*a))(
+            block, x_BxTxD, positions_BxT, mask_BxTxS, layer_cache, cache_slot)
+      else:
+        x_BxTxD, layer_cache = block(x_BxTxD, positions_BxT, mask_BxTxS, layer_cache, cache_slot)
+      if new_cache is not None:
+        new_cache.append(layer_cache)
+    return self.final_norm(x_BxTxD), new_cache
+
+  def logits(self, h_BxTxD: jax.Array) -> jax.Array:
+    """float32 logits; callers pick the positions first so no [B, L, V] buffer is needed."""
+    dt = h_BxTxD.dtype
+    if self.cfg.tie_embeddings:
+      logits_BxTxV = dense(h_BxTxD, self.embed[...].astype(dt).T)
+    else:
+      logits_BxTxV = dense(h_BxTxD, self.lm_head[...].astype(dt))
+    logits_BxTxV = logits_BxTxV.astype(jnp.float32)
+    if self.cfg.lm_head_bias:
+      logits_BxTxV += self.lm_head_bias[...].astype(jnp.float32)
+    return logits_BxTxV
+
+
+def causal_mask(segment_ids_BxT: jax.Array) -> jax.Array:
+  """Causal mask that also keeps packed examples apart; segment 0 is padding."""
+  seg_q = segment_ids_BxT[:, :, None]
+  seg_k = segment_ids_BxT[:, None, :]
+  T = segment_ids_BxT.shape[1]
+  causal_TxT = jnp.tril(jnp.ones((T, T), dtype=bool))
+  return causal_TxT[None] & (seg_q == seg_k) & (seg_k > 0)
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int) -> list[LayerCache]:
+  shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
+  return [LayerCache(jnp.zeros(shape, cfg.jnp_dtype), jnp.zeros(shape, cfg.jnp_dtype))
+          for _ in range(cfg.num_layers)]

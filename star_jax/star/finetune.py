@@ -1,0 +1,140 @@
+"""Fine-tuning the decoder on (question, rationale) pairs: STaR's inner training step."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from star_jax.engine import batching
+from star_jax.engine.checkpointer import Checkpointer
+from star_jax.engine.optim import OptimConfig
+from star_jax.engine.trainer import Trainer
+from star_jax.runtime import failpoints
+from star_jax.runtime.progress import progress
+from star_jax.tasks import Example, Task
+from star_jax.tokenizer import Tokenizer
+
+
+@dataclasses.dataclass
+class FinetuneStats:
+  steps: int
+  examples: int
+  too_long: int
+  rows: int
+  final_loss: float
+  mean_loss: float
+  tokens: float
+
+
+def steps_for_iteration(star_cfg: ml_collections.ConfigDict, iteration: int) -> int:
+  """Training steps at STaR iteration n >= 1: 40 * 1.2^(n-1) (paper) or base + k*(n-1)."""
+  if iteration < 1:
+    raise ValueError(f"iterations count from 1, got {iteration}")
+  if star_cfg.steps_schedule == "exponential":
+    return int(round(star_cfg.base_steps * star_cfg.steps_growth ** (iteration - 1)))
+  if star_cfg.steps_schedule == "linear":
+    return int(star_cfg.base_steps + star_cfg.steps_increment * (iteration - 1))
+  raise ValueError(f"star.steps_schedule must be 'exponential' or 'linear', got "
+                   f"{star_cfg.steps_schedule!r}")
+
+
+def optim_config(train_cfg: ml_collections.ConfigDict, total_steps: int) -> OptimConfig:
+  # A constant schedule ignores the horizon: leaving it out of the (hashable) optimizer
+  # config lets every iteration reuse one compiled train step.
+  horizon = 1 if train_cfg.schedule == "constant" else max(total_steps, 1)
+  return OptimConfig(learning_rate=train_cfg.learning_rate, warmup_steps=train_cfg.warmup_steps,
+                     schedule=train_cfg.schedule, total_steps=horizon,
+                     end_lr_factor=train_cfg.end_lr_factor, b1=train_cfg.b1, b2=train_cfg.b2,
+                     weight_decay=train_cfg.weight_decay, clip_norm=train_cfg.clip_norm)
+
+
+def training_examples(task: Task, tokenizer: Tokenizer, pairs: Sequence[tuple[Example, str]],
+                      few_shot: bool, hints: Sequence[bool] | None = None
+                      ) -> list[batching.TrainExample]:
+  """Prompt (few-shot if asked) + completion (rationale and gold answer).
+
+  Prompts carry no hint, except where ``hints[i]`` is true: pretraining on a mix
+  teaches a from-scratch base model what the rationalization hint means.
+  """
+  if hints is not None and len(hints) != len(pairs):
+    raise ValueError(f"got {len(hints)} hint flags for {len(pairs)} examples")
+  out = []
+  for i, (ex, rationale) in enumerate(pairs):
+    hint = bool(hints[i]) if hints is not None else False
+    prompt = tokenizer.encode_prompt(task.prompt(ex, hint=hint, few_shot=few_shot))
+    out.append(batching.TrainExample(prompt, tokenizer.encode(task.completion(rationale, ex))))
+  return out
+
+
+def finetune(trainer: Trainer, params, examples: Sequence[batching.TrainExample],
+             train_cfg: ml_collections.ConfigDict, steps: int, seed: int,
+             desc: str = "train", ckpt_dir: str | None = None,
+             checkpoint_every: int = 0) -> tuple[object, FinetuneStats]:
+  """Trains a copy of ``params`` for ``steps`` steps; ``params`` itself stays intact.
+
+  With ``ckpt_dir`` the train state is saved every ``checkpoint_every`` steps and
+  at the end, and a run that finds a checkpoint there continues from it: batches
+  are a function of (seed, step), so the result equals an uninterrupted run's.
+  A non-finite loss stops training before it can overwrite a good checkpoint.
+  """
+  packed = batching.pack(examples, train_cfg.seq_len, pack_rows=train_cfg.pack)
+  if packed.num_too_long:
+    logging.warning("%d of %d training examples exceed seq_len=%d and were skipped",
+                    packed.num_too_long, len(examples), train_cfg.seq_len)
+  if packed.num_examples == 0:
+    return params, FinetuneStats(0, 0, packed.num_too_long, 0, math.nan, math.nan, 0.0)
+  state = trainer.init(jax.tree.map(jnp.copy, params))  # the step donates its input
+  ckpt = Checkpointer(ckpt_dir, max_to_keep=1) if ckpt_dir else None
+  start, last_loss = 0, math.nan
+  if ckpt is not None and ckpt.latest_step() is not None:
+    state, meta = ckpt.restore(state)
+    start, last_loss = int(meta["step"]), meta.get("loss", math.nan)
+    logging.info("%s: resuming from the checkpoint at step %d of %d", desc, start, steps)
+  batches = batching.iterate_batches(packed.batch, train_cfg.batch_size, steps, seed,
+                                     grad_accum=train_cfg.grad_accum, start_step=start)
+  losses, tokens = [], 0.0
+  pending = None
+
+  def settle(metrics) -> float:
+    nonlocal tokens
+    losses.append(_check_finite(float(metrics["loss"]), start + len(losses)))
+    tokens += float(metrics["tokens"])
+    return losses[-1]
+
+  with progress(steps, desc, "step") as bar:
+    bar.update(start)
+    for step in range(start + 1, steps + 1):
+      state, metrics = trainer.step(state, next(batches))
+      if pending is not None:  # read step n-1's metrics after dispatching step n: no host stall
+        bar.set_postfix(loss=f"{settle(pending):.3f}", refresh=False)
+      pending = metrics
+      if ckpt is not None and (step == steps or (checkpoint_every and step % checkpoint_every == 0)):
+        settle(pending)  # never checkpoint a state whose loss is not known to be finite
+        pending = None
+        ckpt.save(state, meta={"loss": losses[-1]})
+        failpoints.hit("train_checkpoint")
+      bar.update(1)
+      failpoints.hit("train_step")
+  if pending is not None:
+    settle(pending)
+  final = losses[-1] if losses else last_loss
+  stats = FinetuneStats(steps, packed.num_examples, packed.num_too_long,
+                        len(packed.batch["tokens"]), final,
+                        float(np.mean(losses)) if losses else final, tokens)
+  if ckpt is not None:
+    ckpt.close()
+  return state.params, stats
+
+
+def _check_finite(loss: float, step: int) -> float:
+  if not math.isfinite(loss):
+    raise FloatingPointError(f"training loss became {loss} at step {step}; lower "
+                             "train.learning_rate or check the data")
+  return loss

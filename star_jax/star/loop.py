@@ -1,0 +1,66 @@
+"""The STaR outer loop (Zelikman et al. 2022), driven by an ml-collections config.
+
+  M_0 = base model (optionally warm-started on gold rationales: ``pretrain``)
+  for n in 1..N:
+    generate a rationale for each (sampled) train question with M_{n-1}; keep correct ones
+    rationalize failures: show the answer as a hint, keep rationales reaching it (hint removed)
+    M_n = fine-tune(M_0 if restart_from_base else M_{n-1}, kept)
+    evaluate M_n
+
+The phases are in phases.py, what a finished iteration writes in artifacts.py.
+Artifacts in ``workdir``: metrics.jsonl, iter_NNN/{kept,eval}.jsonl, checkpoints/,
+config.json, tokenizer, accuracy.png (and accuracy_by_<difficulty>.png).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ml_collections
+
+from star_jax.engine.checkpointer import Checkpointer
+from star_jax.runtime.files import read_jsonl
+from star_jax.sampling import Sampler
+from star_jax.star import artifacts, phases, rollout, workdir as wd
+from star_jax.star.experiment import build
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False) -> list[dict]:
+  """Runs (or resumes) every iteration of ``config`` in ``workdir``; returns the metrics."""
+  wd.check_known_keys(config)
+  os.makedirs(workdir, exist_ok=True)
+  if overwrite:
+    wd.clear(workdir)
+  if wd.record_or_check_config(config, workdir):
+    logging.info("resuming the run in %s (finished iterations: %s)", workdir,
+                 wd.finished_iterations(workdir) or "none")
+  exp = build(config, workdir)
+  sampler = Sampler(exp.model_cfg, exp.graphdef, exp.mesh, end_ids=exp.tokenizer.end_ids,
+                    pad_id=exp.tokenizer.pad_id, batch_size=config.sample.batch_size,
+                    stop_sequences=rollout.stop_sequences(exp.tokenizer, exp.task.stop_strings))
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=None)
+  r = phases.Run(config, exp, sampler, ckpt, workdir)
+  done = wd.finished_iterations(workdir)
+  base = _base_model(r, done)
+  last = max(done) if done else 0
+  params = base if last == 0 else ckpt.restore_params(exp.params, step=last)
+  for n in range(last + 1, config.star.iterations + 1):
+    record, kept, params = phases.iteration(r, n, base, params)
+    result = phases.evaluate(r, n, params, config.star.few_shot_in_training)
+    artifacts.finish(r, n, record, result, kept, params)
+  ckpt.wait()
+  ckpt.close()
+  return read_jsonl(artifacts.metrics_path(workdir))
+
+
+def _base_model(r: phases.Run, done: list[int]):
+  """M_0: restored when iteration 0 is done; else built (pretrained if asked) and evaluated."""
+  if 0 in done:
+    return r.ckpt.restore_params(r.exp.params, step=0)
+  base, record = r.exp.params, {"iteration": 0}
+  if r.config.pretrain.steps > 0:
+    base, pretrain_record = phases.pretrain(r)
+    record.update(pretrain_record)
+  artifacts.finish(r, 0, record, phases.evaluate(r, 0, base, r.config.star.few_shot), [], base)
+  return base

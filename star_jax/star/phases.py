@@ -1,0 +1,169 @@
+"""The phases of a STaR run, one function each; every phase resumes from what a killed
+process left in the workdir (result shards, train-state checkpoints).
+
+  pretrain      warm start on gold rationales of a seed set (tasks that have them)
+  evaluate      greedy accuracy of a model on the eval set
+  iteration     one STaR iteration: choose questions, generate, keep the correct,
+                rationalize the failures, fine-tune; returns its metrics record
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from star_jax.engine.checkpointer import Checkpointer
+from star_jax.engine.trainer import Trainer
+from star_jax.sampling import Sampler, SamplingParams
+from star_jax.star import finetune as ft, keep as keep_lib, rollout
+from star_jax.star.experiment import Experiment
+
+
+@dataclasses.dataclass
+class Run:
+  """What every phase of one run shares."""
+  config: ml_collections.ConfigDict
+  exp: Experiment
+  sampler: Sampler
+  ckpt: Checkpointer  # one checkpoint per finished iteration (0 = the base model)
+  workdir: str
+
+  def dir(self, n: int, *parts: str) -> str:
+    return os.path.join(self.workdir, f"iter_{n:03d}", *parts)
+
+  def trainer(self, steps: int) -> Trainer:
+    return Trainer(self.exp.graphdef, self.exp.mesh, ft.optim_config(self.config.train, steps))
+
+
+def pretrain(run: Run) -> tuple[object, dict]:
+  """Supervised training on the gold rationales of ``pretrain.data``'s problems.
+
+  Returns the parameters and the fields iteration 0 records about it.
+  """
+  config, exp = run.config, run.exp
+  pc = config.pretrain
+  data_cfg = ml_collections.ConfigDict(config.data.to_dict())
+  for k, v in pc.data.items():
+    data_cfg[k] = v
+  pairs = []
+  for ex in exp.task.load("train", data_cfg):
+    gold = exp.task.gold_rationale(ex)
+    if gold is None:
+      raise ValueError(f"pretrain needs gold rationales, and task {exp.task.name!r} has none; "
+                       "set pretrain.steps=0")
+    pairs.append((ex, gold))
+  hints = np.random.default_rng([config.seed, 7]).random(len(pairs)) < pc.hint_fraction
+  examples = ft.training_examples(exp.task, exp.tokenizer, pairs, few_shot=config.star.few_shot,
+                                  hints=hints)
+  t0 = time.time()
+  params, stats = ft.finetune(run.trainer(pc.steps), exp.params, examples, config.train,
+                              pc.steps, seed=config.seed, desc="pretrain",
+                              ckpt_dir=os.path.join(run.workdir, "pretrain_ckpt"),
+                              checkpoint_every=config.checkpoint_every)
+  params = jax.block_until_ready(params)
+  seconds = time.time() - t0
+  logging.info("pretrained on %d gold rationales for %d steps in %.0fs (final loss %.3f)",
+               stats.examples, stats.steps, seconds, stats.final_loss)
+  # A resumed pretraining counts only the time of the part it ran.
+  return params, {"pretrain_examples": stats.examples, "pretrain_steps": stats.steps,
+                  "pretrain_loss": stats.final_loss, "pretrain_seconds": seconds}
+
+
+def evaluate(run: Run, n: int, params, few_shot: bool) -> rollout.EvalResult:
+  t0 = time.time()
+  result = rollout.evaluate(run.exp.task, run.exp.tokenizer, run.sampler, params,
+                            run.exp.eval_set, few_shot=few_shot, seed=run.config.seed,
+                            shard_dir=run.dir(n, "eval_shards"),
+                            shard_size=run.config.sample.shard_size)
+  result.seconds = time.time() - t0
+  return result
+
+
+def _generate(run: Run, n: int, phase: str, params, questions, hint: bool, few_shot: bool,
+              seed: int) -> tuple[list[rollout.Generation], int]:
+  star = run.config.star
+  return rollout.generate(run.exp.task, run.exp.tokenizer, run.sampler, params, questions,
+                          hint=hint, few_shot=few_shot,
+                          sampling=SamplingParams(star.temperature, star.top_k, star.top_p),
+                          n=star.samples_per_question, seed=seed, desc=f"iter {n} {phase}",
+                          shard_dir=run.dir(n, f"{phase}_shards"),
+                          shard_size=run.config.sample.shard_size)
+
+
+def _choose_questions(run: Run, rng: np.random.Generator) -> list:
+  """The whole train set, or a random ``star.questions_per_iteration`` of it (in order)."""
+  questions, k = run.exp.train_set, run.config.star.questions_per_iteration
+  if k and k < len(questions):
+    pick = np.sort(rng.choice(len(questions), k, replace=False))
+    questions = [questions[i] for i in pick]
+  return questions
+
+
+def iteration(run: Run, n: int, base, params) -> tuple[dict, list[dict], object]:
+  """STaR iteration ``n`` from M_{n-1} = ``params``: its record, kept rationales and M_n."""
+  config, task = run.config, run.exp.task
+  star = config.star
+  rng = np.random.default_rng([config.seed, n])  # questions, then who is rationalized
+  questions = _choose_questions(run, rng)
+  few_shot = star.few_shot if n == 1 else star.few_shot_in_training  # M_0 vs M_{n-1} format
+
+  t0 = time.time()
+  gens, skipped = _generate(run, n, "generate", params, questions, False, few_shot,
+                            config.seed * 1000 + n)
+  kept, solved, failed = keep_lib.keep(task, gens, "generation", star.max_kept_per_question)
+  sample_seconds = time.time() - t0
+
+  t0 = time.time()
+  rationalized: set[str] = set()
+  if star.rationalize and failed:
+    chosen = [ex for ex in failed if rng.random() < star.p_rationalization]
+    rgens, rskipped = _generate(run, n, "rationalize", params, chosen, True,
+                                star.few_shot_rationalization, config.seed * 1000 + n + 500)
+    skipped += rskipped
+    rkept, rationalized, _ = keep_lib.keep(task, rgens, "rationalization",
+                                           star.max_kept_per_question)
+    kept += rkept
+  rationalize_seconds = time.time() - t0
+
+  t0 = time.time()
+  by_id = {ex.id: ex for ex in questions}
+  new_params, stats = _train(run, n, base if star.restart_from_base else params, kept, by_id)
+  record = {
+      "iteration": n, "train_questions": len(questions),
+      f"kept_by_{task.difficulty_name}": keep_lib.solved_by_difficulty(task, questions, solved,
+                                                                       rationalized),
+      "solved_by_generation": len(solved), "solved_by_rationalization": len(rationalized),
+      "kept": len(kept), "train_steps": stats.steps if stats else 0,
+      "train_loss": stats.final_loss if stats else None,
+      "train_examples_too_long": stats.too_long if stats else 0,
+      "prompts_skipped_too_long": skipped,
+      "train_pass_at_1": sum(sum(g.correct) for g in gens)
+                         / max(len(gens) * star.samples_per_question, 1),
+      "kept_wrong_step_share": keep_lib.wrong_step_share(task, by_id, kept),
+      "sample_seconds": sample_seconds, "rationalize_seconds": rationalize_seconds,
+      "train_seconds": time.time() - t0,
+  }
+  return record, kept, new_params
+
+
+def _train(run: Run, n: int, start, kept: list[dict], by_id: dict
+           ) -> tuple[object, ft.FinetuneStats | None]:
+  """Fine-tunes ``start`` on the kept rationales (none kept: ``start`` unchanged)."""
+  if not kept:
+    logging.warning("iteration %d kept no rationales: training skipped, the model is "
+                    "unchanged", n)
+    return start, None
+  config = run.config
+  steps = ft.steps_for_iteration(config.star, n)
+  examples = ft.training_examples(run.exp.task, run.exp.tokenizer,
+                                  [(by_id[k["id"]], k["rationale"]) for k in kept],
+                                  few_shot=config.star.few_shot_in_training)
+  return ft.finetune(run.trainer(steps), start, examples, config.train, steps,
+                     seed=config.seed * 1000 + n, desc=f"iter {n} train",
+                     ckpt_dir=run.dir(n, "train_ckpt"), checkpoint_every=config.checkpoint_every)

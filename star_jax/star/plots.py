@@ -1,0 +1,58 @@
+"""The run's plots: accuracy per iteration, overall and by difficulty (PNG files only)."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on TPU VMs or CI
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
+
+from star_jax.runtime.distributed import is_primary  # noqa: E402
+from star_jax.star.report import bucket_key  # noqa: E402
+
+
+def _accuracy_axes(ax, title: str) -> None:
+  """Iterations (whole numbers) against accuracy in percent."""
+  ax.set_xlabel("STaR iteration")
+  ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+  ax.set_ylabel("accuracy (%)")
+  ax.set_ylim(-2, 102)
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+
+
+def plot_accuracy(metrics: list[dict], path: str, title: str) -> None:
+  fig, ax = plt.subplots(figsize=(6, 4))
+  it = [m["iteration"] for m in metrics]
+  ax.plot(it, [100 * m["eval_accuracy"] for m in metrics], marker="o", label="eval accuracy")
+  _accuracy_axes(ax, title)
+  ax.legend()
+  _save(fig, path)
+
+
+def plot_by_difficulty(metrics: list[dict], key: str, path: str, title: str,
+                       label: str = "{}") -> None:
+  buckets = sorted({b for m in metrics for b in m.get(key, {})}, key=bucket_key)
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for b in buckets:
+    pts = [(m["iteration"], 100 * m[key][b]) for m in metrics if b in m.get(key, {})]
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label.format(b))
+  ax.plot([m["iteration"] for m in metrics], [100 * m["eval_accuracy"] for m in metrics],
+          color="black", linestyle="--", label="all")
+  _accuracy_axes(ax, title)
+  ax.legend(fontsize=8)
+  _save(fig, path)
+
+
+def _save(fig, path: str) -> None:
+  if not is_primary():
+    plt.close(fig)
+    return
+  tmp = path + ".tmp.png"
+  fig.tight_layout()
+  fig.savefig(tmp, dpi=110)
+  plt.close(fig)
+  os.replace(tmp, path)

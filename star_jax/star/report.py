@@ -1,0 +1,45 @@
+"""What a run tells its user as text: the per-iteration log line and the tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def summary_line(m: dict[str, Any]) -> str:
+  parts = [f"iter {m['iteration']}", f"eval acc {m['eval_accuracy']:.3f} (n={m['eval_n']})"]
+  if m["iteration"] > 0:
+    loss = m["train_loss"] if m.get("train_loss") is not None else float("nan")
+    parts += [f"kept {m['kept']}/{m['train_questions']} "
+              f"(gen {m['solved_by_generation']}, rat {m['solved_by_rationalization']})",
+              f"steps {m['train_steps']}", f"loss {loss:.3f}",
+              f"time sample {m['sample_seconds']:.0f}s rationalize "
+              f"{m['rationalize_seconds']:.0f}s train {m['train_seconds']:.0f}s "
+              f"eval {m['eval_seconds']:.0f}s"]
+  return " | ".join(parts)
+
+
+def kept_line(kept_by: dict[str, dict[str, int]], name: str) -> str:
+  """One line: per bucket, questions solved by generation + by rationalization / asked."""
+  cells = [f"{b}: {r['generation']}+{r['rationalization']}/{r['questions']}"
+           for b, r in kept_by.items()]
+  return f"solved by {name} (generation+rationalization/questions): " + ", ".join(cells)
+
+
+def difficulty_table(metrics: list[dict], key: str) -> str:
+  """Iterations as rows, difficulty buckets as columns (accuracy in %)."""
+  buckets = sorted({b for m in metrics for b in m.get(key, {})}, key=bucket_key)
+  if not buckets:
+    return ""
+  head = "iter | " + " | ".join(f"{b:>5}" for b in buckets) + " |   all"
+  lines = [head, "-" * len(head)]
+  for m in metrics:
+    cells = [f"{100 * m[key][b]:5.1f}" if b in m.get(key, {}) else "    -" for b in buckets]
+    lines.append(f"{m['iteration']:>4} | " + " | ".join(cells)
+                 + f" | {100 * m['eval_accuracy']:5.1f}")
+  return "\n".join(lines)
+
+
+def bucket_key(b) -> tuple:
+  """Sort key for difficulty buckets: integers in numeric order, then names."""
+  b = str(b)
+  return (0, int(b)) if b.lstrip("-").isdigit() else (1, b)

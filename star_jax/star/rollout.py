@@ -1,0 +1,131 @@
+"""Running the model over questions: rationale generation, rationalization, evaluation."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from star_jax.runtime import failpoints
+from star_jax.runtime.progress import progress
+from star_jax.sampling import Sampler, SamplingParams
+from star_jax.star.report import bucket_key
+from star_jax.star.workdir import Shards
+from star_jax.tasks import Example, Task
+from star_jax.tokenizer import Tokenizer
+
+
+@dataclasses.dataclass
+class Generation:
+  example: Example
+  texts: list[str]  # one per sample
+  predictions: list[str | None]
+  correct: list[bool]
+
+
+def stop_sequences(tokenizer: Tokenizer, stop_strings: Sequence[str]) -> list[list[int]]:
+  """Token spellings of the stop strings, for the sampler to stop rows on the device.
+
+  Only encodings that decode back to the string are used; the host-side stop
+  check still covers any other way a tokenizer may spell a stop string.
+  """
+  out = []
+  for s in stop_strings:
+    ids = tokenizer.encode(s)
+    if ids and tokenizer.decode(ids) == s:
+      out.append(ids)
+  return out
+
+
+def generate(task: Task, tokenizer: Tokenizer, sampler: Sampler, params,
+             examples: Sequence[Example], *, hint: bool, few_shot: bool,
+             sampling: SamplingParams, n: int, seed: int, desc: str,
+             shard_dir: str | None = None, shard_size: int = 0
+             ) -> tuple[list[Generation], int]:
+  """Samples ``n`` completions per example; returns generations and the count skipped.
+
+  Examples whose prompt leaves no room for ``task.max_new_tokens`` in the model's
+  context are skipped and counted (never silently dropped). With ``shard_dir``,
+  results are saved every ``shard_size`` examples and shards already there are
+  reused, so a killed phase resumes where it stopped; the samples are the same
+  either way (each prompt's randomness depends on its index in ``examples``).
+  """
+  limit = sampler.cfg.max_seq_len - task.max_new_tokens
+  prompts, kept = [], []
+  for ex in examples:
+    ids = tokenizer.encode_prompt(task.prompt(ex, hint=hint, few_shot=few_shot))
+    if len(ids) <= limit:
+      prompts.append(ids)
+      kept.append(ex)
+  skipped = len(examples) - len(kept)
+  shards = Shards(shard_dir)
+  size = shard_size if shard_size > 0 else max(len(kept), 1)
+  texts: list[list[str]] = []
+  with progress(len(prompts) * n, desc, "seq") as bar:
+    for k, start in enumerate(range(0, len(kept), size)):
+      chunk = kept[start:start + size]
+      ids = [ex.id for ex in chunk]
+      rows = shards.load(k, ids)
+      if rows is None:
+        out = sampler.sample(params, prompts[start:start + size], task.max_new_tokens, sampling,
+                             n=n, seed=seed, stop_strings=task.stop_strings,
+                             decode_fn=tokenizer.decode, progress=bar.update, first_index=start)
+        rows = [{"id": ex.id, "texts": [tokenizer.decode(out.sequences(i, j)) for j in range(n)]}
+                for i, ex in enumerate(chunk)]
+        shards.save(k, rows)
+        failpoints.hit("sample_shard")
+      else:
+        bar.update(len(chunk) * n)
+      texts += [r["texts"] for r in rows]
+  gens = []
+  for ex, ts in zip(kept, texts):
+    preds = [task.extract_answer(t) for t in ts]
+    gens.append(Generation(ex, ts, preds, [task.is_correct(p, ex) for p in preds]))
+  return gens, skipped
+
+
+@dataclasses.dataclass
+class EvalResult:
+  accuracy: float
+  n: int
+  records: list[dict]
+  by_difficulty: dict[str, float]  # difficulty bucket -> accuracy (empty if the task has none)
+  skipped_too_long: int
+  seconds: float = 0.0
+
+
+def evaluate(task: Task, tokenizer: Tokenizer, sampler: Sampler, params,
+             examples: Sequence[Example], *, few_shot: bool, seed: int,
+             shard_dir: str | None = None, shard_size: int = 0) -> EvalResult:
+  """Greedy accuracy over every example (too-long prompts count as wrong)."""
+  gens, skipped = generate(task, tokenizer, sampler, params, examples, hint=False,
+                           few_shot=few_shot, sampling=SamplingParams(), n=1, seed=seed,
+                           desc="evaluate", shard_dir=shard_dir, shard_size=shard_size)
+  records = []
+  by_bucket: dict[str, list[bool]] = collections.defaultdict(list)
+  done = {g.example.id for g in gens}
+  for g in gens:
+    rec = {"id": g.example.id, "prediction": g.predictions[0], "gold": g.example.answer,
+           "correct": g.correct[0], "text": g.texts[0]}
+    d = task.difficulty(g.example)
+    if d is not None:
+      rec["difficulty"] = d
+      by_bucket[str(d)].append(g.correct[0])
+    step_accuracy = task.step_accuracy(g.texts[0], g.example)
+    if step_accuracy is not None:
+      rec["step_accuracy"] = step_accuracy
+    records.append(rec)
+  for ex in examples:  # too long for the context: scored, as wrong
+    if ex.id not in done:
+      records.append({"id": ex.id, "prediction": None, "gold": ex.answer, "correct": False,
+                      "text": "", "skipped": "prompt too long"})
+      d = task.difficulty(ex)
+      if d is not None:
+        by_bucket[str(d)].append(False)
+  correct = sum(r["correct"] for r in records)
+  by_difficulty = {k: float(np.mean(by_bucket[k])) for k in sorted(by_bucket, key=bucket_key)}
+  return EvalResult(correct / max(len(records), 1), len(records), records, by_difficulty,
+                    skipped)
+

@@ -1,0 +1,116 @@
+"""The decoder: cached decoding equals a full forward; masks; dtypes; config checks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import mesh_of
+from helpers.reference import forward, full_logits
+from star_jax.engine import params as params_lib
+from star_jax.engine.decoder import causal_mask
+from star_jax.engine.model_config import get_preset
+from star_jax.engine.positions import of_tokens
+from star_jax.sampling import SamplingParams
+from star_jax.sampling.decode import decode_step, prefill
+
+LINES = dict(rope_positions="line_column", line_break_ids=tuple(range(0, 256, 5)))
+JITTERED = dict(LINES, right_aligned_columns=True, position_jitter=2)
+
+
+@pytest.mark.parametrize("preset,overrides",
+                         [("tiny", {}), ("tiny-gptj", {}), ("tiny", LINES), ("tiny", JITTERED)],
+                         ids=["llama", "gptj", "line_column", "right_aligned_jittered"])
+def test_cached_decode_matches_full_forward(preset, overrides, mesh1):
+  cfg = get_preset(preset, **overrides)
+  graphdef, params = params_lib.init_params(cfg, mesh1, seed=3)
+  rng = np.random.default_rng(0)
+  prompts = [rng.integers(0, cfg.vocab_size, n).tolist() for n in (5, 9, 1)]
+  forced = rng.integers(0, cfg.vocab_size, (3, 6))
+  Pn = 16
+  prompt_BxP = np.zeros((3, Pn), np.int32)
+  mask_BxP = np.zeros((3, Pn), np.int32)
+  for r, p in enumerate(prompts):  # left padding, as the sampler lays prompts out
+    prompt_BxP[r, Pn - len(p):] = p
+    mask_BxP[r, Pn - len(p):] = 1
+  idx = np.arange(3, dtype=np.int32)
+  jit_prefill = jax.jit(prefill, static_argnums=0,
+                        static_argnames=("cache_len", "max_new", "sp", "end_ids", "pad_id"))
+  step = jax.jit(lambda p, st: decode_step(params_lib.merge(graphdef, p), st))
+  state = jit_prefill(graphdef, params, prompt_BxP, mask_BxP, idx, idx, 0, cache_len=Pn + 8,
+                      max_new=8, sp=SamplingParams(), end_ids=(), pad_id=0)
+  cached = []
+  for t in range(forced.shape[1]):
+    state = state._replace(last_token_B=jnp.asarray(forced[:, t], jnp.int32))
+    logits_BxV, state = step(params, state)
+    cached.append(np.asarray(logits_BxV))
+  for r, p in enumerate(prompts):
+    ref = full_logits(graphdef, params, p + forced[r].tolist())
+    for t in range(forced.shape[1]):
+      np.testing.assert_allclose(cached[t][r], ref[len(p) + t], atol=2e-5, rtol=2e-5)
+
+
+def test_causal_mask_separates_segments():
+  seg = jnp.asarray([[1, 1, 2, 2, 2, 0]])
+  m = np.asarray(causal_mask(seg))[0]
+  expected = np.zeros((6, 6), bool)
+  expected[0, 0] = expected[1, 0] = expected[1, 1] = True
+  for q in range(2, 5):
+    expected[q, 2:q + 1] = True
+  np.testing.assert_array_equal(m, expected)
+
+
+def packed_forward(graphdef, params, tokens, pos, seg):
+  model = params_lib.merge(graphdef, params)
+  h, _ = model(tokens, pos, causal_mask(seg))
+  return model.logits(h)[0]
+
+
+def test_packed_segments_do_not_see_each_other(mesh1):
+  """Logits of a segment are the same alone or packed after another segment."""
+  cfg = get_preset("tiny")
+  graphdef, params = params_lib.init_params(cfg, mesh1, seed=0)
+  a, b = [5, 6, 7, 8], [9, 10, 11]
+  tokens = jnp.asarray([a + b])
+  seg = jnp.asarray([[1] * 4 + [2] * 3])
+  pos = jnp.asarray([[0, 1, 2, 3, 0, 1, 2]])
+  packed = np.asarray(jax.jit(packed_forward, static_argnums=0)(graphdef, params, tokens, pos, seg))
+  np.testing.assert_allclose(packed[:4], full_logits(graphdef, params, a), atol=1e-5)
+  np.testing.assert_allclose(packed[4:], full_logits(graphdef, params, b), atol=1e-5)
+
+
+def test_bfloat16_compute_is_close_to_float32(mesh1):
+  cfg = get_preset("tiny")
+  graphdef, params = params_lib.init_params(cfg, mesh1, seed=0)
+  g16, _ = params_lib.abstract_model(cfg.replace(dtype="bfloat16"))
+  seq = [1, 2, 3, 4, 5, 6]
+  ref = full_logits(graphdef, params, seq)
+  low = full_logits(g16, params, seq)
+  assert low.dtype == np.float32  # logits always float32
+  assert np.abs(low - ref).max() < 0.1 * np.abs(ref).max()
+
+
+def test_bfloat16_params_and_remat(mesh1):
+  cfg = get_preset("tiny", param_dtype="bfloat16", dtype="bfloat16", remat=True)
+  graphdef, params = params_lib.init_params(cfg, mesh1, seed=0)
+  assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params))
+  assert np.isfinite(full_logits(graphdef, params, [1, 2, 3])).all()
+
+
+def test_param_count_matches_config(mesh1):
+  for name in ("tiny", "tiny-gptj"):
+    cfg = get_preset(name)
+    assert params_lib.count(params_lib.abstract_model(cfg)[1]) == cfg.num_params()
+  # Analytic count vs the published size of SmolLM2-135M (134,515,008 parameters).
+  assert get_preset("smollm2-135m").num_params() == 134_515_008
+
+
+def test_bad_configs_are_rejected():
+  with pytest.raises(ValueError, match="multiple of num_kv_heads"):
+    get_preset("tiny", num_kv_heads=3)
+  with pytest.raises(ValueError, match="block_type"):
+    get_preset("tiny", block_type="mamba")
+  with pytest.raises(ValueError, match="unknown model preset"):
+    get_preset("nope")
+  with pytest.raises(ValueError, match="rotary_dim"):
+    get_preset("tiny", rotary_dim=7)

@@ -1,0 +1,1 @@
+"""What several test modules share: configs and fixture data, reference forwards and models."""

@@ -1,0 +1,45 @@
+"""Run configs and fixture data files in the official formats."""
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+WORDS = ["river", "ocean", "house", "garden", "school", "market", "forest", "kitchen", "office",
+         "library", "bridge", "mountain", "desert", "island", "museum"]
+
+
+def load_config(task, variant="smoke"):
+  spec = importlib.util.spec_from_file_location(task, os.path.join(ROOT, "configs", f"{task}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+def write_cqa(d, n_train=30, n_dev=13):
+  rng = np.random.default_rng(0)
+  os.makedirs(d, exist_ok=True)
+  for name, n in (("train_rand_split.jsonl", n_train), ("dev_rand_split.jsonl", n_dev)):
+    with open(os.path.join(d, name), "w") as f:
+      for i in range(n):
+        words = rng.choice(WORDS, 5, replace=False)
+        f.write(json.dumps({
+            "answerKey": "ABCDE"[i % 5], "id": f"{name[:3]}{i}",
+            "question": {"question_concept": words[0],
+                         "stem": f"Where would you find a {words[0]} near a {words[1]}?",
+                         "choices": [{"label": l, "text": w} for l, w in zip("ABCDE", words)]}
+        }) + "\n")
+
+
+def write_gsm8k(d, n_train=30, n_test=13):
+  os.makedirs(d, exist_ok=True)
+  for name, n in (("train.jsonl", n_train), ("test.jsonl", n_test)):
+    with open(os.path.join(d, name), "w") as f:
+      for i in range(n):
+        a, b = 3 + i, 7 + 2 * i
+        f.write(json.dumps({
+            "question": f"Tom has {a} apples and buys {b} more. How many apples does he have?",
+            "answer": f"He has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} apples.\n#### {a + b}"
+        }) + "\n")

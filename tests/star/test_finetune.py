@@ -1,0 +1,63 @@
+"""Training and sampling agree on the text format: overfit examples come back verbatim."""
+
+import numpy as np
+
+from conftest import mesh_of
+from star_jax.engine import params as params_lib
+from star_jax.engine.model_config import get_preset
+from star_jax.engine.trainer import Trainer
+from star_jax.sampling import Sampler, SamplingParams
+from star_jax.star import finetune as ft, rollout
+from star_jax.star.defaults import base_config
+from star_jax.tasks import get_task
+from star_jax.tokenizer import CharTokenizer
+
+
+def test_overfit_examples_are_reproduced_by_the_sampler():
+  task = get_task("arithmetic", max_new_tokens=120)
+  exs = task.load("train", {"max_train": 6, "max_digits": 3})
+  tok = CharTokenizer.from_texts(
+      [task.prompt(e, hint=True) + task.completion(task.gold_rationale(e), e) for e in exs])
+  cfg = get_preset("tiny", vocab_size=128, max_seq_len=256)
+  mesh = mesh_of((2, 2, 2))
+  graphdef, params = params_lib.init_params(cfg, mesh)
+  tc = base_config().train
+  tc.seq_len, tc.learning_rate, tc.warmup_steps, tc.batch_size = 160, 3e-3, 5, 8
+  examples = ft.training_examples(task, tok, [(e, task.gold_rationale(e)) for e in exs],
+                                  few_shot=False)
+  trainer = Trainer(graphdef, mesh, ft.optim_config(tc, 200))
+  before = [np.asarray(x).copy() for x in __import__("jax").tree.leaves(params)]
+  trained, stats = ft.finetune(trainer, params, examples, tc, 200, seed=0)
+  assert stats.final_loss < 0.01 and stats.examples == 6
+  # finetune trains a copy: the base parameters are untouched (STaR restarts from them).
+  for a, b in zip(before, __import__("jax").tree.leaves(params)):
+    np.testing.assert_array_equal(a, np.asarray(b))
+  sampler = Sampler(cfg, graphdef, mesh, end_ids=tok.end_ids, pad_id=tok.pad_id, batch_size=8)
+  gens, skipped = rollout.generate(task, tok, sampler, trained, exs, hint=False, few_shot=False,
+                                   sampling=SamplingParams(), n=1, seed=0, desc="check")
+  assert skipped == 0
+  for g in gens:
+    assert g.texts[0] == task.completion(task.gold_rationale(g.example), g.example)
+    assert g.correct[0]
+
+
+def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+  import jax
+  import pytest
+
+  from star_jax.engine import batching
+  from star_jax.engine.checkpointer import Checkpointer
+  cfg = get_preset("tiny")
+  mesh = mesh_of((1, 1, 1))
+  graphdef, params = params_lib.init_params(cfg, mesh)
+  tc = base_config().train
+  tc.seq_len, tc.learning_rate, tc.warmup_steps, tc.batch_size, tc.clip_norm = 16, 1e30, 0, 8, 1e30
+  examples = [batching.TrainExample([1, 2, 3], [4, 5, 6])] * 8
+  trainer = Trainer(graphdef, mesh, ft.optim_config(tc, 20))
+  with pytest.raises(FloatingPointError, match="loss became"):
+    ft.finetune(trainer, params, examples, tc, 20, seed=0, ckpt_dir=str(tmp_path / "ck"),
+                checkpoint_every=1)
+  ckpt = Checkpointer(str(tmp_path / "ck"))
+  state, meta = ckpt.restore(trainer.init(params))
+  assert np.isfinite(meta["loss"])
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))

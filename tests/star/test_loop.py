@@ -1,0 +1,105 @@
+"""The STaR loop end to end: each task's :smoke config on fixture data, and its artifacts."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from helpers.runs import load_config, write_cqa, write_gsm8k
+from star_jax import star, tasks
+from star_jax.star import finetune as ft
+from star_jax.star.defaults import base_config
+
+ITER_KEYS = {"iteration", "eval_accuracy", "eval_n", "train_questions", "solved_by_generation",
+             "solved_by_rationalization", "kept", "train_steps", "sample_seconds",
+             "rationalize_seconds", "train_seconds", "eval_seconds"}
+
+
+def check_artifacts(workdir, config, n_eval, hint_markers):
+  metrics = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [m["iteration"] for m in metrics] == list(range(config.star.iterations + 1))
+  assert {"iteration", "eval_accuracy", "eval_n"} <= set(metrics[0])
+  for m in metrics[1:]:
+    assert ITER_KEYS <= set(m), ITER_KEYS - set(m)
+    assert m["train_steps"] in (0, ft.steps_for_iteration(config.star, m["iteration"]))
+  for m in metrics:
+    assert m["eval_n"] == n_eval  # every eval question scored, remainder batch included
+    ev = [json.loads(l) for l in open(os.path.join(workdir, f"iter_{m['iteration']:03d}",
+                                                   "eval.jsonl"))]
+    assert len(ev) == n_eval == len({r["id"] for r in ev})
+    assert {"id", "prediction", "gold", "correct", "text"} <= set(ev[0])
+    assert m["eval_accuracy"] == pytest.approx(np.mean([r["correct"] for r in ev]))
+  kept_all = []
+  for m in metrics[1:]:
+    kept = [json.loads(l) for l in open(os.path.join(workdir, f"iter_{m['iteration']:03d}",
+                                                     "kept.jsonl"))]
+    assert len(kept) == m["kept"]
+    for k in kept:
+      assert set(k) == {"id", "question", "rationale", "answer", "source"}
+      assert k["source"] in ("generation", "rationalization")
+      assert not any(h in k["rationale"] for h in hint_markers), k
+    kept_all += kept
+  with open(os.path.join(workdir, "accuracy.png"), "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert json.load(open(os.path.join(workdir, "config.json")))["task"] == config.task
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", str(config.star.iterations)))
+  return metrics, kept_all
+
+
+def test_arithmetic_smoke(tmp_path):
+  config = load_config("arithmetic")
+  workdir = str(tmp_path / "run")
+  star.run(config, workdir)
+  # Distinct held-out problems: fewer than max_eval where the one-digit ones run out.
+  n_eval = len(tasks.get_task("arithmetic").load("eval", config.data))
+  assert 0 < n_eval <= config.data.max_eval
+  metrics, kept = check_artifacts(workdir, config, n_eval, ["Hint"])
+  digits = [str(d) for d in range(1, config.data.eval_max_digits + 1)]
+  for m in metrics:
+    assert sorted(m["accuracy_by_digits"]) == digits
+  with open(os.path.join(workdir, "accuracy_by_digits.png"), "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert kept, "the warm-started smoke model should solve some problems"
+  assert metrics[1]["train_steps"] > 0
+
+
+def test_cqa_smoke_on_official_schema_files(tmp_path):
+  config = load_config("cqa")
+  config.data.dir = str(tmp_path / "cqa")
+  write_cqa(config.data.dir)
+  config.data.max_eval = 0  # all 13 dev questions: not a multiple of the batch
+  config.sample.batch_size = 8
+  workdir = str(tmp_path / "run")
+  star.run(config, workdir)
+  check_artifacts(workdir, config, 13, ["(CORRECT)"])
+
+
+def test_gsm8k_smoke_on_official_schema_files(tmp_path):
+  config = load_config("gsm8k")
+  config.data.dir = str(tmp_path / "gsm")
+  write_gsm8k(config.data.dir)
+  config.data.max_eval = 0
+  config.sample.batch_size = 8
+  workdir = str(tmp_path / "run")
+  star.run(config, workdir)
+  check_artifacts(workdir, config, 13, ["####", "<<", "Hint"])
+
+
+def test_step_schedules():
+  c = base_config().star
+  assert [ft.steps_for_iteration(c, n) for n in (1, 2, 3, 4)] == [40, 48, 58, 69]
+  c.steps_schedule, c.base_steps, c.steps_increment = "linear", 300, 20
+  assert [ft.steps_for_iteration(c, n) for n in (1, 2, 5)] == [300, 320, 380]
+  c.steps_schedule = "cubic"
+  with pytest.raises(ValueError, match="steps_schedule"):
+    ft.steps_for_iteration(c, 1)
+  with pytest.raises(ValueError, match="from 1"):
+    ft.steps_for_iteration(c, 0)
+
+
+def test_missing_data_files_fail_before_any_work(tmp_path):
+  config = load_config("cqa")
+  config.data.dir = str(tmp_path / "nothing")
+  with pytest.raises(FileNotFoundError, match="train_rand_split.jsonl"):
+    star.run(config, str(tmp_path / "run"))

@@ -1,0 +1,110 @@
+"""Kill the arithmetic :smoke run with SIGKILL at several points, rerun, compare with a clean run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from helpers.runs import ROOT, load_config
+from star_jax import star
+from star_jax.star import workdir as wd
+
+CMD = [sys.executable, "-m", "star_jax.main", "--config=configs/arithmetic.py:smoke"]
+
+
+def _run(workdir, failpoint=None):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)  # one device, as a user would run it
+  env.pop("STAR_JAX_FAILPOINT", None)
+  if failpoint:
+    env["STAR_JAX_FAILPOINT"] = failpoint
+  return subprocess.run(CMD + [f"--workdir={workdir}"], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=600)
+
+
+def _results(workdir):
+  """metrics.jsonl without wall-clock fields, plus every kept/eval artifact."""
+  metrics = [{k: v for k, v in json.loads(line).items() if not k.endswith("_seconds")}
+             for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  files = {}
+  for d in sorted(os.listdir(workdir)):
+    if d.startswith("iter_"):
+      for name in sorted(os.listdir(os.path.join(workdir, d))):
+        files[f"{d}/{name}"] = open(os.path.join(workdir, d, name)).read()
+  return metrics, files
+
+
+def test_killed_run_resumes_to_the_same_results(tmp_path):
+  clean = tmp_path / "clean"
+  proc = _run(clean)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  expected = _results(clean)
+
+  killed = tmp_path / "killed"
+  # Each rerun starts counting afresh; together they cut the run at every phase.
+  for failpoint, where in [("train_step:50", "pretraining, after its step-48 checkpoint"),
+                           ("sample_shard:2", "iteration 0 evaluation, after its last shard"),
+                           ("sample_shard:1", "iteration 1 generation, after one of two shards"),
+                           ("train_step:5", "iteration 1 training, after its step-4 checkpoint"),
+                           ("before_metrics:1", "between iteration 1's checkpoint and metrics")]:
+    proc = _run(killed, failpoint)
+    assert proc.returncode == -signal.SIGKILL, (where, proc.returncode, proc.stderr[-3000:])
+    for path, _, names in os.walk(killed):  # atomic writes: no partial line anywhere
+      for name in names:
+        if name.endswith(".jsonl"):
+          text = open(os.path.join(path, name)).read()
+          assert not text or text.endswith("\n"), os.path.join(path, name)
+  proc = _run(killed)
+  assert proc.returncode == 0 and "resuming" in proc.stderr
+  assert _results(killed) == expected
+  # A finished run rerun is a no-op that keeps the results.
+  proc = _run(killed)
+  assert proc.returncode == 0 and _results(killed) == expected
+
+
+def test_changed_config_is_refused_naming_the_keys(tmp_path):
+  config = load_config("arithmetic")
+  config.star.iterations = 0
+  config.pretrain.steps = 2
+  workdir = str(tmp_path / "run")
+  star.run(config, workdir)
+  config.train.learning_rate = 0.5
+  config.star.rationalize = False
+  config.checkpoint_every = 7  # operational: allowed to differ
+  with pytest.raises(wd.ConfigMismatchError) as e:
+    star.run(config, workdir)
+  msg = str(e.value)
+  assert "train.learning_rate" in msg and "star.rationalize" in msg and "--overwrite" in msg
+  assert "checkpoint_every" not in msg
+  star.run(config, workdir, overwrite=True)  # the explicit way to start over
+  assert json.load(open(os.path.join(workdir, "config.json")))["train"]["learning_rate"] == 0.5
+
+
+def test_unknown_config_keys_are_rejected(tmp_path):
+  config = load_config("arithmetic")
+  config.star.unlock()
+  config.star.iteratons = 3
+  with pytest.raises(ValueError, match=r"unknown config keys \['star.iteratons'\]"):
+    star.run(config, str(tmp_path / "run"))
+
+
+def test_model_checkpoint_that_is_missing_or_mismatched_gets_a_clear_error(tmp_path):
+  from conftest import mesh_of
+  from star_jax.engine import model_config, params as P
+  from star_jax.engine.checkpointer import Checkpointer
+  from star_jax.star import experiment
+  mesh = mesh_of((1, 1, 1))
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    experiment.load_params(str(tmp_path / "nope"), None)
+  _, small = P.init_params(model_config.get_preset("tiny"), mesh)
+  ckpt = Checkpointer(str(tmp_path / "ck"))
+  ckpt.save_params(0, small)
+  ckpt.wait()
+  _, big = P.init_params(model_config.get_preset("tiny", d_model=128, head_dim=32), mesh)
+  with pytest.raises(ValueError, match="does not match model config"):
+    experiment.load_params(str(tmp_path / "ck"), big)
+  restored = experiment.load_params(str(tmp_path / "ck"), small)
+  assert P.count(restored) == P.count(small)

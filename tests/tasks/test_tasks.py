@@ -1,0 +1,365 @@
+"""Task formats, hints, answer extraction and the arithmetic generator."""
+
+import json
+import random
+
+import ml_collections
+import pytest
+
+from star_jax import tasks
+from star_jax.tasks import arithmetic
+
+CHOICES = ("ocean", "river", "desert", "kitchen sink", "cloud")
+
+
+def write_cqa(d, n_train=20, n_dev=7):
+  def line(i, key):
+    return json.dumps({"answerKey": key, "id": f"q{i}", "question": {
+        "question_concept": "water", "stem": f"Where does water {i} flow?",
+        "choices": [{"label": l, "text": t} for l, t in zip("ABCDE", CHOICES)]}})
+
+  (d / "train_rand_split.jsonl").write_text(
+      "\n".join(line(i, "ABCDE"[i % 5]) for i in range(n_train)) + "\n")
+  (d / "dev_rand_split.jsonl").write_text("\n".join(line(1000 + i, "B") for i in range(n_dev)))
+
+
+SOLUTION = ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
+            "Natalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n#### 72")
+
+
+def write_gsm8k(d, n_train=6):
+  rows = [{"question": f"Natalia sold clips to {i} friends. How many clips?", "answer": SOLUTION}
+          for i in range(n_train)]
+  (d / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+  test = {"question": "How much did she earn?",
+          "answer": "She earned 1,000 + 234 = 1,234.\n#### 1,234"}
+  (d / "test.jsonl").write_text(json.dumps(test) + "\n")
+
+
+def cfg(d=None, **kw):
+  base = dict(dir=str(d) if d else None, download=False, seed=0, max_train=None, max_eval=None)
+  return ml_collections.ConfigDict({**base, **kw})
+
+
+@pytest.fixture
+def cqa_task():
+  return tasks.get_task("cqa")
+
+
+@pytest.fixture
+def cqa_ex():
+  return tasks.Example(id="x", question="Where does a fish live?", answer="B",
+                       meta={"choices": tuple(zip("ABCDE", CHOICES))})
+
+
+@pytest.fixture
+def gsm_ex():
+  return tasks.Example(id="g", question="How many clips in total?", answer="72",
+                       meta={"solution": SOLUTION})
+
+
+# --- registry -------------------------------------------------------------------------------
+
+
+def test_registry_and_user_tasks():
+  assert set(tasks.available_tasks()) >= {"cqa", "gsm8k", "arithmetic"}
+  assert isinstance(tasks.get_task("gsm8k"), tasks.Gsm8kTask)
+  assert tasks.get_task("cqa", max_new_tokens=7).max_new_tokens == 7
+  with pytest.raises(ValueError, match="unknown task 'cqa2'.*arithmetic, cqa, gsm8k"):
+    tasks.get_task("cqa2")
+  # A user task by import path, without registering it.
+  assert isinstance(tasks.get_task("star_jax.tasks.gsm8k:Gsm8kTask"), tasks.Gsm8kTask)
+  with pytest.raises(ValueError, match="cannot import"):
+    tasks.get_task("star_jax.tasks.gsm8k:Nope")
+  with pytest.raises(ValueError, match="not a Task"):
+    tasks.get_task("star_jax.tasks.gsm8k:normalize_number")
+
+
+# --- contract shared by every task -----------------------------------------------------------
+
+
+def all_task_examples(cqa_ex, gsm_ex):
+  arith = tasks.get_task("arithmetic")
+  return [(tasks.get_task("cqa"), cqa_ex, "Fish need water, and rivers hold water."),
+          (tasks.get_task("gsm8k"), gsm_ex, "She sold 48 / 2 = 24 in May, so 48 + 24 = 72."),
+          (arith, arith.make_example(457, 68, "a"),
+           "\n".join(arithmetic.scratchpad_lines(457, 68)))]
+
+
+def test_contract_round_trip(cqa_ex, gsm_ex):
+  for task, ex, rationale in all_task_examples(cqa_ex, gsm_ex):
+    prompt, target = task.prompt(ex), task.completion(rationale, ex)
+    assert target.endswith(task.end_marker) and task.end_marker in task.stop_strings
+    assert task.end_marker not in target[:-len(task.end_marker)]  # one answer, then stop
+    assert task.is_correct(task.extract_answer(target), ex), task.name
+    assert task.split_rationale(target) == rationale, task.name
+    # A generation that ran on into another question is read up to the end marker only.
+    assert task.split_rationale(target + prompt) == rationale
+    assert task.is_correct(task.extract_answer(target + prompt), ex)
+    # The few-shot prompt is the exemplars' own prompt + completion blocks.
+    shots = task.exemplars()
+    assert len(shots) >= 2 and prompt.count(task.end_marker) == len(shots)
+    assert prompt.endswith(task.prompt(ex, few_shot=False))
+    assert not task.prompt(ex, few_shot=False).count(task.end_marker)
+    # Direct format (no rationale) still carries a checkable answer.
+    assert task.is_correct(task.extract_answer(task.completion("", ex)), ex)
+
+
+def test_contract_rejects_wrong_answers(cqa_ex, gsm_ex):
+  wrong = {"cqa": {"answer": "C"}, "gsm8k": {"answer": "73"}, "arithmetic": {"answer": "524"}}
+  for task, ex, rationale in all_task_examples(cqa_ex, gsm_ex):
+    other = tasks.Example(ex.id, ex.question, wrong[task.name]["answer"], ex.meta)
+    assert not task.is_correct(task.extract_answer(task.completion(rationale, other)), ex)
+    assert not task.is_correct(None, ex)
+
+
+def test_extraction_never_raises_on_junk(cqa_ex, gsm_ex):
+  rng = random.Random(0)
+  pieces = ["the answer is", "Therefore, ", "(", ")", "b", "river", "$", ",", ".", "-", "0", "7",
+            "1,2", " ", "\n", "\n\n", "<scratch>", "</scratch>", "C: 1", "é", "\x00", ":", "####"]
+  junk = ["", " ", "\n\n", "the answer is", "the answer is (", "The answer is $", "</scratch>",
+          "the answer is ((b))", "The answer is -", "The answer is 1,2,3"]
+  junk += ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 12))) for _ in range(300)]
+  for task, ex, _ in all_task_examples(cqa_ex, gsm_ex):
+    for text in junk:
+      pred = task.extract_answer(text)
+      assert pred is None or isinstance(pred, str)
+      assert isinstance(task.is_correct(pred, ex), bool)
+      assert isinstance(task.split_rationale(text), str)
+    assert task.extract_answer(None) is None
+
+
+# --- CommonsenseQA ---------------------------------------------------------------------------
+
+
+def test_cqa_load_subsets_and_order(tmp_path, cqa_task):
+  write_cqa(tmp_path)
+  train = cqa_task.load("train", cfg(tmp_path))
+  assert [e.id for e in train] == [f"q{i}" for i in range(20)]  # nothing dropped, file order
+  assert train[3].answer == "D" and train[3].meta["choices"][1] == ("B", "river")
+  assert len(cqa_task.load("eval", cfg(tmp_path))) == 7  # 7 is not a multiple of any batch
+  sub = cqa_task.load("train", cfg(tmp_path, max_train=5))
+  assert len(sub) == 5 and sub == cqa_task.load("train", cfg(tmp_path, max_train=5))
+  assert [e.meta["line"] for e in sub] == sorted(e.meta["line"] for e in sub)
+  assert sub != cqa_task.load("train", cfg(tmp_path, max_train=5, seed=1))
+  assert len(cqa_task.load("eval", cfg(tmp_path, max_eval=3))) == 3
+  assert len(cqa_task.load("eval", cfg(tmp_path, max_train=3))) == 7  # max_train is train only
+  with pytest.raises(ValueError, match="split"):
+    cqa_task.load("validation", cfg(tmp_path))
+
+
+def test_cqa_prompt_format(cqa_task, cqa_ex):
+  p = cqa_task.prompt(cqa_ex, few_shot=False)
+  assert p == ("Q: Where does a fish live?\nAnswer Choices:\n(a) ocean\n(b) river\n(c) desert\n"
+               "(d) kitchen sink\n(e) cloud\nA:")
+  assert cqa_task.completion("Fish swim in rivers.", cqa_ex) == (
+      " Fish swim in rivers. Therefore, the answer is river (b).\n\n")
+  assert cqa_task.prompt(cqa_ex).count("Q: ") == 7
+  assert "(CORRECT)" not in cqa_task.prompt(cqa_ex)
+  with pytest.raises(TypeError, match="Example"):
+    cqa_task.completion("r", "B")
+
+
+def test_cqa_hint_marks_gold_choice_in_exemplars_and_query(cqa_task, cqa_ex):
+  blocks = cqa_task.prompt(cqa_ex, hint=True).split("\n\n")
+  shots = cqa_task.exemplars()
+  assert len(blocks) == len(shots) + 1
+  for block, ex in zip(blocks, [*shots, cqa_ex]):
+    marked = [l for l in block.split("\n") if "(CORRECT)" in l]
+    assert marked == [f"({ex.answer.lower()}) {dict(ex.meta['choices'])[ex.answer]} (CORRECT)"]
+
+
+@pytest.mark.parametrize("text, correct", [
+    (" Fish live in water. Therefore, the answer is river (b).", True),
+    (" the answer is (b)", True),
+    (" So the answer is B.", True),
+    (" The answer is river.", True),
+    (" The answer is River\nmore text", True),
+    (" Therefore, the answer is: river (b).", True),
+    (" the answer is b)", True),
+    (" the answer is river (b) (CORRECT).", True),
+    (" the answer is rivers (b).", True),
+    (" the answer is (b) river.", True),
+    (" the answer is (c) river.", False),  # the label decides when the text names no choice
+    (" the answer is ocean (b).", False),  # text and label disagree
+    (" the answer is (a)", False),
+    (" the answer is (f)", False),
+    (" the answer is river or ocean", False),
+    (" the answer is a river", False),
+    (" I think it is river.", False),  # no answer phrase
+    (" blah\n\nQ: x\nA: the answer is river (b).", False),  # answer of another question
+    (" the answer is kitchen sink (d)", False),
+    (" I know the answer is about water. Therefore, the answer is river (b).", True),
+    (" Therefore, the answer is river (b). No, the answer is ocean.", False),
+])
+def test_cqa_extraction(cqa_task, cqa_ex, text, correct):
+  assert cqa_task.is_correct(cqa_task.extract_answer(text), cqa_ex) == correct
+
+
+def test_cqa_split_rationale_drops_hint_marker(cqa_task):
+  text = (" The river (CORRECT) is where fish live. "
+          "Therefore, the answer is river (b) (CORRECT).\n\n")
+  assert cqa_task.split_rationale(text) == "The river is where fish live."
+  assert cqa_task.split_rationale(" no answer phrase here\n\nQ: next") == "no answer phrase here"
+
+
+# --- GSM8K -----------------------------------------------------------------------------------
+
+
+def test_gsm8k_load(tmp_path):
+  write_gsm8k(tmp_path)
+  task = tasks.get_task("gsm8k")
+  train = task.load("train", cfg(tmp_path))
+  assert len(train) == 6 and train[0].answer == "72" and train[0].meta["solution"] == SOLUTION
+  (test,) = task.load("eval", cfg(tmp_path))
+  assert test.answer == "1234" and test.id == "gsm8k-test-00001"
+  assert len(task.load("train", cfg(tmp_path, max_train=4))) == 4
+
+
+def test_gsm8k_hint_is_final_number_only(gsm_ex):
+  task = tasks.get_task("gsm8k")
+  plain, hinted = task.prompt(gsm_ex), task.prompt(gsm_ex, hint=True)
+  assert hinted.endswith("Q: How many clips in total?\nHint: the final answer is 72.\nA:")
+  assert "Hint" not in plain
+  # Nothing of the worked solution leaks: no line of it, no calculator note.
+  for line in SOLUTION.split("\n"):
+    assert line not in hinted
+  query = task.prompt(gsm_ex, hint=True, few_shot=False)
+  assert "<<" not in hinted and "####" not in hinted and "24" not in query
+  # Exemplars get the hint too, with their own answers.
+  assert hinted.count("Hint: the final answer is") == len(task.exemplars()) + 1
+
+
+@pytest.mark.parametrize("text, gold, correct", [
+    (" 48 / 2 = 24. The answer is 72.", "72", True),
+    (" The answer is $1,234.00.", "1234", True),
+    (" the answer is 1234 dollars", "1234", True),
+    (" The final answer is: 72", "72", True),
+    (" The answer is 3.50.", "3.5", True),
+    (" The answer is -5.", "-5", True),
+    (" The answer is $-5", "-5", True),
+    (" The answer is 0.0", "0", True),
+    (" The answer is 72.5.", "72", False),
+    (" The answer is 7.", "72", False),
+    (" The answer is 720.", "72", False),
+    (" The answer is seventy-two.", "72", False),
+    (" It is 72.", "72", False),  # no answer phrase
+    (" The answer is 72. No wait, the answer is 5.", "72", False),  # the last answer counts
+    (" If the answer is 5, 5 * 2 = 10 > 9. So the answer is 72.", "72", True),
+    (" x\n\nQ: y\nA: The answer is 72.", "72", False),
+])
+def test_gsm8k_extraction(text, gold, correct):
+  task = tasks.get_task("gsm8k")
+  ex = tasks.Example("g", "q", gold)
+  assert task.is_correct(task.extract_answer(text), ex) == correct
+
+
+def test_gsm8k_split_rationale_drops_copied_hint():
+  task = tasks.get_task("gsm8k")
+  text = " Hint: the final answer is 72. She sold 24 in May, 48 + 24 = 72. The answer is 72.\n\n"
+  assert task.split_rationale(text) == "She sold 24 in May, 48 + 24 = 72."
+
+
+def test_normalize_number():
+  n = tasks.normalize_number
+  assert [n("72"), n("1,234"), n("$1,234.00"), n(" 3.50 "), n("-0"), n("7."), n("-$12.5")] == [
+      "72", "1234", "1234", "3.5", "0", "7", "-12.5"]
+  assert [n("1,23"), n("seven"), n(""), n("1.2.3"), n(None)] == [None] * 5
+
+
+# --- arithmetic ------------------------------------------------------------------------------
+
+
+def test_scratchpad_with_carries():
+  assert arithmetic.scratchpad(999, 1) == (
+      "<scratch>\n9 9 9 + 1 , C: 0\n9 9 + , 0 C: 1\n9 + , 0 0 C: 1\n, 0 0 0 C: 1\n1 0 0 0\n"
+      "</scratch>")
+  assert arithmetic.scratchpad_lines(29, 57) == [
+      "2 9 + 5 7 , C: 0", "2 + 5 , 6 C: 1", ", 8 6 C: 0", "0 8 6"]
+  assert arithmetic.scratchpad_lines(0, 0) == ["0 + 0 , C: 0", ", 0 C: 0", "0 0"]
+
+
+def test_scratchpad_steps_are_true_partial_sums():
+  rng = random.Random(1)
+  for _ in range(200):
+    a, b = rng.randrange(10 ** rng.randint(1, 7)), rng.randrange(10 ** rng.randint(1, 7))
+    lines = arithmetic.scratchpad_lines(a, b)
+    assert len(lines) == max(len(str(a)), len(str(b))) + 2
+    for k, line in enumerate(lines[1:-1], start=1):
+      todo, done = line.split(",")
+      digits, carry = done.split("C:")
+      partial = a % 10 ** k + b % 10 ** k
+      assert digits.replace(" ", "") == str(partial % 10 ** k).zfill(k)
+      assert int(carry) == partial // 10 ** k
+      rest_a, rest_b = str(a)[:-k], str(b)[:-k]
+      assert todo.replace(" ", "") == (f"{rest_a}+{rest_b}" if rest_a or rest_b else "")
+    assert int(lines[-1].replace(" ", "")) == a + b
+
+
+def test_arithmetic_generation_deterministic_disjoint():
+  task = tasks.get_task("arithmetic")
+  c = cfg(max_train=2000, max_eval=300, min_digits=1, max_digits=3)
+  train, evals = task.load("train", c), task.load("eval", c)
+  assert len(train) == 2000
+  # Held-out problems are distinct; the one-digit ones run out (10% of 100), the others do not.
+  assert len({(e.meta["a"], e.meta["b"]) for e in evals}) == len(evals)
+  one_digit = [e for e in evals if e.meta["digits"] == 1]
+  held_out = {(a, b) for a in range(10) for b in range(10)
+              if arithmetic._in_eval_partition(a, b, 0, 0.1)}
+  assert {(e.meta["a"], e.meta["b"]) for e in one_digit} == held_out and 3 <= len(held_out) <= 20
+  # The other digit counts get their full share (a third of the draws each, give or take).
+  assert all(sum(e.meta["digits"] == d for e in evals) >= 80 for d in (2, 3))
+  assert train == task.load("train", c) and evals == task.load("eval", c)
+  pairs = lambda exs: {(e.meta["a"], e.meta["b"]) for e in exs}
+  assert not pairs(train) & pairs(evals)
+  assert {task.difficulty(e) for e in train} == {1, 2, 3}
+  for e in train[:50]:
+    a, b = e.meta["a"], e.meta["b"]
+    assert len(str(a)) == len(str(b)) == e.meta["digits"] and e.answer == str(a + b)
+  # The eval set does not move when the train size changes, and seeds matter.
+  assert task.load("eval", cfg(max_train=10, max_eval=300, min_digits=1, max_digits=3)) == evals
+  assert task.load("train", cfg(max_train=2000, seed=1, min_digits=1, max_digits=3)) != train
+  assert len({e.id for e in train}) == len(train)
+  # Length generalization: eval can use longer problems than train.
+  longer = task.load("eval", cfg(max_eval=20, max_digits=2, eval_min_digits=6, eval_max_digits=6))
+  assert {e.meta["digits"] for e in longer} == {6}
+  assert len(task.load("train", cfg(max_train=None))) == task.default_train
+
+
+def test_arithmetic_bad_digit_range():
+  with pytest.raises(ValueError, match="min_digits"):
+    tasks.get_task("arithmetic").load("train", cfg(min_digits=3, max_digits=2, max_train=5))
+
+
+def test_arithmetic_prompt_hint_and_extraction():
+  task = tasks.get_task("arithmetic")
+  ex = task.make_example(29, 57, "a")
+  assert task.prompt(ex, few_shot=False) == "Input:\n2 9 + 5 7\nTarget:\n"
+  assert task.prompt(ex, hint=True, few_shot=False) == "Input:\n2 9 + 5 7\nHint: 8 6\nTarget:\n"
+  assert task.prompt(ex, hint=True).count("Hint: ") == 3
+  gold = task.completion(task.gold_rationale(ex), ex)
+  assert gold.endswith("</scratch>\n8 6\n\n")
+  assert task.extract_answer(gold) == "86"
+  assert task.extract_answer("8 6\n\n") == "86"  # direct format
+  assert task.extract_answer("<scratch>\n2 9 + 5 7 , C: 0\n8 6") is None  # never closed
+  assert task.extract_answer("<scratch>\n</scratch>\n8 x 6") is None
+  assert not task.is_correct("87", ex) and not task.is_correct("-86", ex)
+  assert task.is_correct("086", ex)
+
+
+def test_step_accuracy():
+  task = tasks.get_task("arithmetic")
+  ex = task.make_example(457, 68, "a")
+  true = list(arithmetic.scratchpad_lines(457, 68))
+  assert len(true) == 5
+  full = task.completion("\n".join(true), ex)
+  assert task.step_accuracy(full, ex) == 1.0
+  assert task.step_accuracy("\n".join(true), ex) == 1.0
+  wrong = list(true)
+  wrong[2] = "4 + , 2 5 C: 0"  # a dropped carry: the answer can still look plausible
+  assert task.step_correct("\n".join(wrong), ex) == [True, True, False, True, True]
+  assert task.step_accuracy(task.completion("\n".join(wrong), ex), ex) == 0.8
+  assert task.step_accuracy("\n".join(true[:3]), ex) == 0.6  # missing steps are wrong
+  assert task.step_accuracy("\n".join(true + ["junk"]), ex) == 5 / 6  # extra steps too
+  assert task.step_accuracy("", ex) == 0.0
+  assert task.step_accuracy("5 2 5\n\n", ex) == 0.0  # direct answer: no correct steps
