@@ -16,7 +16,7 @@ import numpy as np
 
 from star_jax.runtime import failpoints
 from star_jax.runtime.files import read_jsonl, write_jsonl
-from star_jax.star import plots, report
+from star_jax.star import diagnostics, plots, report
 from star_jax.star.phases import Run
 from star_jax.star.rollout import EvalResult
 from star_jax.star.workdir import Shards
@@ -41,6 +41,9 @@ def eval_fields(run: Run, result: EvalResult) -> dict:
     out["eval_step_accuracy"] = float(np.mean(steps))
   if result.by_difficulty:
     out[f"accuracy_by_{run.exp.task.difficulty_name}"] = result.by_difficulty
+  rl_star = diagnostics.rl_star(run.exp.task, result.records)
+  if rl_star:
+    out[f"rl_star_by_{run.exp.task.difficulty_name}"] = rl_star
   return out
 
 
@@ -75,3 +78,9 @@ def tell(run: Run, record: dict) -> None:
                  report.difficulty_table(metrics, diff_key))
     plots.plot_by_difficulty(metrics, diff_key, os.path.join(run.workdir, f"{diff_key}.png"),
                              title, task.difficulty_label)
+  rl_key = f"rl_star_by_{task.difficulty_name}"
+  if rl_key in record:
+    logging.info("RL-STaR per-step delta, predicted and measured accuracy (%%) by %s:\n%s",
+                 task.difficulty_name, report.rl_star_table(metrics, rl_key))
+    plots.plot_delta(metrics, rl_key, os.path.join(run.workdir, "delta.png"), title,
+                     task.difficulty_label)

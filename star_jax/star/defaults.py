@@ -47,6 +47,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.eval_fraction = 0.1  # arithmetic: share of the problem space held out for eval
 
   c.star = ml_collections.ConfigDict()
+  # star | direct (fine-tune on bare answers) | seed_only (train on the seed set P): the
+  # baselines run with the same iterations, steps and batch (star_jax/star/controls.py).
+  c.star.method = "star"
   c.star.iterations = 10
   c.star.rationalize = True
   c.star.p_rationalization = 1.0  # share of failures given a hinted second try
@@ -61,6 +64,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.star.questions_per_iteration = 0  # 0 = the whole train set every iteration
   c.star.samples_per_question = 1
   c.star.max_kept_per_question = 1
+  # Keep a right answer only if its rationale itself reaches it (tasks that can check:
+  # arithmetic's last scratch line), never a hint copied into the answer line after it.
+  c.star.require_supported = True
   c.star.temperature = 0.0  # 0 = greedy (paper)
   c.star.top_k = 0
   c.star.top_p = 1.0
@@ -69,6 +75,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.pretrain = ml_collections.ConfigDict()  # warm start on gold rationales (arithmetic)
   c.pretrain.steps = 0
   c.pretrain.data = ml_collections.ConfigDict()  # data overrides for the seed set
+  # What the seed set teaches: "rationale" (gold rationales, tasks that have them) or
+  # "answer" (the bare answer text: a warm start for tasks without gold rationales).
+  c.pretrain.targets = "rationale"
   # Share of seed problems shown with the hint in the prompt, so a from-scratch base model
   # learns to use the rationalization hint (the paper's base model learns it from hinted
   # few-shot exemplars instead).
@@ -121,6 +130,11 @@ def text_task_config(task: str, data_dir: str, variant: str) -> ml_collections.C
     c.train.seq_len = 512
     c.train.learning_rate = 1e-3
     c.train.warmup_steps = 2
+    # A warm start on the train questions' bare answers, so the random tiny model keeps
+    # something and the fine-tuning path runs; it reads bare questions (no exemplars).
+    c.pretrain.steps = 60
+    c.pretrain.targets = "answer"
+    c.star.few_shot = c.star.few_shot_rationalization = False
   elif variant:
     raise ValueError(f"unknown variant {variant!r} (known: smoke)")
   return c

@@ -1,12 +1,16 @@
 """Which samples STaR keeps, and what the kept set says about the iteration.
 
-A sample is kept when the task reads the gold answer out of it; duplicates of
-one question's rationale count once. Kept records never carry the hint: the
-rationale is split out of the generated text by the task, which strips hint
-markers.
+A sample is kept when the task reads the gold answer out of it and, with
+``require_supported``, its rationale itself reaches that answer (arithmetic: the
+last scratch line), so a hint copied into the answer line after a wrong
+rationale is not trained on. Duplicates of one question's rationale count once.
+Kept records never carry the hint: the task splits the rationale out of the
+generated text and strips hint markers.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -15,15 +19,25 @@ from star_jax.star.rollout import Generation
 from star_jax.tasks import Example, Task
 
 
-def unique_rationales(task: Task, g: Generation, limit: int) -> list[str]:
-  """The distinct rationales of ``g``'s correct samples, at most ``limit`` (at least 1)."""
-  out = []
+def unique_rationales(task: Task, g: Generation, limit: int, require_supported: bool = False
+                      ) -> tuple[list[str], int]:
+  """The distinct rationales of ``g``'s correct samples, at most ``limit`` (at least 1), and
+  how many correct samples had a rationale that does not itself reach the answer (not kept
+  with ``require_supported``)."""
+  out, unsupported = [], 0
   for text, ok in zip(g.texts, g.correct):
     if ok:
       r = task.split_rationale(text)
+      if not task.rationale_supports(r, g.example):
+        unsupported += 1
+        if require_supported:
+          continue
       if r not in out:
         out.append(r)
-  return out[:max(limit, 1)]
+  return out[:max(limit, 1)], unsupported
+
+
+SOURCES = ("generation", "rationalization")
 
 
 def kept_record(ex: Example, rationale: str, source: str) -> dict:
@@ -32,18 +46,26 @@ def kept_record(ex: Example, rationale: str, source: str) -> dict:
           "source": source}
 
 
-def keep(task: Task, gens: list[Generation], source: str, limit: int
-         ) -> tuple[list[dict], set[str], list[Example]]:
-  """Kept records, the ids of the questions solved, and the questions that failed."""
-  kept, solved, failed = [], set(), []
+class Kept(NamedTuple):
+  records: list[dict]  # kept rationales, as written to kept.jsonl
+  solved: set[str]  # ids of the questions with a kept rationale
+  failed: list[Example]  # the questions without one (rationalization's candidates)
+  unsupported: int  # correct answers whose rationale does not reach them
+
+
+def keep(task: Task, gens: list[Generation], source: str, limit: int,
+         require_supported: bool = False) -> Kept:
+  out = Kept([], set(), [], 0)
+  unsupported = 0
   for g in gens:
-    rationales = unique_rationales(task, g, limit)
-    kept += [kept_record(g.example, r, source) for r in rationales]
+    rationales, bad = unique_rationales(task, g, limit, require_supported)
+    unsupported += bad
+    out.records.extend(kept_record(g.example, r, source) for r in rationales)
     if rationales:
-      solved.add(g.example.id)
+      out.solved.add(g.example.id)
     else:
-      failed.append(g.example)
-  return kept, solved, failed
+      out.failed.append(g.example)
+  return out._replace(unsupported=unsupported)
 
 
 def solved_by_difficulty(task: Task, questions: list[Example], solved: set,
@@ -63,10 +85,16 @@ def solved_by_difficulty(task: Task, questions: list[Example], solved: set,
 
 def wrong_step_share(task: Task, by_id: dict[str, Example], kept: list[dict]) -> float | None:
   """Share of kept rationales that reach the gold answer through a wrong step (tasks that
-  know their true steps, e.g. arithmetic); None for tasks that do not."""
+  know their true steps, e.g. arithmetic); None for tasks that do not, or nothing kept."""
   if not kept:
     return None
   steps = [task.step_correct(k["rationale"], by_id[k["id"]]) for k in kept]
   if any(s is None for s in steps):
     return None
   return float(np.mean([not all(s) for s in steps]))
+
+
+def wrong_step_share_by_source(task: Task, by_id: dict[str, Example], kept: list[dict]
+                               ) -> dict[str, float | None]:
+  return {src: wrong_step_share(task, by_id, [k for k in kept if k["source"] == src])
+          for src in SOURCES}

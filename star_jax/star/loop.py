@@ -22,13 +22,14 @@ import ml_collections
 from star_jax.engine.checkpointer import Checkpointer
 from star_jax.runtime.files import read_jsonl
 from star_jax.sampling import Sampler
-from star_jax.star import artifacts, phases, rollout, workdir as wd
+from star_jax.star import artifacts, controls, phases, rollout, workdir as wd
 from star_jax.star.experiment import build
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False) -> list[dict]:
   """Runs (or resumes) every iteration of ``config`` in ``workdir``; returns the metrics."""
   wd.check_known_keys(config)
+  controls.check_method(config.star.method)
   os.makedirs(workdir, exist_ok=True)
   if overwrite:
     wd.clear(workdir)
@@ -45,8 +46,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
   base = _base_model(r, done)
   last = max(done) if done else 0
   params = base if last == 0 else ckpt.restore_params(exp.params, step=last)
+  iteration = phases.iteration if config.star.method == "star" else controls.iteration
   for n in range(last + 1, config.star.iterations + 1):
-    record, kept, params = phases.iteration(r, n, base, params)
+    record, kept, params = iteration(r, n, base, params)
     result = phases.evaluate(r, n, params, config.star.few_shot_in_training)
     artifacts.finish(r, n, record, result, kept, params)
   ckpt.wait()

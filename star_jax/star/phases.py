@@ -41,26 +41,37 @@ class Run:
     return Trainer(self.exp.graphdef, self.exp.mesh, ft.optim_config(self.config.train, steps))
 
 
-def pretrain(run: Run) -> tuple[object, dict]:
-  """Supervised training on the gold rationales of ``pretrain.data``'s problems.
-
-  Returns the parameters and the fields iteration 0 records about it.
-  """
+def seed_examples(run: Run) -> list:
+  """The seed set P as training examples: ``pretrain.data``'s problems with their gold
+  rationales (``pretrain.targets="rationale"``) or their bare answers ("answer"), a
+  ``pretrain.hint_fraction`` share of them shown with the hint."""
   config, exp = run.config, run.exp
   pc = config.pretrain
+  if pc.targets not in ("rationale", "answer"):
+    raise ValueError(f"pretrain.targets must be 'rationale' or 'answer', got {pc.targets!r}")
   data_cfg = ml_collections.ConfigDict(config.data.to_dict())
   for k, v in pc.data.items():
     data_cfg[k] = v
   pairs = []
   for ex in exp.task.load("train", data_cfg):
-    gold = exp.task.gold_rationale(ex)
+    gold = exp.task.gold_rationale(ex) if pc.targets == "rationale" else ""
     if gold is None:
       raise ValueError(f"pretrain needs gold rationales, and task {exp.task.name!r} has none; "
-                       "set pretrain.steps=0")
+                       "set pretrain.targets='answer' or pretrain.steps=0")
     pairs.append((ex, gold))
   hints = np.random.default_rng([config.seed, 7]).random(len(pairs)) < pc.hint_fraction
-  examples = ft.training_examples(exp.task, exp.tokenizer, pairs, few_shot=config.star.few_shot,
-                                  hints=hints)
+  return ft.training_examples(exp.task, exp.tokenizer, pairs, few_shot=config.star.few_shot,
+                              hints=hints)
+
+
+def pretrain(run: Run) -> tuple[object, dict]:
+  """Supervised training of the initial model on the seed set (the base model M_0).
+
+  Returns the parameters and the fields iteration 0 records about it.
+  """
+  config, exp = run.config, run.exp
+  pc = config.pretrain
+  examples = seed_examples(run)
   t0 = time.time()
   params, stats = ft.finetune(run.trainer(pc.steps), exp.params, examples, config.train,
                               pc.steps, seed=config.seed, desc="pretrain",
@@ -96,7 +107,7 @@ def _generate(run: Run, n: int, phase: str, params, questions, hint: bool, few_s
                           shard_size=run.config.sample.shard_size)
 
 
-def _choose_questions(run: Run, rng: np.random.Generator) -> list:
+def choose_questions(run: Run, rng: np.random.Generator) -> list:
   """The whole train set, or a random ``star.questions_per_iteration`` of it (in order)."""
   questions, k = run.exp.train_set, run.config.star.questions_per_iteration
   if k and k < len(questions):
@@ -110,25 +121,26 @@ def iteration(run: Run, n: int, base, params) -> tuple[dict, list[dict], object]
   config, task = run.config, run.exp.task
   star = config.star
   rng = np.random.default_rng([config.seed, n])  # questions, then who is rationalized
-  questions = _choose_questions(run, rng)
+  questions = choose_questions(run, rng)
   few_shot = star.few_shot if n == 1 else star.few_shot_in_training  # M_0 vs M_{n-1} format
 
   t0 = time.time()
   gens, skipped = _generate(run, n, "generate", params, questions, False, few_shot,
                             config.seed * 1000 + n)
-  kept, solved, failed = keep_lib.keep(task, gens, "generation", star.max_kept_per_question)
+  gen = keep_lib.keep(task, gens, "generation", star.max_kept_per_question,
+                      star.require_supported)
   sample_seconds = time.time() - t0
 
   t0 = time.time()
-  rationalized: set[str] = set()
-  if star.rationalize and failed:
-    chosen = [ex for ex in failed if rng.random() < star.p_rationalization]
+  rat = keep_lib.Kept([], set(), [], 0)
+  if star.rationalize and gen.failed:
+    chosen = [ex for ex in gen.failed if rng.random() < star.p_rationalization]
     rgens, rskipped = _generate(run, n, "rationalize", params, chosen, True,
                                 star.few_shot_rationalization, config.seed * 1000 + n + 500)
     skipped += rskipped
-    rkept, rationalized, _ = keep_lib.keep(task, rgens, "rationalization",
-                                           star.max_kept_per_question)
-    kept += rkept
+    rat = keep_lib.keep(task, rgens, "rationalization", star.max_kept_per_question,
+                        star.require_supported)
+  kept = gen.records + rat.records
   rationalize_seconds = time.time() - t0
 
   t0 = time.time()
@@ -136,9 +148,9 @@ def iteration(run: Run, n: int, base, params) -> tuple[dict, list[dict], object]
   new_params, stats = _train(run, n, base if star.restart_from_base else params, kept, by_id)
   record = {
       "iteration": n, "train_questions": len(questions),
-      f"kept_by_{task.difficulty_name}": keep_lib.solved_by_difficulty(task, questions, solved,
-                                                                       rationalized),
-      "solved_by_generation": len(solved), "solved_by_rationalization": len(rationalized),
+      f"kept_by_{task.difficulty_name}": keep_lib.solved_by_difficulty(task, questions,
+                                                                       gen.solved, rat.solved),
+      "solved_by_generation": len(gen.solved), "solved_by_rationalization": len(rat.solved),
       "kept": len(kept), "train_steps": stats.steps if stats else 0,
       "train_loss": stats.final_loss if stats else None,
       "train_examples_too_long": stats.too_long if stats else 0,
@@ -146,6 +158,10 @@ def iteration(run: Run, n: int, base, params) -> tuple[dict, list[dict], object]
       "train_pass_at_1": sum(sum(g.correct) for g in gens)
                          / max(len(gens) * star.samples_per_question, 1),
       "kept_wrong_step_share": keep_lib.wrong_step_share(task, by_id, kept),
+      "kept_wrong_step_share_by_source": keep_lib.wrong_step_share_by_source(task, by_id, kept),
+      # right answers whose rationale does not reach them (not kept with require_supported)
+      "unsupported_by_source": {"generation": gen.unsupported,
+                                "rationalization": rat.unsupported},
       "sample_seconds": sample_seconds, "rationalize_seconds": rationalize_seconds,
       "train_seconds": time.time() - t0,
   }

@@ -47,6 +47,24 @@ def plot_by_difficulty(metrics: list[dict], key: str, path: str, title: str,
   _save(fig, path)
 
 
+def plot_delta(metrics: list[dict], key: str, path: str, title: str,
+               label: str = "{}") -> None:
+  """RL-STaR's per-step delta by iteration, one line per bucket (``rl_star_by_*`` records)."""
+  buckets = sorted({b for m in metrics for b in m.get(key, {}) if b != "all"}, key=bucket_key)
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for b in buckets:
+    pts = [(m["iteration"], m[key][b]["delta"]) for m in metrics if b in m.get(key, {})]
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label.format(b))
+  ax.set_xlabel("STaR iteration")
+  ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+  ax.set_ylabel("per-step delta (RL-STaR)")
+  ax.set_ylim(-0.02, 1.02)
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  _save(fig, path)
+
+
 def _save(fig, path: str) -> None:
   if not is_primary():
     plt.close(fig)

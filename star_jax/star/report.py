@@ -39,6 +39,24 @@ def difficulty_table(metrics: list[dict], key: str) -> str:
   return "\n".join(lines)
 
 
+def rl_star_table(metrics: list[dict], key: str) -> str:
+  """Iterations as rows; per bucket RL-STaR's delta and the predicted / measured accuracy."""
+  buckets = sorted({b for m in metrics for b in m.get(key, {}) if b != "all"}, key=bucket_key)
+  if not buckets:
+    return ""
+  head = "iter | " + " | ".join(f"{b:>15}" for b in buckets)
+  lines = [head, "     | " + " | ".join(f"{'delta pred meas':>15}" for _ in buckets),
+           "-" * len(head)]
+  for m in metrics:
+    cells = []
+    for b in buckets:
+      r = m.get(key, {}).get(b)
+      cells.append(f"{r['delta']:5.2f} {100 * r['predicted_accuracy']:4.0f} "
+                   f"{100 * r['accuracy']:4.0f}" if r else f"{'-':>15}")
+    lines.append(f"{m['iteration']:>4} | " + " | ".join(cells))
+  return "\n".join(lines)
+
+
 def bucket_key(b) -> tuple:
   """Sort key for difficulty buckets: integers in numeric order, then names."""
   b = str(b)

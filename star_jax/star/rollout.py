@@ -11,6 +11,7 @@ import numpy as np
 from star_jax.runtime import failpoints
 from star_jax.runtime.progress import progress
 from star_jax.sampling import Sampler, SamplingParams
+from star_jax.star import diagnostics
 from star_jax.star.report import bucket_key
 from star_jax.star.workdir import Shards
 from star_jax.tasks import Example, Task
@@ -113,9 +114,7 @@ def evaluate(task: Task, tokenizer: Tokenizer, sampler: Sampler, params,
     if d is not None:
       rec["difficulty"] = d
       by_bucket[str(d)].append(g.correct[0])
-    step_accuracy = task.step_accuracy(g.texts[0], g.example)
-    if step_accuracy is not None:
-      rec["step_accuracy"] = step_accuracy
+    rec.update(diagnostics.step_fields(task, g.texts[0], g.example))
     records.append(rec)
   for ex in examples:  # too long for the context: scored, as wrong
     if ex.id not in done:

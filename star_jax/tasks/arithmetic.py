@@ -130,16 +130,49 @@ def generate(split: str, count: int, seed: int, min_digits: int, max_digits: int
   return pairs
 
 
+def generate_by_digits(counts, seed: int, eval_fraction: float = 0.1) -> list[tuple[int, int]]:
+  """Distinct train-partition pairs, ``counts[d - 1]`` of them with d digits each (a seed set
+  with a chosen mix of lengths, e.g. (90, 1500, 1500, 30, 15)), lengths shuffled together.
+
+  The partition is the one of ``seed`` (the data seed), so the pairs never include a held-out
+  problem of a run with the same data seed; they come from their own random stream, not the
+  train pool's. A length whose train partition has fewer problems than asked (one digit: about
+  90) gives them all.
+  """
+  rng = np.random.default_rng([seed, 2])
+  pairs = []
+  for digits, count in enumerate(counts, start=1):
+    count = int(count)
+    if count <= 0:
+      continue
+    lo, hi = _number_range(digits)
+    if (hi - lo + 1) ** 2 <= _ENUMERATE_UP_TO:
+      space = [(a, b) for a in range(lo, hi + 1) for b in range(lo, hi + 1)
+               if not _in_eval_partition(a, b, seed, eval_fraction)]
+      pairs += [space[i] for i in rng.permutation(len(space))[:count]]
+      continue
+    seen: set[tuple[int, int]] = set()
+    while len(seen) < count:
+      a, b = int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))
+      if (a, b) not in seen and not _in_eval_partition(a, b, seed, eval_fraction):
+        seen.add((a, b))
+        pairs.append((a, b))
+  return [pairs[i] for i in rng.permutation(len(pairs))]
+
+
 @register_task("arithmetic")
 class ArithmeticTask(Task):
   """Addition of two n-digit numbers. data_cfg keys: seed, min_digits, max_digits,
   eval_min_digits, eval_max_digits (default: the train range), max_train, max_eval
   (counts to generate), eval_fraction (share of problem space reserved for eval),
-  same_length (False: each addend draws its own digit count; difficulty is the larger)."""
+  same_length (False: each addend draws its own digit count; difficulty is the larger),
+  digit_counts (train only: distinct problems per digit count 1, 2, ..., e.g. a seed set
+  (90, 1500, 1500, 30, 15); replaces max_train and the digit range)."""
 
   name = "arithmetic"
   difficulty_name = "digits"
   difficulty_label = "{} digits"
+  step_choices = 10  # a scratch step writes one sum digit
   # A completion of 8-digit problems is 353 characters: enough even at one token per character.
   max_new_tokens = 360
   default_train, default_eval = 50_000, 1_000  # the paper's 50k problems
@@ -166,6 +199,11 @@ class ArithmeticTask(Task):
     if split == "eval":
       lo = int(cfg_get(data_cfg, "eval_min_digits", lo))
       hi = int(cfg_get(data_cfg, "eval_max_digits", hi))
+    digit_counts = cfg_get(data_cfg, "digit_counts", None)
+    if split == "train" and digit_counts:
+      pairs = generate_by_digits(tuple(digit_counts), int(cfg_get(data_cfg, "seed", 0)),
+                                 float(cfg_get(data_cfg, "eval_fraction", 0.1)))
+      return [self.make_example(a, b, f"arith-seed-{i:06d}") for i, (a, b) in enumerate(pairs)]
     count = cfg_get(data_cfg, "max_train" if split == "train" else "max_eval")
     count = int(count) if count else (self.default_train if split == "train" else self.default_eval)
     pairs = generate(split, count, int(cfg_get(data_cfg, "seed", 0)), lo, hi,
@@ -221,6 +259,13 @@ class ArithmeticTask(Task):
     """Scratch lines between the tags (the tags themselves are re-added by `completion`)."""
     return scratch_body(text, self.end_marker)
 
+  def rationale_supports(self, rationale: str, ex: Example) -> bool:
+    """The last scratch line (final carry and digits, "0 8 6" for 86) is the answer."""
+    lines = [l for l in scratch_lines(rationale, self.end_marker) if l]
+    if not lines or not _DIGITS_LINE_RE.fullmatch(lines[-1]):
+      return False
+    return int(lines[-1].replace(" ", "")) == int(ex.answer)
+
   def step_correct(self, rationale: str, ex: Example) -> list[bool]:
     return step_correct(rationale, ex, self.end_marker)
 
@@ -235,14 +280,19 @@ def scratch_body(text: str, end_marker: str = "\n\n") -> str:
   return block.split(_SCRATCH_OPEN, 1)[1].split(_SCRATCH_CLOSE, 1)[0].strip("\n")
 
 
+def scratch_lines(generated: str, end_marker: str = "\n\n") -> list[str]:
+  """The scratch lines of a full generation (with tags) or of a bare rationale."""
+  if _SCRATCH_OPEN in generated:
+    generated = scratch_body(generated, end_marker)
+  body = first_block(generated, end_marker).strip("\n")
+  return [l.strip() for l in body.split("\n")] if body.strip() else []
+
+
 def step_correct(generated: str, ex: Example, end_marker: str = "\n\n") -> list[bool]:
   """Per step: does the generated scratch line equal the true one? Missing and
   extra lines count as wrong steps. `generated` is a full generation (with tags)
   or a bare rationale as returned by `split_rationale`."""
-  if _SCRATCH_OPEN in generated:
-    generated = scratch_body(generated, end_marker)
-  body = first_block(generated, end_marker).strip("\n")
-  got = [l.strip() for l in body.split("\n")] if body.strip() else []
+  got = scratch_lines(generated, end_marker)
   true = list(ex.meta["scratchpad"])
   return [i < len(got) and i < len(true) and got[i] == true[i]
           for i in range(max(len(got), len(true)))]

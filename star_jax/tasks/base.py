@@ -67,6 +67,9 @@ class Task:
   max_new_tokens: int = 128
   difficulty_name: str = "difficulty"  # metrics key: accuracy_by_<difficulty_name>
   difficulty_label: str = "{}"  # a bucket's name in plots, e.g. "{} digits"
+  # Choices per rationale step (RL-STaR's M), for tasks whose `step_correct` knows the true
+  # steps; None: no per-step diagnostics.
+  step_choices: int | None = None
 
   def __init__(self, max_new_tokens: int | None = None):
     if max_new_tokens is not None:
@@ -103,6 +106,15 @@ class Task:
   def difficulty(self, ex: Example) -> int | None:
     """A difficulty bucket for per-difficulty accuracy, or None if the task has none."""
     return None
+
+  def rationale_supports(self, rationale: str, ex: Example) -> bool:
+    """Does the rationale itself reach the gold answer, not only the answer line after it?
+
+    Tasks whose rationales end in a checkable result override this (arithmetic: the last
+    scratch line). With ``star.require_supported`` the loop keeps only rationales that pass,
+    so a hint copied into the answer line after a wrong rationale is never trained on.
+    """
+    return True
 
   def step_correct(self, rationale: str, ex: Example) -> list[bool] | None:
     """Per step of `rationale` (a generation or a kept rationale): is it the true step?

@@ -72,7 +72,7 @@ def test_cqa_smoke_on_official_schema_files(tmp_path):
   config.sample.batch_size = 8
   workdir = str(tmp_path / "run")
   star.run(config, workdir)
-  check_artifacts(workdir, config, 13, ["(CORRECT)"])
+  check_kept_and_trained(*check_artifacts(workdir, config, 13, ["(CORRECT)"]))
 
 
 def test_gsm8k_smoke_on_official_schema_files(tmp_path):
@@ -83,7 +83,31 @@ def test_gsm8k_smoke_on_official_schema_files(tmp_path):
   config.sample.batch_size = 8
   workdir = str(tmp_path / "run")
   star.run(config, workdir)
-  check_artifacts(workdir, config, 13, ["####", "<<", "Hint"])
+  check_kept_and_trained(*check_artifacts(workdir, config, 13, ["####", "<<", "Hint"]))
+
+
+def check_kept_and_trained(metrics, kept):
+  """The warm-started smoke model solves train questions, and every iteration trains on them."""
+  assert metrics[0]["pretrain_steps"] > 0
+  assert kept and all(m["kept"] > 0 for m in metrics[1:])
+  assert all(m["train_steps"] > 0 and m["train_loss"] is not None for m in metrics[1:])
+
+
+@pytest.mark.parametrize("method", ["direct", "seed_only"])
+def test_controls_train_on_their_own_data_with_the_star_budget(tmp_path, method):
+  config = load_config("arithmetic")
+  config.star.method, config.star.iterations = method, 1
+  workdir = str(tmp_path / method)
+  metrics = star.run(config, workdir)
+  m = metrics[1]
+  assert m["method"] == method and m["kept"] == 0
+  assert m["train_steps"] == ft.steps_for_iteration(config.star, 1)
+  seed = tasks.get_task("arithmetic").load("train", {**config.data.to_dict(),
+                                                     **config.pretrain.data.to_dict()})
+  questions = tasks.get_task("arithmetic").load("train", config.data)
+  assert m["train_examples"] == (len(questions) if method == "direct" else len(seed))
+  assert os.path.getsize(os.path.join(workdir, "iter_001", "kept.jsonl")) == 0
+  assert metrics[0] == json.loads(open(os.path.join(workdir, "metrics.jsonl")).readline())
 
 
 def test_step_schedules():

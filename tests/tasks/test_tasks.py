@@ -363,3 +363,35 @@ def test_step_accuracy():
   assert task.step_accuracy("\n".join(true + ["junk"]), ex) == 5 / 6  # extra steps too
   assert task.step_accuracy("", ex) == 0.0
   assert task.step_accuracy("5 2 5\n\n", ex) == 0.0  # direct answer: no correct steps
+
+
+def test_seed_by_digit_counts_is_distinct_and_never_held_out():
+  task = tasks.get_task("arithmetic")
+  cfg = {"seed": 3, "digit_counts": (200, 40, 30, 10, 5)}
+  seed = task.load("train", cfg)
+  digits = [ex.meta["digits"] for ex in seed]
+  # one-digit problems run out: the train partition holds about 90 of the 100
+  assert 80 < digits.count(1) < 100 and [digits.count(d) for d in (2, 3, 4, 5)] == [40, 30, 10, 5]
+  assert len({ex.question for ex in seed}) == len(seed)
+  held_out = {ex.question for ex in task.load("eval", {"seed": 3, "max_eval": 2000})}
+  assert not held_out & {ex.question for ex in seed}
+  assert digits != sorted(digits)  # lengths are shuffled together
+  assert [ex.question for ex in task.load("train", cfg)] == [ex.question for ex in seed]
+
+
+def test_rationale_supports_only_a_scratchpad_that_reaches_the_answer():
+  task = tasks.get_task("arithmetic")
+  ex = task.make_example(457, 68, "a")
+  true = "\n".join(arithmetic.scratchpad_lines(457, 68))
+  assert task.rationale_supports(true, ex)
+  assert task.rationale_supports(task.completion(true, ex), ex)
+  # A wrong scratchpad whose answer line copies the hint: the answer is right, the rationale
+  # does not reach it.
+  wrong = true.replace("0 5 2 5", "0 5 1 5")
+  copied = task.completion(wrong, ex)
+  assert task.is_correct(task.extract_answer(copied), ex)
+  assert not task.rationale_supports(task.split_rationale(copied), ex)
+  assert not task.rationale_supports("", ex)  # a direct answer has no rationale to check
+  cqa = tasks.get_task("cqa")
+  assert cqa.rationale_supports("anything", None) and cqa.step_correct("x", None) is None
+  assert cqa.step_choices is None and task.step_choices == 10
