@@ -23,10 +23,10 @@ def get_config(variant: str = ""):
   # (line, column) rotary positions, columns counted from the end of the line above and
   # spaced by random gaps in training: every scratchpad step copies the line above at a
   # fixed offset whatever the number of digits, and no rule can count its way to a length.
-  lines = {"rope_positions": "line_column", "rope_base": 100.0, "right_aligned_columns": True,
-           "position_jitter": 2}
+  c.task_options = {"positions": "line_column", "right_aligned_columns": True,
+                    "position_jitter": 2}
   c.model.overrides = {"d_model": 128, "num_layers": 4, "num_heads": 4, "num_kv_heads": 4,
-                       "head_dim": 32, "ffn_dim": 512, "max_seq_len": 256, **lines}
+                       "head_dim": 32, "ffn_dim": 512, "max_seq_len": 256, "rope_base": 100.0}
   c.data.max_train = 20000  # the pool STaR samples its questions from (1-5 digits)
   c.data.max_eval = 500  # draws of distinct held-out problems: ~100 per digit count, but
   # only 8 one-digit problems are held out, so 428 problems in all
@@ -50,7 +50,7 @@ def get_config(variant: str = ""):
   c.sample.batch_size = 256
   if variant == "smoke":
     c.model.overrides = {"d_model": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
-                         "head_dim": 16, "ffn_dim": 128, "max_seq_len": 256, **lines}
+                         "head_dim": 16, "ffn_dim": 128, "max_seq_len": 256, "rope_base": 100.0}
     c.data.max_train, c.data.max_eval = 48, 40
     c.data.max_digits = c.data.eval_max_digits = 3
     c.star.iterations = 2

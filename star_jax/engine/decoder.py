@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from star_jax.engine.model_config import ModelConfig
+from star_jax.engine.positions import index_angles
 from star_jax.engine.sharding import constrain
 
 
@@ -69,26 +70,19 @@ class Norm(nnx.Module):
     return y.astype(x_BxTxD.dtype)
 
 
-def rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, cfg: ModelConfig) -> jax.Array:
+def rope(x_BxTxNxH: jax.Array, positions: jax.Array, cfg: ModelConfig) -> jax.Array:
   """Rotary embedding on the first ``cfg.rope_dim`` dims (rotate-half or interleaved pairs).
 
-  ``positions`` are ``[B, T]`` indices, or ``[B, T, 3]`` (line, column, index): then
-  the first half of the frequencies turn with the column and the second half
-  with the line, each half its own geometric ladder from 1 rad per step.
+  ``positions`` are ``[B, T]`` indices, or ``[B, T, C]`` coordinates of the config's
+  position scheme, which then turns them into angles.
   """
-  if cfg.rope_positions == "none":  # NoPE: order comes from the causal mask alone
+  if not cfg.use_rope:  # NoPE: order comes from the causal mask alone
     return x_BxTxNxH
   rd = cfg.rope_dim
-  if positions_BxT.ndim == 3:
-    half = rd // 4
-    ladder = cfg.rope_base ** (-jnp.arange(half, dtype=jnp.float32) / half)
-    inv_freq = jnp.concatenate([ladder, ladder])
-    coord_R = jnp.asarray([1] * half + [0] * half)  # column, then line
-    pos_BxTxR = jnp.take(positions_BxT, coord_R, axis=-1).astype(jnp.float32)
-    angle_BxTxR = pos_BxTxR * inv_freq
+  if cfg.positions is not None:
+    angle_BxTxR = cfg.positions.rotary_angles(positions, rd, cfg.rope_base)
   else:
-    inv_freq = cfg.rope_base ** (-jnp.arange(0, rd, 2, dtype=jnp.float32) / rd)
-    angle_BxTxR = positions_BxT[..., None].astype(jnp.float32) * inv_freq  # R = rd // 2
+    angle_BxTxR = index_angles(positions, rd, cfg.rope_base)  # R = rd // 2
   sin, cos = jnp.sin(angle_BxTxR)[:, :, None, :], jnp.cos(angle_BxTxR)[:, :, None, :]
   x = x_BxTxNxH.astype(jnp.float32)
   rot, rest = x[..., :rd], x[..., rd:]
@@ -116,7 +110,7 @@ class Attention(nnx.Module):
       self.k_bias = _param(rngs, zeros, (K, H), pd, ("kv_heads", "head_dim"))
       self.v_bias = _param(rngs, zeros, (K, H), pd, ("kv_heads", "head_dim"))
 
-  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache: LayerCache | None,
+  def __call__(self, x_BxTxD, positions, mask_BxTxS, cache: LayerCache | None,
                cache_slot) -> tuple[jax.Array, LayerCache | None]:
     cfg, dt = self.cfg, x_BxTxD.dtype
     q_BxTxNxH = dense(x_BxTxD, self.q[...].astype(dt))
@@ -126,8 +120,8 @@ class Attention(nnx.Module):
       q_BxTxNxH += self.q_bias[...].astype(dt)
       k_BxTxKxH += self.k_bias[...].astype(dt)
       v_BxTxKxH += self.v_bias[...].astype(dt)
-    q_BxTxNxH = rope(q_BxTxNxH, positions_BxT, cfg)
-    k_BxTxKxH = rope(k_BxTxKxH, positions_BxT, cfg)
+    q_BxTxNxH = rope(q_BxTxNxH, positions, cfg)
+    k_BxTxKxH = rope(k_BxTxKxH, positions, cfg)
     # Keys/values live as [B, K, S, H]: batch and head lead, so the attention matmuls read
     # the cache in place (a [B, S, K, H] cache was transposed, i.e. copied, every decode step).
     k_BxKxTxH = k_BxTxKxH.transpose(0, 2, 1, 3)
@@ -206,9 +200,9 @@ class Block(nnx.Module):
       self.mlp_norm = Norm(cfg, rngs)
     self.mlp = MLP(cfg, rngs)
 
-  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache, cache_slot):
+  def __call__(self, x_BxTxD, positions, mask_BxTxS, cache, cache_slot):
     h_BxTxD = self.attn_norm(x_BxTxD)
-    attn_BxTxD, cache = self.attn(h_BxTxD, positions_BxT, mask_BxTxS, cache, cache_slot)
+    attn_BxTxD, cache = self.attn(h_BxTxD, positions, mask_BxTxS, cache, cache_slot)
     if self.parallel:  # GPT-J: x + attn(ln(x)) + mlp(ln(x)), one shared LayerNorm
       x_BxTxD = x_BxTxD + attn_BxTxD + self.mlp(h_BxTxD)
     else:
@@ -232,7 +226,7 @@ class Decoder(nnx.Module):
     if cfg.lm_head_bias:
       self.lm_head_bias = _param(rngs, jax.nn.initializers.zeros, (V,), pd, ("vocab",))
 
-  def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, mask_BxTxS: jax.Array,
+  def __call__(self, tokens_BxT: jax.Array, positions: jax.Array, mask_BxTxS: jax.Array,
                cache: list[LayerCache] | None = None, cache_slot=0,
                ) -> tuple[jax.Array, list[LayerCache] | None]:
     """Final-normed hidden states and the updated cache (None when no cache was given).
@@ -251,9 +245,9 @@ class Decoder(nnx.Module):
       layer_cache = cache[i] if cache is not None else None
       if cfg.remat:
         x_BxTxD, layer_cache = nnx.remat(lambda b, *a: b(*a))(
-            block, x_BxTxD, positions_BxT, mask_BxTxS, layer_cache, cache_slot)
+            block, x_BxTxD, positions, mask_BxTxS, layer_cache, cache_slot)
       else:
-        x_BxTxD, layer_cache = block(x_BxTxD, positions_BxT, mask_BxTxS, layer_cache, cache_slot)
+        x_BxTxD, layer_cache = block(x_BxTxD, positions, mask_BxTxS, layer_cache, cache_slot)
       if new_cache is not None:
         new_cache.append(layer_cache)
     return self.final_norm(x_BxTxD), new_cache

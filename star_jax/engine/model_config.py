@@ -15,7 +15,6 @@ from typing import Any
 import jax.numpy as jnp
 
 BLOCK_TYPES = ("llama", "gptj")
-ROPE_POSITIONS = ("sequence", "line_column", "none")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -36,15 +35,10 @@ class ModelConfig:
   rope_base: float = 10000.0
   rotary_dim: int | None = None  # None: rotate all of H; GPT-J rotates the first 64
   rope_interleaved: bool = False  # False: rotate-half (Llama/NeoX); True: pairs (GPT-J)
-  # "sequence" (index in the text), "line_column" or "none" (no rotary embedding: NoPE);
-  # see star_jax.engine.positions. line_column needs the ids of the tokens that end a line.
-  rope_positions: str = "sequence"
-  line_break_ids: tuple[int, ...] = ()
-  # line_column: columns count from the end of the line above instead of the line's start.
-  right_aligned_columns: bool = False
-  # line_column: in training, consecutive lines and columns are position_jitter or
-  # position_jitter + 1 apart (random per row); in sampling position_jitter + 0.5. 0 = 1.
-  position_jitter: int = 0
+  use_rope: bool = True  # False: no positional encoding at all (NoPE, the causal mask alone)
+  # None: a token's position is its index in the text. Else a PositionScheme (hashable) that
+  # computes positions from the tokens, a task's hook (see engine/positions.py).
+  positions: Any = None
   qkv_bias: bool = False  # Qwen2
   tie_embeddings: bool = False  # SmolLM2, small Qwen2
   lm_head_bias: bool = False  # GPT-J
@@ -61,26 +55,9 @@ class ModelConfig:
     rd = self.rotary_dim if self.rotary_dim is not None else self.head_dim
     if rd % 2 or rd > self.head_dim:
       raise ValueError(f"rotary_dim {rd} must be even and at most head_dim {self.head_dim}")
-    if self.rope_positions not in ROPE_POSITIONS:
-      raise ValueError(f"rope_positions must be one of {ROPE_POSITIONS}, got "
-                       f"{self.rope_positions!r}")
-    if self.rope_positions == "line_column" and rd % 4:
-      raise ValueError(f"line_column positions split the rotary dims in two halves of "
-                       f"pairs: rotary_dim {rd} must be a multiple of 4")
-    if self.position_jitter < 0:
-      raise ValueError(f"position_jitter must be >= 0, got {self.position_jitter}")
-    if self.uses_lines and not self.line_break_ids:
-      raise ValueError(f"{self.rope_positions} positions need line_break_ids (the tokens that "
-                       "end a line)")
-    object.__setattr__(self, "line_break_ids", tuple(int(i) for i in self.line_break_ids))
     for name in ("param_dtype", "dtype"):
       if getattr(self, name) not in _DTYPES:
         raise ValueError(f"{name} must be one of {sorted(_DTYPES)}, got {getattr(self, name)!r}")
-
-  @property
-  def uses_lines(self) -> bool:
-    """Positions are counted in lines of text (computed from the tokens)."""
-    return self.rope_positions == "line_column"
 
   @property
   def rope_dim(self) -> int:

@@ -18,10 +18,11 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from star_jax.engine import positions as positions_lib, sharding
+from star_jax.engine import sharding
 from star_jax.engine.decoder import causal_mask
 from star_jax.engine.optim import OptimConfig, make_optimizer, make_schedule
 from star_jax.engine.params import merge, shardings_of
+from star_jax.engine.positions import segment_starts
 from star_jax.engine.train_state import TrainState
 
 BATCH_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions")
@@ -31,14 +32,15 @@ def loss_sums(model, micro: dict[str, jax.Array],
               key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """Summed masked cross-entropy and the number of masked tokens of one micro-batch.
 
-  ``key`` draws the random gaps of jittered line positions; without it they are
-  laid out as the sampler lays them out.
+  With a position scheme the positions come from the tokens (restarting in every packed
+  segment), and ``key`` draws whatever the scheme randomises in training; without it
+  they are laid out as the sampler lays them out.
   """
   mask_BxLxL = causal_mask(micro["segment_ids"])
   positions = micro["positions"]
-  if model.cfg.uses_lines:
-    positions = positions_lib.of_tokens(model.cfg, micro["tokens"],
-                                        positions_lib.segment_starts(micro["segment_ids"]), key)
+  if model.cfg.positions is not None:
+    positions = model.cfg.positions.of_tokens(micro["tokens"],
+                                              segment_starts(micro["segment_ids"]), key)
   h_BxLxD, _ = model(micro["tokens"], positions, mask_BxLxL)
   logits_BxLxV = model.logits(h_BxLxD)
   xent_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, micro["targets"])
@@ -64,7 +66,7 @@ def train_step(graphdef, optim: OptimConfig, state: TrainState, batch: dict[str,
     return (acc_total + total, acc_count + count,
             jax.tree.map(jnp.add, acc_grads, grads)), None
 
-  # Randomness of a step (jittered line positions) is a function of the step number:
+  # Randomness of a step (a position scheme's random gaps) is a function of the step number:
   # a resumed run draws what an uninterrupted one drew.
   M = batch["tokens"].shape[0]
   keys = jax.random.split(jax.random.fold_in(jax.random.key(0), state.step), M)

@@ -13,7 +13,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from star_jax.engine import positions as pos_lib
 from star_jax.engine.decoder import LayerCache, init_cache
 from star_jax.engine.params import merge
 from star_jax.sampling.methods import SamplingParams, logprob, pick_tokens
@@ -24,7 +23,7 @@ class DecodeState(NamedTuple):
   cache: list[LayerCache]
   kv_valid_BxS: jax.Array  # which cache slots hold real tokens
   last_token_B: jax.Array  # token to feed next
-  position_B: jax.Array  # position of the token before it: [B], or [B, 3] (line, column, index)
+  position_B: jax.Array  # position of the token before it: [B], or [B, C] (a position scheme)
   slot: jax.Array  # cache slot it goes to (shared by all rows)
   step: jax.Array  # tokens generated so far
   done_B: jax.Array
@@ -73,20 +72,22 @@ def prefill(graphdef, params, prompt_BxP, prompt_mask_BxP, prompt_idx_B, sample_
   """Runs the prompt through the model, filling cache slots [0, P), and samples token 0."""
   model = merge(graphdef, params)
   keys_B = row_keys(seed, prompt_idx_B, sample_idx_B)
-  B, P = prompt_BxP.shape
-  positions_BxP = jnp.maximum(jnp.cumsum(prompt_mask_BxP, axis=-1) - 1, 0)
-  if model.cfg.uses_lines:  # counting starts at each row's first real token (rows are left-padded)
-    first_BxP = (positions_BxP == 0) & (prompt_mask_BxP > 0)
-    positions_BxP = pos_lib.of_tokens(model.cfg, prompt_BxP, first_BxP)
-  kv_valid_BxS = jnp.zeros((B, cache_len), bool).at[:, :P].set(prompt_mask_BxP.astype(bool))
-  causal_PxS = jnp.arange(cache_len)[None, :] <= jnp.arange(P)[:, None]
+  B, prompt_len = prompt_BxP.shape
+  index_BxP = jnp.maximum(jnp.cumsum(prompt_mask_BxP, axis=-1) - 1, 0)
+  positions = index_BxP  # [B, P], or [B, P, C] from a position scheme
+  if model.cfg.positions is not None:  # counting starts at each row's first real token
+    first_BxP = (index_BxP == 0) & (prompt_mask_BxP > 0)  # (rows are left-padded)
+    positions = model.cfg.positions.of_tokens(prompt_BxP, first_BxP)
+  kv_valid_BxS = jnp.zeros((B, cache_len), bool).at[:, :prompt_len].set(
+      prompt_mask_BxP.astype(bool))
+  causal_PxS = jnp.arange(cache_len)[None, :] <= jnp.arange(prompt_len)[:, None]
   mask_BxPxS = causal_PxS[None] & kv_valid_BxS[:, None, :]
   cache = init_cache(model.cfg, B, cache_len)
-  h_BxPxD, cache = model(prompt_BxP, positions_BxP, mask_BxPxS, cache, 0)
+  h_BxPxD, cache = model(prompt_BxP, positions, mask_BxPxS, cache, 0)
   logits_BxV = model.logits(h_BxPxD[:, -1:])[:, 0]
   state = DecodeState(
       cache=cache, kv_valid_BxS=kv_valid_BxS, last_token_B=jnp.zeros((B,), jnp.int32),
-      position_B=positions_BxP[:, -1], slot=jnp.asarray(P, jnp.int32),
+      position_B=positions[:, -1], slot=jnp.asarray(prompt_len, jnp.int32),
       step=jnp.asarray(0, jnp.int32), done_B=jnp.zeros((B,), bool),
       tokens_BxN=jnp.zeros((B, max_new), jnp.int32),
       logprobs_BxN=jnp.zeros((B, max_new), jnp.float32),
@@ -98,8 +99,8 @@ def decode_step(model, state: DecodeState) -> tuple[jax.Array, DecodeState]:
   """Feeds ``state.last_token_B`` at ``state.slot``; returns next-token logits [B, V]."""
   kv_valid_BxS = jax.lax.dynamic_update_slice(
       state.kv_valid_BxS, jnp.ones((state.kv_valid_BxS.shape[0], 1), bool), (0, state.slot))
-  if model.cfg.uses_lines:  # a line break opens a new line
-    position_B = pos_lib.next_position(model.cfg, state.position_B, state.last_token_B)
+  if model.cfg.positions is not None:
+    position_B = model.cfg.positions.advance(state.position_B, state.last_token_B)
   else:
     position_B = state.position_B + 1
   h_Bx1xD, cache = model(state.last_token_B[:, None], position_B[:, None],

@@ -92,7 +92,7 @@ class Sampler:
     return DecodeState(
         cache=[LayerCache(kv_sharding, kv_sharding) for _ in range(cfg.num_layers)],
         kv_valid_BxS=self._batch_sharding((B, S)), last_token_B=self._batch_sharding((B,)),
-        position_B=self._batch_sharding((B, 3) if cfg.uses_lines else (B,)),
+        position_B=self._batch_sharding((B, cfg.positions.coords) if cfg.positions else (B,)),
         slot=rep, step=rep,
         done_B=self._batch_sharding((B,)), tokens_BxN=self._batch_sharding((B, N)),
         logprobs_BxN=self._batch_sharding((B, N)), lengths_B=self._batch_sharding((B,)),

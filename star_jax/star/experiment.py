@@ -16,7 +16,7 @@ import ml_collections
 from flax import nnx
 from jax.sharding import Mesh
 
-from star_jax.engine import model_config, params as params_lib, positions, sharding
+from star_jax.engine import model_config, params as params_lib, sharding
 from star_jax.engine.checkpointer import Checkpointer
 from star_jax.runtime.distributed import barrier, is_primary
 from star_jax.tasks import Example, Task, get_task
@@ -70,12 +70,13 @@ def tokenizer_texts(task: Task, examples: list[Example]) -> list[str]:
   return texts
 
 
-def build_model_config(config: ml_collections.ConfigDict, tokenizer: Tokenizer
+def build_model_config(config: ml_collections.ConfigDict, task: Task, tokenizer: Tokenizer
                        ) -> model_config.ModelConfig:
   overrides = dict(config.model.get("overrides", {}) or {})
-  if overrides.get("rope_positions") == "line_column" and not overrides.get("line_break_ids"):
-    overrides["line_break_ids"] = positions.break_ids_of(tokenizer)
   cfg = model_config.get_preset(config.model.preset, **overrides)
+  scheme = task.positions(tokenizer)
+  if scheme is not None:
+    cfg = cfg.replace(positions=scheme)
   if cfg.vocab_size < tokenizer.vocab_size:
     if config.model.checkpoint:
       raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the model's vocabulary "
@@ -89,7 +90,8 @@ def _round_up(n: int, k: int) -> int:
 
 
 def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
-  task = get_task(config.task, max_new_tokens=config.star.max_new_tokens or None)
+  task = get_task(config.task, max_new_tokens=config.star.max_new_tokens or None,
+                  **dict(config.task_options))
   train_set = task.load("train", config.data)
   eval_set = task.load("eval", config.data)
   if not train_set:
@@ -108,7 +110,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
     cfg, graphdef, params = pre.model_cfg, pre.graphdef, pre.params
   else:
     tokenizer = build_tokenizer(config, task, tokenizer_texts(task, train_set), workdir)
-    cfg = build_model_config(config, tokenizer)
+    cfg = build_model_config(config, task, tokenizer)
     graphdef, params = params_lib.init_params(cfg, mesh, seed=config.seed)
     if ckpt:
       params = load_params(ckpt, params)

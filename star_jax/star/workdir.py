@@ -21,7 +21,7 @@ from star_jax.star.defaults import base_config
 OPERATIONAL_KEYS = {"checkpoint_every", "sample.shard_size", "data.download", "data.tfds_dir",
                     "data.download_timeout_s"}
 # Free-form sub-dicts whose own keys are not checked against the defaults.
-FREE_FORM = ("model.overrides", "pretrain.data")
+FREE_FORM = ("model.overrides", "pretrain.data", "task_options")
 ARTIFACTS = ("config.json", "metrics.jsonl", "checkpoints", "pretrain_ckpt", "accuracy.png")
 
 

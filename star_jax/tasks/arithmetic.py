@@ -38,6 +38,7 @@ import numpy as np
 
 from star_jax.data.sources import cfg_get
 from star_jax.tasks.base import Example, Task, check_split, first_block, register_task
+from star_jax.tasks.line_positions import LineColumnPositions, break_ids_of
 
 _SCRATCH_OPEN, _SCRATCH_CLOSE = "<scratch>", "</scratch>"
 _DIGITS_LINE_RE = re.compile(r"[0-9](?: ?[0-9])*")
@@ -177,8 +178,18 @@ class ArithmeticTask(Task):
   max_new_tokens = 360
   default_train, default_eval = 50_000, 1_000  # the paper's 50k problems
 
-  def __init__(self, max_new_tokens: int | None = None):
+  def __init__(self, max_new_tokens: int | None = None, positions: str = "sequence",
+               right_aligned_columns: bool = False, position_jitter: int = 0):
+    """``positions``: "sequence" (the token index) or "line_column" ((line, column) rotary
+    positions: every scratchpad step copies the line above at a fixed offset whatever the
+    length; ``right_aligned_columns`` counts columns from the end of the line above,
+    ``position_jitter`` spaces lines and columns by random gaps in training; see
+    line_positions.py)."""
     super().__init__(max_new_tokens)
+    if positions not in ("sequence", "line_column"):
+      raise ValueError(f"arithmetic positions must be 'sequence' or 'line_column', got "
+                       f"{positions!r}")
+    self._positions = (positions, bool(right_aligned_columns), int(position_jitter))
     self._shots = [self.make_example(a, b, f"arith-shot-{i}")
                    for i, (a, b) in enumerate(((38, 45), (706, 598)))]
 
@@ -191,6 +202,12 @@ class ArithmeticTask(Task):
 
   def exemplars(self) -> list[Example]:
     return list(self._shots)
+
+  def positions(self, tokenizer) -> LineColumnPositions | None:
+    kind, right_aligned, jitter = self._positions
+    if kind == "sequence":
+      return None
+    return LineColumnPositions(break_ids_of(tokenizer), right_aligned, jitter)
 
   def load(self, split: str, data_cfg: Any) -> list[Example]:
     check_split(split)

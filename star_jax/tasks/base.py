@@ -130,6 +130,12 @@ class Task:
     steps = self.step_correct(rationale, ex)
     return None if steps is None else sum(steps) / max(len(steps), 1)
 
+  def positions(self, tokenizer) -> Any:
+    """A position scheme for the decoder (see ``star_jax.engine.positions``) when the task's
+    text needs positions other than the token index (arithmetic's (line, column) option);
+    None: the index. Models built from scratch only: pre-trained ones keep theirs."""
+    return None
+
   def gold_rationale(self, ex: Example) -> str | None:
     """A known-correct rationale, if the task can produce one (arithmetic can)."""
     return None

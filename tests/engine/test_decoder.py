@@ -10,12 +10,13 @@ from helpers.reference import forward, full_logits
 from star_jax.engine import params as params_lib
 from star_jax.engine.decoder import causal_mask
 from star_jax.engine.model_config import get_preset
-from star_jax.engine.positions import of_tokens
 from star_jax.sampling import SamplingParams
 from star_jax.sampling.decode import decode_step, prefill
+from star_jax.tasks.line_positions import LineColumnPositions
 
-LINES = dict(rope_positions="line_column", line_break_ids=tuple(range(0, 256, 5)))
-JITTERED = dict(LINES, right_aligned_columns=True, position_jitter=2)
+LINES = dict(positions=LineColumnPositions(tuple(range(0, 256, 5))))
+JITTERED = dict(positions=LineColumnPositions(tuple(range(0, 256, 5)), right_aligned=True,
+                                              jitter=2))
 
 
 @pytest.mark.parametrize("preset,overrides",

@@ -13,7 +13,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from star_jax.engine import decoder, params as params_lib
-from star_jax.engine.positions import of_tokens
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -21,8 +20,8 @@ def forward(graphdef, params, tokens_BxT):
   model = params_lib.merge(graphdef, params)
   B, T = tokens_BxT.shape
   positions = jnp.broadcast_to(jnp.arange(T), (B, T))
-  if model.cfg.uses_lines:
-    positions = of_tokens(model.cfg, tokens_BxT, positions == 0)
+  if model.cfg.positions is not None:
+    positions = model.cfg.positions.of_tokens(tokens_BxT, positions == 0)
   h, _ = model(tokens_BxT, positions, decoder.causal_mask(jnp.ones((B, T), jnp.int32)))
   return model.logits(h)
 

@@ -5,9 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from star_jax.engine import params as params_lib, positions
+from star_jax import tasks
+from star_jax.engine import params as params_lib
 from star_jax.engine.model_config import get_preset
+from star_jax.engine.positions import segment_starts
 from star_jax.engine.trainer import loss_sums
+from star_jax.tasks import line_positions as positions
+from star_jax.tasks.line_positions import LineColumnPositions
+from star_jax.tokenizer import CharTokenizer
 
 BREAK = 9
 
@@ -39,13 +44,13 @@ def test_advance_matches_recounting():
 
 def test_segment_starts():
   seg = jnp.asarray([[1, 1, 2, 2, 2, 0, 0]])
-  np.testing.assert_array_equal(np.asarray(positions.segment_starts(seg))[0],
+  np.testing.assert_array_equal(np.asarray(segment_starts(seg))[0],
                                 [1, 0, 1, 0, 0, 1, 0])
 
 
 def test_packed_training_loss_equals_each_segment_alone(mesh1):
   """The trainer restarts (line, column) per packed segment: packing changes nothing."""
-  cfg = get_preset("tiny", rope_positions="line_column", line_break_ids=(BREAK,))
+  cfg = get_preset("tiny", positions=LineColumnPositions((BREAK,)))
   graphdef, params = params_lib.init_params(cfg, mesh1, seed=0)
   a, b = [5, BREAK, 6, 7, BREAK, 8], [4, 4, BREAK, 3, 2]
 
@@ -65,12 +70,23 @@ def test_packed_training_loss_equals_each_segment_alone(mesh1):
 
 
 def test_config_checks():
-  with pytest.raises(ValueError, match="line_break_ids"):
-    get_preset("tiny", rope_positions="line_column")
+  with pytest.raises(ValueError, match="break_ids"):
+    LineColumnPositions(())
+  with pytest.raises(ValueError, match="jitter"):
+    LineColumnPositions((1,), jitter=-1)
   with pytest.raises(ValueError, match="multiple of 4"):
-    get_preset("tiny", rope_positions="line_column", line_break_ids=(1,), rotary_dim=6)
-  with pytest.raises(ValueError, match="rope_positions"):
-    get_preset("tiny", rope_positions="grid")
+    LineColumnPositions((1,)).rotary_angles(jnp.zeros((1, 2, 3)), rope_dim=6, base=100.0)
+  with pytest.raises(ValueError, match="positions must be"):
+    tasks.get_task("arithmetic", positions="grid")
+
+
+def test_arithmetic_task_offers_the_scheme_on_its_tokenizer():
+  tok = CharTokenizer.from_texts(["Input:\n1 + 2\nTarget:\n"])
+  assert tasks.get_task("arithmetic").positions(tok) is None
+  scheme = tasks.get_task("arithmetic", positions="line_column", right_aligned_columns=True,
+                          position_jitter=2).positions(tok)
+  assert scheme == LineColumnPositions(tok.encode("\n"), right_aligned=True, jitter=2)
+  assert hash(scheme) == hash(LineColumnPositions(tok.encode("\n"), True, 2))  # a compile key
 
 
 def test_right_aligned_columns_line_up_line_ends():
