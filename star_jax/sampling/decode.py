@@ -1,9 +1,11 @@
-"""The jitted halves of sampling: prefill a left-padded batch, then an early-exit decode loop.
+"""The jitted parts of sampling: prefill a shared prefix once, prefill a left-padded batch of
+prompts (each once, however many samples it has), then an early-exit decode loop.
 
-Both take the parameters as an argument (never closed over), so the trainer's
-freshly updated arrays are used directly. The loop carries a `DecodeState`
-that the caller donates from call to call. Only the sampled tokens' log-probs
-are kept, never a ``[B, L, V]`` logits buffer.
+All take the parameters as an argument (never closed over), so the trainer's freshly
+updated arrays are used directly, and a prefix cache lives only as long as the call
+that made it: it is never served with other weights. The loop carries a `DecodeState`
+that the caller donates from call to call. Only the sampled tokens' log-probs are
+kept, never a ``[B, L, V]`` logits buffer.
 """
 
 from __future__ import annotations
@@ -66,33 +68,66 @@ def row_keys(seed, prompt_idx_B, sample_idx_B) -> jax.Array:
       prompt_idx_B, sample_idx_B)
 
 
-def prefill(graphdef, params, prompt_BxP, prompt_mask_BxP, prompt_idx_B, sample_idx_B, seed,
-            cache_len: int, max_new: int, sp: SamplingParams, end_ids: tuple[int, ...],
-            pad_id: int, stop_seqs: tuple[tuple[int, ...], ...] = ()) -> DecodeState:
-  """Runs the prompt through the model, filling cache slots [0, P), and samples token 0."""
+def prefill_prefix(graphdef, params, prefix_1xL: jax.Array) -> list[LayerCache]:
+  """Keys and values of a prefix every prompt of a call shares (the few-shot block), computed
+  once: ``[1, K, L, H]`` per layer, at positions 0 .. L-1."""
+  model = merge(graphdef, params)
+  L = prefix_1xL.shape[1]
+  positions_1xL = jnp.arange(L, dtype=jnp.int32)[None]
+  mask_1xLxL = jnp.tril(jnp.ones((L, L), bool))[None]
+  _, cache = model(prefix_1xL, positions_1xL, mask_1xLxL, init_cache(model.cfg, 1, L), 0)
+  return cache
+
+
+def prefill(graphdef, params, prefix_cache: list[LayerCache] | None, prompt_QxP,
+            prompt_mask_QxP, prompt_idx_B, sample_idx_B, seed, cache_len: int, max_new: int,
+            sp: SamplingParams, end_ids: tuple[int, ...], pad_id: int,
+            stop_seqs: tuple[tuple[int, ...], ...] = (), samples: int = 1) -> DecodeState:
+  """Runs Q left-padded prompts through the model and samples token 0 of B = Q * samples rows.
+
+  With ``prefix_cache`` (the keys/values of L shared prefix tokens) the prompts are the
+  rest of each prompt: slots [0, L) hold the prefix, the prompts fill [L, L + P) at
+  positions L, L + 1, ... as if the whole text had been prefilled. Each prompt is
+  prefilled once; its ``samples`` rows (consecutive) then share its cache.
+  """
   model = merge(graphdef, params)
   keys_B = row_keys(seed, prompt_idx_B, sample_idx_B)
-  B, prompt_len = prompt_BxP.shape
-  index_BxP = jnp.maximum(jnp.cumsum(prompt_mask_BxP, axis=-1) - 1, 0)
-  positions = index_BxP  # [B, P], or [B, P, C] from a position scheme
+  Q, prompt_len = prompt_QxP.shape
+  L = prefix_cache[0].k_BxKxSxH.shape[2] if prefix_cache else 0
+  index_QxP = jnp.maximum(jnp.cumsum(prompt_mask_QxP, axis=-1) - 1, 0)
+  positions = L + index_QxP  # [Q, P], or [Q, P, C] from a position scheme
   if model.cfg.positions is not None:  # counting starts at each row's first real token
-    first_BxP = (index_BxP == 0) & (prompt_mask_BxP > 0)  # (rows are left-padded)
-    positions = model.cfg.positions.of_tokens(prompt_BxP, first_BxP)
-  kv_valid_BxS = jnp.zeros((B, cache_len), bool).at[:, :prompt_len].set(
-      prompt_mask_BxP.astype(bool))
-  causal_PxS = jnp.arange(cache_len)[None, :] <= jnp.arange(prompt_len)[:, None]
-  mask_BxPxS = causal_PxS[None] & kv_valid_BxS[:, None, :]
-  cache = init_cache(model.cfg, B, cache_len)
-  h_BxPxD, cache = model(prompt_BxP, positions, mask_BxPxS, cache, 0)
-  logits_BxV = model.logits(h_BxPxD[:, -1:])[:, 0]
+    if L:
+      raise ValueError("a shared prefix cannot be reused with a position scheme")
+    first_QxP = (index_QxP == 0) & (prompt_mask_QxP > 0)  # (rows are left-padded)
+    positions = model.cfg.positions.of_tokens(prompt_QxP, first_QxP)
+  kv_valid_QxS = jnp.zeros((Q, cache_len), bool).at[:, L:L + prompt_len].set(
+      prompt_mask_QxP.astype(bool))
+  cache = init_cache(model.cfg, Q, cache_len)
+  if L:
+    kv_valid_QxS = kv_valid_QxS.at[:, :L].set(True)
+    cache = [LayerCache(c.k_BxKxSxH.at[:, :, :L].set(pc.k_BxKxSxH[0]),
+                        c.v_BxKxSxH.at[:, :, :L].set(pc.v_BxKxSxH[0]))
+             for c, pc in zip(cache, prefix_cache)]
+  causal_PxS = jnp.arange(cache_len)[None, :] <= L + jnp.arange(prompt_len)[:, None]
+  mask_QxPxS = causal_PxS[None] & kv_valid_QxS[:, None, :]
+  h_QxPxD, cache = model(prompt_QxP, positions, mask_QxPxS, cache, L)
+  logits_QxV = model.logits(h_QxPxD[:, -1:])[:, 0]
+  last_position = positions[:, -1]
+  if samples > 1:  # every sample row of a prompt starts from the prompt's one prefill
+    rep = lambda x: jnp.repeat(x, samples, axis=0)
+    cache = [LayerCache(rep(c.k_BxKxSxH), rep(c.v_BxKxSxH)) for c in cache]
+    kv_valid_QxS, logits_QxV, last_position = rep(kv_valid_QxS), rep(logits_QxV), rep(
+        last_position)
+  B = Q * samples
   state = DecodeState(
-      cache=cache, kv_valid_BxS=kv_valid_BxS, last_token_B=jnp.zeros((B,), jnp.int32),
-      position_B=positions[:, -1], slot=jnp.asarray(prompt_len, jnp.int32),
+      cache=cache, kv_valid_BxS=kv_valid_QxS, last_token_B=jnp.zeros((B,), jnp.int32),
+      position_B=last_position, slot=jnp.asarray(L + prompt_len, jnp.int32),
       step=jnp.asarray(0, jnp.int32), done_B=jnp.zeros((B,), bool),
       tokens_BxN=jnp.zeros((B, max_new), jnp.int32),
       logprobs_BxN=jnp.zeros((B, max_new), jnp.float32),
       lengths_B=jnp.zeros((B,), jnp.int32), keys_B=keys_B)
-  return record(state, logits_BxV, sp, end_ids, pad_id, stop_seqs)
+  return record(state, logits_QxV, sp, end_ids, pad_id, stop_seqs)
 
 
 def decode_step(model, state: DecodeState) -> tuple[jax.Array, DecodeState]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Callable, NamedTuple, Sequence
 
 import jax
@@ -25,7 +24,7 @@ from star_jax.engine.decoder import LayerCache
 from star_jax.engine.model_config import ModelConfig
 from star_jax.engine.params import shardings_of
 from star_jax.runtime.distributed import to_host
-from star_jax.sampling.decode import DecodeState, decode, prefill
+from star_jax.sampling.decode import DecodeState, decode, prefill, prefill_prefix
 from star_jax.sampling.methods import SamplingParams
 
 MIN_PROMPT_BUCKET = 16
@@ -40,16 +39,30 @@ class SampleOutput:
   logprobs: np.ndarray  # [num_prompts, n, max_new_tokens] model log-prob of each token
   finished: np.ndarray  # [num_prompts, n] bool: stopped on an end token or stop string
   decode_steps: int  # decode-loop iterations run over all batches (after prefill)
+  prefill_tokens: int  # token slots prefilled, padding included (the shared prefix once)
 
   def sequences(self, prompt: int, sample: int = 0) -> list[int]:
     return self.tokens[prompt, sample, : self.lengths[prompt, sample]].tolist()
 
 
 def _bucket(n: int, minimum: int) -> int:
-  return max(minimum, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+  """Prompt lengths are padded to a multiple of 16 up to 128, then of 64 (few compiled
+  shapes, little padding: power-of-two buckets up to doubled the prefill work)."""
+  n = max(n, minimum)
+  step = 16 if n <= 128 else 64
+  return -(-n // step) * step
 
 
-# Compiled prefill/decode pairs shared by all samplers of the same structure and layout.
+def shared_prefix_len(prompts: Sequence[Sequence[int]]) -> int:
+  """Length of the longest token prefix every prompt starts with, short of the shortest."""
+  first, shortest = prompts[0], min(len(p) for p in prompts)
+  n = 0
+  while n < shortest - 1 and all(p[n] == first[n] for p in prompts):
+    n += 1
+  return n
+
+
+# Compiled functions shared by all samplers of the same structure and layout.
 _FNS: dict = {}
 
 
@@ -69,8 +82,10 @@ class Sampler:
 
   def __init__(self, cfg: ModelConfig, graphdef: nnx.GraphDef, mesh: Mesh,
                end_ids: Sequence[int] = (), pad_id: int = 0, batch_size: int = 32,
-               stop_check_every: int = 32, stop_sequences: Sequence[Sequence[int]] = ()):
+               stop_check_every: int = 32, stop_sequences: Sequence[Sequence[int]] = (),
+               prefix_reuse: bool = True, min_prefix: int = 32):
     self.cfg, self.graphdef, self.mesh = cfg, graphdef, mesh
+    self.prefix_reuse, self.min_prefix = prefix_reuse, min_prefix
     seqs = {tuple(int(i) for i in seq) for seq in stop_sequences}
     if () in seqs:
       raise ValueError("stop_sequences must not contain an empty sequence")
@@ -98,18 +113,28 @@ class Sampler:
         logprobs_BxN=self._batch_sharding((B, N)), lengths_B=self._batch_sharding((B,)),
         keys_B=self._batch_sharding((B,)))
 
-  def _compiled(self, params, B: int, prompt_len: int, S: int, N: int, sp: SamplingParams):
+  def _prefix_sharding(self, L: int) -> list[LayerCache]:
+    kv = (1, self.cfg.num_kv_heads, L, self.cfg.head_dim)
+    one = sharding.named(self.mesh, ("batch", "kv_heads", "seq", "head_dim"), kv)
+    return [LayerCache(one, one) for _ in range(self.cfg.num_layers)]
+
+  def _compiled(self, params, Q: int, samples: int, prefix: int, prompt_len: int, S: int, N: int,
+                sp: SamplingParams):
+    """The (prefill, decode) pair for Q prompts x ``samples`` rows after a ``prefix``."""
     p_shard = shardings_of(params)
-    key = (self.graphdef, self.mesh, self.end_ids, self.stop_seqs, self.pad_id, B, prompt_len, S,
-           N, sp, sharding.tree_key(p_shard))
+    key = (self.graphdef, self.mesh, self.end_ids, self.stop_seqs, self.pad_id, Q, samples,
+           prefix, prompt_len, S, N, sp, sharding.tree_key(p_shard))
     if key not in _FNS:
+      B = Q * samples
       st_shard = self._state_shardings(B, S, N)
       rep = sharding.replicated(self.mesh)
       static = dict(sp=sp, end_ids=self.end_ids, pad_id=self.pad_id, stop_seqs=self.stop_seqs)
       pre = jax.jit(
-          functools.partial(prefill, self.graphdef, cache_len=S, max_new=N, **static),
-          in_shardings=(p_shard, self._batch_sharding((B, prompt_len)),
-                        self._batch_sharding((B, prompt_len)),
+          functools.partial(prefill, self.graphdef, cache_len=S, max_new=N, samples=samples,
+                            **static),
+          in_shardings=(p_shard, self._prefix_sharding(prefix) if prefix else None,
+                        self._batch_sharding((Q, prompt_len)),
+                        self._batch_sharding((Q, prompt_len)),
                         self._batch_sharding((B,)), self._batch_sharding((B,)), rep),
           out_shardings=st_shard)
       dec = jax.jit(functools.partial(decode, self.graphdef, **static),
@@ -117,6 +142,16 @@ class Sampler:
                     donate_argnums=(1,))
       _FNS[key] = (pre, dec)
     return _FNS[key]
+
+  def _prefix_cache(self, params, prefix: list[int]) -> list[LayerCache]:
+    p_shard = shardings_of(params)
+    key = ("prefix", self.graphdef, self.mesh, len(prefix), sharding.tree_key(p_shard))
+    if key not in _FNS:
+      _FNS[key] = jax.jit(functools.partial(prefill_prefix, self.graphdef),
+                          in_shardings=(p_shard, sharding.replicated(self.mesh)),
+                          out_shardings=self._prefix_sharding(len(prefix)))
+    prefix_1xL = jax.device_put(np.asarray([prefix], np.int32), sharding.replicated(self.mesh))
+    return _FNS[key](params, prefix_1xL)
 
   def sample(self, params, prompts: Sequence[Sequence[int]], max_new_tokens: int,
              sampling: SamplingParams = SamplingParams(), n: int = 1, seed: int = 0,
@@ -126,6 +161,9 @@ class Sampler:
              first_index: int = 0) -> SampleOutput:
     """Samples ``n`` continuations of every prompt; returns all of them, in prompt order.
 
+    Tokens every prompt starts with (a few-shot block of at least ``min_prefix``
+    tokens) are prefilled once for the call, and each prompt once for its ``n``
+    samples; the samples are the same as without (``prefix_reuse=False``).
     ``stop_strings`` need ``decode_fn`` (token ids -> text); they are checked on
     the host every ``stop_check_every`` tokens and the row's length is cut at
     the first token whose text completes a stop string. ``progress(k)`` is
@@ -137,6 +175,8 @@ class Sampler:
       raise ValueError("stop_strings need decode_fn to turn token ids into text")
     if max_new_tokens < 1:
       raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if n < 1:
+      raise ValueError(f"n must be >= 1, got {n}")
     prompts = [list(map(int, p)) for p in prompts]
     for i, p in enumerate(prompts):
       if not p:
@@ -148,49 +188,72 @@ class Sampler:
     N = -(-max_new_tokens // NEW_TOKENS_BUCKET) * NEW_TOKENS_BUCKET
     out = SampleOutput(tokens=np.zeros((num, n, N), np.int32), lengths=np.zeros((num, n), np.int32),
                        logprobs=np.zeros((num, n, N), np.float32),
-                       finished=np.zeros((num, n), bool), decode_steps=0)
-    # Rows sorted by prompt length keep each batch's padding bucket tight.
-    rows = sorted(((i, j) for i in range(num) for j in range(n)), key=lambda r: len(prompts[r[0]]))
-    B = self.batch_size
+                       finished=np.zeros((num, n), bool), decode_steps=0, prefill_tokens=0)
+    prefix = self._reusable_prefix(prompts, N)
+    # Prompts sorted by length keep each batch's padding tight; a batch holds whole prompts,
+    # each with its n sample rows, so a prompt is prefilled once.
+    order = sorted(range(num), key=lambda i: len(prompts[i]))
+    Q = self._prompts_per_batch(n)
     offset = int(first_index)
     with jax.set_mesh(self.mesh):
-      for start in range(0, len(rows), B):
-        batch = rows[start:start + B]
+      prefix_cache = self._prefix_cache(params, prefix) if prefix else None
+      out.prefill_tokens += len(prefix)
+      for start in range(0, num, Q):
+        batch = order[start:start + Q]
         real = len(batch)
-        batch = batch + [batch[0]] * (B - real)  # pad the remainder; padded rows are dropped
-        self._sample_batch(params, prompts, batch, real, max_new_tokens, N, sampling, seed,
-                           stop_strings, decode_fn, out, offset)
+        batch = batch + [batch[0]] * (Q - real)  # pad the remainder; padded rows are dropped
+        self._sample_batch(params, prefix_cache, len(prefix), prompts, batch, real, n,
+                           max_new_tokens, N, sampling, seed, stop_strings, decode_fn, out, offset)
         if progress is not None:
-          progress(real)
+          progress(real * n)
     out.tokens = out.tokens[:, :, :max_new_tokens]
     out.logprobs = out.logprobs[:, :, :max_new_tokens]
     return out
 
-  def _sample_batch(self, params, prompts, batch, real, max_new_tokens, N, sp, seed,
-                    stop_strings, decode_fn, out: SampleOutput, offset: int):
-    layout = self._layout(prompts, batch, N, offset)
-    pre, dec = self._compiled(params, len(batch), layout.prompt_len, layout.prompt_len + N, N, sp)
+  def _reusable_prefix(self, prompts: list[list[int]], N: int) -> list[int]:
+    """The prompts' shared prefix when it is worth prefilling once (else [])."""
+    if not self.prefix_reuse or self.cfg.positions is not None or len(prompts) < 2:
+      return []
+    L = shared_prefix_len(prompts)
+    return prompts[0][:L] if L >= self.min_prefix else []
+
+  def _prompts_per_batch(self, n: int) -> int:
+    """Prompts per batch: ``batch_size`` rows of n samples each, a multiple of the batch shards."""
+    div = sharding.batch_divisor(self.mesh)
+    return max(div, -(-max(self.batch_size // n, 1) // div) * div)
+
+  def _sample_batch(self, params, prefix_cache, prefix: int, prompts, batch, real, n,
+                    max_new_tokens, N, sp, seed, stop_strings, decode_fn, out: SampleOutput,
+                    offset: int):
+    layout = self._layout(prompts, batch, prefix, n, N, offset)
+    S = prefix + layout.prompt_len + N
+    pre, dec = self._compiled(params, len(batch), n, prefix, layout.prompt_len, S, N, sp)
     put = lambda x: jax.device_put(x, self._batch_sharding(x.shape))  # host data -> global array
-    state = pre(params, put(layout.prompt_BxP), put(layout.mask_BxP), put(layout.prompt_idx_B),
-                put(layout.sample_idx_B),
+    state = pre(params, prefix_cache, put(layout.prompt_QxP), put(layout.mask_QxP),
+                put(layout.prompt_idx_B), put(layout.sample_idx_B),
                 jax.device_put(np.int32(seed), sharding.replicated(self.mesh)))
-    state, stop_len = self._decode_until_stopped(params, dec, state, real, max_new_tokens,
+    out.prefill_tokens += layout.prompt_QxP.size
+    state, stop_len = self._decode_until_stopped(params, dec, state, real * n, max_new_tokens,
                                                  stop_strings, decode_fn)
     out.decode_steps += int(state.step) - 1
-    self._scatter(state, stop_len, batch[:real], out)
+    rows = [(i, j) for i in batch[:real] for j in range(n)]
+    self._scatter(state, stop_len, rows, out)
 
-  def _layout(self, prompts, batch, N: int, offset: int) -> "_Layout":
-    """Left-pads the batch's prompts to a power-of-two bucket: every row writes the same slot."""
-    longest = max(len(prompts[i]) for i, _ in batch)
-    prompt_len = max(min(_bucket(longest, MIN_PROMPT_BUCKET), self.cfg.max_seq_len - N), longest)
-    prompt_BxP = np.full((len(batch), prompt_len), self.pad_id, np.int32)
-    mask_BxP = np.zeros((len(batch), prompt_len), np.int32)
-    for r, (i, _) in enumerate(batch):
-      p = prompts[i]
-      prompt_BxP[r, prompt_len - len(p):] = p
-      mask_BxP[r, prompt_len - len(p):] = 1
-    return _Layout(prompt_BxP, mask_BxP, np.asarray([offset + i for i, _ in batch], np.int32),
-                   np.asarray([j for _, j in batch], np.int32), prompt_len)
+  def _layout(self, prompts, batch, prefix: int, n: int, N: int, offset: int) -> "_Layout":
+    """Left-pads the batch's prompts (after the shared prefix) to a bucket: every row writes the
+    same cache slot; rows are (prompt, sample), a prompt's samples consecutive."""
+    rests = [prompts[i][prefix:] for i in batch]
+    longest = max(len(r) for r in rests)
+    prompt_len = max(min(_bucket(longest, MIN_PROMPT_BUCKET), self.cfg.max_seq_len - N - prefix),
+                     longest)
+    prompt_QxP = np.full((len(batch), prompt_len), self.pad_id, np.int32)
+    mask_QxP = np.zeros((len(batch), prompt_len), np.int32)
+    for r, rest in enumerate(rests):
+      prompt_QxP[r, prompt_len - len(rest):] = rest
+      mask_QxP[r, prompt_len - len(rest):] = 1
+    prompt_idx_B = np.repeat(np.asarray([offset + i for i in batch], np.int32), n)
+    sample_idx_B = np.tile(np.arange(n, dtype=np.int32), len(batch))
+    return _Layout(prompt_QxP, mask_QxP, prompt_idx_B, sample_idx_B, prompt_len)
 
   def _decode_until_stopped(self, params, dec, state: DecodeState, real: int,
                             max_new_tokens: int, stop_strings, decode_fn):
@@ -233,9 +296,10 @@ class Sampler:
 
 
 class _Layout(NamedTuple):
-  """One batch on the host, left-padded to ``prompt_len``."""
-  prompt_BxP: np.ndarray
-  mask_BxP: np.ndarray
+  """One batch on the host: Q prompts (after the shared prefix) left-padded to ``prompt_len``,
+  and the prompt and sample index of each of its B = Q * n rows."""
+  prompt_QxP: np.ndarray
+  mask_QxP: np.ndarray
   prompt_idx_B: np.ndarray
   sample_idx_B: np.ndarray
   prompt_len: int
