@@ -252,17 +252,22 @@ class Decoder(nnx.Module):
         new_cache.append(layer_cache)
     return self.final_norm(x_BxTxD), new_cache
 
+  def head(self, dt) -> tuple[jax.Array, jax.Array | None]:
+    """The output projection ``[D, V]`` in compute dtype ``dt`` and its bias (or None)."""
+    w_DxV = self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
+    bias_V = self.lm_head_bias[...] if self.cfg.lm_head_bias else None
+    return w_DxV.astype(dt), bias_V
+
   def logits(self, h_BxTxD: jax.Array) -> jax.Array:
     """float32 logits; callers pick the positions first so no [B, L, V] buffer is needed."""
-    dt = h_BxTxD.dtype
-    if self.cfg.tie_embeddings:
-      logits_BxTxV = dense(h_BxTxD, self.embed[...].astype(dt).T)
-    else:
-      logits_BxTxV = dense(h_BxTxD, self.lm_head[...].astype(dt))
-    logits_BxTxV = logits_BxTxV.astype(jnp.float32)
-    if self.cfg.lm_head_bias:
-      logits_BxTxV += self.lm_head_bias[...].astype(jnp.float32)
-    return logits_BxTxV
+    return head_logits(h_BxTxD, *self.head(h_BxTxD.dtype))
+
+
+def head_logits(h_BxTxD: jax.Array, w_DxV: jax.Array, bias_V: jax.Array | None) -> jax.Array:
+  logits_BxTxV = dense(h_BxTxD, w_DxV).astype(jnp.float32)
+  if bias_V is not None:
+    logits_BxTxV += bias_V.astype(jnp.float32)
+  return logits_BxTxV
 
 
 def causal_mask(segment_ids_BxT: jax.Array) -> jax.Array:

@@ -19,11 +19,12 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from star_jax.engine import sharding
-from star_jax.engine.decoder import causal_mask
+from star_jax.engine.decoder import causal_mask, head_logits
 from star_jax.engine.optim import OptimConfig, make_optimizer, make_schedule
 from star_jax.engine.params import merge, shardings_of
 from star_jax.engine.positions import segment_starts
 from star_jax.engine.train_state import TrainState
+from star_jax.runtime.compiling import CompileOnFirstCall
 
 BATCH_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions")
 
@@ -42,10 +43,35 @@ def loss_sums(model, micro: dict[str, jax.Array],
     positions = model.cfg.positions.of_tokens(micro["tokens"],
                                               segment_starts(micro["segment_ids"]), key)
   h_BxLxD, _ = model(micro["tokens"], positions, mask_BxLxL)
-  logits_BxLxV = model.logits(h_BxLxD)
-  xent_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, micro["targets"])
   weight_BxL = micro["loss_mask"].astype(jnp.float32)
-  return jnp.sum(xent_BxL * weight_BxL), jnp.sum(weight_BxL)
+  total = xent_sum(h_BxLxD, *model.head(h_BxLxD.dtype), micro["targets"], weight_BxL)
+  return total, jnp.sum(weight_BxL)
+
+
+# Most float32 logits the loss holds at once (64 MiB); longer micro-batches are chunked.
+LOGITS_CHUNK_ELEMENTS = 1 << 24
+
+
+def _xent(h_BxCxD, w_DxV, bias_V, targets_BxC, weight_BxC) -> jax.Array:
+  logits_BxCxV = head_logits(h_BxCxD, w_DxV, bias_V)
+  xent_BxC = optax.softmax_cross_entropy_with_integer_labels(logits_BxCxV, targets_BxC)
+  return jnp.sum(xent_BxC * weight_BxC)
+
+
+def xent_sum(h_BxLxD, w_DxV, bias_V, targets_BxL, weight_BxL) -> jax.Array:
+  """Summed weighted cross-entropy of the head's logits, never a ``[B, L, V]`` float32 buffer
+  above ``LOGITS_CHUNK_ELEMENTS``: the sequence is cut in chunks, each chunk's logits made
+  (and, under ``jax.checkpoint``, remade in the backward pass) one chunk at a time."""
+  B, L = targets_BxL.shape
+  need = -(-B * L * w_DxV.shape[1] // LOGITS_CHUNK_ELEMENTS)
+  if need <= 1:
+    return _xent(h_BxLxD, w_DxV, bias_V, targets_BxL, weight_BxL)
+  n = next(k for k in range(need, L + 1) if L % k == 0)  # chunks that tile the sequence
+  split = lambda x: jnp.moveaxis(x.reshape(B, n, L // n, *x.shape[2:]), 1, 0)
+  body = jax.checkpoint(lambda total, xs: (total + _xent(xs[0], w_DxV, bias_V, *xs[1:]), None))
+  total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32),
+                          (split(h_BxLxD), split(targets_BxL), split(weight_BxL)))
+  return total
 
 
 def train_step(graphdef, optim: OptimConfig, state: TrainState, batch: dict[str, jax.Array]):
@@ -129,10 +155,12 @@ class Trainer:
     fn = _STEP_FNS.get(key)
     if fn is None:
       b_shard = {k: self.batch_sharding(shape) for k in BATCH_KEYS}
-      fn = jax.jit(functools.partial(train_step, self.graphdef, self.optim),
-                   in_shardings=(st_shard, b_shard),
-                   out_shardings=(st_shard, sharding.replicated(self.mesh)),
-                   donate_argnums=(0,))
+      fn = CompileOnFirstCall(
+          jax.jit(functools.partial(train_step, self.graphdef, self.optim),
+                  in_shardings=(st_shard, b_shard),
+                  out_shardings=(st_shard, sharding.replicated(self.mesh)), donate_argnums=(0,)),
+          f"the train step ({shape[0]} micro-batches of {shape[1]} x {shape[2]} tokens)",
+          hint="use more micro-batches of fewer rows, or shorter rows")
       _STEP_FNS[key] = fn
     batch = {k: jax.device_put(batch[k], self.batch_sharding(shape)) for k in BATCH_KEYS}
     with jax.set_mesh(self.mesh):

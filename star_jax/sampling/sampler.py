@@ -23,6 +23,7 @@ from star_jax.engine import sharding
 from star_jax.engine.decoder import LayerCache
 from star_jax.engine.model_config import ModelConfig
 from star_jax.engine.params import shardings_of
+from star_jax.runtime.compiling import CompileOnFirstCall
 from star_jax.runtime.distributed import to_host
 from star_jax.sampling.decode import DecodeState, decode, prefill, prefill_prefix
 from star_jax.sampling.methods import SamplingParams
@@ -140,16 +141,21 @@ class Sampler:
       dec = jax.jit(functools.partial(decode, self.graphdef, **static),
                     in_shardings=(p_shard, st_shard, rep), out_shardings=st_shard,
                     donate_argnums=(1,))
-      _FNS[key] = (pre, dec)
+      shape = f"{Q} prompts x {samples} of {prefix} + {prompt_len} tokens, {N} new"
+      hint = "sample in smaller batches"
+      _FNS[key] = (CompileOnFirstCall(pre, f"the sampler's prefill ({shape})", hint),
+                   CompileOnFirstCall(dec, f"the sampler's decode loop ({shape})", hint))
     return _FNS[key]
 
   def _prefix_cache(self, params, prefix: list[int]) -> list[LayerCache]:
     p_shard = shardings_of(params)
     key = ("prefix", self.graphdef, self.mesh, len(prefix), sharding.tree_key(p_shard))
     if key not in _FNS:
-      _FNS[key] = jax.jit(functools.partial(prefill_prefix, self.graphdef),
-                          in_shardings=(p_shard, sharding.replicated(self.mesh)),
-                          out_shardings=self._prefix_sharding(len(prefix)))
+      _FNS[key] = CompileOnFirstCall(
+          jax.jit(functools.partial(prefill_prefix, self.graphdef),
+                  in_shardings=(p_shard, sharding.replicated(self.mesh)),
+                  out_shardings=self._prefix_sharding(len(prefix))),
+          f"the sampler's shared-prefix prefill ({len(prefix)} tokens)")
     prefix_1xL = jax.device_put(np.asarray([prefix], np.int32), sharding.replicated(self.mesh))
     return _FNS[key](params, prefix_1xL)
 

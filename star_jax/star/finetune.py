@@ -111,7 +111,12 @@ def finetune(trainer: Trainer, params, examples: Sequence[batching.TrainExample]
   with progress(steps, desc, "step") as bar:
     bar.update(start)
     for step in range(start + 1, steps + 1):
-      state, metrics = trainer.step(state, next(batches))
+      try:
+        state, metrics = trainer.step(state, next(batches))
+      except MemoryError as e:  # raised before the first step runs: nothing is lost
+        raise MemoryError(f"{e}. In the config: train.batch_size rows per micro-batch, "
+                          f"train.grad_accum micro-batches per step, train.seq_len tokens per "
+                          f"row") from e
       if pending is not None:  # read step n-1's metrics after dispatching step n: no host stall
         bar.set_postfix(loss=f"{settle(pending):.3f}", refresh=False)
       pending = metrics

@@ -80,13 +80,16 @@ class CommonsenseQATask(Task):
 
   def load(self, split: str, data_cfg: Any) -> list[Example]:
     check_split(split)
-    examples = [
-        Example(id=r["id"], question=r["question"], answer=r["answer_key"],
-                meta={"choices": tuple(zip(r["choice_labels"], r["choice_texts"])),
-                      "concept": r["concept"], "line": r["index"]})
-        for r in load_records("commonsense_qa", split, data_cfg)
-    ]
+    examples = self.examples(load_records("commonsense_qa", split, data_cfg))
     return take_subset(examples, split_limit(split, data_cfg), cfg_get(data_cfg, "seed", 0))
+
+  @staticmethod
+  def examples(records) -> list[Example]:
+    """Examples of parsed CommonsenseQA records (``data.sources.parse_commonsense_qa``)."""
+    return [Example(id=r["id"], question=r["question"], answer=r["answer_key"],
+                    meta={"choices": tuple(zip(r["choice_labels"], r["choice_texts"])),
+                          "concept": r["concept"], "line": r["index"]})
+            for r in records]
 
   def _query(self, ex: Example, hint: bool) -> str:
     lines = [f"Q: {ex.question}", "Answer Choices:"]

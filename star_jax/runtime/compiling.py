@@ -1,0 +1,79 @@
+"""Compiling jitted functions ahead of their first call: timed, logged when long, and checked
+against the device's memory before anything runs.
+
+A 30-layer model can take a while to compile on a small machine, and a run that goes
+quiet for a minute looks stuck: ``compiled`` logs a line when compiling took more than
+``LONG_COMPILE_S``. XLA reports what the compiled program needs (arguments, outputs and
+temporaries per device); a program that cannot fit fails here with those numbers, before
+it runs, instead of with an allocator trace halfway through.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import jax
+
+LONG_COMPILE_S = 10.0
+_GIB = 2 ** 30
+
+
+def device_memory_bytes(device=None) -> int | None:
+  """What one device can hold: the accelerator's limit, or the host's available memory."""
+  device = device or jax.devices()[0]
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  if stats and stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  try:
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  except (ValueError, OSError):
+    return None
+
+
+def memory_need(exe) -> dict[str, int]:
+  """Bytes per device of a compiled program: arguments, outputs, temporaries and their sum
+  (donated arguments that the outputs reuse count once)."""
+  m = exe.memory_analysis()
+  if m is None:
+    return {}
+  out = {"arguments": m.argument_size_in_bytes, "outputs": m.output_size_in_bytes,
+         "temporaries": m.temp_size_in_bytes, "aliased": m.alias_size_in_bytes}
+  out["total"] = out["arguments"] + out["outputs"] + out["temporaries"] - out["aliased"]
+  return out
+
+
+def compiled(jitted, args, what: str, hint: str = ""):
+  """The compiled executable of ``jitted`` for ``args``; raises MemoryError when it cannot fit."""
+  t0 = time.perf_counter()
+  exe = jitted.lower(*args).compile()
+  seconds = time.perf_counter() - t0
+  level = logging.INFO if seconds > LONG_COMPILE_S else logging.DEBUG
+  logging.log(level, "compiled %s in %.1f s", what, seconds)
+  need, have = memory_need(exe), device_memory_bytes()
+  if need and have and need["total"] > have:
+    parts = ", ".join(f"{k} {v / _GIB:.2f}" for k, v in need.items() if k != "total")
+    raise MemoryError(f"{what} needs {need['total'] / _GIB:.1f} GiB per device ({parts} GiB) "
+                      f"but the device has {have / _GIB:.1f} GiB available" +
+                      (f"; {hint}" if hint else ""))
+  return exe
+
+
+class CompileOnFirstCall:
+  """A jitted function of fixed shapes, compiled (timed, memory-checked) on its first call."""
+
+  def __init__(self, jitted, what: str, hint: str = ""):
+    self._jitted, self._what, self._hint, self._exe = jitted, what, hint, None
+
+  def __call__(self, *args):
+    if self._exe is None:
+      self._exe = compiled(self._jitted, args, self._what, self._hint)
+    return self._exe(*args)
