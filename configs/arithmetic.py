@@ -65,6 +65,25 @@ def get_config(variant: str = ""):
     c.sample.batch_size = 64
     c.sample.shard_size = 32  # several shards, so the kill-and-resume test has some to lose
     c.checkpoint_every = 4
+  elif variant == "learn":
+    # The suite's learning test (~1 minute): a tiny model pretrained on a thin seed of 250
+    # two-digit problems starts weak on held-out 2-digit problems, and three STaR iterations
+    # on 1,000 answers must lift it (measured: 27% -> 60 / 72 / 81%).
+    c.model.overrides = {"d_model": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
+                         "head_dim": 16, "ffn_dim": 128, "max_seq_len": 256, "rope_base": 100.0}
+    c.data.max_train, c.data.max_eval = 1000, 200
+    c.data.min_digits = c.data.max_digits = 2
+    c.data.eval_min_digits = c.data.eval_max_digits = 2
+    c.star.iterations = 3
+    c.star.questions_per_iteration = 0
+    c.star.max_new_tokens = 64
+    c.star.base_steps, c.star.steps_increment = 60, 0
+    c.pretrain.steps = 300
+    c.pretrain.data = {"digit_counts": (90, 250)}
+    c.train.seq_len = 128
+    c.train.batch_size = 16
+    c.train.learning_rate = 3e-3
+    c.sample.batch_size = 64
   elif variant:
-    raise ValueError(f"unknown variant {variant!r} (known: smoke)")
+    raise ValueError(f"unknown variant {variant!r} (known: smoke, learn)")
   return c
