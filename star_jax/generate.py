@@ -45,8 +45,8 @@ def generate(checkpoint: str, prompt: str, max_new_tokens: int, temperature: flo
   tok = pre.tokenizer
   if tok is None:
     raise ValueError(f"{checkpoint} has no tokenizer (tokenizer.json); cannot encode a prompt")
-  text = hf_tokenizer.chat_prompt(tok, prompt) if chat else prompt
-  ids = tok.encode(text, add_bos=getattr(tok, "add_bos_token", False))
+  # The rendered template places its own special tokens (as transformers' apply_chat_template).
+  ids = tok.encode(hf_tokenizer.chat_prompt(tok, prompt)) if chat else tok.encode_prompt(prompt)
   sampler = S.Sampler(pre.model_cfg, pre.graphdef, mesh, end_ids=tok.end_ids, pad_id=tok.pad_id,
                       batch_size=1)
   sp = S.SamplingParams(temperature=temperature or 0.0, top_k=top_k, top_p=top_p)

@@ -33,10 +33,16 @@ class Tokenizer(abc.ABC):
   def encode(self, text: str, add_bos: bool = False) -> list[int]:
     """Ids of `text`, with bos first when `add_bos` (never eos: callers add it)."""
 
+  # Whether text the model reads from the start of its context gets bos first (the
+  # checkpoint's own rule for pre-trained tokenizers, as transformers applies it).
+  add_bos_token: bool = True
+
   def encode_prompt(self, text: str) -> list[int]:
-    """Ids of text the model reads from the start of its context (prompts, training texts):
-    with bos first whenever the tokenizer has one."""
-    return self.encode(text, add_bos=self.bos_id is not None)
+    """Ids of raw text the model reads from the start of its context: STaR prompts, training
+    texts, the generate command's prompt. One policy for all: bos first when the tokenizer
+    says so (`add_bos_token`), as ``transformers``' ``tokenizer(text)`` does. Text rendered
+    by a chat template already holds its special tokens: encode it with `encode`."""
+    return self.encode(text, add_bos=self.add_bos_token and self.bos_id is not None)
 
   @abc.abstractmethod
   def decode(self, ids: Sequence[int]) -> str:

@@ -97,6 +97,19 @@ def test_tokenizer_matches_transformers(ours, reference):
   assert set(tok.end_ids) == {2, 0}  # <|im_end|> ends a turn, <|endoftext|> a document
 
 
+def test_prompt_token_policy_matches_transformers(ours, reference):
+  """STaR prompts, training texts and generate add bos as transformers' tokenizer(text) does:
+  SmolLM2's GGUF says no (before, every prompt got a stray <|im_start|>)."""
+  ref_tok, _ = reference
+  tok = ours.tokenizer
+  for text in PROMPTS + ["Q: Where is the river?\nAnswer Choices:\n(a) valley\nA:"]:
+    assert tok.encode_prompt(text) == ref_tok(text)["input_ids"], text
+  assert not tok.add_bos_token
+  messages = [{"role": "user", "content": "What is 2+2?"}]
+  assert tok.encode(chat_prompt(tok, "What is 2+2?")) == list(ref_tok.apply_chat_template(
+      messages, tokenize=True, add_generation_prompt=True, return_dict=False))
+
+
 def test_chat_prompt_matches_transformers_template(ours, reference):
   ref_tok, _ = reference
   messages = [{"role": "user", "content": "What is 2+2?"}]

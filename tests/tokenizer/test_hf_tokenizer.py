@@ -27,6 +27,37 @@ def test_tokenizer_json_matches_transformers(tiny_dir):
   assert ours.encode("hi", add_bos=True)[0] == 1
 
 
+def test_prompt_bos_policy_follows_the_checkpoint_as_transformers_does(tiny_dir, tmp_path):
+  """No bos unless the tokenizer's own files ask for one (a post-processor adding it, or
+  tokenizer_config's add_bos_token), exactly when transformers' tokenizer(text) adds it."""
+  import json
+  import shutil
+  plain = hf_tokenizer.from_pretrained_dir(tiny_dir)
+  ref = transformers.AutoTokenizer.from_pretrained(tiny_dir)
+  assert not plain.add_bos_token
+  for text in TEXTS:
+    assert plain.encode_prompt(text) == ref(text)["input_ids"], text
+  with_bos = str(tmp_path / "bos")
+  shutil.copytree(tiny_dir, with_bos)
+  with open(f"{with_bos}/tokenizer.json") as f:
+    tj = json.load(f)
+  tj["post_processor"] = {"type": "TemplateProcessing",
+                          "single": [{"SpecialToken": {"id": "<|im_start|>", "type_id": 0}},
+                                     {"Sequence": {"id": "A", "type_id": 0}}],
+                          "pair": [{"Sequence": {"id": "A", "type_id": 0}},
+                                   {"Sequence": {"id": "B", "type_id": 1}}],
+                          "special_tokens": {"<|im_start|>": {"id": "<|im_start|>", "ids": [1],
+                                                              "tokens": ["<|im_start|>"]}}}
+  with open(f"{with_bos}/tokenizer.json", "w") as f:
+    json.dump(tj, f)
+  ours = hf_tokenizer.from_pretrained_dir(with_bos)
+  ref = transformers.AutoTokenizer.from_pretrained(with_bos)
+  assert ours.add_bos_token
+  for text in TEXTS:
+    assert ours.encode_prompt(text) == ref(text)["input_ids"], text
+  assert load_tokenizer(f"{with_bos}/tokenizer.json").add_bos_token  # survives save/load
+
+
 def test_decode_round_trips_and_skips_specials(tiny_dir):
   ours = hf_tokenizer.from_pretrained_dir(tiny_dir)
   for text in TEXTS:
