@@ -7,18 +7,30 @@ Text format (one exemplar; the prompt ends after "A:"):
   (a) desk drawer
   (b) mailbox
   ...
-  A: Letters are delivered by the postal service, ... Therefore, the answer is mailbox (b).
+  A: Letters are delivered by the postal service, ... Therefore, the answer is mailbox.
   <blank line>
 
 The hint (rationalization) appends " (CORRECT)" to the gold choice, in the
-exemplars and in the query. Answers are checked by choice label; a generated
-answer may name the label, the choice text, or both (they must then agree).
+exemplars and in the query. An answer names the choice text, its shown label or
+both (they must then agree).
+
+Two defaults answer what SmolLM2-135M does with this prompt (docs/cqa.md): the
+answer phrase names the text alone (with "text (label)" the model wrote the
+letter of one fixed position, "(d)", whatever text it chose: 70% of answers
+contradicted themselves), and a question's choices are shown in an order of
+its own (a permutation seeded by its id: the model picks the last listed choice
+almost half the time, and a fixed order turns that into a preference for
+label E). ``label_in_answer=True`` and ``shuffle_choices=False`` restore the
+paper's layout.
 """
 
 from __future__ import annotations
 
 import re
+import zlib
 from typing import Any
+
+import numpy as np
 
 from star_jax.data.builders import load_records
 from star_jax.data.sources import cfg_get
@@ -67,8 +79,10 @@ class CommonsenseQATask(Task):
   name = "cqa"
   max_new_tokens = 128
 
-  def __init__(self, max_new_tokens: int | None = None):
+  def __init__(self, max_new_tokens: int | None = None, shuffle_choices: bool = True,
+               label_in_answer: bool = False):
     super().__init__(max_new_tokens)
+    self.shuffle_choices, self.label_in_answer = bool(shuffle_choices), bool(label_in_answer)
     self._shots = [
         Example(id=f"cqa-shot-{i}", question=stem, answer=gold,
                 meta={"choices": tuple(zip("ABCDE", choices)), "rationale": rationale})
@@ -91,11 +105,20 @@ class CommonsenseQATask(Task):
                           "concept": r["concept"], "line": r["index"]})
             for r in records]
 
+  def shown_choices(self, ex: Example) -> list[tuple[str, str, str]]:
+    """(shown label, dataset label, text) in the order the prompt lists them: the dataset's
+    for exemplars, a permutation seeded by the question's id for queries."""
+    choices = list(ex.meta["choices"])
+    if self.shuffle_choices and not ex.id.startswith("cqa-shot-"):
+      order = np.random.default_rng(zlib.crc32(ex.id.encode())).permutation(len(choices))
+      choices = [choices[i] for i in order]
+    return [(chr(ord("a") + i), label, text) for i, (label, text) in enumerate(choices)]
+
   def _query(self, ex: Example, hint: bool) -> str:
     lines = [f"Q: {ex.question}", "Answer Choices:"]
-    for label, text in ex.meta["choices"]:
+    for shown, label, text in self.shown_choices(ex):
       mark = f" {HINT_MARK}" if hint and label == ex.answer else ""
-      lines.append(f"({label.lower()}) {text}{mark}")
+      lines.append(f"({shown}) {text}{mark}")
     lines.append("A:")
     return "\n".join(lines)
 
@@ -105,8 +128,9 @@ class CommonsenseQATask(Task):
     return "".join(parts) + self._query(ex, hint)
 
   def answer_sentence(self, ex: Example) -> str:
-    text = dict(ex.meta["choices"])[ex.answer]
-    return f"{ANSWER_PREFIX} {text} ({ex.answer.lower()})."
+    shown, text = next((s, t) for s, label, t in self.shown_choices(ex) if label == ex.answer)
+    return f"{ANSWER_PREFIX} {text} ({shown})." if self.label_in_answer else (
+        f"{ANSWER_PREFIX} {text}.")
 
   def completion(self, rationale: str, ex: Example) -> str:
     if not isinstance(ex, Example):
@@ -129,10 +153,11 @@ class CommonsenseQATask(Task):
     return span or None
 
   def resolve_choice(self, prediction: str | None, ex: Example) -> str | None:
-    """The choice label `prediction` names, or None if it names none or contradicts itself."""
+    """The dataset label of the choice `prediction` names (by its text or its shown label), or
+    None if it names none or contradicts itself."""
     if not prediction:
       return None
-    by_label = {label.lower(): label for label, _ in ex.meta["choices"]}
+    by_label = {shown: label for shown, label, _ in self.shown_choices(ex)}
     by_text: dict[str, list[str]] = {}
     for label, text in ex.meta["choices"]:
       by_text.setdefault(_norm(text), []).append(label)

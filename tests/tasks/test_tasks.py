@@ -43,7 +43,8 @@ def cfg(d=None, **kw):
 
 @pytest.fixture
 def cqa_task():
-  return tasks.get_task("cqa")
+  """The paper's layout: choices in dataset order, "text (label)" answers."""
+  return tasks.get_task("cqa", shuffle_choices=False, label_in_answer=True)
 
 
 @pytest.fixture
@@ -194,6 +195,30 @@ def test_cqa_hint_marks_gold_choice_in_exemplars_and_query(cqa_task, cqa_ex):
 ])
 def test_cqa_extraction(cqa_task, cqa_ex, text, correct):
   assert cqa_task.is_correct(cqa_task.extract_answer(text), cqa_ex) == correct
+
+
+def test_cqa_default_shows_a_question_its_own_choice_order_and_answers_by_text(cqa_ex):
+  task = tasks.get_task("cqa")
+  shown = task.shown_choices(cqa_ex)
+  assert [s for s, _, _ in shown] == list("abcde")
+  assert sorted(l for _, l, _ in shown) == list("ABCDE") and shown == task.shown_choices(cqa_ex)
+  orders = {tuple(l for _, l, _ in task.shown_choices(tasks.Example(
+      id=f"q{i}", question="?", answer="A", meta=cqa_ex.meta))) for i in range(20)}
+  assert len(orders) > 5  # questions get orders of their own
+  prompt = task.prompt(cqa_ex, few_shot=False)
+  for s, label, text in shown:
+    assert f"({s}) {text}\n" in prompt
+  assert task.completion("Fish swim in rivers.", cqa_ex) == (
+      " Fish swim in rivers. Therefore, the answer is river.\n\n")
+  gold_shown = next(s for s, l, _ in shown if l == "B")
+  wrong_shown = next(s for s, l, _ in shown if l != "B")
+  assert task.is_correct(task.extract_answer(" Therefore, the answer is river."), cqa_ex)
+  assert task.is_correct(f"river ({gold_shown})", cqa_ex)  # shown labels map back
+  assert task.is_correct(f"({gold_shown})", cqa_ex)
+  assert not task.is_correct(f"({wrong_shown})", cqa_ex)
+  hinted = [l for l in task.prompt(cqa_ex, hint=True).split("\n\n")[-1].split("\n")
+            if "(CORRECT)" in l]
+  assert hinted == [f"({gold_shown}) river (CORRECT)"]
 
 
 def test_cqa_split_rationale_drops_hint_marker(cqa_task):
