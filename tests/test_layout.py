@@ -26,6 +26,7 @@ ALLOWED = {
     "star": {"engine", "sampling", "tokenizer", "data", "tasks", "hub"},
     "benchmarks": {"engine", "sampling", "tokenizer", "data", "tasks", "hub", "star"},
     "main": {"star"},
+    "preflight": {"star"},
     "generate": {"engine", "sampling", "tokenizer", "hub"},
 }
 TASK_NAMES = ("arithmetic", "cqa", "gsm8k", "digits", "scratchpad")

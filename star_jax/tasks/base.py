@@ -130,6 +130,19 @@ class Task:
     steps = self.step_correct(rationale, ex)
     return None if steps is None else sum(steps) / max(len(steps), 1)
 
+  def chance_accuracy(self, ex: Example) -> float:
+    """The accuracy of a random answer (multiple choice: 1 / choices); 0 for open answers."""
+    return 0.0
+
+  def predicted_label(self, prediction: str | None, ex: Example) -> str | None:
+    """The choice label an extracted answer names (multiple choice); None otherwise."""
+    return None
+
+  def multiple_choice(self, ex: Example) -> tuple[str, list[str], int] | None:
+    """(context, continuations, gold index) for log-likelihood scoring of the choices, the
+    peers' usual multiple-choice metric; None for tasks without choices."""
+    return None
+
   def positions(self, tokenizer) -> Any:
     """A position scheme for the decoder (see ``star_jax.engine.positions``) when the task's
     text needs positions other than the token index (arithmetic's (line, column) option);

@@ -177,6 +177,18 @@ class CommonsenseQATask(Task):
     named = by_text.get(_norm(p), [])
     return named[0] if len(named) == 1 else None
 
+  def predicted_label(self, prediction: str | None, ex: Example) -> str | None:
+    return self.resolve_choice(prediction, ex)
+
+  def chance_accuracy(self, ex: Example) -> float:
+    return 1.0 / len(ex.meta["choices"])
+
+  def multiple_choice(self, ex: Example) -> tuple[str, list[str], int]:
+    """lm-evaluation-harness's CommonsenseQA scoring: zero-shot, the choice texts."""
+    labels = [label for label, _ in ex.meta["choices"]]
+    return (f"Question: {ex.question}\nAnswer:", [f" {t}" for _, t in ex.meta["choices"]],
+            labels.index(ex.answer))
+
   def is_correct(self, prediction: str | None, ex: Example) -> bool:
     return self.resolve_choice(prediction, ex) == ex.answer
 

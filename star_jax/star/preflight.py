@@ -1,0 +1,176 @@
+"""Will STaR take off? Measured on the base model before anyone spends an accelerator day.
+
+RL-STaR: STaR lifts the per-step success rate only where it starts above zero; the
+paper's section 6: the first iteration only works when few-shot performance is above
+chance. The pre-flight samples, for m train questions, one greedy rationale and k at a
+temperature, without the hint and (for questions none of those solved) with it, and
+reports what the first iteration would see: pass@1, pass@k, the rationalization success
+rate, the share of questions with at least one keepable rationale (right answer, and a
+rationale that reaches it), per difficulty where the task has one; for multiple-choice
+tasks, chance and the choices' log-likelihood accuracy. Then a plain verdict.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+
+import ml_collections
+import numpy as np
+
+from star_jax.engine.checkpointer import Checkpointer
+from star_jax.sampling import Sampler, SamplingParams
+from star_jax.sampling.scoring import continuation_logprobs
+from star_jax.star import keep as keep_lib, phases, rollout
+from star_jax.star.experiment import build
+from star_jax.star.report import bucket_key
+
+
+def base_model(config: ml_collections.ConfigDict, workdir: str, exp, sampler):
+  """M_0: a run's iteration-0 checkpoint when the workdir has one, else built as the loop
+  builds it (pretrained on the seed set if the config asks)."""
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=None)
+  try:
+    if 0 in ckpt.all_steps():
+      return ckpt.restore_params(exp.params, step=0), "iteration 0 of the run in the workdir"
+    if config.pretrain.steps > 0:
+      params, _ = phases.pretrain(phases.Run(config, exp, sampler, ckpt, workdir))
+      return params, f"pretrained for {config.pretrain.steps} steps"
+    return exp.params, config.model.checkpoint or "random initialisation"
+  finally:
+    ckpt.close()
+
+
+def _keepable(task, gens, config) -> set[str]:
+  return keep_lib.keep(task, gens, "generation", 1, config.star.require_supported).solved
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, questions: int = 64, samples: int = 4,
+        temperature: float = 0.7, seed: int = 0) -> dict:
+  """The pre-flight report (see the module docstring) as a dict."""
+  exp = build(config, workdir)
+  task = exp.task
+  sampler = Sampler(exp.model_cfg, exp.graphdef, exp.mesh, end_ids=exp.tokenizer.end_ids,
+                    pad_id=exp.tokenizer.pad_id, batch_size=config.sample.batch_size,
+                    stop_sequences=rollout.stop_sequences(exp.tokenizer, task.stop_strings))
+  params, source = base_model(config, workdir, exp, sampler)
+  rng = np.random.default_rng(seed)
+  pool = exp.train_set
+  chosen = [pool[i] for i in np.sort(rng.choice(len(pool), min(questions, len(pool)),
+                                                replace=False))]
+
+  def gen(exs, hint, n, temp):
+    if not exs:
+      return []
+    return rollout.generate(task, exp.tokenizer, sampler, params, exs, hint=hint,
+                            few_shot=config.star.few_shot if not hint else
+                            config.star.few_shot_rationalization,
+                            sampling=SamplingParams(temperature=temp), n=n, seed=seed,
+                            desc=f"preflight {'hinted' if hint else 'plain'}")[0]
+
+  greedy = gen(chosen, False, 1, 0.0)
+  hot = gen(chosen, False, samples, temperature)
+  solved = _keepable(task, greedy, config) | _keepable(task, hot, config)
+  failed = [ex for ex in chosen if ex.id not in solved]
+  hinted = gen(failed, True, 1, 0.0) + gen(failed, True, samples, temperature)
+  rationalized = _keepable(task, hinted, config)
+  greedy_ok = {g.example.id for g in greedy if g.correct[0]}
+  any_ok = greedy_ok | {g.example.id for g in hot if any(g.correct)}
+
+  def share(ids, among):
+    return len([e for e in among if e.id in ids]) / max(len(among), 1)
+
+  def summary(among):
+    return {"questions": len(among), "pass_at_1": share(greedy_ok, among),
+            f"pass_at_{samples + 1}": share(any_ok, among),
+            "keepable_by_generation": share(solved, among),
+            "rationalization_success": share(rationalized, [e for e in among if e in failed]),
+            "keepable": share(solved | rationalized, among)}
+
+  report = {"task": task.name, "model": source, "questions": len(chosen), "samples": samples,
+            "temperature": temperature, **summary(chosen)}
+  buckets = collections.defaultdict(list)
+  for ex in chosen:
+    if task.difficulty(ex) is not None:
+      buckets[str(task.difficulty(ex))].append(ex)
+  if buckets:
+    report[f"by_{task.difficulty_name}"] = {b: summary(buckets[b])
+                                            for b in sorted(buckets, key=bucket_key)}
+  chance = float(np.mean([task.chance_accuracy(ex) for ex in chosen]))
+  report["chance_accuracy"] = chance
+  labels = collections.Counter(task.predicted_label(g.predictions[0], g.example)
+                               for g in greedy)
+  if chance > 0:
+    report["predicted_label_shares"] = {str(k): v / len(greedy) for k, v in labels.items()}
+    report["loglik_accuracy"] = _loglik_accuracy(task, exp, params, chosen)
+  report["verdict"] = verdict(report, samples)
+  return report
+
+
+def _loglik_accuracy(task, exp, params, examples) -> dict:
+  """Accuracy of the likeliest choice: by summed log-probability and per character."""
+  contexts, conts, spans = [], [], []
+  for ex in examples:
+    context, choices, gold = task.multiple_choice(ex)
+    ids = exp.tokenizer.encode_prompt(context)
+    spans.append((len(conts), len(choices), gold, [len(c) for c in choices]))
+    for c in choices:
+      contexts.append(ids)
+      conts.append(exp.tokenizer.encode(c))
+  scores = continuation_logprobs(exp.graphdef, exp.mesh, params, contexts, conts)
+  acc = acc_norm = 0
+  for start, k, gold, chars in spans:
+    s = scores[start:start + k]
+    acc += int(np.argmax(s)) == gold
+    acc_norm += int(np.argmax(s / np.asarray(chars))) == gold
+  return {"acc": acc / len(spans), "acc_norm": acc_norm / len(spans)}
+
+
+def verdict(report: dict, samples: int) -> str:
+  """One plain sentence: can STaR start from this model?"""
+  m, chance, p1 = report["questions"], report["chance_accuracy"], report["pass_at_1"]
+  if report["keepable"] == 0:
+    return ("STaR cannot start: no question yields a keepable rationale, with or without the "
+            "hint (RL-STaR: a zero chance of a right step is a fixed point)")
+  by = next((v for k, v in report.items() if k.startswith("by_")), {})
+  closed = [b for b, r in by.items() if r["keepable"] == 0]
+  if chance > 0:
+    z = (p1 - chance) / math.sqrt(chance * (1 - chance) / max(m, 1))
+    if z < 2:
+      return (f"STaR is not expected to take off: pass@1 {p1:.1%} is not above chance "
+              f"({chance:.0%}; z = {z:.1f} on {m} questions), so kept rationales would mostly "
+              f"be lucky guesses (the paper's section 6: GPT-2 could not bootstrap)")
+  tail = (f"; but no keepable rationale at {', '.join(closed)}: those buckets cannot open"
+          if closed else "")
+  return (f"STaR can start: {report['keepable']:.0%} of the questions give a keepable "
+          f"rationale (pass@1 {p1:.1%}, pass@{samples + 1} "
+          f"{report[f'pass_at_{samples + 1}']:.1%}, rationalization rescues "
+          f"{report['rationalization_success']:.0%} of the rest){tail}")
+
+
+def format_report(report: dict) -> str:
+  """The report as the lines the command prints."""
+  k = report["samples"] + 1
+  lines = [f"pre-flight: {report['task']}, {report['model']}, {report['questions']} train "
+           f"questions, greedy + {report['samples']} samples at T={report['temperature']}"]
+  head = f"{'':>8} | questions | pass@1 | pass@{k} | kept (gen) | rationalized | keepable"
+  lines += [head, "-" * len(head)]
+
+  def row(name, r):
+    return (f"{name:>8} | {r['questions']:>9} | {100 * r['pass_at_1']:5.1f}% | "
+            f"{100 * r[f'pass_at_{k}']:5.1f}% | {100 * r['keepable_by_generation']:9.1f}% | "
+            f"{100 * r['rationalization_success']:11.1f}% | {100 * r['keepable']:7.1f}%")
+  lines.append(row("all", report))
+  for key, value in report.items():
+    if key.startswith("by_"):
+      lines += [row(b, r) for b, r in value.items()]
+  if report["chance_accuracy"] > 0:
+    ll = report["loglik_accuracy"]
+    shares = ", ".join(f"{k}: {100 * v:.0f}%" for k, v in sorted(
+        report["predicted_label_shares"].items()))
+    lines.append(f"chance {100 * report['chance_accuracy']:.0f}%; choices by log-likelihood: "
+                 f"{100 * ll['acc']:.1f}% (per character {100 * ll['acc_norm']:.1f}%); greedy "
+                 f"answers by label: {shares}")
+  lines.append("verdict: " + report["verdict"])
+  return "\n".join(lines)

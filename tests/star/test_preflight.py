@@ -1,0 +1,46 @@
+"""The pre-flight: what the first STaR iteration would see, and a verdict that follows it."""
+
+import json
+import subprocess
+import sys
+
+from helpers.runs import ROOT, load_config
+from star_jax.star import preflight
+
+
+def test_preflight_of_the_smoke_model_finds_the_lengths_it_cannot_open(tmp_path):
+  # The smoke base model is pretrained on one-digit problems only.
+  config = load_config("arithmetic")
+  report = preflight.run(config, str(tmp_path), questions=48, samples=2)
+  by = report["by_digits"]
+  assert by["1"]["keepable"] > 0.5 and by["2"]["keepable"] == by["3"]["keepable"] == 0
+  assert report["keepable"] == sum(b["keepable"] * b["questions"] for b in by.values()) / 48
+  assert report["verdict"].startswith("STaR can start")
+  assert "no keepable rationale at 2, 3" in report["verdict"]
+  assert "pass@3" in preflight.format_report(report)
+
+
+def _report(**kw):
+  base = {"questions": 200, "samples": 4, "chance_accuracy": 0.2, "pass_at_1": 0.21,
+          "pass_at_5": 0.6, "keepable": 0.7, "rationalization_success": 0.3}
+  return {**base, **kw}
+
+
+def test_verdicts():
+  assert preflight.verdict(_report(), 4).startswith("STaR is not expected to take off")
+  assert "not above chance (20%" in preflight.verdict(_report(), 4)
+  assert preflight.verdict(_report(pass_at_1=0.35), 4).startswith("STaR can start")
+  assert preflight.verdict(_report(keepable=0.0), 4).startswith("STaR cannot start")
+  open_task = _report(chance_accuracy=0.0, pass_at_1=0.02, keepable=0.05)
+  assert preflight.verdict(open_task, 4).startswith("STaR can start: 5%")
+
+
+def test_preflight_command_prints_the_table_and_a_json_line(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "star_jax.preflight", "--config=configs/arithmetic.py:smoke",
+       "--questions=16", "--samples=1", "--config.pretrain.steps=20", f"--workdir={tmp_path}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = proc.stdout.strip().splitlines()
+  assert lines[0].startswith("pre-flight: arithmetic") and "verdict:" in proc.stdout
+  assert json.loads(lines[-1])["questions"] == 16
