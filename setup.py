@@ -21,6 +21,8 @@ INSTALL_REQUIRES = [
     "tokenizers==0.23.3",
     "gguf==0.19.0",
     "jinja2==3.1.6",
+    # TensorBoard event files without TensorFlow.
+    "tensorboardX==2.6.5",
 ]
 
 EXTRAS_REQUIRE = {

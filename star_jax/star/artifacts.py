@@ -60,6 +60,8 @@ def finish(run: Run, n: int, record: dict, result: EvalResult, kept: list[dict],
   append_metrics(metrics_path(run.workdir), record)
   for name in ("generate_shards", "rationalize_shards", "eval_shards", "train_ckpt"):
     Shards(run.dir(n, name)).remove()  # the iteration is done: they have served
+  if run.board is not None:
+    run.board.iteration(record, kept)
   tell(run, record)
 
 

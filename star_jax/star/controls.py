@@ -42,7 +42,8 @@ def iteration(run: phases.Run, n: int, base, params) -> tuple[dict, list[dict], 
   new_params, stats = ft.finetune(run.trainer(steps), base if star.restart_from_base else params,
                                   examples, config.train, steps, seed=config.seed * 1000 + n,
                                   desc=f"iter {n} {star.method}", ckpt_dir=run.dir(n, "train_ckpt"),
-                                  checkpoint_every=config.checkpoint_every)
+                                  checkpoint_every=config.checkpoint_every,
+                                  on_step=run.on_step(n))
   record = {
       "iteration": n, "method": star.method,
       "train_questions": len(questions) if star.method == "direct" else 0,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import Sequence
+import time
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -76,8 +77,13 @@ def training_examples(task: Task, tokenizer: Tokenizer, pairs: Sequence[tuple[Ex
 def finetune(trainer: Trainer, params, examples: Sequence[batching.TrainExample],
              train_cfg: ml_collections.ConfigDict, steps: int, seed: int,
              desc: str = "train", ckpt_dir: str | None = None,
-             checkpoint_every: int = 0) -> tuple[object, FinetuneStats]:
+             checkpoint_every: int = 0,
+             on_step: Callable[[int, dict], None] | None = None
+             ) -> tuple[object, FinetuneStats]:
   """Trains a copy of ``params`` for ``steps`` steps; ``params`` itself stays intact.
+
+  ``on_step(step, metrics)`` sees every step's loss, learning rate, gradient norm and
+  throughput (tokens_per_s) as host floats, once they are known.
 
   With ``ckpt_dir`` the train state is saved every ``checkpoint_every`` steps and
   at the end, and a run that finds a checkpoint there continues from it: batches
@@ -101,11 +107,19 @@ def finetune(trainer: Trainer, params, examples: Sequence[batching.TrainExample]
                                      grad_accum=train_cfg.grad_accum, start_step=start)
   losses, tokens = [], 0.0
   pending = None
+  clock = [time.perf_counter()]
 
   def settle(metrics) -> float:
     nonlocal tokens
-    losses.append(_check_finite(float(metrics["loss"]), start + len(losses)))
+    step = start + len(losses) + 1
+    losses.append(_check_finite(float(metrics["loss"]), step - 1))
     tokens += float(metrics["tokens"])
+    if on_step is not None:
+      now = time.perf_counter()
+      host = {k: float(v) for k, v in metrics.items()}
+      host["tokens_per_s"] = host["tokens"] / max(now - clock[0], 1e-9)
+      clock[0] = now
+      on_step(step, host)
     return losses[-1]
 
   with progress(steps, desc, "step") as bar:

@@ -23,6 +23,7 @@ from star_jax.engine.checkpointer import Checkpointer
 from star_jax.runtime.files import read_jsonl
 from star_jax.sampling import Sampler
 from star_jax.star import artifacts, controls, phases, rollout, workdir as wd
+from star_jax.star.board import Board
 from star_jax.star.experiment import build
 
 
@@ -41,7 +42,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
                     pad_id=exp.tokenizer.pad_id, batch_size=config.sample.batch_size,
                     stop_sequences=rollout.stop_sequences(exp.tokenizer, exp.task.stop_strings))
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=None)
-  r = phases.Run(config, exp, sampler, ckpt, workdir)
+  r = phases.Run(config, exp, sampler, ckpt, workdir, Board(workdir))
   done = wd.finished_iterations(workdir)
   base = _base_model(r, done)
   last = max(done) if done else 0
@@ -53,6 +54,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
     artifacts.finish(r, n, record, result, kept, params)
   ckpt.wait()
   ckpt.close()
+  r.board.close()
   return read_jsonl(artifacts.metrics_path(workdir))
 
 

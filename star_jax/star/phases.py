@@ -21,7 +21,9 @@ import numpy as np
 from star_jax.engine.checkpointer import Checkpointer
 from star_jax.engine.trainer import Trainer
 from star_jax.sampling import Sampler, SamplingParams
+from star_jax.runtime.files import read_jsonl
 from star_jax.star import finetune as ft, keep as keep_lib, rollout
+from star_jax.star.board import Board, steps_before
 from star_jax.star.experiment import Experiment
 
 
@@ -33,9 +35,18 @@ class Run:
   sampler: Sampler
   ckpt: Checkpointer  # one checkpoint per finished iteration (0 = the base model)
   workdir: str
+  board: Board | None = None  # TensorBoard events (None: none written)
 
   def dir(self, n: int, *parts: str) -> str:
     return os.path.join(self.workdir, f"iter_{n:03d}", *parts)
+
+  def on_step(self, n: int):
+    """The per-step callback of iteration ``n``'s training (its steps after the run's
+    earlier ones on TensorBoard's step axis), or None without a board."""
+    if self.board is None:
+      return None
+    offset = steps_before(read_jsonl(os.path.join(self.workdir, "metrics.jsonl")), n)
+    return lambda step, metrics: self.board.train_step(offset + step, metrics)
 
   def trainer(self, steps: int) -> Trainer:
     return Trainer(self.exp.graphdef, self.exp.mesh, ft.optim_config(self.config.train, steps))
@@ -76,7 +87,7 @@ def pretrain(run: Run) -> tuple[object, dict]:
   params, stats = ft.finetune(run.trainer(pc.steps), exp.params, examples, config.train,
                               pc.steps, seed=config.seed, desc="pretrain",
                               ckpt_dir=os.path.join(run.workdir, "pretrain_ckpt"),
-                              checkpoint_every=config.checkpoint_every)
+                              checkpoint_every=config.checkpoint_every, on_step=run.on_step(0))
   params = jax.block_until_ready(params)
   seconds = time.time() - t0
   logging.info("pretrained on %d gold rationales for %d steps in %.0fs (final loss %.3f)",
@@ -182,4 +193,5 @@ def _train(run: Run, n: int, start, kept: list[dict], by_id: dict
                                   few_shot=config.star.few_shot_in_training)
   return ft.finetune(run.trainer(steps), start, examples, config.train, steps,
                      seed=config.seed * 1000 + n, desc=f"iter {n} train",
-                     ckpt_dir=run.dir(n, "train_ckpt"), checkpoint_every=config.checkpoint_every)
+                     ckpt_dir=run.dir(n, "train_ckpt"), checkpoint_every=config.checkpoint_every,
+                     on_step=run.on_step(n))

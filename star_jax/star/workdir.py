@@ -22,7 +22,8 @@ OPERATIONAL_KEYS = {"checkpoint_every", "sample.shard_size", "data.download", "d
                     "data.download_timeout_s"}
 # Free-form sub-dicts whose own keys are not checked against the defaults.
 FREE_FORM = ("model.overrides", "pretrain.data", "task_options")
-ARTIFACTS = ("config.json", "metrics.jsonl", "checkpoints", "pretrain_ckpt", "accuracy.png")
+ARTIFACTS = ("config.json", "metrics.jsonl", "checkpoints", "pretrain_ckpt", "accuracy.png",
+             "delta.png", "tensorboard")
 
 
 class ConfigMismatchError(ValueError):

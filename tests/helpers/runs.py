@@ -43,3 +43,23 @@ def write_gsm8k(d, n_train=30, n_test=13):
             "question": f"Tom has {a} apples and buys {b} more. How many apples does he have?",
             "answer": f"He has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} apples.\n#### {a + b}"
         }) + "\n")
+
+
+def read_events(directory):
+  """{tag: [(step, value)]} of the TensorBoard event files in ``directory`` (text: its string)."""
+  import glob
+  import struct
+  from tensorboardX.proto import event_pb2
+  out = {}
+  for path in sorted(glob.glob(os.path.join(directory, "events.out.tfevents.*"))):
+    data, i = open(path, "rb").read(), 0
+    while i < len(data):
+      (n,) = struct.unpack("Q", data[i:i + 8])
+      event = event_pb2.Event()
+      event.ParseFromString(data[i + 12:i + 12 + n])
+      i += 12 + n + 4  # length, its crc, the record, its crc
+      for v in event.summary.value:
+        value = v.simple_value if v.HasField("simple_value") else (
+            v.tensor.string_val[0].decode() if v.tensor.string_val else None)
+        out.setdefault(v.tag, []).append((event.step, value))
+  return out

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from helpers.runs import load_config, write_cqa, write_gsm8k
+from helpers.runs import load_config, read_events, write_cqa, write_gsm8k
 from star_jax import star, tasks
 from star_jax.star import finetune as ft
 from star_jax.star.defaults import base_config
@@ -62,6 +62,16 @@ def test_arithmetic_smoke(tmp_path):
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   assert kept, "the warm-started smoke model should solve some problems"
   assert metrics[1]["train_steps"] > 0
+  # TensorBoard: every training step of the run on one axis, every iteration's metrics.
+  events = read_events(os.path.join(workdir, "tensorboard"))
+  total = metrics[0]["pretrain_steps"] + sum(m["train_steps"] for m in metrics[1:])
+  assert [s for s, _ in events["train/loss"]] == list(range(1, total + 1))
+  assert {"train/learning_rate", "train/tokens_per_s", "train/grad_norm"} <= set(events)
+  assert [v for _, v in events["eval/eval_accuracy"]] == pytest.approx(
+      [m["eval_accuracy"] for m in metrics])
+  assert [s for s, _ in events["eval/accuracy_by_digits/1"]] == [0, 1, 2]
+  text = dict(events["kept/examples/text_summary"])[1]
+  assert kept[0]["question"] in text and "| source | question |" in text
 
 
 def test_cqa_smoke_on_official_schema_files(tmp_path):
