@@ -56,7 +56,7 @@ class _JsonlBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # the files are local (see sources.ensure_files)
-    return {split: self._generate_examples(split) for split in self.SPEC.files}
+    return {split: self._generate_examples(split) for split in self._src_paths}
 
   def _generate_examples(self, split: str):
     # read_jsonl validates every line before anything is yielded, so a bad line
@@ -109,9 +109,19 @@ def _fingerprint(paths: dict[str, str]) -> str:
 
 
 def source_paths(source: str, data_cfg: Any) -> dict[str, str]:
-  """Paths of `source`'s official files in `data_cfg.dir`, downloading them if allowed."""
+  """Paths of `source`'s official files in `data_cfg.dir`, downloading them if allowed; with
+  `data.holdout`, only the train file (`data.train_file`, or the official one in dir)."""
   if source not in SOURCES:
     raise ValueError(f"unknown data source {source!r}; known: {sorted(SOURCES)}")
+  train_file = cfg_get(data_cfg, "train_file", "")
+  if cfg_get(data_cfg, "holdout", 0) and train_file:
+    if not os.path.isfile(train_file):
+      raise FileNotFoundError(f"data.train_file {train_file!r} does not exist (the official "
+                              f"{SOURCES[source].title} train file: {SOURCES[source].homepage})")
+    return {"train": train_file}
+  if train_file:
+    raise ValueError("data.train_file is read with data.holdout > 0 (the eval set is then "
+                     "held out of it); without it, put the official files in data.dir")
   src_dir = cfg_get(data_cfg, "dir")
   if not src_dir:
     raise ValueError(f"data.dir must name the directory holding the {SOURCES[source].title} files")
@@ -122,7 +132,8 @@ def source_paths(source: str, data_cfg: Any) -> dict[str, str]:
 def make_builder(source: str, data_cfg: Any) -> _JsonlBuilder:
   """The TFDS builder for `source` over `data_cfg.dir`'s files (not yet prepared)."""
   paths = source_paths(source, data_cfg)
-  tfds_dir = cfg_get(data_cfg, "tfds_dir") or os.path.join(cfg_get(data_cfg, "dir"), "tfds")
+  tfds_dir = cfg_get(data_cfg, "tfds_dir") or os.path.join(
+      cfg_get(data_cfg, "dir") or os.path.dirname(os.path.abspath(paths["train"])), "tfds")
   return BUILDERS[source](src_paths=paths, data_dir=os.path.join(tfds_dir, _fingerprint(paths)),
                           file_format="array_record")
 
@@ -141,14 +152,33 @@ def load_records(source: str, split: str, data_cfg: Any) -> list[dict]:
   """All records of one split ('train' or 'eval'), in source-file order.
 
   Goes through the TFDS builder (prepared once, then read back from ArrayRecord);
-  `data.use_tfds=False` reads the jsonl directly instead, with the same checks.
+  `data.use_tfds=False` reads the jsonl directly instead, with the same checks. With
+  `data.holdout = N` the eval split is N train records chosen by `data.seed` and the
+  train split the rest (for releases whose eval split has no answers, or none at hand).
   """
   if source not in SOURCES:
     raise ValueError(f"unknown data source {source!r}; known: {sorted(SOURCES)}")
   spec = SOURCES[source]
   if split not in ("train", "eval"):
     raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-  tfds_split = spec.eval_split if split == "eval" else "train"
+  holdout = int(cfg_get(data_cfg, "holdout", 0))
+  if holdout:
+    return _held_out(_read("train", spec, source, data_cfg), split, holdout,
+                     int(cfg_get(data_cfg, "seed", 0)))
+  return _read(spec.eval_split if split == "eval" else "train", spec, source, data_cfg)
+
+
+def _held_out(records: list[dict], split: str, holdout: int, seed: int) -> list[dict]:
+  """The eval set: ``holdout`` train records chosen by the seed; train: the rest (disjoint)."""
+  if holdout >= len(records):
+    raise ValueError(f"data.holdout={holdout} leaves nothing to train on ({len(records)} "
+                     "train records)")
+  chosen = set(np.random.default_rng([seed, 17]).choice(len(records), holdout,
+                                                        replace=False).tolist())
+  return [r for i, r in enumerate(records) if (i in chosen) == (split == "eval")]
+
+
+def _read(tfds_split: str, spec: SourceSpec, source: str, data_cfg: Any) -> list[dict]:
   if not cfg_get(data_cfg, "use_tfds", True):
     paths = source_paths(source, data_cfg)
     return read_jsonl(paths[tfds_split], spec.parse, tfds_split)

@@ -35,6 +35,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.dir = ""  # cqa/gsm8k: directory with the official jsonl files
+  # cqa/gsm8k: hold out this many train examples (chosen by data.seed) as the eval set, the
+  # train set being the rest; then only the train file is read: data.train_file, or the
+  # official one in data.dir.
+  c.data.holdout = 0
+  c.data.train_file = ""
   c.data.tfds_dir = ""  # where TFDS writes array_record files ("" = <dir>/tfds)
   c.data.download = True  # fetch missing official files when the network allows
   c.data.download_timeout_s = 30.0  # per file, before the run fails naming where to put it

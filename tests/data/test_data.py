@@ -194,3 +194,31 @@ def test_failed_download_reports_cause(tmp_path, monkeypatch):
   assert "put train.jsonl, test.jsonl into" in str(e.value)
   assert "network unreachable" in str(e.value)
   assert not os.path.exists(tmp_path / "train.jsonl")
+
+
+@pytest.mark.parametrize("use_tfds", [True, False])
+def test_holdout_splits_one_train_file_into_disjoint_train_and_eval(tmp_path, use_tfds):
+  path = tmp_path / "commonsenseqa_train_rand_split.jsonl"  # the name of the shared copy
+  write_lines(path, [cqa_line(i, "ABCDE"[i % 5]) for i in range(40)])
+  c = ml_collections.ConfigDict(dict(train_file=str(path), holdout=10, seed=3, download=False,
+                                     use_tfds=use_tfds, tfds_dir=str(tmp_path / "tfds")))
+  train = data.load_records("commonsense_qa", "train", c)
+  held = data.load_records("commonsense_qa", "eval", c)
+  assert len(train) == 30 and len(held) == 10
+  assert not {r["id"] for r in train} & {r["id"] for r in held}
+  assert [r["index"] for r in train] == sorted(r["index"] for r in train)  # file order
+  assert held == data.load_records("commonsense_qa", "eval", c)  # the seed decides
+  c.seed = 4
+  assert held != data.load_records("commonsense_qa", "eval", c)
+  c.holdout = 40
+  with pytest.raises(ValueError, match="leaves nothing to train on"):
+    data.load_records("commonsense_qa", "train", c)
+
+
+def test_train_file_errors_are_clear(tmp_path):
+  with pytest.raises(FileNotFoundError, match="data.train_file .*nowhere.jsonl"):
+    data.load_records("gsm8k", "train", ml_collections.ConfigDict(
+        dict(train_file=str(tmp_path / "nowhere.jsonl"), holdout=5, download=False)))
+  with pytest.raises(ValueError, match="data.holdout > 0"):
+    data.load_records("gsm8k", "train", ml_collections.ConfigDict(
+        dict(train_file=str(tmp_path / "x.jsonl"), holdout=0, download=False)))
