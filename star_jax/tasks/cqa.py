@@ -175,7 +175,9 @@ class CommonsenseQATask(Task):
         return None
       return label
     named = by_text.get(_norm(p), [])
-    return named[0] if len(named) == 1 else None
+    if len(named) > 1:  # a text repeated among the choices (42 train questions): it is the
+      return ex.answer if ex.answer in named else named[0]  # gold's text, or it is not
+    return named[0] if named else None
 
   def predicted_label(self, prediction: str | None, ex: Example) -> str | None:
     return self.resolve_choice(prediction, ex)
