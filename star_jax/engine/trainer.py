@@ -20,7 +20,7 @@ from jax.sharding import Mesh
 
 from star_jax.engine import sharding
 from star_jax.engine.decoder import causal_mask, head_logits
-from star_jax.engine.optim import OptimConfig, make_optimizer, make_schedule
+from star_jax.engine.optim import OptimConfig, learning_rate, make_optimizer
 from star_jax.engine.params import merge, shardings_of
 from star_jax.engine.positions import segment_starts
 from star_jax.engine.train_state import TrainState
@@ -74,9 +74,14 @@ def xent_sum(h_BxLxD, w_DxV, bias_V, targets_BxL, weight_BxL) -> jax.Array:
   return total
 
 
-def train_step(graphdef, optim: OptimConfig, state: TrainState, batch: dict[str, jax.Array]):
-  """One optimizer update from ``[M, B, L]`` micro-batches; returns (state, metrics)."""
-  tx, schedule = make_optimizer(optim), make_schedule(optim)
+def train_step(graphdef, optim: OptimConfig, state: TrainState, batch: dict[str, jax.Array],
+               schedule_args: dict[str, jax.Array]):
+  """One optimizer update from ``[M, B, L]`` micro-batches; returns (state, metrics).
+
+  ``optim`` gives the schedule's kind and Adam's constants; the rate and the schedule's
+  numbers come in ``schedule_args`` (arrays), so they can change without a recompile.
+  """
+  tx = make_optimizer(optim)
 
   def micro_grads(params, micro, key):
     def f(p):
@@ -103,9 +108,11 @@ def train_step(graphdef, optim: OptimConfig, state: TrainState, batch: dict[str,
   grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, state.params)
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  lr = learning_rate(optim.schedule, schedule_args, state.step)
+  updates = jax.tree.map(lambda u: u * (-lr).astype(u.dtype), updates)
   params = optax.apply_updates(state.params, updates)
   metrics = {"loss": total / denom, "tokens": count, "grad_norm": grad_norm,
-             "learning_rate": schedule(state.step)}
+             "learning_rate": lr}
   return TrainState(state.step + 1, params, opt_state), metrics
 
 
@@ -116,7 +123,7 @@ _STEP_FNS: dict = {}
 
 @functools.lru_cache(maxsize=None)
 def _opt_init(optim: OptimConfig):
-  return jax.jit(make_optimizer(optim).init)
+  return jax.jit(make_optimizer(optim.static()).init)
 
 
 class Trainer:
@@ -151,17 +158,20 @@ class Trainer:
       raise ValueError(f"batch size {shape[1]} must be a multiple of the mesh's {div} batch "
                        "shards")
     st_shard = self.state_shardings(state)
-    key = (self.graphdef, self.optim, self.mesh, shape, sharding.tree_key(st_shard))
+    static = self.optim.static()  # the rate and schedule's numbers are arguments
+    key = (self.graphdef, static, self.mesh, shape, sharding.tree_key(st_shard))
     fn = _STEP_FNS.get(key)
+    rep = sharding.replicated(self.mesh)
     if fn is None:
       b_shard = {k: self.batch_sharding(shape) for k in BATCH_KEYS}
       fn = CompileOnFirstCall(
-          jax.jit(functools.partial(train_step, self.graphdef, self.optim),
-                  in_shardings=(st_shard, b_shard),
-                  out_shardings=(st_shard, sharding.replicated(self.mesh)), donate_argnums=(0,)),
+          jax.jit(functools.partial(train_step, self.graphdef, static),
+                  in_shardings=(st_shard, b_shard, rep), out_shardings=(st_shard, rep),
+                  donate_argnums=(0,)),
           f"the train step ({shape[0]} micro-batches of {shape[1]} x {shape[2]} tokens)",
           hint="use more micro-batches of fewer rows, or shorter rows")
       _STEP_FNS[key] = fn
     batch = {k: jax.device_put(batch[k], self.batch_sharding(shape)) for k in BATCH_KEYS}
+    args = {k: jax.device_put(v, rep) for k, v in self.optim.schedule_args().items()}
     with jax.set_mesh(self.mesh):
-      return fn(state, batch)
+      return fn(state, batch, args)

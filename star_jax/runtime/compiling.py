@@ -18,6 +18,7 @@ import jax
 
 LONG_COMPILE_S = 10.0
 _GIB = 2 ** 30
+COMPILED: list[tuple[str, float]] = []  # (what, seconds) of every compile, in order
 
 
 def device_memory_bytes(device=None) -> int | None:
@@ -56,6 +57,7 @@ def compiled(jitted, args, what: str, hint: str = ""):
   t0 = time.perf_counter()
   exe = jitted.lower(*args).compile()
   seconds = time.perf_counter() - t0
+  COMPILED.append((what, seconds))
   level = logging.INFO if seconds > LONG_COMPILE_S else logging.DEBUG
   logging.log(level, "compiled %s in %.1f s", what, seconds)
   need, have = memory_need(exe), device_memory_bytes()

@@ -47,11 +47,9 @@ def steps_for_iteration(star_cfg: ml_collections.ConfigDict, iteration: int) -> 
 
 
 def optim_config(train_cfg: ml_collections.ConfigDict, total_steps: int) -> OptimConfig:
-  # A constant schedule ignores the horizon: leaving it out of the (hashable) optimizer
-  # config lets every iteration reuse one compiled train step.
-  horizon = 1 if train_cfg.schedule == "constant" else max(total_steps, 1)
+  # The horizon (and the rate) are arguments of the compiled step: every iteration reuses it.
   return OptimConfig(learning_rate=train_cfg.learning_rate, warmup_steps=train_cfg.warmup_steps,
-                     schedule=train_cfg.schedule, total_steps=horizon,
+                     schedule=train_cfg.schedule, total_steps=max(total_steps, 1),
                      end_lr_factor=train_cfg.end_lr_factor, b1=train_cfg.b1, b2=train_cfg.b2,
                      weight_decay=train_cfg.weight_decay, clip_norm=train_cfg.clip_norm)
 

@@ -57,7 +57,7 @@ def test_a_step_that_cannot_fit_fails_before_it_runs_with_the_numbers(mesh1, mon
   cfg, graphdef, params, batch = _real_shaped(mesh1)
   monkeypatch.setattr(compiling, "device_memory_bytes", lambda device=None: _GIB // 8)
   # (another optimizer than the test above: a step compiled there would not compile again)
-  trainer = Trainer(graphdef, mesh1, OptimConfig(learning_rate=2e-3, warmup_steps=0))
+  trainer = Trainer(graphdef, mesh1, OptimConfig(learning_rate=1e-3, warmup_steps=0, b2=0.99))
   state = trainer.init(params)
   with pytest.raises(MemoryError, match=r"train step .* needs [0-9.]+ GiB per device .*"
                                         r"temporaries .* has 0.1 GiB available; use more"):
