@@ -16,9 +16,8 @@ import numpy as np
 
 from star_jax.runtime import failpoints
 from star_jax.runtime.files import read_jsonl, write_jsonl
-from star_jax.star import diagnostics, plots, report
+from star_jax.star import diagnostics, plots, report, rollout
 from star_jax.star.phases import Run
-from star_jax.star.rollout import EvalResult
 from star_jax.star.workdir import Shards
 
 
@@ -32,7 +31,7 @@ def append_metrics(path: str, record: dict) -> None:
   write_jsonl(path, sorted(rows + [record], key=lambda r: r["iteration"]))
 
 
-def eval_fields(run: Run, result: EvalResult) -> dict:
+def eval_fields(run: Run, result: rollout.EvalResult) -> dict:
   """The record's evaluation fields (RL-STaR's per-step accuracy where the task knows steps)."""
   out = {"eval_accuracy": result.accuracy, "eval_n": result.n, "eval_seconds": result.seconds,
          "eval_skipped_too_long": result.skipped_too_long}
@@ -41,13 +40,19 @@ def eval_fields(run: Run, result: EvalResult) -> dict:
     out["eval_step_accuracy"] = float(np.mean(steps))
   if result.by_difficulty:
     out[f"accuracy_by_{run.exp.task.difficulty_name}"] = result.by_difficulty
+  shares = rollout.label_shares(run.exp.task, result.records)
+  if shares:
+    out["eval_label_shares"] = shares
+  if result.choice_loglik is not None:
+    out["eval_choice_loglik_accuracy"] = result.choice_loglik
   rl_star = diagnostics.rl_star(run.exp.task, result.records)
   if rl_star:
     out[f"rl_star_by_{run.exp.task.difficulty_name}"] = rl_star
   return out
 
 
-def finish(run: Run, n: int, record: dict, result: EvalResult, kept: list[dict], params) -> None:
+def finish(run: Run, n: int, record: dict, result: rollout.EvalResult, kept: list[dict],
+           params) -> None:
   """Writes iteration ``n``'s artifacts, checkpoint and metrics line, then logs and plots."""
   record.update(eval_fields(run, result))
   if n > 0:

@@ -103,6 +103,8 @@ def evaluate(run: Run, n: int, params, few_shot: bool) -> rollout.EvalResult:
                             run.exp.eval_set, few_shot=few_shot, seed=run.config.seed,
                             shard_dir=run.dir(n, "eval_shards"),
                             shard_size=run.config.sample.shard_size)
+  result.choice_loglik = rollout.choice_loglik_accuracy(run.exp.task, run.exp.tokenizer,
+                                                        run.sampler, params, run.exp.eval_set)
   result.seconds = time.time() - t0
   return result
 

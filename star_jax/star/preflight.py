@@ -21,7 +21,6 @@ import numpy as np
 
 from star_jax.engine.checkpointer import Checkpointer
 from star_jax.sampling import Sampler, SamplingParams
-from star_jax.sampling.scoring import continuation_logprobs
 from star_jax.star import keep as keep_lib, phases, rollout
 from star_jax.star.experiment import build
 from star_jax.star.report import bucket_key
@@ -103,28 +102,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, questions: int = 64, sa
                                for g in greedy)
   if chance > 0:
     report["predicted_label_shares"] = {str(k): v / len(greedy) for k, v in labels.items()}
-    report["loglik_accuracy"] = _loglik_accuracy(task, exp, params, chosen)
+    report["loglik_accuracy"] = rollout.choice_loglik_accuracy(task, exp.tokenizer, sampler,
+                                                               params, chosen)
   report["verdict"] = verdict(report, samples)
   return report
-
-
-def _loglik_accuracy(task, exp, params, examples) -> dict:
-  """Accuracy of the likeliest choice: by summed log-probability and per character."""
-  contexts, conts, spans = [], [], []
-  for ex in examples:
-    context, choices, gold = task.multiple_choice(ex)
-    ids = exp.tokenizer.encode_prompt(context)
-    spans.append((len(conts), len(choices), gold, [len(c) for c in choices]))
-    for c in choices:
-      contexts.append(ids)
-      conts.append(exp.tokenizer.encode(c))
-  scores = continuation_logprobs(exp.graphdef, exp.mesh, params, contexts, conts)
-  acc = acc_norm = 0
-  for start, k, gold, chars in spans:
-    s = scores[start:start + k]
-    acc += int(np.argmax(s)) == gold
-    acc_norm += int(np.argmax(s / np.asarray(chars))) == gold
-  return {"acc": acc / len(spans), "acc_norm": acc_norm / len(spans)}
 
 
 def verdict(report: dict, samples: int) -> str:

@@ -11,6 +11,7 @@ import numpy as np
 from star_jax.runtime import failpoints
 from star_jax.runtime.progress import progress
 from star_jax.sampling import Sampler, SamplingParams
+from star_jax.sampling.scoring import continuation_logprobs
 from star_jax.star import diagnostics
 from star_jax.star.report import bucket_key
 from star_jax.star.workdir import Shards
@@ -95,6 +96,7 @@ class EvalResult:
   by_difficulty: dict[str, float]  # difficulty bucket -> accuracy (empty if the task has none)
   skipped_too_long: int
   seconds: float = 0.0
+  choice_loglik: dict[str, float] | None = None  # multiple choice: see choice_loglik_accuracy
 
 
 def evaluate(task: Task, tokenizer: Tokenizer, sampler: Sampler, params,
@@ -115,6 +117,9 @@ def evaluate(task: Task, tokenizer: Tokenizer, sampler: Sampler, params,
       rec["difficulty"] = d
       by_bucket[str(d)].append(g.correct[0])
     rec.update(diagnostics.step_fields(task, g.texts[0], g.example))
+    label = task.predicted_label(g.predictions[0], g.example)
+    if label is not None:
+      rec["label"] = label
     records.append(rec)
   for ex in examples:  # too long for the context: scored, as wrong
     if ex.id not in done:
@@ -127,4 +132,35 @@ def evaluate(task: Task, tokenizer: Tokenizer, sampler: Sampler, params,
   by_difficulty = {k: float(np.mean(by_bucket[k])) for k in sorted(by_bucket, key=bucket_key)}
   return EvalResult(correct / max(len(records), 1), len(records), records, by_difficulty,
                     skipped)
+
+
+def label_shares(task: Task, records: list[dict]) -> dict[str, float]:
+  """Multiple choice: the share of answers naming each label ("none": naming no choice)."""
+  if not any("label" in r for r in records):
+    return {}
+  counts = collections.Counter(r.get("label", "none") for r in records)
+  return {k: counts[k] / len(records) for k in sorted(counts)}
+
+
+def choice_loglik_accuracy(task: Task, tokenizer: Tokenizer, sampler: Sampler, params,
+                           examples: Sequence[Example]) -> dict[str, float] | None:
+  """Multiple choice: accuracy of the likeliest choice (the peers' usual score), by summed
+  log-probability (acc) and per character (acc_norm); None for tasks without choices."""
+  if not examples or task.multiple_choice(examples[0]) is None:
+    return None
+  contexts, conts, spans = [], [], []
+  for ex in examples:
+    context, choices, gold = task.multiple_choice(ex)
+    ids = tokenizer.encode_prompt(context)
+    spans.append((len(conts), gold, [len(c) for c in choices]))
+    for c in choices:
+      contexts.append(ids)
+      conts.append(tokenizer.encode(c))
+  scores = continuation_logprobs(sampler.graphdef, sampler.mesh, params, contexts, conts)
+  acc = acc_norm = 0
+  for start, gold, chars in spans:
+    s = scores[start:start + len(chars)]
+    acc += int(np.argmax(s)) == gold
+    acc_norm += int(np.argmax(s / np.asarray(chars))) == gold
+  return {"acc": acc / len(spans), "acc_norm": acc_norm / len(spans)}
 

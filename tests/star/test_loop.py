@@ -82,7 +82,12 @@ def test_cqa_smoke_on_official_schema_files(tmp_path):
   config.sample.batch_size = 8
   workdir = str(tmp_path / "run")
   star.run(config, workdir)
-  check_kept_and_trained(*check_artifacts(workdir, config, 13, ["(CORRECT)"]))
+  metrics, kept = check_artifacts(workdir, config, 13, ["(CORRECT)"])
+  check_kept_and_trained(metrics, kept)
+  for m in metrics:  # multiple choice: what the answers name, and the likeliest choice
+    assert sum(m["eval_label_shares"].values()) == pytest.approx(1.0)
+    assert set(m["eval_label_shares"]) <= set("ABCDE") | {"none"}
+    assert 0 <= m["eval_choice_loglik_accuracy"]["acc"] <= 1
 
 
 def test_gsm8k_smoke_on_official_schema_files(tmp_path):
