@@ -22,11 +22,20 @@ COMPILED: list[tuple[str, float]] = []  # (what, seconds) of every compile, in o
 
 
 def device_memory_bytes(device=None) -> int | None:
-  """What one device can hold: the accelerator's limit, or the host's available memory."""
-  device = device or jax.devices()[0]
-  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  """What one of this process's devices can hold: the accelerator's limit, or the host's
+  available memory shared by its local devices (CPU devices have no limit of their own)."""
+  device = device or jax.local_devices()[0]  # another process's device has no stats here
+  try:
+    stats = device.memory_stats()
+  except (AttributeError, jax.errors.JaxRuntimeError):
+    stats = None
   if stats and stats.get("bytes_limit"):
     return int(stats["bytes_limit"])
+  host = _host_available_bytes()
+  return host // max(1, jax.local_device_count()) if host else None
+
+
+def _host_available_bytes() -> int | None:
   try:
     with open("/proc/meminfo") as f:
       for line in f:
