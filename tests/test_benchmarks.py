@@ -4,12 +4,14 @@ import json
 
 import pytest
 
-from star_jax.benchmarks import common, decode, records, star_iteration, to_markdown, train
+from star_jax.benchmarks import (common, decode, records, star_iteration, star_sampling,
+                                 to_markdown, train)
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from helpers.reference import hf_model, save_hf  # noqa: E402  (needs torch)
+from helpers.reference import hf_model, save_hf, train_tiny_tokenizer  # noqa: E402  (torch)
+from helpers.runs import write_cqa  # noqa: E402
 
 DECODE_KEYS = set(records.RECORD_KEYS) | {
     "checkpoint", "batch", "prompt_len", "new_tokens", "star_jax_detail", "transformers_detail",
@@ -177,3 +179,38 @@ def test_star_iteration_reads_finished_runs(tmp_path, capsys):
   other.star.iterations = 3
   with pytest.raises(ValueError, match="star.iterations"):
     star_iteration._finished_metrics(spec, other, str(run_dir))
+
+
+SAMPLING_KEYS = set(records.RECORD_KEYS) | {
+    "checkpoint", "workload", "samples", "temperature", "prefix_reuse", "questions",
+    "batch_rows", "prompt_tokens_mean", "prefill_tokens_per_call", "new_tokens_per_call",
+    "star_jax_detail", "transformers_detail", "greedy_text_agreement", "answered_share"}
+
+
+def test_star_sampling_end_to_end(tmp_path, capsys):
+  """The CQA few-shot workload on a tiny Llama with its own tokenizer: both workloads, with and
+  without prefix reuse, against transformers on the same prompt ids."""
+  ckpt = str(tmp_path / "tiny_chat")
+  train_tiny_tokenizer(ckpt)
+  # The byte-level BPE of ~400 ids spells the six exemplars in ~1,450 tokens.
+  hf_model("llama", vocab_size=400, max_position_embeddings=2048).save_pretrained(ckpt)
+  write_cqa(str(tmp_path / "cqa"), n_train=6, n_dev=0)
+  recs = star_sampling.run(data=str(tmp_path / "cqa" / "train_rand_split.jsonl"),
+                           checkpoint=ckpt, questions=6, batch_size=4, max_new_tokens=6,
+                           markdown=True, cmd="python -m " + star_sampling.MODULE)
+  out = capsys.readouterr().out
+  assert records.read_records(out.splitlines()) == recs
+  assert [r["case"] for r in recs] == ["greedy n=1 reuse", "greedy n=1 no reuse",
+                                       "sampled n=4 reuse", "sampled n=4 no reuse"]
+  for rec in recs:
+    _check_common(rec, SAMPLING_KEYS, "questions_per_s")
+    assert rec["benchmark"] == "star_sampling" and rec["questions"] == 6
+  greedy_reuse, greedy_plain, sampled_reuse, sampled_plain = recs
+  # Reuse prefills the shared few-shot block once, not once per row: far fewer tokens.
+  assert greedy_reuse["prefill_tokens_per_call"] < greedy_plain["prefill_tokens_per_call"] / 2
+  assert sampled_reuse["prefill_tokens_per_call"] < sampled_plain["prefill_tokens_per_call"] / 4
+  # Same greedy answers as transformers on the same prompt ids, with reuse or without.
+  assert greedy_reuse["greedy_text_agreement"] == greedy_plain["greedy_text_agreement"] == 1.0
+  assert sampled_reuse["greedy_text_agreement"] is None
+  assert "## STaR sampling workload" in to_markdown.render(recs)
+  assert "| greedy n=1 reuse |" in records.markdown_table(recs)

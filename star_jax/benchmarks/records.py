@@ -156,9 +156,20 @@ def _star_rows(recs):
   return head, rows
 
 
-_TABLES = {"decode": _decode_rows, "train": _train_rows, "star_iteration": _star_rows}
+def _sampling_rows(recs):
+  head = ["case", "star_jax q/s", "transformers q/s", "ratio", "star_jax compile s",
+          "prefill tokens per call", "new tokens per call", "greedy text agreement", "answered"]
+  rows = [[r["case"], _fmt(r["star_jax"]), _fmt(r["transformers"]), _fmt(r["ratio"]),
+           _fmt(_get(r, "star_jax_detail", "compile_s")), _fmt(r.get("prefill_tokens_per_call")),
+           _fmt(r.get("new_tokens_per_call")), _pct(r.get("greedy_text_agreement")),
+           _pct(r.get("answered_share"))] for r in recs]
+  return head, rows
+
+
+_TABLES = {"decode": _decode_rows, "train": _train_rows, "star_iteration": _star_rows,
+           "star_sampling": _sampling_rows}
 TITLES = {"decode": "Greedy decoding", "train": "Training step",
-          "star_iteration": "STaR iteration wall time"}
+          "star_iteration": "STaR iteration wall time", "star_sampling": "STaR sampling workload"}
 
 
 def markdown_table(recs: Sequence[dict[str, Any]]) -> str:

@@ -3,7 +3,9 @@ r"""Writes docs/benchmarks.md from the benchmarks' JSON lines.
   python -m star_jax.benchmarks.decode > decode.jsonl
   python -m star_jax.benchmarks.train > train.jsonl
   python -m star_jax.benchmarks.star_iteration > star_iteration.jsonl
+  python -m star_jax.benchmarks.star_sampling --data=CQA_TRAIN.jsonl > star_sampling.jsonl
   python -m star_jax.benchmarks.to_markdown decode.jsonl train.jsonl star_iteration.jsonl \
+      star_sampling.jsonl \
       --out=docs/benchmarks.md
 
 Lines that are not result objects (a ``--markdown`` table, say) are skipped.
@@ -36,6 +38,13 @@ NOTES = {
         "Wall time of each phase as the run records it in `metrics.jsonl` (pretrain is timed "
         "by the benchmark); compilation is included in the phase that first compiles. No "
         "transformers counterpart."),
+    "star_sampling": (
+        "Questions per second of whole sampling calls (prefill included) on the cqa task's own "
+        "few-shot prompts with real CommonsenseQA questions, after one call that compiles "
+        "(star_jax) or warms up (transformers); every side gets the same prompt ids, the same "
+        "rows per batch and the same stop string. *reuse*: the few-shot block prefilled once per "
+        "call and each question once for its n samples; *no reuse*: every row prefills its "
+        "whole prompt. *Greedy text agreement*: identical greedy answers to transformers'."),
 }
 
 
