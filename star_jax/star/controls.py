@@ -1,8 +1,9 @@
 """The baselines STaR is compared with, run with the STaR run's budget: the same base model,
 iterations, questions, steps and batch size, and the same evaluation after every iteration.
 
-  direct     fine-tuning on the questions' bare answers, no rationale (the paper's "direct
-             fine-tuned" baseline; arithmetic: the sum line alone)
+  direct     fine-tuning on the bare answers of every train question (all of D, whatever
+             star.questions_per_iteration), no rationale (the paper's "direct fine-tuned"
+             baseline; arithmetic: the sum line alone)
   seed_only  more training on the seed set P alone, the data the base model was made from:
              a STaR lift is then more than more steps
 
@@ -13,8 +14,6 @@ keys, with nothing sampled or kept.
 from __future__ import annotations
 
 import time
-
-import numpy as np
 
 from star_jax.star import finetune as ft
 from star_jax.star import phases
@@ -31,7 +30,7 @@ def iteration(run: phases.Run, n: int, base, params) -> tuple[dict, list[dict], 
   """Control iteration ``n``: trains M_{n-1} (or M_0 with restart_from_base) for STaR's steps."""
   config, task = run.config, run.exp.task
   star = config.star
-  questions = phases.choose_questions(run, np.random.default_rng([config.seed, n]))
+  questions = run.exp.train_set  # all of D: the strongest answers-only baseline of the budget
   if star.method == "direct":
     examples = ft.training_examples(task, run.exp.tokenizer, [(ex, "") for ex in questions],
                                     few_shot=star.few_shot_in_training)

@@ -112,6 +112,7 @@ def check_kept_and_trained(metrics, kept):
 def test_controls_train_on_their_own_data_with_the_star_budget(tmp_path, method):
   config = load_config("arithmetic")
   config.star.method, config.star.iterations = method, 1
+  config.star.questions_per_iteration = 10  # STaR's sample; direct trains on all of D
   workdir = str(tmp_path / method)
   metrics = star.run(config, workdir)
   m = metrics[1]
