@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from star_jax.benchmarks import (common, decode, records, star_iteration, star_sampling,
+from star_jax.benchmarks import (cold_start, common, decode, records, star_iteration, star_sampling,
                                  to_markdown, train)
 
 torch = pytest.importorskip("torch")
@@ -187,13 +187,37 @@ SAMPLING_KEYS = set(records.RECORD_KEYS) | {
     "star_jax_detail", "transformers_detail", "greedy_text_agreement", "answered_share"}
 
 
-def test_star_sampling_end_to_end(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def tiny_chat(tmp_path_factory):
+  """A tiny random Llama with its own byte-level BPE (~400 ids), which spells the six CQA
+  exemplars in ~1,450 tokens."""
+  ckpt = str(tmp_path_factory.mktemp("bench") / "tiny_chat")
+  train_tiny_tokenizer(ckpt)
+  hf_model("llama", vocab_size=400, max_position_embeddings=2048).save_pretrained(ckpt)
+  return ckpt
+
+
+def test_cold_start_milestones(tiny_chat, capsys):
+  recs = cold_start.run(checkpoint=tiny_chat, seq_len=2048, cmd="python -m " + cold_start.MODULE)
+  assert _printed(capsys) == recs
+  assert [r["case"] for r in recs] == ["imported", "checkpoint loaded", "first sampled token",
+                                       "first train step"]
+  seconds = [r["star_jax"] for r in recs]
+  assert seconds == sorted(seconds) and seconds[0] > 0
+  for rec in recs:
+    assert set(records.RECORD_KEYS) <= set(rec) and rec["metric"] == "seconds_since_start"
+    assert rec["compile_s"] == pytest.approx(sum(s for _, s in rec["compiles"]), abs=0.02)
+  def compiled(rec):
+    return " ".join(what for what, _ in rec["compiles"])
+  assert "prefill" in compiled(recs[2]) and "decode" in compiled(recs[2])
+  assert "train step (8 micro-batches of 1 x 2048 tokens)" in compiled(recs[3])
+  assert "| first train step |" in records.markdown_table(recs)
+
+
+def test_star_sampling_end_to_end(tiny_chat, tmp_path, capsys):
   """The CQA few-shot workload on a tiny Llama with its own tokenizer: both workloads, with and
   without prefix reuse, against transformers on the same prompt ids."""
-  ckpt = str(tmp_path / "tiny_chat")
-  train_tiny_tokenizer(ckpt)
-  # The byte-level BPE of ~400 ids spells the six exemplars in ~1,450 tokens.
-  hf_model("llama", vocab_size=400, max_position_embeddings=2048).save_pretrained(ckpt)
+  ckpt = tiny_chat
   write_cqa(str(tmp_path / "cqa"), n_train=6, n_dev=0)
   recs = star_sampling.run(data=str(tmp_path / "cqa" / "train_rand_split.jsonl"),
                            checkpoint=ckpt, questions=6, batch_size=4, max_new_tokens=6,

@@ -3,7 +3,7 @@
 Every benchmark prints one JSON object per case to stdout (logs go to stderr)
 with at least these keys (``RECORD_KEYS``):
 
-  benchmark    "decode" | "train" | "star_iteration"
+  benchmark    "decode" | "train" | "star_iteration" | "star_sampling" | "cold_start"
   case         what was measured, e.g. "batch=32"
   metric       what ``star_jax`` and ``transformers`` hold, e.g. "new_tokens_per_s"
   star_jax     star_jax's figure
@@ -166,10 +166,18 @@ def _sampling_rows(recs):
   return head, rows
 
 
+def _cold_rows(recs):
+  head = ["milestone", "seconds since the process started", "compiles on the way (s)"]
+  rows = [[r["case"], _fmt(r["star_jax"]),
+           ", ".join(f"{w}: {s:g}" for w, s in r.get("compiles") or []) or "–"] for r in recs]
+  return head, rows
+
+
 _TABLES = {"decode": _decode_rows, "train": _train_rows, "star_iteration": _star_rows,
-           "star_sampling": _sampling_rows}
+           "star_sampling": _sampling_rows, "cold_start": _cold_rows}
 TITLES = {"decode": "Greedy decoding", "train": "Training step",
-          "star_iteration": "STaR iteration wall time", "star_sampling": "STaR sampling workload"}
+          "star_iteration": "STaR iteration wall time", "star_sampling": "STaR sampling workload",
+          "cold_start": "Cold start"}
 
 
 def markdown_table(recs: Sequence[dict[str, Any]]) -> str:

@@ -4,8 +4,9 @@ r"""Writes docs/benchmarks.md from the benchmarks' JSON lines.
   python -m star_jax.benchmarks.train > train.jsonl
   python -m star_jax.benchmarks.star_iteration > star_iteration.jsonl
   python -m star_jax.benchmarks.star_sampling --data=CQA_TRAIN.jsonl > star_sampling.jsonl
+  python -m star_jax.benchmarks.cold_start > cold_start.jsonl
   python -m star_jax.benchmarks.to_markdown decode.jsonl train.jsonl star_iteration.jsonl \
-      star_sampling.jsonl \
+      star_sampling.jsonl cold_start.jsonl \
       --out=docs/benchmarks.md
 
 Lines that are not result objects (a ``--markdown`` table, say) are skipped.
@@ -45,6 +46,11 @@ NOTES = {
         "rows per batch and the same stop string. *reuse*: the few-shot block prefilled once per "
         "call and each question once for its n samples; *no reuse*: every row prefills its "
         "whole prompt. *Greedy text agreement*: identical greedy answers to transformers'."),
+    "cold_start": (
+        "Seconds from a fresh process (no compilation cache) to each milestone of a STaR run "
+        "on the cqa config: jax imported, checkpoint loaded, the first sampled token of the "
+        "few-shot prompt, the first fine-tuning step of the config's shape; the programs "
+        "compiled on the way, with their compile seconds."),
 }
 
 

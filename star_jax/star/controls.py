@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import time
 
-from star_jax.star import finetune as ft
-from star_jax.star import phases
+from star_jax.star import finetune as ft, phases
 
 METHODS = ("star", "direct", "seed_only")
 

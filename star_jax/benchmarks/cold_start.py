@@ -1,0 +1,108 @@
+r"""Cold start: seconds from a fresh process to the first sampled token and to the first
+train step, as a STaR run on the cqa config meets them (no compilation cache).
+
+  python -m star_jax.benchmarks.cold_start [--checkpoint=smollm2-135m-instruct] [--markdown]
+
+In one fresh process: import jax and star_jax, load the checkpoint, sample one new
+token for the cqa task's few-shot prompt (compiling prefill and decode), then one
+fine-tuning step of the cqa config's shape (``train.batch_size`` rows x
+``train.grad_accum`` micro-batches x ``train.seq_len`` tokens; compiling the step).
+Run it as its own command: a process that already compiled these programs measures
+nothing. One JSON line per milestone, each with the seconds since the process
+started (``star_jax``) and the compiles it paid for (``compiles``).
+"""
+
+from __future__ import annotations
+
+import time
+
+_T0 = time.perf_counter()  # before jax is imported: the import is part of a cold start
+
+from typing import Any  # noqa: E402
+
+from absl import app, flags, logging  # noqa: E402
+
+from star_jax.benchmarks import common, records  # noqa: E402
+
+MODULE = "star_jax.benchmarks.cold_start"
+
+
+def _cqa_train_config(seq_len: int = 0):
+  """The cqa config's train settings (what configs/cqa.py builds)."""
+  from star_jax.star.defaults import text_task_config
+  cfg = text_task_config("cqa", "data/commonsense_qa", "").train
+  if seq_len:
+    cfg.seq_len = seq_len
+  return cfg
+
+
+def run(checkpoint: str = "smollm2-135m-instruct", seq_len: int = 0, markdown: bool = False,
+        cmd: str | None = None, t0: float | None = None) -> list[dict[str, Any]]:
+  import jax
+
+  from star_jax import tasks
+  from star_jax.engine import batching, sharding
+  from star_jax.engine.trainer import Trainer
+  from star_jax.hub import load_pretrained
+  from star_jax.runtime import compiling
+  from star_jax.sampling import Sampler
+  from star_jax.star import finetune as ft
+
+  t0 = _T0 if t0 is None else t0
+  cmd = cmd if cmd is not None else common.command(MODULE)
+  marks: list[tuple[str, float, list]] = []  # (milestone, seconds, [[compiled, seconds]])
+  seen = [0]
+
+  def mark(name: str) -> None:
+    new = compiling.COMPILED[seen[0]:]
+    seen[0] = len(compiling.COMPILED)
+    marks.append((name, time.perf_counter() - t0, [[w, round(s, 2)] for w, s in new]))
+    logging.info("%s after %.1f s", name, marks[-1][1])
+
+  mark("imported")
+  mesh = sharding.make_mesh([1, 1, 1], devices=jax.devices()[:1])
+  pre = load_pretrained(checkpoint, mesh, dtype="float32")
+  mark("checkpoint loaded")
+  task, tok = tasks.get_task("cqa"), pre.tokenizer
+  query = task.exemplars()[0]
+  prompt = tok.encode_prompt(task.prompt(query))
+  sampler = Sampler(pre.model_cfg, pre.graphdef, mesh, end_ids=tok.end_ids, pad_id=tok.pad_id,
+                    batch_size=8)
+  sampler.sample(pre.params, [prompt], 1)  # returns host arrays: the token is there
+  mark("first sampled token")
+  train_cfg = _cqa_train_config(seq_len)
+  completion = tok.encode(task.completion(query.meta["rationale"], query))
+  example = batching.TrainExample(prompt, completion)
+  trainer = Trainer(pre.graphdef, mesh, ft.optim_config(train_cfg, 1))
+  ft.finetune(trainer, pre.params, [example] * 8, train_cfg, 1, seed=0, desc="first step")
+  mark("first train step")
+
+  machine = common.machine_info(jax.devices()[:1])
+  recs = []
+  for name, seconds, compiles in marks:
+    recs.append(records.record(
+        "cold_start", name, "seconds_since_start", seconds, None, None, machine, cmd,
+        checkpoint=checkpoint, prompt_tokens=len(prompt), train_rows=train_cfg.batch_size,
+        train_micro_batches=train_cfg.grad_accum, train_seq_len=train_cfg.seq_len,
+        compiles=compiles, compile_s=round(sum(s for _, s in compiles), 2)))
+    records.emit(recs[-1])
+  if markdown:
+    records.print_markdown(recs)
+  return recs
+
+
+def define_flags() -> None:
+  flags.DEFINE_string("checkpoint", "smollm2-135m-instruct",
+                      "known checkpoint name, Hugging Face directory or .gguf file")
+  flags.DEFINE_integer("seq_len", 0, "train row length (0: the cqa config's train.seq_len)")
+  common.define_markdown_flag()
+
+
+def main(argv):
+  F = common.parsed_flags(argv)
+  run(checkpoint=F.checkpoint, seq_len=F.seq_len, markdown=F.markdown)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
