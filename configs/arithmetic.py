@@ -31,7 +31,7 @@ def get_config(variant: str = ""):
   c.data.max_train = 20000  # the pool STaR samples its questions from (1-5 digits)
   c.data.max_eval = 500  # draws of distinct held-out problems: ~100 per digit count, but
   # only 8 one-digit problems are held out, so 428 problems in all
-  c.star.iterations = 8
+  c.star.iterations = 8  # x 150 steps; docs/arithmetic.md has the controls by training steps
   c.star.questions_per_iteration = 2000
   c.star.few_shot = False  # the warm-started base model reads the bare problem
   c.star.few_shot_rationalization = False

@@ -201,7 +201,7 @@ def test_cold_start_milestones(tiny_chat, capsys):
   recs = cold_start.run(checkpoint=tiny_chat, seq_len=2048, cmd="python -m " + cold_start.MODULE)
   assert _printed(capsys) == recs
   assert [r["case"] for r in recs] == ["imported", "checkpoint loaded", "first sampled token",
-                                       "first train step"]
+                                       "first train step", "second train step (warm)"]
   seconds = [r["star_jax"] for r in recs]
   assert seconds == sorted(seconds) and seconds[0] > 0
   for rec in recs:
@@ -211,6 +211,7 @@ def test_cold_start_milestones(tiny_chat, capsys):
     return " ".join(what for what, _ in rec["compiles"])
   assert "prefill" in compiled(recs[2]) and "decode" in compiled(recs[2])
   assert "train step (8 micro-batches of 1 x 2048 tokens)" in compiled(recs[3])
+  assert recs[4]["compiles"] == []  # the warm step reuses the compiled one
   assert "| first train step |" in records.markdown_table(recs)
 
 

@@ -6,7 +6,9 @@ train step, as a STaR run on the cqa config meets them (no compilation cache).
 In one fresh process: import jax and star_jax, load the checkpoint, sample one new
 token for the cqa task's few-shot prompt (compiling prefill and decode), then one
 fine-tuning step of the cqa config's shape (``train.batch_size`` rows x
-``train.grad_accum`` micro-batches x ``train.seq_len`` tokens; compiling the step).
+``train.grad_accum`` micro-batches x ``train.seq_len`` tokens; compiling the step), and
+the same step once more, warm: the difference of the last two milestones is the step's
+own compute, which no compile cache removes.
 Run it as its own command: a process that already compiled these programs measures
 nothing. One JSON line per milestone, each with the seconds since the process
 started (``star_jax``) and the compiles it paid for (``compiles``).
@@ -74,8 +76,12 @@ def run(checkpoint: str = "smollm2-135m-instruct", seq_len: int = 0, markdown: b
   completion = tok.encode(task.completion(query.meta["rationale"], query))
   example = batching.TrainExample(prompt, completion)
   trainer = Trainer(pre.graphdef, mesh, ft.optim_config(train_cfg, 1))
-  ft.finetune(trainer, pre.params, [example] * 8, train_cfg, 1, seed=0, desc="first step")
+  rows = [example] * (train_cfg.batch_size * train_cfg.grad_accum)
+  ft.finetune(trainer, pre.params, rows, train_cfg, 1, seed=0, desc="first step")
   mark("first train step")
+  # The same step again, compiled already: what the first one cost beyond its own compute.
+  ft.finetune(trainer, pre.params, rows, train_cfg, 1, seed=1, desc="second step")
+  mark("second train step (warm)")
 
   machine = common.machine_info(jax.devices()[:1])
   recs = []

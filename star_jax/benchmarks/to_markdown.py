@@ -44,13 +44,15 @@ NOTES = {
         "few-shot prompts with real CommonsenseQA questions, after one call that compiles "
         "(star_jax) or warms up (transformers); every side gets the same prompt ids, the same "
         "rows per batch and the same stop string. *reuse*: the few-shot block prefilled once per "
-        "call and each question once for its n samples; *no reuse*: every row prefills its "
-        "whole prompt. *Greedy text agreement*: identical greedy answers to transformers'."),
+        "call; *no reuse* (`prefix_reuse=False`): every question prefills its whole prompt. "
+        "Both prefill a question once for its n samples (transformers: once per row). "
+        "*Greedy text agreement*: identical greedy answers to transformers'."),
     "cold_start": (
         "Seconds from a fresh process (no compilation cache) to each milestone of a STaR run "
         "on the cqa config: jax imported, checkpoint loaded, the first sampled token of the "
-        "few-shot prompt, the first fine-tuning step of the config's shape; the programs "
-        "compiled on the way, with their compile seconds."),
+        "few-shot prompt, the first fine-tuning step of the config's shape, and that step once "
+        "more, warm (the difference of the last two rows is the step's own compute); the "
+        "programs compiled on the way, with their compile seconds."),
 }
 
 

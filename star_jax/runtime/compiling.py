@@ -23,7 +23,7 @@ COMPILED: list[tuple[str, float]] = []  # (what, seconds) of every compile, in o
 
 def device_memory_bytes(device=None) -> int | None:
   """What one of this process's devices can hold: the accelerator's limit, or the host's
-  available memory shared by its local devices (CPU devices have no limit of their own)."""
+  available memory (CPU devices have no limit of their own)."""
   device = device or jax.local_devices()[0]  # another process's device has no stats here
   try:
     stats = device.memory_stats()
@@ -31,8 +31,7 @@ def device_memory_bytes(device=None) -> int | None:
     stats = None
   if stats and stats.get("bytes_limit"):
     return int(stats["bytes_limit"])
-  host = _host_available_bytes()
-  return host // max(1, jax.local_device_count()) if host else None
+  return _host_available_bytes()
 
 
 def _host_available_bytes() -> int | None:

@@ -19,7 +19,10 @@ from star_jax.star.defaults import base_config
 
 # Keys that change how a run is executed but not its results: free to differ on resume.
 OPERATIONAL_KEYS = {"checkpoint_every", "sample.shard_size", "data.download", "data.tfds_dir",
-                    "data.download_timeout_s"}
+                    "data.download_timeout_s",
+                    # iteration n depends on n alone (its questions, steps and seed), so a
+                    # finished run can be extended by more iterations, or stopped earlier
+                    "star.iterations"}
 # Free-form sub-dicts whose own keys are not checked against the defaults.
 FREE_FORM = ("model.overrides", "pretrain.data", "task_options")
 ARTIFACTS = ("config.json", "metrics.jsonl", "checkpoints", "pretrain_ckpt", "accuracy.png",

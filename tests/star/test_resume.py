@@ -15,13 +15,13 @@ from star_jax.star import workdir as wd
 CMD = [sys.executable, "-m", "star_jax.main", "--config=configs/arithmetic.py:smoke"]
 
 
-def _run(workdir, failpoint=None):
+def _run(workdir, failpoint=None, *args):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)  # one device, as a user would run it
   env.pop("STAR_JAX_FAILPOINT", None)
   if failpoint:
     env["STAR_JAX_FAILPOINT"] = failpoint
-  return subprocess.run(CMD + [f"--workdir={workdir}"], cwd=ROOT, env=env, capture_output=True,
+  return subprocess.run(CMD + [f"--workdir={workdir}", *args], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=600)
 
 
@@ -64,6 +64,13 @@ def test_killed_run_resumes_to_the_same_results(tmp_path):
   proc = _run(killed)
   assert proc.returncode == 0 and _results(killed) == expected
 
+  # A run of one iteration, extended to the config's two, equals the two-iteration run.
+  extended = tmp_path / "extended"
+  assert _run(extended, None, "--config.star.iterations=1").returncode == 0
+  proc = _run(extended)
+  assert proc.returncode == 0 and "resuming" in proc.stderr, proc.stderr[-3000:]
+  assert _results(extended) == expected
+
 
 def test_changed_config_is_refused_naming_the_keys(tmp_path):
   config = load_config("arithmetic")
@@ -74,11 +81,13 @@ def test_changed_config_is_refused_naming_the_keys(tmp_path):
   config.train.learning_rate = 0.5
   config.star.rationalize = False
   config.checkpoint_every = 7  # operational: allowed to differ
+  config.star.iterations = 3  # more iterations extend a run
   with pytest.raises(wd.ConfigMismatchError) as e:
     star.run(config, workdir)
   msg = str(e.value)
   assert "train.learning_rate" in msg and "star.rationalize" in msg and "--overwrite" in msg
-  assert "checkpoint_every" not in msg
+  assert "checkpoint_every" not in msg and "star.iterations" not in msg
+  config.star.iterations = 0
   star.run(config, workdir, overwrite=True)  # the explicit way to start over
   assert json.load(open(os.path.join(workdir, "config.json")))["train"]["learning_rate"] == 0.5
 
