@@ -176,8 +176,12 @@ def test_star_iteration_reads_finished_runs(tmp_path, capsys):
   assert recs[0]["phases"]["pretrain_seconds"] == 7.0
   assert recs[0]["pretrain_source"] == "metrics.jsonl"
   other = star_iteration.load_config(spec)
-  other.star.iterations = 3
-  with pytest.raises(ValueError, match="star.iterations"):
+  other.train.learning_rate = 0.5
+  with pytest.raises(ValueError, match="train.learning_rate"):
+    star_iteration._finished_metrics(spec, other, str(run_dir))
+  other = star_iteration.load_config(spec)
+  other.star.iterations = 3  # a run can be extended: this one is not, yet
+  with pytest.raises(ValueError, match=r"has not finished .* expected \[0, 1, 2, 3\]"):
     star_iteration._finished_metrics(spec, other, str(run_dir))
 
 
