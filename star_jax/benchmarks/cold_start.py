@@ -1,11 +1,12 @@
 r"""Cold start: seconds from a fresh process to the first sampled token and to the first
 train step, as a STaR run on the cqa config meets them (no compilation cache).
 
-  python -m star_jax.benchmarks.cold_start [--checkpoint=smollm2-135m-instruct] [--markdown]
+  python -m star_jax.benchmarks.cold_start [--config=configs/cqa.py] \
+      [--checkpoint=smollm2-135m-instruct] [--markdown]
 
 In one fresh process: import jax and star_jax, load the checkpoint, sample one new
 token for the cqa task's few-shot prompt (compiling prefill and decode), then one
-fine-tuning step of the cqa config's shape (``train.batch_size`` rows x
+fine-tuning step of the config's shape (``train.batch_size`` rows x
 ``train.grad_accum`` micro-batches x ``train.seq_len`` tokens; compiling the step), and
 the same step once more, warm: the difference of the last two milestones is the step's
 own compute, which no compile cache removes.
@@ -24,22 +25,14 @@ from typing import Any  # noqa: E402
 
 from absl import app, flags, logging  # noqa: E402
 
-from star_jax.benchmarks import common, records  # noqa: E402
+from star_jax.benchmarks import common, records, star_iteration  # noqa: E402
 
 MODULE = "star_jax.benchmarks.cold_start"
 
 
-def _cqa_train_config(seq_len: int = 0):
-  """The cqa config's train settings (what configs/cqa.py builds)."""
-  from star_jax.star.defaults import text_task_config
-  cfg = text_task_config("cqa", "data/commonsense_qa", "").train
-  if seq_len:
-    cfg.seq_len = seq_len
-  return cfg
-
-
-def run(checkpoint: str = "smollm2-135m-instruct", seq_len: int = 0, markdown: bool = False,
-        cmd: str | None = None, t0: float | None = None) -> list[dict[str, Any]]:
+def run(checkpoint: str = "smollm2-135m-instruct", config: str = "configs/cqa.py",
+        seq_len: int = 0, markdown: bool = False, cmd: str | None = None
+        ) -> list[dict[str, Any]]:
   import jax
 
   from star_jax import tasks
@@ -50,7 +43,6 @@ def run(checkpoint: str = "smollm2-135m-instruct", seq_len: int = 0, markdown: b
   from star_jax.sampling import Sampler
   from star_jax.star import finetune as ft
 
-  t0 = _T0 if t0 is None else t0
   cmd = cmd if cmd is not None else common.command(MODULE)
   marks: list[tuple[str, float, list]] = []  # (milestone, seconds, [[compiled, seconds]])
   seen = [0]
@@ -58,7 +50,7 @@ def run(checkpoint: str = "smollm2-135m-instruct", seq_len: int = 0, markdown: b
   def mark(name: str) -> None:
     new = compiling.COMPILED[seen[0]:]
     seen[0] = len(compiling.COMPILED)
-    marks.append((name, time.perf_counter() - t0, [[w, round(s, 2)] for w, s in new]))
+    marks.append((name, time.perf_counter() - _T0, [[w, round(s, 2)] for w, s in new]))
     logging.info("%s after %.1f s", name, marks[-1][1])
 
   mark("imported")
@@ -72,7 +64,8 @@ def run(checkpoint: str = "smollm2-135m-instruct", seq_len: int = 0, markdown: b
                     batch_size=8)
   sampler.sample(pre.params, [prompt], 1)  # returns host arrays: the token is there
   mark("first sampled token")
-  train_cfg = _cqa_train_config(seq_len)
+  train_cfg = star_iteration.load_config(config).train
+  train_cfg.seq_len = seq_len or train_cfg.seq_len
   completion = tok.encode(task.completion(query.meta["rationale"], query))
   example = batching.TrainExample(prompt, completion)
   trainer = Trainer(pre.graphdef, mesh, ft.optim_config(train_cfg, 1))
@@ -100,13 +93,14 @@ def run(checkpoint: str = "smollm2-135m-instruct", seq_len: int = 0, markdown: b
 def define_flags() -> None:
   flags.DEFINE_string("checkpoint", "smollm2-135m-instruct",
                       "known checkpoint name, Hugging Face directory or .gguf file")
-  flags.DEFINE_integer("seq_len", 0, "train row length (0: the cqa config's train.seq_len)")
+  flags.DEFINE_string("config", "configs/cqa.py", "the config whose train step is timed")
+  flags.DEFINE_integer("seq_len", 0, "train row length (0: the config's train.seq_len)")
   common.define_markdown_flag()
 
 
 def main(argv):
   F = common.parsed_flags(argv)
-  run(checkpoint=F.checkpoint, seq_len=F.seq_len, markdown=F.markdown)
+  run(checkpoint=F.checkpoint, config=F.config, seq_len=F.seq_len, markdown=F.markdown)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,9 @@ def iteration(run: phases.Run, n: int, base, params) -> tuple[dict, list[dict], 
   """Control iteration ``n``: trains M_{n-1} (or M_0 with restart_from_base) for STaR's steps."""
   config, task = run.config, run.exp.task
   star = config.star
-  questions = run.exp.train_set  # all of D: the strongest answers-only baseline of the budget
+  questions = []
   if star.method == "direct":
+    questions = run.exp.train_set  # all of D: the strongest answers-only baseline of the budget
     examples = ft.training_examples(task, run.exp.tokenizer, [(ex, "") for ex in questions],
                                     few_shot=star.few_shot_in_training)
   else:
@@ -44,7 +45,7 @@ def iteration(run: phases.Run, n: int, base, params) -> tuple[dict, list[dict], 
                                   on_step=run.on_step(n))
   record = {
       "iteration": n, "method": star.method,
-      "train_questions": len(questions) if star.method == "direct" else 0,
+      "train_questions": len(questions),
       "solved_by_generation": 0, "solved_by_rationalization": 0, "kept": 0,
       "train_examples": stats.examples, "train_steps": stats.steps,
       "train_loss": stats.final_loss, "train_examples_too_long": stats.too_long,
