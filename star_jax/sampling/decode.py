@@ -1,5 +1,6 @@
 """The jitted parts of sampling: prefill a shared prefix once, prefill a left-padded batch of
-prompts (each once, however many samples it has), then an early-exit decode loop.
+prompts (each once, however many samples it has), then an early-exit decode loop, and the
+gather that lets a batch whose most rows are done decode on as a smaller one.
 
 All take the parameters as an argument (never closed over), so the trainer's freshly
 updated arrays are used directly, and a prefix cache lives only as long as the call
@@ -143,6 +144,19 @@ def decode_step(model, state: DecodeState) -> tuple[jax.Array, DecodeState]:
   state = state._replace(cache=cache, kv_valid_BxS=kv_valid_BxS, slot=state.slot + 1,
                          position_B=position_B)
   return model.logits(h_Bx1xD)[:, 0], state
+
+
+def compact(state: DecodeState, rows_C: jax.Array, live_C: jax.Array) -> DecodeState:
+  """Rows ``rows_C`` of a batch as a batch of C rows (C < B): a batch whose most rows are done
+  decodes on with only the rows still going, each carrying its cache, outputs and PRNG key (so
+  its tokens are the ones it would have drawn in the big batch). Rows where ``live_C`` is
+  false only fill the batch up to C: they are marked done."""
+  take = lambda x: jnp.take(x, rows_C, axis=0)
+  rows = {f: take(getattr(state, f)) for f in DecodeState._fields
+          if f not in ("cache", "slot", "step")}
+  rows["done_B"] = rows["done_B"] | ~live_C
+  cache = [LayerCache(take(c.k_BxKxSxH), take(c.v_BxKxSxH)) for c in state.cache]
+  return state._replace(cache=cache, **rows)
 
 
 def decode(graphdef, params, state: DecodeState, stop_at, sp: SamplingParams,

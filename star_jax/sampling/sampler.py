@@ -5,7 +5,8 @@ so the batch shares one write slot per step (positions come from the padding
 mask); each batch runs the jitted prefill and decode loop of decode.py,
 compiled once per shape and layout. Each row draws its random numbers from
 ``(seed, prompt index, sample index, step)``, so results do not depend on batch
-size or order. Stop strings are checked on the host between decode chunks.
+size or order. Stop strings are checked on the host between decode chunks, and a batch
+whose rows are mostly done goes on as a smaller batch of the rows still going.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from star_jax.engine.model_config import ModelConfig
 from star_jax.engine.params import shardings_of
 from star_jax.runtime.compiling import CompileOnFirstCall
 from star_jax.runtime.distributed import to_host
-from star_jax.sampling.decode import DecodeState, decode, prefill, prefill_prefix
+from star_jax.sampling.decode import DecodeState, compact, decode, prefill, prefill_prefix
 from star_jax.sampling.methods import SamplingParams
 
 MIN_PROMPT_BUCKET = 16
@@ -40,6 +41,7 @@ class SampleOutput:
   logprobs: np.ndarray  # [num_prompts, n, max_new_tokens] model log-prob of each token
   finished: np.ndarray  # [num_prompts, n] bool: stopped on an end token or stop string
   decode_steps: int  # decode-loop iterations run over all batches (after prefill)
+  decode_row_steps: int  # rows x iterations computed (a compacted batch computes fewer rows)
   prefill_tokens: int  # token slots prefilled, padding included (the shared prefix once)
 
   def sequences(self, prompt: int, sample: int = 0) -> list[int]:
@@ -79,13 +81,18 @@ class Sampler:
   the encodings of the stop strings so batches need not wait for the host's
   stop-string check. Stop strings stay authoritative: a tokenizer may spell a
   stop string with other tokens, and the host check still catches those.
+
+  ``compact_rows``: between decode chunks, once at most half of a batch's rows are still
+  going, they decode on as a batch of their own (a power of two of the batch shards): the
+  steps of a long-tailed batch cost what its live rows cost. Samples are the same.
   """
 
   def __init__(self, cfg: ModelConfig, graphdef: nnx.GraphDef, mesh: Mesh,
                end_ids: Sequence[int] = (), pad_id: int = 0, batch_size: int = 32,
-               stop_check_every: int = 32, stop_sequences: Sequence[Sequence[int]] = (),
-               prefix_reuse: bool = True, min_prefix: int = 32):
+               stop_check_every: int = 16, stop_sequences: Sequence[Sequence[int]] = (),
+               prefix_reuse: bool = True, min_prefix: int = 32, compact_rows: bool = True):
     self.cfg, self.graphdef, self.mesh = cfg, graphdef, mesh
+    self.compact_rows = compact_rows
     self.prefix_reuse, self.min_prefix = prefix_reuse, min_prefix
     seqs = {tuple(int(i) for i in seq) for seq in stop_sequences}
     if () in seqs:
@@ -121,30 +128,51 @@ class Sampler:
 
   def _compiled(self, params, Q: int, samples: int, prefix: int, prompt_len: int, S: int, N: int,
                 sp: SamplingParams):
-    """The (prefill, decode) pair for Q prompts x ``samples`` rows after a ``prefix``."""
+    """The prefill of Q prompts x ``samples`` rows after a ``prefix``."""
     p_shard = shardings_of(params)
     key = (self.graphdef, self.mesh, self.end_ids, self.stop_seqs, self.pad_id, Q, samples,
            prefix, prompt_len, S, N, sp, sharding.tree_key(p_shard))
     if key not in _FNS:
       B = Q * samples
-      st_shard = self._state_shardings(B, S, N)
       rep = sharding.replicated(self.mesh)
-      static = dict(sp=sp, end_ids=self.end_ids, pad_id=self.pad_id, stop_seqs=self.stop_seqs)
       pre = jax.jit(
           functools.partial(prefill, self.graphdef, cache_len=S, max_new=N, samples=samples,
-                            **static),
+                            **self._static(sp)),
           in_shardings=(p_shard, self._prefix_sharding(prefix) if prefix else None,
                         self._batch_sharding((Q, prompt_len)),
                         self._batch_sharding((Q, prompt_len)),
                         self._batch_sharding((B,)), self._batch_sharding((B,)), rep),
-          out_shardings=st_shard)
-      dec = jax.jit(functools.partial(decode, self.graphdef, **static),
-                    in_shardings=(p_shard, st_shard, rep), out_shardings=st_shard,
-                    donate_argnums=(1,))
+          out_shardings=self._state_shardings(B, S, N))
       shape = f"{Q} prompts x {samples} of {prefix} + {prompt_len} tokens, {N} new"
-      hint = "sample in smaller batches"
-      _FNS[key] = (CompileOnFirstCall(pre, f"the sampler's prefill ({shape})", hint),
-                   CompileOnFirstCall(dec, f"the sampler's decode loop ({shape})", hint))
+      _FNS[key] = CompileOnFirstCall(pre, f"the sampler's prefill ({shape})",
+                                     "sample in smaller batches")
+    return _FNS[key]
+
+  def _static(self, sp: SamplingParams) -> dict:
+    return dict(sp=sp, end_ids=self.end_ids, pad_id=self.pad_id, stop_seqs=self.stop_seqs)
+
+  def _decoder(self, params, B: int, S: int, N: int, sp: SamplingParams):
+    """The decode loop of B rows over S cache slots, N new tokens at most."""
+    p_shard = shardings_of(params)
+    key = ("decode", self.graphdef, self.mesh, self.end_ids, self.stop_seqs, self.pad_id, B, S,
+           N, sp, sharding.tree_key(p_shard))
+    if key not in _FNS:
+      st_shard = self._state_shardings(B, S, N)
+      dec = jax.jit(functools.partial(decode, self.graphdef, **self._static(sp)),
+                    in_shardings=(p_shard, st_shard, sharding.replicated(self.mesh)),
+                    out_shardings=st_shard, donate_argnums=(1,))
+      _FNS[key] = CompileOnFirstCall(
+          dec, f"the sampler's decode loop ({B} rows, {S} cache slots, {N} new)",
+          "sample in smaller batches")
+    return _FNS[key]
+
+  def _compactor(self, B: int, C: int, S: int, N: int):
+    """The gather of C of a batch's B rows into a batch of their own (decode.compact)."""
+    key = ("compact", self.graphdef, self.mesh, B, C, S, N)
+    if key not in _FNS:
+      _FNS[key] = jax.jit(compact, in_shardings=(
+          self._state_shardings(B, S, N), self._batch_sharding((C,)), self._batch_sharding((C,))),
+          out_shardings=self._state_shardings(C, S, N))
     return _FNS[key]
 
   def _prefix_cache(self, params, prefix: list[int]) -> list[LayerCache]:
@@ -194,7 +222,8 @@ class Sampler:
     N = -(-max_new_tokens // NEW_TOKENS_BUCKET) * NEW_TOKENS_BUCKET
     out = SampleOutput(tokens=np.zeros((num, n, N), np.int32), lengths=np.zeros((num, n), np.int32),
                        logprobs=np.zeros((num, n, N), np.float32),
-                       finished=np.zeros((num, n), bool), decode_steps=0, prefill_tokens=0)
+                       finished=np.zeros((num, n), bool), decode_steps=0, decode_row_steps=0,
+                       prefill_tokens=0)
     prefix = self._reusable_prefix(prompts, N)
     # Prompts sorted by length keep each batch's padding tight; a batch holds whole prompts,
     # each with its n sample rows, so a prompt is prefilled once.
@@ -233,17 +262,22 @@ class Sampler:
                     offset: int):
     layout = self._layout(prompts, batch, prefix, n, N, offset)
     S = prefix + layout.prompt_len + N
-    pre, dec = self._compiled(params, len(batch), n, prefix, layout.prompt_len, S, N, sp)
+    pre = self._compiled(params, len(batch), n, prefix, layout.prompt_len, S, N, sp)
     put = lambda x: jax.device_put(x, self._batch_sharding(x.shape))  # host data -> global array
     state = pre(params, prefix_cache, put(layout.prompt_QxP), put(layout.mask_QxP),
                 put(layout.prompt_idx_B), put(layout.sample_idx_B),
                 jax.device_put(np.int32(seed), sharding.replicated(self.mesh)))
     out.prefill_tokens += layout.prompt_QxP.size
-    state, stop_len = self._decode_until_stopped(params, dec, state, real * n, max_new_tokens,
-                                                 stop_strings, decode_fn)
-    out.decode_steps += int(state.step) - 1
-    rows = [(i, j) for i in batch[:real] for j in range(n)]
-    self._scatter(state, stop_len, rows, out)
+    rows, steps, row_steps = self._decode_until_stopped(params, state, real * n, max_new_tokens,
+                                                        S, N, sp, stop_strings, decode_fn)
+    out.decode_steps += steps - 1
+    out.decode_row_steps += row_steps
+    for r, (i, j) in enumerate((i, j) for i in batch[:real] for j in range(n)):
+      length = int(rows.stop_len[r]) if rows.stop_len[r] >= 0 else int(rows.lengths[r])
+      out.tokens[i, j, :length] = rows.tokens[r, :length]
+      out.logprobs[i, j, :length] = rows.logprobs[r, :length]
+      out.lengths[i, j] = length
+      out.finished[i, j] = bool(rows.done[r]) or rows.stop_len[r] >= 0
 
   def _layout(self, prompts, batch, prefix: int, n: int, N: int, offset: int) -> "_Layout":
     """Left-pads the batch's prompts (after the shared prefix) to a bucket: every row writes the
@@ -261,44 +295,80 @@ class Sampler:
     sample_idx_B = np.tile(np.arange(n, dtype=np.int32), len(batch))
     return _Layout(prompt_QxP, mask_QxP, prompt_idx_B, sample_idx_B, prompt_len)
 
-  def _decode_until_stopped(self, params, dec, state: DecodeState, real: int,
-                            max_new_tokens: int, stop_strings, decode_fn):
-    """Runs the decode loop; with stop strings, in chunks between host-side stop checks.
+  def _decode_until_stopped(self, params, state: DecodeState, real: int, max_new_tokens: int,
+                            S: int, N: int, sp: SamplingParams, stop_strings, decode_fn
+                            ) -> tuple["_Rows", int, int]:
+    """Runs the decode loop of a batch whose first ``real`` rows count; returns their outputs
+    (with the length cut at a stop string, -1: none), the steps run and the row-steps.
 
-    Returns the final state and, per row, the length cut at a stop string (-1: none).
+    With stop strings or ``compact_rows`` it runs in chunks of ``stop_check_every`` steps;
+    between chunks the host cuts rows at stop strings and, once at most half of the batch
+    is still going, gathers the rows still going into a smaller batch (a long-tailed
+    batch no longer pays its full width for its longest row).
     """
     rep = sharding.replicated(self.mesh)
-    stop_len = np.full((len(state.lengths_B),), -1)
-    if not stop_strings:
-      return dec(params, state, jax.device_put(np.int32(max_new_tokens), rep)), stop_len
-    steps = 1
+    B = len(state.lengths_B)
+    rows = _Rows(np.zeros((B, N), np.int32), np.zeros((B, N), np.float32),
+                 np.zeros((B,), np.int32), np.zeros((B,), bool), np.full((B,), -1))
+    if not stop_strings and not self.compact_rows:
+      state = self._decoder(params, B, S, N, sp)(params, state,
+                                                  jax.device_put(np.int32(max_new_tokens), rep))
+      rows.put(state, np.arange(B))
+      return rows, int(state.step), B * (int(state.step) - 1)
+    where = np.where(np.arange(B) < real, np.arange(B), -1)  # each row's place in `rows`
+    steps, row_steps = 1, 0
     while True:
       stop_at = min(max_new_tokens, steps + self.stop_check_every)
-      state = dec(params, state, jax.device_put(np.int32(stop_at), rep))
+      state = self._decoder(params, len(where), S, N, sp)(params, state,
+                                                          jax.device_put(np.int32(stop_at), rep))
+      row_steps += len(where) * (int(state.step) - steps)
       steps = int(state.step)
-      done = to_host(state.done_B).copy()
+      done = to_host(state.done_B).copy() | (where < 0)
       tokens, lengths = to_host(state.tokens_BxN), to_host(state.lengths_B)
-      for r in range(real):
-        if stop_len[r] < 0:
+      for r in np.flatnonzero(where >= 0) if stop_strings else ():
+        if rows.stop_len[where[r]] < 0:
           cut = _stop_cut(tokens[r, :lengths[r]].tolist(), stop_strings, decode_fn)
           if cut is not None:
-            stop_len[r], done[r] = cut, True
-      if steps >= max_new_tokens or done[:real].all():
-        return state, stop_len
-      done[real:] = True
+            rows.stop_len[where[r]], done[r] = cut, True
+      if steps >= max_new_tokens or done.all():
+        rows.put(state, where, done)
+        return rows, steps, row_steps
       state = state._replace(done_B=jax.device_put(done, state.done_B.sharding))
+      going = np.flatnonzero(~done)
+      C = self._compact_size(len(going), len(where)) if self.compact_rows else None
+      if C is not None:
+        rows.put(state, where, done)  # final for the rows left behind
+        pick = np.concatenate([going, np.full(C - len(going), going[0])])
+        state = self._compactor(len(where), C, S, N)(
+            state, jax.device_put(pick.astype(np.int32), self._batch_sharding((C,))),
+            jax.device_put(np.arange(C) < len(going), self._batch_sharding((C,))))
+        where = np.where(np.arange(C) < len(going), where[pick], -1)
 
-  @staticmethod
-  def _scatter(state: DecodeState, stop_len, rows, out: SampleOutput) -> None:
-    """Copies the batch's real rows into their (prompt, sample) places of ``out``."""
-    tokens, logprobs = to_host(state.tokens_BxN), to_host(state.logprobs_BxN)
-    lengths, done = to_host(state.lengths_B), to_host(state.done_B)
-    for r, (i, j) in enumerate(rows):
-      length = int(stop_len[r]) if stop_len[r] >= 0 else int(lengths[r])
-      out.tokens[i, j, :length] = tokens[r, :length]
-      out.logprobs[i, j, :length] = logprobs[r, :length]
-      out.lengths[i, j] = length
-      out.finished[i, j] = bool(done[r]) or stop_len[r] >= 0
+  def _compact_size(self, going: int, width: int) -> int | None:
+    """Rows of the smaller batch for ``going`` rows of a ``width``-row batch: the batch
+    shards times a power of two, at most half the width; None when no such size holds them."""
+    size = sharding.batch_divisor(self.mesh)
+    while size < going:
+      size *= 2
+    return size if size <= width // 2 else None
+
+
+class _Rows(NamedTuple):
+  """A batch's outputs on the host, per row of the batch as it was first laid out."""
+  tokens: np.ndarray
+  logprobs: np.ndarray
+  lengths: np.ndarray
+  done: np.ndarray
+  stop_len: np.ndarray  # length cut at a stop string, -1: none
+
+  def put(self, state: DecodeState, where: np.ndarray, done: np.ndarray | None = None) -> None:
+    """Copies the state's rows into their places (``where``; -1: a filler row, skipped)."""
+    keep = where >= 0
+    dst = where[keep]
+    self.tokens[dst] = to_host(state.tokens_BxN)[keep]
+    self.logprobs[dst] = to_host(state.logprobs_BxN)[keep]
+    self.lengths[dst] = to_host(state.lengths_B)[keep]
+    self.done[dst] = (to_host(state.done_B) if done is None else done)[keep]
 
 
 class _Layout(NamedTuple):

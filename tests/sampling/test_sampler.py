@@ -4,6 +4,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import mesh_of
 from star_jax.engine import params as params_lib
 from star_jax.engine.model_config import get_preset
 from star_jax.sampling import Sampler, SamplingParams
@@ -164,3 +165,34 @@ def test_chunked_sampling_equals_sampling_at_once(setup):
   head = sampler.sample(params, PROMPTS[:2], 6, hot, n=2, seed=5)
   tail = sampler.sample(params, PROMPTS[2:], 6, hot, n=2, seed=5, first_index=2)
   np.testing.assert_array_equal(np.concatenate([head.tokens, tail.tokens]), whole.tokens)
+
+
+EIGHT = PROMPTS + [[20, 21], [30, 31, 32], [40]]
+# The tiny model's first greedy tokens of EIGHT's prompts 0-5, none of which prompts 6 and 7
+# write in their first 24 tokens: six rows end at once, two run on.
+EARLY_ENDS = (111, 130, 87, 182, 162, 225)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 2, 2)], ids=["one_device", "sharded"])
+def test_a_mostly_done_batch_decodes_on_compacted_with_the_same_samples(shape):
+  mesh = mesh_of(shape)
+  cfg = get_preset("tiny")
+  graphdef, params = params_lib.init_params(cfg, mesh, seed=0)
+  kw = dict(end_ids=EARLY_ENDS, batch_size=8, stop_check_every=4)
+  compact = Sampler(cfg, graphdef, mesh, **kw)
+  wide = Sampler(cfg, graphdef, mesh, compact_rows=False, **kw)
+  a, b = (s.sample(params, EIGHT, 24) for s in (compact, wide))
+  assert a.lengths[:6, 0].max() <= 2 and a.lengths[6:, 0].min() == 24  # the ends did as meant
+  for name in ("tokens", "lengths", "finished"):
+    np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+  np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+  assert a.decode_steps == b.decode_steps == 23
+  # After the first check (4 steps) the two rows still going decode as a batch of the
+  # smallest width the mesh allows, not 8.
+  width = 2 if shape == (1, 1, 1) else 4  # (2,2,2): 4 batch shards
+  assert b.decode_row_steps == 8 * 23 and a.decode_row_steps == 8 * 4 + width * 19
+  hot = SamplingParams(temperature=0.8)
+  a, b = (s.sample(params, EIGHT, 24, hot, n=2, seed=5) for s in (compact, wide))
+  for name in ("tokens", "lengths", "finished"):
+    np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+  np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
