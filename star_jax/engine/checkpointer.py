@@ -4,6 +4,10 @@ Params and optimizer state are separate items, so a sampler can restore the
 params alone. Restoring takes the *target* layout (shapes, dtypes and
 shardings on the current mesh), so a checkpoint written on one mesh restores
 onto any other.
+
+A model with LoRA adapters is saved as its base once (``save_model`` without
+``base_step``) and as adapters alone after that: a few MB per STaR iteration, whose
+metadata ``adapters_on`` names the step holding their base (``restore_model`` joins them).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from star_jax.engine import lora
 from star_jax.engine.train_state import TrainState
 
 
@@ -61,6 +66,40 @@ class Checkpointer:
     self._manager.save(step, args=ocp.args.Composite(
         params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)), force=True)
     return step
+
+  def save_model(self, step: int, params: nnx.State, base_step: int | None = None,
+                 meta: dict | None = None) -> int:
+    """A model for ``restore_model``. Without adapters: all of ``params``. With them: the base
+    alone (``base_step`` None; the adapters must be fresh, remade from the seed on restore),
+    or the adapters alone, on the base saved at ``base_step``."""
+    adapters, base = lora.split(params)
+    if not jax.tree.leaves(adapters):
+      return self.save_params(step, params, meta)
+    if base_step is None:
+      if not lora.adapters_are_fresh(params):
+        raise ValueError("saving a base whose adapters are trained would lose them: fold them "
+                         "in first (engine.lora.restart), or pass base_step")
+      return self.save_params(step, base, dict(meta or {}, lora_base=True))
+    return self.save_params(step, adapters, dict(meta or {}, adapters_on=base_step))
+
+  def meta(self, step: int | None = None) -> dict:
+    step = self._resolve(step)
+    return dict(self._manager.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))["meta"])
+
+  def restore_model(self, target: nnx.State, step: int | None = None) -> nnx.State:
+    """What ``save_model`` saved, onto ``target``'s layout: adapters joined with the base they
+    name, or a base (or plain model) with ``target``'s own adapters (so ``target`` must hold
+    arrays where it has adapters)."""
+    step = self._resolve(step)
+    adapters_t, base_t = lora.split(target)
+    on = self.meta(step).get("adapters_on")
+    if on is None:
+      return lora.join(adapters_t, self.restore_params(base_t, step))
+    if not jax.tree.leaves(adapters_t):
+      raise ValueError(f"checkpoint step {step} in {self.directory} holds LoRA adapters (on the "
+                       f"base at step {on}): restore it into a model with model.lora_rank set")
+    return lora.join(self.restore_params(adapters_t, step), self.restore_params(base_t, on))
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

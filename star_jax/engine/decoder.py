@@ -3,7 +3,9 @@
 The same module runs a full forward (training, evaluation) and cached decoding
 (prefill + one token at a time): pass ``cache`` and the slot to write and the
 new keys/values land there, attention reads the whole cache under ``mask``.
-Kernels are stored ``[in, ..., out]`` with logical axis names for sharding.
+Kernels are stored ``[in, ..., out]`` with logical axis names for sharding; with
+``cfg.lora_rank`` the targeted ones get an ``nnx.LoRA`` adapter ``<kernel>_lora`` beside
+them (engine/lora.py trains, saves and folds those).
 """
 
 from __future__ import annotations
@@ -41,6 +43,45 @@ def dense(x_BxTxI: jax.Array, w_Ix___: jax.Array, in_dims: int = 1) -> jax.Array
   x_RxI = x_BxTxI.reshape(-1, math.prod(feat))
   y_RxO = x_RxI @ w_Ix___.reshape(math.prod(feat), -1)
   return y_RxO.reshape(*lead, *out_shape)
+
+
+def _adapter(cfg: ModelConfig, rngs: nnx.Rngs, name: str, in_axis: str, out_axis: str
+             ) -> nnx.LoRA | None:
+  """Flax's LoRA module for kernel ``name`` (its ``[in, ..., out]`` seen as 2-D), or None.
+
+  A's input axis and B's output axis shard like the kernel's leading input / output
+  axis (a flattened ``(N, H)`` splits where N would); the rank stays whole. Adapters
+  are float32 whatever the model's dtype: tiny, and bfloat16 would round small updates away.
+  """
+  shapes = cfg.lora_shapes()  # the targets this block type has
+  if name not in shapes:
+    return None
+  fan_in, fan_out = shapes[name]
+  return nnx.LoRA(fan_in, cfg.lora_rank, fan_out, dtype=cfg.jnp_dtype, param_dtype=jnp.float32,
+                  rngs=rngs, a_metadata={"axes": (in_axis, None)},
+                  b_metadata={"axes": (None, out_axis)})
+
+
+def project(module: nnx.Module, name: str, x_BxTxI: jax.Array, in_dims: int = 1) -> jax.Array:
+  """``x @ module.<name>`` in x's dtype, plus ``scale * x @ A @ B`` where it has an adapter."""
+  y = dense(x_BxTxI, getattr(module, name)[...].astype(x_BxTxI.dtype), in_dims)
+  lora = getattr(module, f"{name}_lora", None)
+  if lora is None:
+    return y
+  x_RxI = x_BxTxI.reshape(-1, math.prod(x_BxTxI.shape[-in_dims:]))
+  delta_RxO = lora(x_RxI) * module.lora_scale
+  return y + delta_RxO.reshape(y.shape).astype(y.dtype)
+
+
+def _add_adapters(module: nnx.Module, cfg: ModelConfig, rngs: nnx.Rngs, axes: dict) -> None:
+  """Sets ``<kernel>_lora`` for each targeted kernel of ``axes`` (name -> (in, out) axis)."""
+  if not cfg.lora_rank:
+    return
+  module.lora_scale = cfg.lora_scale
+  for name, (in_axis, out_axis) in axes.items():
+    lora = _adapter(cfg, rngs, name, in_axis, out_axis)
+    if lora is not None:
+      setattr(module, f"{name}_lora", lora)
 
 
 def _normal(fan_in: int):
@@ -109,13 +150,15 @@ class Attention(nnx.Module):
       self.q_bias = _param(rngs, zeros, (N, H), pd, ("heads", "head_dim"))
       self.k_bias = _param(rngs, zeros, (K, H), pd, ("kv_heads", "head_dim"))
       self.v_bias = _param(rngs, zeros, (K, H), pd, ("kv_heads", "head_dim"))
+    _add_adapters(self, cfg, rngs, {"q": ("embed", "heads"), "k": ("embed", "kv_heads"),
+                                    "v": ("embed", "kv_heads"), "o": ("heads", "embed")})
 
   def __call__(self, x_BxTxD, positions, mask_BxTxS, cache: LayerCache | None,
                cache_slot) -> tuple[jax.Array, LayerCache | None]:
     cfg, dt = self.cfg, x_BxTxD.dtype
-    q_BxTxNxH = dense(x_BxTxD, self.q[...].astype(dt))
-    k_BxTxKxH = dense(x_BxTxD, self.k[...].astype(dt))
-    v_BxTxKxH = dense(x_BxTxD, self.v[...].astype(dt))
+    q_BxTxNxH = project(self, "q", x_BxTxD)
+    k_BxTxKxH = project(self, "k", x_BxTxD)
+    v_BxTxKxH = project(self, "v", x_BxTxD)
     if cfg.qkv_bias:
       q_BxTxNxH += self.q_bias[...].astype(dt)
       k_BxTxKxH += self.k_bias[...].astype(dt)
@@ -157,7 +200,7 @@ class Attention(nnx.Module):
     probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(dt)
     out_BxKxGxTxH = jnp.einsum("bkgts,bksh->bkgth", probs_BxKxGxTxS, v_BxKxSxH.astype(dt))
     out_BxTxNxH = out_BxKxGxTxH.transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
-    out_BxTxD = dense(out_BxTxNxH, self.o[...].astype(dt), in_dims=2)
+    out_BxTxD = project(self, "o", out_BxTxNxH, in_dims=2)
     return out_BxTxD, cache
 
 
@@ -177,17 +220,20 @@ class MLP(nnx.Module):
       self.fc_in_bias = _param(rngs, zeros, (F,), pd, ("mlp",))
       self.fc_out = _param(rngs, _normal(F), (F, D), pd, ("mlp", "embed"))
       self.fc_out_bias = _param(rngs, zeros, (D,), pd, ("norm",))
+    _add_adapters(self, cfg, rngs, {"gate": ("embed", "mlp"), "up": ("embed", "mlp"),
+                                    "down": ("mlp", "embed"), "fc_in": ("embed", "mlp"),
+                                    "fc_out": ("mlp", "embed")})
 
   def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
     dt = x_BxTxD.dtype
     if self.gated:
-      g_BxTxF = jax.nn.silu(dense(x_BxTxD, self.gate[...].astype(dt)))
-      h_BxTxF = g_BxTxF * dense(x_BxTxD, self.up[...].astype(dt))
+      g_BxTxF = jax.nn.silu(project(self, "gate", x_BxTxD))
+      h_BxTxF = g_BxTxF * project(self, "up", x_BxTxD)
       h_BxTxF = constrain(h_BxTxF, ("batch", "seq", "mlp"))
-      return dense(h_BxTxF, self.down[...].astype(dt))
-    h_BxTxF = dense(x_BxTxD, self.fc_in[...].astype(dt)) + self.fc_in_bias[...].astype(dt)
+      return project(self, "down", h_BxTxF)
+    h_BxTxF = project(self, "fc_in", x_BxTxD) + self.fc_in_bias[...].astype(dt)
     h_BxTxF = constrain(jax.nn.gelu(h_BxTxF, approximate=True), ("batch", "seq", "mlp"))
-    return dense(h_BxTxF, self.fc_out[...].astype(dt)) + self.fc_out_bias[...].astype(dt)
+    return project(self, "fc_out", h_BxTxF) + self.fc_out_bias[...].astype(dt)
 
 
 class Block(nnx.Module):

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 
 BLOCK_TYPES = ("llama", "gptj")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+ATTENTION_KERNELS = ("q", "k", "v", "o")
+MLP_KERNELS = ("gate", "up", "down", "fc_in", "fc_out")  # SwiGLU's three, GPT-J's two
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +47,11 @@ class ModelConfig:
   param_dtype: str = "float32"
   dtype: str = "float32"  # compute dtype; softmax and the loss always run in float32
   remat: bool = False  # rematerialise each block in the backward pass
+  # LoRA (engine/lora.py): rank-r adapters W + (alpha / r) * A @ B on the kernels named in
+  # lora_targets; then only the adapters train. 0 = no adapters (full fine-tuning).
+  lora_rank: int = 0
+  lora_alpha: float = 8.0
+  lora_targets: tuple[str, ...] = ATTENTION_KERNELS + MLP_KERNELS
 
   def __post_init__(self):
     if self.block_type not in BLOCK_TYPES:
@@ -55,6 +62,12 @@ class ModelConfig:
     rd = self.rotary_dim if self.rotary_dim is not None else self.head_dim
     if rd % 2 or rd > self.head_dim:
       raise ValueError(f"rotary_dim {rd} must be even and at most head_dim {self.head_dim}")
+    if self.lora_rank < 0:
+      raise ValueError(f"lora_rank must be >= 0, got {self.lora_rank}")
+    unknown = set(self.lora_targets) - set(ATTENTION_KERNELS + MLP_KERNELS)
+    if unknown:
+      raise ValueError(f"unknown lora_targets {sorted(unknown)}; known: "
+                       f"{list(ATTENTION_KERNELS + MLP_KERNELS)}")
     for name in ("param_dtype", "dtype"):
       if getattr(self, name) not in _DTYPES:
         raise ValueError(f"{name} must be one of {sorted(_DTYPES)}, got {getattr(self, name)!r}")
@@ -70,6 +83,10 @@ class ModelConfig:
   @property
   def jnp_dtype(self):
     return _DTYPES[self.dtype]
+
+  @property
+  def lora_scale(self) -> float:
+    return self.lora_alpha / self.lora_rank if self.lora_rank else 0.0
 
   def replace(self, **kwargs: Any) -> "ModelConfig":
     return dataclasses.replace(self, **kwargs)
@@ -88,7 +105,24 @@ class ModelConfig:
     emb = V * D
     head = 0 if self.tie_embeddings else V * D
     head += V if self.lm_head_bias else 0
-    return total + (emb + head if include_embedding else head)
+    return total + self.num_lora_params() + (emb + head if include_embedding else head)
+
+  def lora_shapes(self) -> dict[str, tuple[int, int]]:
+    """(fan-in, fan-out) of every adapted kernel of one block, as A and B see them."""
+    if not self.lora_rank:
+      return {}
+    D, NH, KH, F = (self.d_model, self.num_heads * self.head_dim,
+                    self.num_kv_heads * self.head_dim, self.ffn_dim)
+    if self.block_type == "llama":
+      mlp = (("gate", (D, F)), ("up", (D, F)), ("down", (F, D)))
+    else:
+      mlp = (("fc_in", (D, F)), ("fc_out", (F, D)))
+    kernels = dict((("q", (D, NH)), ("k", (D, KH)), ("v", (D, KH)), ("o", (NH, D))) + mlp)
+    return {k: v for k, v in kernels.items() if k in self.lora_targets}
+
+  def num_lora_params(self) -> int:
+    per_block = sum(self.lora_rank * (i + o) for i, o in self.lora_shapes().values())
+    return self.num_layers * per_block
 
   def flops_per_token(self, seq_len: int) -> float:
     """Training FLOPs per token: 6 * non-embedding matmul params + attention (forward+backward)."""
@@ -126,6 +160,13 @@ PRESETS: dict[str, ModelConfig] = {
                               qkv_bias=True, tie_embeddings=True, norm_eps=1e-6,
                               max_seq_len=32768),
 }
+
+
+def lora_targets(spec: str) -> tuple[str, ...]:
+  """Kernel names from a comma-separated list; "attention" and "mlp" name their groups."""
+  groups = {"attention": ATTENTION_KERNELS, "mlp": MLP_KERNELS}
+  names = [n.strip() for n in spec.split(",") if n.strip()]
+  return tuple(dict.fromkeys(k for n in names for k in groups.get(n, (n,))))
 
 
 def get_preset(name: str, **overrides: Any) -> ModelConfig:

@@ -52,8 +52,9 @@ def _creator(cfg, mesh, key, shardings):
   return fn
 
 
-def merge(graphdef: nnx.GraphDef, params: nnx.State) -> Decoder:
-  return nnx.merge(graphdef, params)
+def merge(graphdef: nnx.GraphDef, params: nnx.State, *more: nnx.State) -> Decoder:
+  """The module of ``params`` (and ``more`` partitions of it, e.g. a frozen base)."""
+  return nnx.merge(graphdef, params, *more)
 
 
 def count(params: nnx.State) -> int:

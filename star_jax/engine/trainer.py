@@ -4,6 +4,9 @@ A batch holds ``[M, B, L]`` arrays (M micro-batches for gradient accumulation).
 The loss is a token-weighted mean over *all* M·B·L masked tokens: each micro-batch
 contributes its summed loss and gradient and one division happens at the end,
 so accumulating k micro-batches equals one batch k times larger.
+
+What trains is ``lora.partition(params)[0]``: every parameter, or with LoRA the adapters
+alone; the frozen rest is an argument of the step, neither differentiated nor donated.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from star_jax.engine import sharding
+from star_jax.engine import lora, sharding
 from star_jax.engine.decoder import causal_mask, head_logits
 from star_jax.engine.optim import OptimConfig, learning_rate, make_optimizer
 from star_jax.engine.params import merge, shardings_of
@@ -74,9 +77,12 @@ def xent_sum(h_BxLxD, w_DxV, bias_V, targets_BxL, weight_BxL) -> jax.Array:
   return total
 
 
-def train_step(graphdef, optim: OptimConfig, state: TrainState, batch: dict[str, jax.Array],
+def train_step(graphdef, optim: OptimConfig, state: TrainState, frozen, batch: dict[str, jax.Array],
                schedule_args: dict[str, jax.Array]):
   """One optimizer update from ``[M, B, L]`` micro-batches; returns (state, metrics).
+
+  ``state.params`` are the trained parameters, ``frozen`` the rest of the model (empty
+  without LoRA): gradients, and so Adam's moments, exist for the trained ones only.
 
   ``optim`` gives the schedule's kind and Adam's constants; the rate and the schedule's
   numbers come in ``schedule_args`` (arrays), so they can change without a recompile.
@@ -85,7 +91,7 @@ def train_step(graphdef, optim: OptimConfig, state: TrainState, batch: dict[str,
 
   def micro_grads(params, micro, key):
     def f(p):
-      total, count = loss_sums(merge(graphdef, p), micro, key)
+      total, count = loss_sums(merge(graphdef, p, frozen), micro, key)
       return total, count
     (total, count), grads = jax.value_and_grad(f, has_aux=True)(params)
     return total, count, grads
@@ -131,13 +137,25 @@ class Trainer:
 
   def __init__(self, graphdef: nnx.GraphDef, mesh: Mesh, optim: OptimConfig):
     self.graphdef, self.mesh, self.optim = graphdef, mesh, optim
+    self.frozen = nnx.State({})  # what init found not to train (LoRA: the base model)
 
-  def init(self, params: nnx.State) -> TrainState:
-    """Optimizer state laid out like the parameters (mu/nu inherit their shardings)."""
+  def init(self, params: nnx.State, copy: bool = False) -> TrainState:
+    """The state of what trains (all ``params``, or their LoRA adapters) and its optimizer
+    state, laid out like it (mu/nu inherit the shardings); the rest is kept frozen.
+
+    The step donates the state: ``copy`` trains copies, leaving ``params`` intact.
+    """
+    trained, self.frozen = lora.partition(params)
+    if copy:
+      trained = jax.tree.map(jnp.copy, trained)
     with jax.set_mesh(self.mesh):
-      opt_state = _opt_init(self.optim)(params)
+      opt_state = _opt_init(self.optim)(trained)
       step = jax.device_put(np.zeros((), np.int32), sharding.replicated(self.mesh))
-    return TrainState(step, params, opt_state)
+    return TrainState(step, trained, opt_state)
+
+  def model_params(self, state: TrainState) -> nnx.State:
+    """The whole model's parameters: the trained ones with the frozen rest."""
+    return lora.join(state.params, self.frozen) if jax.tree.leaves(self.frozen) else state.params
 
   def state_shardings(self, state: TrainState) -> TrainState:
     return shardings_of(state)
@@ -159,14 +177,16 @@ class Trainer:
                        "shards")
     st_shard = self.state_shardings(state)
     static = self.optim.static()  # the rate and schedule's numbers are arguments
-    key = (self.graphdef, static, self.mesh, shape, sharding.tree_key(st_shard))
+    fr_shard = shardings_of(self.frozen)
+    key = (self.graphdef, static, self.mesh, shape, sharding.tree_key(st_shard),
+           sharding.tree_key(fr_shard))
     fn = _STEP_FNS.get(key)
     rep = sharding.replicated(self.mesh)
     if fn is None:
       b_shard = {k: self.batch_sharding(shape) for k in BATCH_KEYS}
       fn = CompileOnFirstCall(
           jax.jit(functools.partial(train_step, self.graphdef, static),
-                  in_shardings=(st_shard, b_shard, rep), out_shardings=(st_shard, rep),
+                  in_shardings=(st_shard, fr_shard, b_shard, rep), out_shardings=(st_shard, rep),
                   donate_argnums=(0,)),
           f"the train step ({shape[0]} micro-batches of {shape[1]} x {shape[2]} tokens)",
           hint="use more micro-batches of fewer rows, or shorter rows")
@@ -174,4 +194,4 @@ class Trainer:
     batch = {k: jax.device_put(batch[k], self.batch_sharding(shape)) for k in BATCH_KEYS}
     args = {k: jax.device_put(v, rep) for k, v in self.optim.schedule_args().items()}
     with jax.set_mesh(self.mesh):
-      return fn(state, batch, args)
+      return fn(state, self.frozen, batch, args)

@@ -59,7 +59,8 @@ def finish(run: Run, n: int, record: dict, result: rollout.EvalResult, kept: lis
     write_jsonl(run.dir(n, "kept.jsonl"), kept)
   write_jsonl(run.dir(n, "eval.jsonl"), result.records)
   if n not in run.ckpt.all_steps():  # a killed run may have saved it already (same params)
-    run.ckpt.save_params(n, params, meta={"iteration": n})
+    # With LoRA, iteration 0 saves the frozen base and every later one its adapters alone.
+    run.ckpt.save_model(n, params, base_step=0 if n else None, meta={"iteration": n})
     run.ckpt.wait()
   failpoints.hit("before_metrics")
   append_metrics(metrics_path(run.workdir), record)

@@ -24,6 +24,14 @@ def base_config() -> ml_collections.ConfigDict:
   # directory (config.json + *.safetensors); a .gguf file; or "smollm2-135m-instruct".
   c.model.checkpoint = ""
   c.model.dtype = ""  # pre-trained checkpoints: float32 | bfloat16 ("" = the checkpoint's own)
+  # LoRA: > 0 trains rank-r adapters (flax nnx.LoRA) on a frozen base instead of every weight;
+  # iteration checkpoints then hold the adapters alone (the base is checkpoints/0).
+  # 0 = full fine-tuning. Raise train.learning_rate with it (adapters start at zero).
+  c.model.lora_rank = 0
+  c.model.lora_alpha = 8.0  # adapters add (lora_alpha / lora_rank) * x @ A @ B
+  # Kernels that get adapters, comma-separated: q, k, v, o, gate, up, down (Llama),
+  # fc_in, fc_out (GPT-J); "attention" = q,k,v,o and "mlp" = the MLP's kernels.
+  c.model.lora_targets = "attention,mlp"
 
   c.tokenizer = ml_collections.ConfigDict()
   c.tokenizer.path = ""  # a .model (SentencePiece) or .json (char) file; "" = build from data

@@ -16,7 +16,7 @@ import ml_collections
 from flax import nnx
 from jax.sharding import Mesh
 
-from star_jax.engine import model_config, params as params_lib, sharding
+from star_jax.engine import lora, model_config, params as params_lib, sharding
 from star_jax.engine.checkpointer import Checkpointer
 from star_jax.runtime.distributed import barrier, is_primary
 from star_jax.tasks import Example, Task, get_task
@@ -114,8 +114,17 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
     graphdef, params = params_lib.init_params(cfg, mesh, seed=config.seed)
     if ckpt:
       params = load_params(ckpt, params)
-  logging.info("model %s: %.2fM params on mesh %s", ckpt or config.model.preset,
-               params_lib.count(params) / 1e6, sharding.describe(mesh))
+  if config.model.lora_rank:
+    # Adapters go on whatever base the run has (random, loaded, pre-trained), never
+    # changing its weights: the same seed gives the same base with or without LoRA.
+    cfg = cfg.replace(lora_rank=config.model.lora_rank, lora_alpha=config.model.lora_alpha,
+                      lora_targets=model_config.lora_targets(config.model.lora_targets))
+    graphdef, params = lora.add_adapters(cfg, mesh, params, seed=config.seed)
+  logging.info("model %s: %.2fM params on mesh %s%s", ckpt or config.model.preset,
+               params_lib.count(params) / 1e6, sharding.describe(mesh),
+               f"; LoRA rank {cfg.lora_rank} on {','.join(cfg.lora_targets)}: "
+               f"{params_lib.count(lora.split(params)[0]) / 1e6:.3f}M trained"
+               if cfg.lora_rank else "")
   return Experiment(task, train_set, eval_set, tokenizer, mesh, cfg, graphdef, params)
 
 
@@ -130,7 +139,7 @@ def load_params(path: str, target: Any) -> Any:
     raise FileNotFoundError(f"model.checkpoint {path!r} does not exist")
   ckpt = Checkpointer(path, max_to_keep=None)
   try:
-    return ckpt.restore_params(target)
+    return ckpt.restore_model(target)
   except FileNotFoundError:
     raise
   except Exception as e:  # orbax reports structure/shape mismatches in many forms

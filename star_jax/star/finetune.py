@@ -8,8 +8,6 @@ import math
 import time
 from typing import Callable, Sequence
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -79,6 +77,8 @@ def finetune(trainer: Trainer, params, examples: Sequence[batching.TrainExample]
              on_step: Callable[[int, dict], None] | None = None
              ) -> tuple[object, FinetuneStats]:
   """Trains a copy of ``params`` for ``steps`` steps; ``params`` itself stays intact.
+  With LoRA adapters in ``params`` only they train (and are checkpointed); the returned
+  model is the same base with the trained adapters.
 
   ``on_step(step, metrics)`` sees every step's loss, learning rate, gradient norm and
   throughput (tokens_per_s) as host floats, once they are known.
@@ -94,7 +94,7 @@ def finetune(trainer: Trainer, params, examples: Sequence[batching.TrainExample]
                     packed.num_too_long, len(examples), train_cfg.seq_len)
   if packed.num_examples == 0:
     return params, FinetuneStats(0, 0, packed.num_too_long, 0, math.nan, math.nan, 0.0)
-  state = trainer.init(jax.tree.map(jnp.copy, params))  # the step donates its input
+  state = trainer.init(params, copy=True)  # the step donates what it trains
   ckpt = Checkpointer(ckpt_dir, max_to_keep=1) if ckpt_dir else None
   start, last_loss = 0, math.nan
   if ckpt is not None and ckpt.latest_step() is not None:
@@ -147,7 +147,7 @@ def finetune(trainer: Trainer, params, examples: Sequence[batching.TrainExample]
                         float(np.mean(losses)) if losses else final, tokens)
   if ckpt is not None:
     ckpt.close()
-  return state.params, stats
+  return trainer.model_params(state), stats
 
 
 def _check_finite(loss: float, step: int) -> float:

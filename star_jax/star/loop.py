@@ -9,7 +9,9 @@
 
 The phases are in phases.py, what a finished iteration writes in artifacts.py.
 Artifacts in ``workdir``: metrics.jsonl, iter_NNN/{kept,eval}.jsonl, checkpoints/,
-config.json, tokenizer, accuracy.png (and accuracy_by_<difficulty>.png).
+config.json, tokenizer, accuracy.png (and accuracy_by_<difficulty>.png). With
+``model.lora_rank`` every M_n is M_0's frozen base plus adapters: checkpoints/0 holds the
+base, checkpoints/n the adapters alone.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
   done = wd.finished_iterations(workdir)
   base = _base_model(r, done)
   last = max(done) if done else 0
-  params = base if last == 0 else ckpt.restore_params(exp.params, step=last)
+  params = base if last == 0 else ckpt.restore_model(exp.params, step=last)
   iteration = phases.iteration if config.star.method == "star" else controls.iteration
   for n in range(last + 1, config.star.iterations + 1):
     record, kept, params = iteration(r, n, base, params)
@@ -61,7 +63,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
 def _base_model(r: phases.Run, done: list[int]):
   """M_0: restored when iteration 0 is done; else built (pretrained if asked) and evaluated."""
   if 0 in done:
-    return r.ckpt.restore_params(r.exp.params, step=0)
+    return r.ckpt.restore_model(r.exp.params, step=0)
   base, record = r.exp.params, {"iteration": 0}
   if r.config.pretrain.steps > 0:
     base, pretrain_record = phases.pretrain(r)

@@ -18,10 +18,11 @@ import jax
 import ml_collections
 import numpy as np
 
+from star_jax.engine import lora
 from star_jax.engine.checkpointer import Checkpointer
 from star_jax.engine.trainer import Trainer
-from star_jax.sampling import Sampler, SamplingParams
 from star_jax.runtime.files import read_jsonl
+from star_jax.sampling import Sampler, SamplingParams
 from star_jax.star import finetune as ft, keep as keep_lib, rollout
 from star_jax.star.board import Board, steps_before
 from star_jax.star.experiment import Experiment
@@ -88,6 +89,10 @@ def pretrain(run: Run) -> tuple[object, dict]:
                               pc.steps, seed=config.seed, desc="pretrain",
                               ckpt_dir=os.path.join(run.workdir, "pretrain_ckpt"),
                               checkpoint_every=config.checkpoint_every, on_step=run.on_step(0))
+  if lora.has_adapters(params):
+    # M_0 is the base every iteration's adapters train on: the pretrained adapters are folded
+    # into its kernels, and it carries the fresh ones (so restart_from_base starts afresh).
+    params = lora.restart(exp.graphdef, params, fresh=exp.params)
   params = jax.block_until_ready(params)
   seconds = time.time() - t0
   logging.info("pretrained on %d gold rationales for %d steps in %.0fs (final loss %.3f)",

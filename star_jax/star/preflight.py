@@ -32,7 +32,7 @@ def base_model(config: ml_collections.ConfigDict, workdir: str, exp, sampler):
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=None)
   try:
     if 0 in ckpt.all_steps():
-      return ckpt.restore_params(exp.params, step=0), "iteration 0 of the run in the workdir"
+      return ckpt.restore_model(exp.params, step=0), "iteration 0 of the run in the workdir"
     if config.pretrain.steps > 0:
       params, _ = phases.pretrain(phases.Run(config, exp, sampler, ckpt, workdir))
       return params, f"pretrained for {config.pretrain.steps} steps"
