@@ -76,9 +76,13 @@ def finetune(trainer: Trainer, params, examples: Sequence[batching.TrainExample]
              train_cfg: ml_collections.ConfigDict, steps: int, seed: int,
              desc: str = "train", ckpt_dir: str | None = None,
              checkpoint_every: int = 0,
-             on_step: Callable[[int, dict], None] | None = None
-             ) -> tuple[object, FinetuneStats]:
+             on_step: Callable[[int, dict], None] | None = None,
+             keep_masters: bool = False) -> tuple[object, FinetuneStats]:
   """Trains a copy of ``params`` for ``steps`` steps; ``params`` itself stays intact.
+
+  The trainer's master weights are returned cast to the dtypes of ``params`` (what the
+  sampler computes with), or as they are with ``keep_masters``: a model that a later
+  fine-tune starts from must keep them, or updates below the compute dtype's spacing are lost.
 
   ``on_step(step, metrics)`` sees every step's loss, learning rate, gradient norm and
   throughput (tokens_per_s) as host floats, once they are known.
@@ -94,7 +98,10 @@ def finetune(trainer: Trainer, params, examples: Sequence[batching.TrainExample]
                     packed.num_too_long, len(examples), train_cfg.seq_len)
   if packed.num_examples == 0:
     return params, FinetuneStats(0, 0, packed.num_too_long, 0, math.nan, math.nan, 0.0)
-  state = trainer.init(jax.tree.map(jnp.copy, params))  # the step donates its input
+  state = trainer.init(params)
+  # The step donates its input: copy whatever init did not already cast into new arrays.
+  state = state._replace(params=jax.tree.map(lambda m, p: jnp.copy(m) if m is p else m,
+                                             state.params, params))
   ckpt = Checkpointer(ckpt_dir, max_to_keep=1) if ckpt_dir else None
   start, last_loss = 0, math.nan
   if ckpt is not None and ckpt.latest_step() is not None:
@@ -147,7 +154,7 @@ def finetune(trainer: Trainer, params, examples: Sequence[batching.TrainExample]
                         float(np.mean(losses)) if losses else final, tokens)
   if ckpt is not None:
     ckpt.close()
-  return state.params, stats
+  return (state.params if keep_masters else trainer.model_params(state)), stats
 
 
 def _check_finite(loss: float, step: int) -> float:
