@@ -68,7 +68,8 @@ def batch_divisor(mesh: Mesh, rules: Mapping[str, Any] = RULES) -> int:
 
 
 def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int],
-                    mesh_shape: Mapping[str, int], rules: Mapping[str, Any] = RULES) -> PartitionSpec:
+                    mesh_shape: Mapping[str, int],
+                    rules: Mapping[str, Any] = RULES) -> PartitionSpec:
   """PartitionSpec for an array with logical ``axes``, skipping mesh axes that don't divide."""
   if len(axes) != len(shape):
     raise ValueError(f"logical axes {axes} do not match shape {shape}")

@@ -42,7 +42,8 @@ def iteration(run: phases.Run, n: int, base, params) -> tuple[dict, list[dict], 
                                   examples, config.train, steps, seed=config.seed * 1000 + n,
                                   desc=f"iter {n} {star.method}", ckpt_dir=run.dir(n, "train_ckpt"),
                                   checkpoint_every=config.checkpoint_every,
-                                  on_step=run.on_step(n))
+                                  on_step=run.on_step(n),
+                                  keep_masters=not star.restart_from_base)
   record = {
       "iteration": n, "method": star.method,
       "train_questions": len(questions),

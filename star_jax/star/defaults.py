@@ -112,6 +112,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.b2 = 0.999
   c.train.weight_decay = 0.0
   c.train.clip_norm = 1.0
+  # Dtype of the weights and Adam moments training holds ("master" weights): float32 |
+  # bfloat16 | float16; "" = the model's own parameter dtype. The model still computes in
+  # its own dtype (model.dtype): a bfloat16 model trains with bfloat16 matmuls on float32
+  # masters (12 bytes a parameter while training, not 6). With "" a bfloat16 model drops
+  # every update below bfloat16's spacing (~1e-4 near |w| ~ 0.02): at lr 1e-6 it never moves.
+  c.train.master_dtype = "float32"
 
   c.sample = ml_collections.ConfigDict()
   c.sample.batch_size = 32

@@ -74,11 +74,15 @@ def finetune(trainer: Trainer, params, examples: Sequence[batching.TrainExample]
              train_cfg: ml_collections.ConfigDict, steps: int, seed: int,
              desc: str = "train", ckpt_dir: str | None = None,
              checkpoint_every: int = 0,
-             on_step: Callable[[int, dict], None] | None = None
-             ) -> tuple[object, FinetuneStats]:
+             on_step: Callable[[int, dict], None] | None = None,
+             keep_masters: bool = False) -> tuple[object, FinetuneStats]:
   """Trains a copy of ``params`` for ``steps`` steps; ``params`` itself stays intact.
   With LoRA adapters in ``params`` only they train (and are checkpointed); the returned
   model is the same base with the trained adapters.
+
+  The trainer's master weights are returned cast to the dtypes of ``params`` (what the
+  sampler computes with), or as they are with ``keep_masters``: a model that a later
+  fine-tune starts from must keep them, or updates below the compute dtype's spacing are lost.
 
   ``on_step(step, metrics)`` sees every step's loss, learning rate, gradient norm and
   throughput (tokens_per_s) as host floats, once they are known.
@@ -132,7 +136,8 @@ def finetune(trainer: Trainer, params, examples: Sequence[batching.TrainExample]
       if pending is not None:  # read step n-1's metrics after dispatching step n: no host stall
         bar.set_postfix(loss=f"{settle(pending):.3f}", refresh=False)
       pending = metrics
-      if ckpt is not None and (step == steps or (checkpoint_every and step % checkpoint_every == 0)):
+      due = step == steps or (checkpoint_every and step % checkpoint_every == 0)
+      if ckpt is not None and due:
         settle(pending)  # never checkpoint a state whose loss is not known to be finite
         pending = None
         ckpt.save(state, meta={"loss": losses[-1]})
@@ -147,7 +152,7 @@ def finetune(trainer: Trainer, params, examples: Sequence[batching.TrainExample]
                         float(np.mean(losses)) if losses else final, tokens)
   if ckpt is not None:
     ckpt.close()
-  return trainer.model_params(state), stats
+  return trainer.model_params(state, masters=keep_masters), stats
 
 
 def _check_finite(loss: float, step: int) -> float:

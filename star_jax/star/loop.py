@@ -48,7 +48,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
   done = wd.finished_iterations(workdir)
   base = _base_model(r, done)
   last = max(done) if done else 0
-  params = base if last == 0 else ckpt.restore_model(exp.params, step=last)
+  params = base if last == 0 else ckpt.restore_model(
+      r.layout(masters=not config.star.restart_from_base), step=last)
   iteration = phases.iteration if config.star.method == "star" else controls.iteration
   for n in range(last + 1, config.star.iterations + 1):
     record, kept, params = iteration(r, n, base, params)
@@ -63,7 +64,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
 def _base_model(r: phases.Run, done: list[int]):
   """M_0: restored when iteration 0 is done; else built (pretrained if asked) and evaluated."""
   if 0 in done:
-    return r.ckpt.restore_model(r.exp.params, step=0)
+    return r.ckpt.restore_model(r.layout(masters=r.config.pretrain.steps > 0), step=0)
   base, record = r.exp.params, {"iteration": 0}
   if r.config.pretrain.steps > 0:
     base, pretrain_record = phases.pretrain(r)

@@ -15,12 +15,13 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from star_jax.engine import lora
 from star_jax.engine.checkpointer import Checkpointer
-from star_jax.engine.trainer import Trainer
+from star_jax.engine.trainer import Trainer, cast_leaves, dtype_names
 from star_jax.runtime.files import read_jsonl
 from star_jax.sampling import Sampler, SamplingParams
 from star_jax.star import finetune as ft, keep as keep_lib, rollout
@@ -50,7 +51,27 @@ class Run:
     return lambda step, metrics: self.board.train_step(offset + step, metrics)
 
   def trainer(self, steps: int) -> Trainer:
-    return Trainer(self.exp.graphdef, self.exp.mesh, ft.optim_config(self.config.train, steps))
+    return Trainer(self.exp.graphdef, self.exp.mesh, ft.optim_config(self.config.train, steps),
+                   master_dtype=self.config.train.master_dtype)
+
+  # Which weights a run holds: a model a later fine-tune starts from (a pretrained M_0; M_n
+  # without star.restart_from_base) keeps the trainer's master weights, or updates below the
+  # compute dtype's spacing would be rounded away between fine-tunes; a model that is only
+  # sampled from (M_n with restart_from_base) is held as the sampler's copy, in the model's
+  # dtype. The sampler always gets that copy (made for the call when masters are held).
+  def sampling_copy(self, params):
+    return cast_leaves(params, dtype_names(self.exp.params))
+
+  def layout(self, masters: bool):
+    """Restore target of a saved model: the base model's layout, in the master dtype when
+    ``masters``. With LoRA the model itself (its base never trains; a checkpoint of the base
+    alone is restored with the model's fresh adapters)."""
+    if lora.has_adapters(self.exp.params):
+      return self.exp.params
+    md = self.config.train.master_dtype
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+        x.shape, md if masters and md and jnp.issubdtype(x.dtype, jnp.floating)
+        else x.dtype, sharding=x.sharding), self.exp.params)
 
 
 def seed_examples(run: Run) -> list:
@@ -88,7 +109,8 @@ def pretrain(run: Run) -> tuple[object, dict]:
   params, stats = ft.finetune(run.trainer(pc.steps), exp.params, examples, config.train,
                               pc.steps, seed=config.seed, desc="pretrain",
                               ckpt_dir=os.path.join(run.workdir, "pretrain_ckpt"),
-                              checkpoint_every=config.checkpoint_every, on_step=run.on_step(0))
+                              checkpoint_every=config.checkpoint_every, on_step=run.on_step(0),
+                              keep_masters=True)  # every iteration's fine-tune starts from M_0
   if lora.has_adapters(params):
     # M_0 is the base every iteration's adapters train on: the pretrained adapters are folded
     # into its kernels, and it carries the fresh ones (so restart_from_base starts afresh).
@@ -104,6 +126,7 @@ def pretrain(run: Run) -> tuple[object, dict]:
 
 def evaluate(run: Run, n: int, params, few_shot: bool) -> rollout.EvalResult:
   t0 = time.time()
+  params = run.sampling_copy(params)
   result = rollout.evaluate(run.exp.task, run.exp.tokenizer, run.sampler, params,
                             run.exp.eval_set, few_shot=few_shot, seed=run.config.seed,
                             shard_dir=run.dir(n, "eval_shards"),
@@ -117,8 +140,8 @@ def evaluate(run: Run, n: int, params, few_shot: bool) -> rollout.EvalResult:
 def _generate(run: Run, n: int, phase: str, params, questions, hint: bool, few_shot: bool,
               seed: int) -> tuple[list[rollout.Generation], int]:
   star = run.config.star
-  return rollout.generate(run.exp.task, run.exp.tokenizer, run.sampler, params, questions,
-                          hint=hint, few_shot=few_shot,
+  return rollout.generate(run.exp.task, run.exp.tokenizer, run.sampler,
+                          run.sampling_copy(params), questions, hint=hint, few_shot=few_shot,
                           sampling=SamplingParams(star.temperature, star.top_k, star.top_p),
                           n=star.samples_per_question, seed=seed, desc=f"iter {n} {phase}",
                           shard_dir=run.dir(n, f"{phase}_shards"),
@@ -201,4 +224,4 @@ def _train(run: Run, n: int, start, kept: list[dict], by_id: dict
   return ft.finetune(run.trainer(steps), start, examples, config.train, steps,
                      seed=config.seed * 1000 + n, desc=f"iter {n} train",
                      ckpt_dir=run.dir(n, "train_ckpt"), checkpoint_every=config.checkpoint_every,
-                     on_step=run.on_step(n))
+                     on_step=run.on_step(n), keep_masters=not config.star.restart_from_base)

@@ -163,4 +163,3 @@ def choice_loglik_accuracy(task: Task, tokenizer: Tokenizer, sampler: Sampler, p
     acc += int(np.argmax(s)) == gold
     acc_norm += int(np.argmax(s / np.asarray(chars))) == gold
   return {"acc": acc / len(spans), "acc_norm": acc_norm / len(spans)}
-

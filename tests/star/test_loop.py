@@ -143,3 +143,30 @@ def test_missing_data_files_fail_before_any_work(tmp_path):
   config.data.dir = str(tmp_path / "nothing")
   with pytest.raises(FileNotFoundError, match="train_rand_split.jsonl"):
     star.run(config, str(tmp_path / "run"))
+
+
+def _saved_dtypes(workdir, n):
+  import jax
+  import orbax.checkpoint as ocp
+  md = ocp.StandardCheckpointer().metadata(os.path.join(workdir, "checkpoints", str(n), "params"))
+  return {str(x.dtype) for x in jax.tree.leaves(getattr(md, "item_metadata", md))}
+
+
+def test_bfloat16_run_keeps_float32_masters_of_the_models_it_trains_on(tmp_path):
+  """A bfloat16 model without restart_from_base: the pretrained M_0 and every M_n are
+  checkpointed as float32 masters (each fine-tune starts from the last), and a resumed run
+  trains on from them."""
+  config = load_config("arithmetic")
+  config.model.overrides = {**dict(config.model.overrides), "param_dtype": "bfloat16",
+                            "dtype": "bfloat16"}
+  config.star.method = "seed_only"  # trains every iteration, whatever the samples
+  config.star.restart_from_base = False
+  config.star.iterations, config.star.base_steps, config.pretrain.steps = 1, 3, 10
+  workdir = str(tmp_path / "run")
+  star.run(config, workdir)
+  config.star.iterations = 2  # extended: iteration 2 starts from the restored M_1
+  metrics = star.run(config, workdir)
+  steps = [ft.steps_for_iteration(config.star, n) for n in (1, 2)]
+  assert [m["train_steps"] for m in metrics[1:]] == steps
+  for n in (0, 1, 2):
+    assert _saved_dtypes(workdir, n) == {"float32"}
