@@ -87,7 +87,8 @@ def pretrain(run: Run) -> tuple[object, dict]:
   params, stats = ft.finetune(run.trainer(pc.steps), exp.params, examples, config.train,
                               pc.steps, seed=config.seed, desc="pretrain",
                               ckpt_dir=os.path.join(run.workdir, "pretrain_ckpt"),
-                              checkpoint_every=config.checkpoint_every, on_step=run.on_step(0))
+                              checkpoint_every=config.checkpoint_every,
+                              async_save=config.checkpoint_async, on_step=run.on_step(0))
   params = jax.block_until_ready(params)
   seconds = time.time() - t0
   logging.info("pretrained on %d gold rationales for %d steps in %.0fs (final loss %.3f)",
@@ -196,4 +197,4 @@ def _train(run: Run, n: int, start, kept: list[dict], by_id: dict
   return ft.finetune(run.trainer(steps), start, examples, config.train, steps,
                      seed=config.seed * 1000 + n, desc=f"iter {n} train",
                      ckpt_dir=run.dir(n, "train_ckpt"), checkpoint_every=config.checkpoint_every,
-                     on_step=run.on_step(n))
+                     async_save=config.checkpoint_async, on_step=run.on_step(n))

@@ -18,8 +18,8 @@ from star_jax.runtime.files import read_jsonl, write_atomic, write_jsonl
 from star_jax.star.defaults import base_config
 
 # Keys that change how a run is executed but not its results: free to differ on resume.
-OPERATIONAL_KEYS = {"checkpoint_every", "sample.shard_size", "data.download", "data.tfds_dir",
-                    "data.download_timeout_s",
+OPERATIONAL_KEYS = {"checkpoint_every", "checkpoint_async", "sample.shard_size",
+                    "data.download", "data.tfds_dir", "data.download_timeout_s",
                     # iteration n depends on n alone (its questions, steps and seed), so a
                     # finished run can be extended by more iterations, or stopped earlier
                     "star.iterations"}
