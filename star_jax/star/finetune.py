@@ -147,7 +147,8 @@ def _train(trainer, state, packed, train_cfg, steps, seed, desc, ckpt, checkpoin
       if pending is not None:  # read step n-1's metrics after dispatching step n: no host stall
         bar.set_postfix(loss=f"{settle(pending):.3f}", refresh=False)
       pending = metrics
-      if ckpt is not None and (step == steps or (checkpoint_every and step % checkpoint_every == 0)):
+      due = step == steps or (checkpoint_every and step % checkpoint_every == 0)
+      if ckpt is not None and due:
         settle(pending)  # never checkpoint a state whose loss is not known to be finite
         pending = None
         t0 = time.perf_counter()

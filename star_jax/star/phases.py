@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
 from star_jax.engine.checkpointer import Checkpointer
 from star_jax.engine.trainer import Trainer
-from star_jax.sampling import Sampler, SamplingParams
 from star_jax.runtime.files import read_jsonl
+from star_jax.sampling import Sampler, SamplingParams
 from star_jax.star import finetune as ft, keep as keep_lib, rollout
 from star_jax.star.board import Board, steps_before
 from star_jax.star.experiment import Experiment
@@ -34,18 +34,18 @@ class Run:
   exp: Experiment
   sampler: Sampler
   ckpt: Checkpointer  # one checkpoint per finished iteration (0 = the base model)
-  workdir: str
+  workdir: epath.Path
   board: Board | None = None  # TensorBoard events (None: none written)
 
-  def dir(self, n: int, *parts: str) -> str:
-    return os.path.join(self.workdir, f"iter_{n:03d}", *parts)
+  def dir(self, n: int, *parts: str) -> epath.Path:
+    return self.workdir.joinpath(f"iter_{n:03d}", *parts)
 
   def on_step(self, n: int):
     """The per-step callback of iteration ``n``'s training (its steps after the run's
     earlier ones on TensorBoard's step axis), or None without a board."""
     if self.board is None:
       return None
-    offset = steps_before(read_jsonl(os.path.join(self.workdir, "metrics.jsonl")), n)
+    offset = steps_before(read_jsonl(self.workdir / "metrics.jsonl"), n)
     return lambda step, metrics: self.board.train_step(offset + step, metrics)
 
   def trainer(self, steps: int) -> Trainer:
@@ -86,7 +86,7 @@ def pretrain(run: Run) -> tuple[object, dict]:
   t0 = time.time()
   params, stats = ft.finetune(run.trainer(pc.steps), exp.params, examples, config.train,
                               pc.steps, seed=config.seed, desc="pretrain",
-                              ckpt_dir=os.path.join(run.workdir, "pretrain_ckpt"),
+                              ckpt_dir=run.workdir / "pretrain_ckpt",
                               checkpoint_every=config.checkpoint_every,
                               async_save=config.checkpoint_async, on_step=run.on_step(0))
   params = jax.block_until_ready(params)
