@@ -128,12 +128,14 @@ def is_star_jax_checkpoint(path: epath.PathLike) -> bool:
 def load_params(path: epath.PathLike, target: Any) -> Any:
   """Params from a star_jax (orbax) checkpoint directory, onto ``target``'s layout."""
   if not epath.Path(path).exists():
-    raise FileNotFoundError(f"model.checkpoint {path!r} does not exist")
+    raise FileNotFoundError(f"model.checkpoint {str(path)!r} does not exist")
   ckpt = Checkpointer(path, max_to_keep=None)
   try:
     return ckpt.restore_params(target)
   except FileNotFoundError:
     raise
   except Exception as e:  # orbax reports structure/shape mismatches in many forms
-    raise ValueError(f"checkpoint {path!r} does not match model config "
+    raise ValueError(f"checkpoint {str(path)!r} does not match model config "
                      f"{jax.tree.structure(target)}: {e}") from e
+  finally:
+    ckpt.close()
