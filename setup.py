@@ -38,6 +38,10 @@ EXTRAS_REQUIRE = {
         "nbformat==5.11.1",
         "ipykernel==7.4.0",
     ],
+    # gs:// workdirs: etils.epath's GCS backend (gcsfs) and tensorboardX's event uploads
+    # (google-cloud-storage); orbax writes checkpoints through tensorstore's own GCS driver.
+    # Not pinned: no test here reaches GCS.
+    "gcs": ["gcsfs", "google-cloud-storage"],
 }
 
 setup(

@@ -8,16 +8,26 @@ onto any other.
 A model with LoRA adapters is saved as its base once (``save_model`` without
 ``base_step``) and as adapters alone after that: a few MB per STaR iteration, whose
 metadata ``adapters_on`` names the step holding their base (``restore_model`` joins them).
+
+With ``async_save`` a save returns once the arrays are copied to host memory
+(orbax's default, synchronous device-to-host transfer: the caller may donate
+or overwrite them at once) and the files are written by a background thread.
+Orbax commits a step through a temporary directory and renames it when
+complete, so a process killed mid-write leaves the previous step as the
+latest; the next Checkpointer deletes the debris. Every read (the list of
+steps, a restore) and every new save first waits for a write in flight.
+
+``directory`` is any etils.epath path: local, or gs:// where gcsfs is installed.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
 from star_jax.engine import lora
@@ -36,8 +46,11 @@ def abstract_like(tree: Any, shardings: Any | None = None) -> Any:
 class Checkpointer:
   """A directory of numbered train-state checkpoints."""
 
-  def __init__(self, directory: str, max_to_keep: int | None = 2, async_save: bool = False):
-    self.directory = os.path.abspath(directory)
+  def __init__(self, directory: epath.PathLike, max_to_keep: int | None = 2,
+               async_save: bool = False):
+    self.directory = epath.Path(directory)
+    if "://" not in str(directory):  # abspath would turn gs://b/x into ./gs:/b/x
+      self.directory = self.directory.resolve()
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                            enable_async_checkpointing=async_save,
                                            cleanup_tmp_directories=True)  # a killed save's debris
@@ -45,13 +58,24 @@ class Checkpointer:
                                           item_names=("params", "opt_state", "meta"))
 
   def latest_step(self) -> int | None:
+    """The newest complete step (a save in flight is waited for: orbax lists it already)."""
+    self.wait()
     return self._manager.latest_step()
 
   def all_steps(self) -> list[int]:
+    self.wait()
     return list(self._manager.all_steps())
 
+  def saving(self) -> bool:
+    """Whether an asynchronous save is still being written."""
+    return self._manager.is_saving_in_progress()
+
   def save(self, state: TrainState, meta: dict | None = None, force: bool = True) -> int:
-    """Saves at ``state.step``; ``meta`` is any JSON (e.g. the data position)."""
+    """Saves at ``state.step``; ``meta`` is any JSON (e.g. the data position).
+
+    Asynchronous: returns after waiting for the previous save and copying ``state`` to
+    host memory; ``state`` may be donated to the next train step right away.
+    """
     step = int(state.step)
     meta = dict(meta or {}, step=step)
     self._manager.save(step, args=ocp.args.Composite(
@@ -124,10 +148,11 @@ class Checkpointer:
     return out["params"]
 
   def _resolve(self, step: int | None) -> int:
-    step = self.latest_step() if step is None else step
-    if step is None or step not in self._manager.all_steps():
+    steps = self.all_steps()  # waits for a save in flight: never read half a checkpoint
+    step = max(steps, default=None) if step is None else step
+    if step is None or step not in steps:
       raise FileNotFoundError(f"no checkpoint{'' if step is None else f' at step {step}'} in "
-                              f"{self.directory} (have: {self.all_steps()})")
+                              f"{self.directory} (have: {steps})")
     return step
 
   def close(self) -> None:

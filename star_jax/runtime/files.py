@@ -1,5 +1,10 @@
 """Atomic artifact files: a reader (or a resumed run) never sees half a file.
 
+Paths are etils.epath paths (a str is converted): local, or gs:// where epath's GCS
+backend is installed (gcsfs). A local file is written to a temporary file, synced and
+renamed; on GCS an object only appears once its upload completes, and the rename
+(copy, then delete) leaves either no file or the whole of it.
+
 In a multi-host run only process 0 writes (every process computes the same text).
 """
 
@@ -7,36 +12,50 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from typing import Iterable
+
+from etils import epath
 
 from star_jax.runtime.distributed import is_primary
 
 
-def write_atomic(path: str, text: str) -> None:
+def write_atomic(path: epath.PathLike, text: str) -> None:
   """Writes via a temporary file and a rename (process 0 only)."""
-  if not is_primary():
+  write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: epath.PathLike, data: bytes, primary_only: bool = True) -> None:
+  if primary_only and not is_primary():
     return
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.parent / f".tmp-{uuid.uuid4().hex}-{path.name}"
   try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with tmp.open("wb") as f:
+      f.write(data)
+      try:
+        fd = f.fileno()
+      except (OSError, ValueError):  # no local file behind it (a GCS object)
+        fd = None
+      if fd is not None:  # on disk before the rename, even on power loss
+        f.flush()
+        os.fsync(fd)
+    tmp.replace(path)
   except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
+    if tmp.exists():
+      tmp.unlink()
     raise
 
 
-def write_jsonl(path: str, records: Iterable[dict]) -> None:
+def write_jsonl(path: epath.PathLike, records: Iterable[dict]) -> None:
   write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
-def read_jsonl(path: str) -> list[dict]:
-  if not os.path.exists(path):
+def read_jsonl(path: epath.PathLike) -> list[dict]:
+  path = epath.Path(path)
+  if not path.exists():
     return []
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  # split on newlines only: str.splitlines would also cut at a U+2028 inside a string
+  return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n")
+          if line.strip()]

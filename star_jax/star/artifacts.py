@@ -10,9 +10,9 @@ are written.
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
+from etils import epath
 
 from star_jax.runtime import failpoints
 from star_jax.runtime.files import read_jsonl, write_jsonl
@@ -21,11 +21,11 @@ from star_jax.star.phases import Run
 from star_jax.star.workdir import Shards
 
 
-def metrics_path(workdir: str) -> str:
-  return os.path.join(workdir, "metrics.jsonl")
+def metrics_path(workdir: epath.PathLike) -> epath.Path:
+  return epath.Path(workdir) / "metrics.jsonl"
 
 
-def append_metrics(path: str, record: dict) -> None:
+def append_metrics(path: epath.PathLike, record: dict) -> None:
   """Rewrites metrics.jsonl with one more line (atomic: never a partial line)."""
   rows = [r for r in read_jsonl(path) if r.get("iteration") != record["iteration"]]
   write_jsonl(path, sorted(rows + [record], key=lambda r: r["iteration"]))
@@ -80,15 +80,15 @@ def tell(run: Run, record: dict) -> None:
     logging.info("%s", report.kept_line(record[kept_key], task.difficulty_name))
   metrics = read_jsonl(metrics_path(run.workdir))
   title = f"STaR on {task.name}"
-  plots.plot_accuracy(metrics, os.path.join(run.workdir, "accuracy.png"), title)
+  plots.plot_accuracy(metrics, run.workdir / "accuracy.png", title)
   if diff_key in record:
     logging.info("eval accuracy by %s (%%):\n%s", task.difficulty_name,
                  report.difficulty_table(metrics, diff_key))
-    plots.plot_by_difficulty(metrics, diff_key, os.path.join(run.workdir, f"{diff_key}.png"),
+    plots.plot_by_difficulty(metrics, diff_key, run.workdir / f"{diff_key}.png",
                              title, task.difficulty_label)
   rl_key = f"rl_star_by_{task.difficulty_name}"
   if rl_key in record:
     logging.info("RL-STaR per-step delta, predicted and measured accuracy (%%) by %s:\n%s",
                  task.difficulty_name, report.rl_star_table(metrics, rl_key))
-    plots.plot_delta(metrics, rl_key, os.path.join(run.workdir, "delta.png"), title,
+    plots.plot_delta(metrics, rl_key, run.workdir / "delta.png", title,
                      task.difficulty_label)

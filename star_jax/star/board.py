@@ -11,7 +11,7 @@ Only process 0 writes.
 
 from __future__ import annotations
 
-import os
+from etils import epath
 
 from star_jax.runtime.distributed import is_primary
 
@@ -21,11 +21,12 @@ KEPT_SHOWN = 5
 class Board:
   """The run's TensorBoard writer (a no-op on other processes than 0)."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: epath.PathLike):
     self._writer = None
     if is_primary():
       from tensorboardX import SummaryWriter
-      self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
+      self._writer = SummaryWriter(str(epath.Path(workdir) / "tensorboard"),
+                                   flush_secs=30)  # gs:// needs google-cloud-storage
 
   def train_step(self, step: int, metrics: dict) -> None:
     if self._writer is None:

@@ -42,6 +42,7 @@ def iteration(run: phases.Run, n: int, base, params) -> tuple[dict, list[dict], 
                                   examples, config.train, steps, seed=config.seed * 1000 + n,
                                   desc=f"iter {n} {star.method}", ckpt_dir=run.dir(n, "train_ckpt"),
                                   checkpoint_every=config.checkpoint_every,
+                                  async_save=config.checkpoint_async,
                                   on_step=run.on_step(n),
                                   keep_masters=not star.restart_from_base)
   record = {

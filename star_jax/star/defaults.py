@@ -16,6 +16,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.task_options = ml_collections.ConfigDict()
   c.seed = 0
   c.checkpoint_every = 100  # train steps between train-state checkpoints (resume after a kill)
+  # Write them in the background while the next steps train (a kill mid-write falls back to
+  # the previous one); False: every save blocks the loop until its files are written
+  c.checkpoint_async = True
 
   c.model = ml_collections.ConfigDict()
   c.model.preset = "tiny"  # a name from star_jax.config.PRESETS

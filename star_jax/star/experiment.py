@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from typing import Any
 
 import jax
 import ml_collections
+from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -36,7 +36,7 @@ class Experiment:
 
 
 def build_tokenizer(config: ml_collections.ConfigDict, task: Task, texts: list[str],
-                    workdir: str) -> Tokenizer:
+                    workdir: epath.PathLike) -> Tokenizer:
   """The configured tokenizer: a file, or one built from the task's texts (then saved)."""
   tc = config.tokenizer
   if tc.path:
@@ -46,8 +46,8 @@ def build_tokenizer(config: ml_collections.ConfigDict, task: Task, texts: list[s
   if suffix is None:
     raise ValueError(f"tokenizer.kind must be 'char' or 'sentencepiece' (or set tokenizer.path), "
                      f"got {kind!r}")
-  saved = os.path.join(workdir, f"tokenizer.{suffix}")
-  if not os.path.exists(saved) and is_primary():  # one process builds; the others load it
+  saved = epath.Path(workdir) / f"tokenizer.{suffix}"
+  if not saved.exists() and is_primary():  # one process builds; the others load it
     if kind == "char":
       tok = CharTokenizer.from_texts(texts, pieces=list(tc.get("pieces", ()) or ()))
     else:
@@ -89,7 +89,7 @@ def _round_up(n: int, k: int) -> int:
   return -(-n // k) * k
 
 
-def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
+def build(config: ml_collections.ConfigDict, workdir: epath.PathLike) -> Experiment:
   task = get_task(config.task, max_new_tokens=config.star.max_new_tokens or None,
                   **dict(config.task_options))
   train_set = task.load("train", config.data)
@@ -128,20 +128,23 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
   return Experiment(task, train_set, eval_set, tokenizer, mesh, cfg, graphdef, params)
 
 
-def is_star_jax_checkpoint(path: str) -> bool:
+def is_star_jax_checkpoint(path: epath.PathLike) -> bool:
   """An orbax directory written by star_jax (numbered step folders), e.g. WORKDIR/checkpoints."""
-  return os.path.isdir(path) and any(d.isdigit() for d in os.listdir(path))
+  path = epath.Path(path)
+  return path.is_dir() and any(d.name.isdigit() for d in path.iterdir())
 
 
-def load_params(path: str, target: Any) -> Any:
+def load_params(path: epath.PathLike, target: Any) -> Any:
   """Params from a star_jax (orbax) checkpoint directory, onto ``target``'s layout."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"model.checkpoint {path!r} does not exist")
+  if not epath.Path(path).exists():
+    raise FileNotFoundError(f"model.checkpoint {str(path)!r} does not exist")
   ckpt = Checkpointer(path, max_to_keep=None)
   try:
     return ckpt.restore_model(target)
   except FileNotFoundError:
     raise
   except Exception as e:  # orbax reports structure/shape mismatches in many forms
-    raise ValueError(f"checkpoint {path!r} does not match model config "
+    raise ValueError(f"checkpoint {str(path)!r} does not match model config "
                      f"{jax.tree.structure(target)}: {e}") from e
+  finally:
+    ckpt.close()

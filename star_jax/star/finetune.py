@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 
 import ml_collections
 import numpy as np
+from etils import epath
 
 from star_jax.engine import batching
 from star_jax.engine.checkpointer import Checkpointer
@@ -72,8 +73,8 @@ def training_examples(task: Task, tokenizer: Tokenizer, pairs: Sequence[tuple[Ex
 
 def finetune(trainer: Trainer, params, examples: Sequence[batching.TrainExample],
              train_cfg: ml_collections.ConfigDict, steps: int, seed: int,
-             desc: str = "train", ckpt_dir: str | None = None,
-             checkpoint_every: int = 0,
+             desc: str = "train", ckpt_dir: epath.PathLike | None = None,
+             checkpoint_every: int = 0, async_save: bool = True,
              on_step: Callable[[int, dict], None] | None = None,
              keep_masters: bool = False) -> tuple[object, FinetuneStats]:
   """Trains a copy of ``params`` for ``steps`` steps; ``params`` itself stays intact.
@@ -91,6 +92,7 @@ def finetune(trainer: Trainer, params, examples: Sequence[batching.TrainExample]
   at the end, and a run that finds a checkpoint there continues from it: batches
   are a function of (seed, step), so the result equals an uninterrupted run's.
   A non-finite loss stops training before it can overwrite a good checkpoint.
+  With ``async_save`` the steps after a save train while orbax writes it.
   """
   packed = batching.pack(examples, train_cfg.seq_len, pack_rows=train_cfg.pack)
   if packed.num_too_long:
@@ -99,7 +101,20 @@ def finetune(trainer: Trainer, params, examples: Sequence[batching.TrainExample]
   if packed.num_examples == 0:
     return params, FinetuneStats(0, 0, packed.num_too_long, 0, math.nan, math.nan, 0.0)
   state = trainer.init(params, copy=True)  # the step donates what it trains
-  ckpt = Checkpointer(ckpt_dir, max_to_keep=1) if ckpt_dir else None
+  # Asynchronous: the next steps train while orbax writes (the save returns once the state
+  # is in host memory); a kill mid-write leaves the previous checkpoint as the latest.
+  ckpt = Checkpointer(ckpt_dir, max_to_keep=1, async_save=async_save) if ckpt_dir else None
+  try:
+    state, stats = _train(trainer, state, packed, train_cfg, steps, seed, desc, ckpt,
+                          checkpoint_every, on_step)
+  finally:
+    if ckpt is not None:
+      ckpt.close()  # waits for the last save: the caller may read or delete the directory
+  return trainer.model_params(state, masters=keep_masters), stats
+
+
+def _train(trainer, state, packed, train_cfg, steps, seed, desc, ckpt, checkpoint_every,
+           on_step) -> tuple[object, FinetuneStats]:
   start, last_loss = 0, math.nan
   if ckpt is not None and ckpt.latest_step() is not None:
     state, meta = ckpt.restore(state)
@@ -110,6 +125,7 @@ def finetune(trainer: Trainer, params, examples: Sequence[batching.TrainExample]
   losses, tokens = [], 0.0
   pending = None
   clock = [time.perf_counter()]
+  save_seconds = []
 
   def settle(metrics) -> float:
     nonlocal tokens
@@ -140,19 +156,23 @@ def finetune(trainer: Trainer, params, examples: Sequence[batching.TrainExample]
       if ckpt is not None and due:
         settle(pending)  # never checkpoint a state whose loss is not known to be finite
         pending = None
+        t0 = time.perf_counter()
         ckpt.save(state, meta={"loss": losses[-1]})
+        save_seconds.append(time.perf_counter() - t0)
         failpoints.hit("train_checkpoint")
       bar.update(1)
       failpoints.hit("train_step")
   if pending is not None:
     settle(pending)
+  if save_seconds:  # the loop's stall: waiting for the previous save + copying to host
+    logging.info("%s: %d checkpoints, %.3fs blocked in save (mean %.1fms, max %.1fms)", desc,
+                 len(save_seconds), sum(save_seconds), 1e3 * np.mean(save_seconds),
+                 1e3 * max(save_seconds))
   final = losses[-1] if losses else last_loss
   stats = FinetuneStats(steps, packed.num_examples, packed.num_too_long,
                         len(packed.batch["tokens"]), final,
                         float(np.mean(losses)) if losses else final, tokens)
-  if ckpt is not None:
-    ckpt.close()
-  return trainer.model_params(state, masters=keep_masters), stats
+  return state, stats
 
 
 def _check_finite(loss: float, step: int) -> float:

@@ -11,15 +11,16 @@ The phases are in phases.py, what a finished iteration writes in artifacts.py.
 Artifacts in ``workdir``: metrics.jsonl, iter_NNN/{kept,eval}.jsonl, checkpoints/,
 config.json, tokenizer, accuracy.png (and accuracy_by_<difficulty>.png). With
 ``model.lora_rank`` every M_n is M_0's frozen base plus adapters: checkpoints/0 holds the
-base, checkpoints/n the adapters alone.
+base, checkpoints/n the adapters alone. The workdir is any etils.epath path: a local
+directory, or gs://bucket/dir where gcsfs is installed.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 
 import ml_collections
+from etils import epath
 
 from star_jax.engine.checkpointer import Checkpointer
 from star_jax.runtime.files import read_jsonl
@@ -29,11 +30,13 @@ from star_jax.star.board import Board
 from star_jax.star.experiment import build
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False) -> list[dict]:
+def run(config: ml_collections.ConfigDict, workdir: epath.PathLike, overwrite: bool = False
+        ) -> list[dict]:
   """Runs (or resumes) every iteration of ``config`` in ``workdir``; returns the metrics."""
   wd.check_known_keys(config)
   controls.check_method(config.star.method)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
   if overwrite:
     wd.clear(workdir)
   if wd.record_or_check_config(config, workdir):
@@ -43,7 +46,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
   sampler = Sampler(exp.model_cfg, exp.graphdef, exp.mesh, end_ids=exp.tokenizer.end_ids,
                     pad_id=exp.tokenizer.pad_id, batch_size=config.sample.batch_size,
                     stop_sequences=rollout.stop_sequences(exp.tokenizer, exp.task.stop_strings))
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=None)
+  ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=None)
   r = phases.Run(config, exp, sampler, ckpt, workdir, Board(workdir))
   done = wd.finished_iterations(workdir)
   base = _base_model(r, done)

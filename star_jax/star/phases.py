@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 
 from star_jax.engine import lora
 from star_jax.engine.checkpointer import Checkpointer
@@ -36,18 +36,18 @@ class Run:
   exp: Experiment
   sampler: Sampler
   ckpt: Checkpointer  # one checkpoint per finished iteration (0 = the base model)
-  workdir: str
+  workdir: epath.Path
   board: Board | None = None  # TensorBoard events (None: none written)
 
-  def dir(self, n: int, *parts: str) -> str:
-    return os.path.join(self.workdir, f"iter_{n:03d}", *parts)
+  def dir(self, n: int, *parts: str) -> epath.Path:
+    return self.workdir.joinpath(f"iter_{n:03d}", *parts)
 
   def on_step(self, n: int):
     """The per-step callback of iteration ``n``'s training (its steps after the run's
     earlier ones on TensorBoard's step axis), or None without a board."""
     if self.board is None:
       return None
-    offset = steps_before(read_jsonl(os.path.join(self.workdir, "metrics.jsonl")), n)
+    offset = steps_before(read_jsonl(self.workdir / "metrics.jsonl"), n)
     return lambda step, metrics: self.board.train_step(offset + step, metrics)
 
   def trainer(self, steps: int) -> Trainer:
@@ -108,8 +108,9 @@ def pretrain(run: Run) -> tuple[object, dict]:
   t0 = time.time()
   params, stats = ft.finetune(run.trainer(pc.steps), exp.params, examples, config.train,
                               pc.steps, seed=config.seed, desc="pretrain",
-                              ckpt_dir=os.path.join(run.workdir, "pretrain_ckpt"),
-                              checkpoint_every=config.checkpoint_every, on_step=run.on_step(0),
+                              ckpt_dir=run.workdir / "pretrain_ckpt",
+                              checkpoint_every=config.checkpoint_every,
+                              async_save=config.checkpoint_async, on_step=run.on_step(0),
                               keep_masters=True)  # every iteration's fine-tune starts from M_0
   if lora.has_adapters(params):
     # M_0 is the base every iteration's adapters train on: the pretrained adapters are folded
@@ -224,4 +225,5 @@ def _train(run: Run, n: int, start, kept: list[dict], by_id: dict
   return ft.finetune(run.trainer(steps), start, examples, config.train, steps,
                      seed=config.seed * 1000 + n, desc=f"iter {n} train",
                      ckpt_dir=run.dir(n, "train_ckpt"), checkpoint_every=config.checkpoint_every,
-                     on_step=run.on_step(n), keep_masters=not config.star.restart_from_base)
+                     async_save=config.checkpoint_async, on_step=run.on_step(n),
+                     keep_masters=not config.star.restart_from_base)

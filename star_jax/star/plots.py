@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import os
+import io
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on TPU VMs or CI
 import matplotlib.pyplot as plt  # noqa: E402
+from etils import epath  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
 from star_jax.runtime.distributed import is_primary  # noqa: E402
+from star_jax.runtime.files import write_bytes_atomic  # noqa: E402
 from star_jax.star.report import bucket_key  # noqa: E402
 
 
@@ -24,7 +26,7 @@ def _accuracy_axes(ax, title: str) -> None:
   ax.grid(alpha=0.3)
 
 
-def plot_accuracy(metrics: list[dict], path: str, title: str) -> None:
+def plot_accuracy(metrics: list[dict], path: epath.PathLike, title: str) -> None:
   fig, ax = plt.subplots(figsize=(6, 4))
   it = [m["iteration"] for m in metrics]
   ax.plot(it, [100 * m["eval_accuracy"] for m in metrics], marker="o", label="eval accuracy")
@@ -33,7 +35,7 @@ def plot_accuracy(metrics: list[dict], path: str, title: str) -> None:
   _save(fig, path)
 
 
-def plot_by_difficulty(metrics: list[dict], key: str, path: str, title: str,
+def plot_by_difficulty(metrics: list[dict], key: str, path: epath.PathLike, title: str,
                        label: str = "{}") -> None:
   buckets = sorted({b for m in metrics for b in m.get(key, {})}, key=bucket_key)
   fig, ax = plt.subplots(figsize=(6, 4))
@@ -47,7 +49,7 @@ def plot_by_difficulty(metrics: list[dict], key: str, path: str, title: str,
   _save(fig, path)
 
 
-def plot_delta(metrics: list[dict], key: str, path: str, title: str,
+def plot_delta(metrics: list[dict], key: str, path: epath.PathLike, title: str,
                label: str = "{}") -> None:
   """RL-STaR's per-step delta by iteration, one line per bucket (``rl_star_by_*`` records)."""
   buckets = sorted({b for m in metrics for b in m.get(key, {}) if b != "all"}, key=bucket_key)
@@ -65,12 +67,12 @@ def plot_delta(metrics: list[dict], key: str, path: str, title: str,
   _save(fig, path)
 
 
-def _save(fig, path: str) -> None:
+def _save(fig, path: epath.PathLike) -> None:
   if not is_primary():
     plt.close(fig)
     return
-  tmp = path + ".tmp.png"
   fig.tight_layout()
-  fig.savefig(tmp, dpi=110)
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=110)
   plt.close(fig)
-  os.replace(tmp, path)
+  write_bytes_atomic(path, png.getvalue())  # any epath: local or gs://

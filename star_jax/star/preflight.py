@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import collections
 import math
-import os
 
 import ml_collections
 import numpy as np
+from etils import epath
 
 from star_jax.engine.checkpointer import Checkpointer
 from star_jax.sampling import Sampler, SamplingParams
@@ -26,10 +26,11 @@ from star_jax.star.experiment import build
 from star_jax.star.report import bucket_key
 
 
-def base_model(config: ml_collections.ConfigDict, workdir: str, exp, sampler):
+def base_model(config: ml_collections.ConfigDict, workdir: epath.PathLike, exp, sampler):
   """M_0: a run's iteration-0 checkpoint when the workdir has one, else built as the loop
   builds it (pretrained on the seed set if the config asks)."""
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=None)
+  workdir = epath.Path(workdir)
+  ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=None)
   try:
     if 0 in ckpt.all_steps():
       return ckpt.restore_model(exp.params, step=0), "iteration 0 of the run in the workdir"

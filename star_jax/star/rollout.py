@@ -7,6 +7,7 @@ import dataclasses
 from typing import Sequence
 
 import numpy as np
+from etils import epath
 
 from star_jax.runtime import failpoints
 from star_jax.runtime.progress import progress
@@ -44,7 +45,7 @@ def stop_sequences(tokenizer: Tokenizer, stop_strings: Sequence[str]) -> list[li
 def generate(task: Task, tokenizer: Tokenizer, sampler: Sampler, params,
              examples: Sequence[Example], *, hint: bool, few_shot: bool,
              sampling: SamplingParams, n: int, seed: int, desc: str,
-             shard_dir: str | None = None, shard_size: int = 0
+             shard_dir: epath.PathLike | None = None, shard_size: int = 0
              ) -> tuple[list[Generation], int]:
   """Samples ``n`` completions per example; returns generations and the count skipped.
 
@@ -101,7 +102,7 @@ class EvalResult:
 
 def evaluate(task: Task, tokenizer: Tokenizer, sampler: Sampler, params,
              examples: Sequence[Example], *, few_shot: bool, seed: int,
-             shard_dir: str | None = None, shard_size: int = 0) -> EvalResult:
+             shard_dir: epath.PathLike | None = None, shard_size: int = 0) -> EvalResult:
   """Greedy accuracy over every example (too-long prompts count as wrong)."""
   gens, skipped = generate(task, tokenizer, sampler, params, examples, hint=False,
                            few_shot=few_shot, sampling=SamplingParams(), n=1, seed=seed,

@@ -2,24 +2,24 @@
 
 Resuming is by construction: every artifact is written atomically once complete,
 and each phase first looks for what an earlier (killed) process finished.
+Every path is an etils.epath path, so a workdir may be local or gs://.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from typing import Any
 
 import ml_collections
+from etils import epath
 
 from star_jax.runtime.distributed import barrier, is_primary
 from star_jax.runtime.files import read_jsonl, write_atomic, write_jsonl
 from star_jax.star.defaults import base_config
 
 # Keys that change how a run is executed but not its results: free to differ on resume.
-OPERATIONAL_KEYS = {"checkpoint_every", "sample.shard_size", "data.download", "data.tfds_dir",
-                    "data.download_timeout_s",
+OPERATIONAL_KEYS = {"checkpoint_every", "checkpoint_async", "sample.shard_size",
+                    "data.download", "data.tfds_dir", "data.download_timeout_s",
                     # iteration n depends on n alone (its questions, steps and seed), so a
                     # finished run can be extended by more iterations, or stopped earlier
                     "star.iterations"}
@@ -53,16 +53,15 @@ def check_known_keys(config: ml_collections.ConfigDict) -> None:
                      "star_jax/defaults.py")
 
 
-def record_or_check_config(config: ml_collections.ConfigDict, workdir: str) -> bool:
+def record_or_check_config(config: ml_collections.ConfigDict, workdir: epath.PathLike) -> bool:
   """Writes config.json for a new run; for an existing one, insists the config is the same.
 
   Returns True when resuming. Raises ConfigMismatchError naming the keys that differ.
   """
-  path = os.path.join(workdir, "config.json")
+  path = epath.Path(workdir) / "config.json"
   current = json.loads(json.dumps(config.to_dict(), default=str))
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      recorded = json.load(f)
+  if path.exists():
+    recorded = json.loads(path.read_text(encoding="utf-8"))
     old, new = flatten(recorded), flatten(current)
     diff = sorted(k for k in set(old) | set(new)
                   if k not in OPERATIONAL_KEYS and old.get(k, "<unset>") != new.get(k, "<unset>"))
@@ -81,31 +80,31 @@ def record_or_check_config(config: ml_collections.ConfigDict, workdir: str) -> b
   return resumed
 
 
-def clear(workdir: str) -> None:
+def clear(workdir: epath.PathLike) -> None:
   """Deletes a previous run's artifacts (only the files a run writes)."""
-  if not os.path.isdir(workdir) or not is_primary():
+  workdir = epath.Path(workdir)
+  if not is_primary() or not workdir.is_dir():
     return
-  for name in os.listdir(workdir):
-    path = os.path.join(workdir, name)
-    if name in ARTIFACTS or name.startswith(("iter_", "tokenizer.", "accuracy_by_")):
-      shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+  for path in workdir.iterdir():
+    if path.name in ARTIFACTS or path.name.startswith(("iter_", "tokenizer.", "accuracy_by_")):
+      path.rmtree() if path.is_dir() else path.unlink()
 
 
-def finished_iterations(workdir: str) -> list[int]:
-  return [r["iteration"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
+def finished_iterations(workdir: epath.PathLike) -> list[int]:
+  return [r["iteration"] for r in read_jsonl(epath.Path(workdir) / "metrics.jsonl")]
 
 
 class Shards:
   """Results of a long phase saved in numbered shards, so a killed phase resumes."""
 
-  def __init__(self, directory: str | None):
-    self.directory = directory
+  def __init__(self, directory: epath.PathLike | None):
+    self.directory = None if directory is None else epath.Path(directory)
 
-  def _path(self, k: int) -> str:
-    return os.path.join(self.directory, f"shard_{k:05d}.jsonl")
+  def _path(self, k: int) -> epath.Path:
+    return self.directory / f"shard_{k:05d}.jsonl"
 
   def load(self, k: int, ids: list[str]) -> list[dict] | None:
-    if self.directory is None or not os.path.exists(self._path(k)):
+    if self.directory is None or not self._path(k).exists():
       return None
     rows = read_jsonl(self._path(k))
     if [r["id"] for r in rows] != ids:
@@ -118,5 +117,5 @@ class Shards:
       write_jsonl(self._path(k), rows)
 
   def remove(self) -> None:
-    if self.directory is not None and os.path.isdir(self.directory) and is_primary():
-      shutil.rmtree(self.directory)
+    if self.directory is not None and is_primary() and self.directory.is_dir():
+      self.directory.rmtree()

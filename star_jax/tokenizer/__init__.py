@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 
+from etils import epath
+
 from star_jax.tokenizer.base import (BOS_ID, CHAT_END_PIECES, EOS_ID, PAD_ID, UNK_ID,
                                      SubwordTokenizer, Tokenizer)
 from star_jax.tokenizer.char import CharTokenizer
@@ -19,16 +21,16 @@ __all__ = ["BOS_ID", "CHAT_END_PIECES", "EOS_ID", "PAD_ID", "UNK_ID", "CharToken
            "SentencePieceTokenizer", "SubwordTokenizer", "Tokenizer", "load_tokenizer"]
 
 
-def load_tokenizer(path: str) -> Tokenizer:
+def load_tokenizer(path: epath.PathLike) -> Tokenizer:
   """`.model` -> SentencePieceTokenizer; `.json` -> CharTokenizer, or a pre-trained
   `HFTokenizer` for a file it saved or a Hugging Face `tokenizer.json`."""
-  if path.endswith(".model"):
+  path = epath.Path(path)  # local, or gs:// with epath's GCS backend
+  if path.suffix == ".model":
     return SentencePieceTokenizer(path)
-  if path.endswith(".json"):
-    with open(path) as f:
-      data = json.load(f)
+  if path.suffix == ".json":
+    data = json.loads(path.read_text(encoding="utf-8"))
     if data.get("type") == "hf_tokenizers" or ("type" not in data and "model" in data):
       from star_jax.tokenizer.hf import HFTokenizer  # needs the optional tokenizers package
-      return HFTokenizer.load(path)
+      return HFTokenizer.load(str(path))
     return CharTokenizer.load(path)
-  raise ValueError(f"unknown tokenizer file type {path!r}: expected a .model or .json file")
+  raise ValueError(f"unknown tokenizer file type {str(path)!r}: expected a .model or .json file")

@@ -11,8 +11,11 @@ which one was used.
 from __future__ import annotations
 
 import abc
-import os
 from typing import Sequence
+
+from etils import epath
+
+from star_jax.runtime.files import write_bytes_atomic
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 # Pieces that end a chat turn in instruct vocabularies; they stop generation too.
@@ -93,10 +96,6 @@ class SubwordTokenizer(Tokenizer):
     return "".join(out)
 
 
-def write_bytes(path: str, data: bytes) -> None:
-  """Write-then-rename: an interrupted save never leaves a truncated tokenizer."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
+def write_bytes(path: epath.PathLike, data: bytes) -> None:
+  """Write-then-rename: an interrupted save never leaves a truncated tokenizer (any epath)."""
+  write_bytes_atomic(path, data, primary_only=False)

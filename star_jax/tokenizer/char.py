@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import Iterable, Sequence
 
+from etils import epath
+
 from star_jax.tokenizer.base import BOS_ID, EOS_ID, PAD_ID, UNK_ID, UNK_TEXT, Tokenizer, write_bytes
 
 
@@ -76,14 +78,13 @@ class CharTokenizer(Tokenizer):
       chars.append(self._vocab[i - 4] if 4 <= i < self.vocab_size else UNK_TEXT)
     return "".join(chars)
 
-  def save(self, path: str) -> None:
+  def save(self, path: epath.PathLike) -> None:
     data = {"type": "char", "alphabet": list(self.alphabet), "pieces": list(self.pieces)}
     write_bytes(path, json.dumps(data, ensure_ascii=True).encode())
 
   @classmethod
-  def load(cls, path: str) -> "CharTokenizer":
-    with open(path) as f:
-      data = json.load(f)
+  def load(cls, path: epath.PathLike) -> "CharTokenizer":
+    data = json.loads(epath.Path(path).read_text(encoding="utf-8"))
     if data.get("type") != "char" or "alphabet" not in data:
       raise ValueError(f"{path} is not a CharTokenizer file (expected type 'char' and 'alphabet')")
     return cls(data["alphabet"], data.get("pieces", ()))

@@ -11,6 +11,7 @@ import io
 from typing import Iterable, Sequence
 
 import sentencepiece as spm
+from etils import epath
 
 from star_jax.tokenizer.base import (BOS_ID, CHAT_END_PIECES, EOS_ID, PAD_ID, UNK_ID,
                                      SubwordTokenizer, write_bytes)
@@ -19,11 +20,10 @@ from star_jax.tokenizer.base import (BOS_ID, CHAT_END_PIECES, EOS_ID, PAD_ID, UN
 class SentencePieceTokenizer(SubwordTokenizer):
   """A SentencePiece model (BPE or unigram) with round-trip-safe settings."""
 
-  def __init__(self, model: str | bytes, extra_end_pieces: Sequence[str] = ()):
+  def __init__(self, model: epath.PathLike | bytes, extra_end_pieces: Sequence[str] = ()):
     """Loads from a `.model` file path or from serialized model bytes."""
-    if isinstance(model, str):
-      with open(model, "rb") as f:
-        model = f.read()
+    if not isinstance(model, (bytes, bytearray)):
+      model = epath.Path(model).read_bytes()  # a local or gs:// file
     self._proto = bytes(model)
     self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
     self.vocab_size = self._sp.get_piece_size()
@@ -96,5 +96,5 @@ class SentencePieceTokenizer(SubwordTokenizer):
   def id_to_piece(self, i: int) -> str:
     return self._sp.id_to_piece(i)
 
-  def save(self, path: str) -> None:
+  def save(self, path: epath.PathLike) -> None:
     write_bytes(path, self._proto)
