@@ -121,9 +121,22 @@ def train_step(graphdef, optim: OptimConfig, state: TrainState, batch: dict[str,
 _STEP_FNS: dict = {}
 
 
-@functools.lru_cache(maxsize=None)
-def _opt_init(optim: OptimConfig):
-  return jax.jit(make_optimizer(optim.static()).init)
+_OPT_INITS: dict = {}
+
+
+def _opt_init(optim: OptimConfig, params: nnx.State):
+  """The jitted optimizer init for parameters of this layout. Its outputs are laid out
+  explicitly: left to sharding propagation, Adam's zeros (which depend on no input value)
+  come out replicated, every device holding all of mu and nu."""
+  p_shard = shardings_of(params)
+  key = (optim.static(), sharding.tree_key(p_shard))
+  if key not in _OPT_INITS:
+    tx = make_optimizer(optim.static())
+    rep = sharding.replicated(jax.tree.leaves(p_shard)[0].mesh)
+    out = optax.tree_map_params(tx, lambda _, s: s, jax.eval_shape(tx.init, params), p_shard,
+                                transform_non_params=lambda _: rep)
+    _OPT_INITS[key] = jax.jit(tx.init, out_shardings=out)
+  return _OPT_INITS[key]
 
 
 class Trainer:
@@ -133,9 +146,9 @@ class Trainer:
     self.graphdef, self.mesh, self.optim = graphdef, mesh, optim
 
   def init(self, params: nnx.State) -> TrainState:
-    """Optimizer state laid out like the parameters (mu/nu inherit their shardings)."""
+    """Optimizer state laid out like the parameters (mu and nu take their shardings)."""
     with jax.set_mesh(self.mesh):
-      opt_state = _opt_init(self.optim)(params)
+      opt_state = _opt_init(self.optim, params)(params)
       step = jax.device_put(np.zeros((), np.int32), sharding.replicated(self.mesh))
     return TrainState(step, params, opt_state)
 
@@ -145,29 +158,41 @@ class Trainer:
   def batch_sharding(self, shape):
     return sharding.named(self.mesh, (None, "batch") + (None,) * (len(shape) - 2), shape)
 
+  def abstract_state(self, params: nnx.State) -> TrainState:
+    """The shapes and shardings ``init`` would give for (abstract) ``params``, allocating
+    nothing: the optimizer's init is compiled, not run, and its output layout read off."""
+    with jax.set_mesh(self.mesh):
+      init = _opt_init(self.optim, params)
+      opt_state = jax.tree.map(
+          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+          jax.eval_shape(init, params), init.lower(params).compile().output_shardings)
+    step = jax.ShapeDtypeStruct((), np.int32, sharding=sharding.replicated(self.mesh))
+    return TrainState(step, params, opt_state)
+
+  def jitted_step(self, state_shardings: TrainState, shape) -> Any:
+    """The jitted (not yet compiled) step for ``[M, B, L]`` batches and this state layout."""
+    check_batch_shape(self.mesh, shape)
+    b_shard = {k: self.batch_sharding(shape) for k in BATCH_KEYS}
+    rep = sharding.replicated(self.mesh)
+    return jax.jit(functools.partial(train_step, self.graphdef, self.optim.static()),
+                   in_shardings=(state_shardings, b_shard, rep),
+                   out_shardings=(state_shardings, rep), donate_argnums=(0,))
+
   def step(self, state: TrainState, batch: dict[str, Any]) -> tuple[TrainState, dict]:
     """Runs one update. ``state`` is donated: use the returned one from here on."""
     missing = set(BATCH_KEYS) - set(batch)
     if missing:
       raise ValueError(f"batch lacks {sorted(missing)}")
     shape = tuple(batch["tokens"].shape)
-    if len(shape) != 3:
-      raise ValueError(f"batch arrays must be [micro_batches, batch, length], got {shape}")
-    div = sharding.batch_divisor(self.mesh)
-    if shape[1] % div:
-      raise ValueError(f"batch size {shape[1]} must be a multiple of the mesh's {div} batch "
-                       "shards")
+    check_batch_shape(self.mesh, shape)
     st_shard = self.state_shardings(state)
     static = self.optim.static()  # the rate and schedule's numbers are arguments
     key = (self.graphdef, static, self.mesh, shape, sharding.tree_key(st_shard))
     fn = _STEP_FNS.get(key)
     rep = sharding.replicated(self.mesh)
     if fn is None:
-      b_shard = {k: self.batch_sharding(shape) for k in BATCH_KEYS}
       fn = CompileOnFirstCall(
-          jax.jit(functools.partial(train_step, self.graphdef, static),
-                  in_shardings=(st_shard, b_shard, rep), out_shardings=(st_shard, rep),
-                  donate_argnums=(0,)),
+          self.jitted_step(st_shard, shape),
           f"the train step ({shape[0]} micro-batches of {shape[1]} x {shape[2]} tokens)",
           hint="use more micro-batches of fewer rows, or shorter rows")
       _STEP_FNS[key] = fn
@@ -175,3 +200,14 @@ class Trainer:
     args = {k: jax.device_put(v, rep) for k, v in self.optim.schedule_args().items()}
     with jax.set_mesh(self.mesh):
       return fn(state, batch, args)
+
+
+def check_batch_shape(mesh: Mesh, shape) -> None:
+  """A step's batch is ``[micro_batches, rows, length]``, its rows split evenly over the
+  mesh's batch shards; anything else is refused before compiling."""
+  if len(shape) != 3:
+    raise ValueError(f"batch arrays must be [micro_batches, batch, length], got {tuple(shape)}")
+  div = sharding.batch_divisor(mesh)
+  if shape[1] % div:
+    raise ValueError(f"batch size {shape[1]} must be a multiple of the mesh's {div} batch "
+                     "shards")

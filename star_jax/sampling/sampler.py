@@ -100,7 +100,7 @@ class Sampler:
   def _batch_sharding(self, shape) -> NamedSharding:
     return sharding.named(self.mesh, ("batch",) + (None,) * (len(shape) - 1), shape)
 
-  def _state_shardings(self, B: int, S: int, N: int) -> DecodeState:
+  def state_shardings(self, B: int, S: int, N: int) -> DecodeState:
     cfg = self.cfg
     kv = (B, cfg.num_kv_heads, S, cfg.head_dim)
     kv_sharding = sharding.named(self.mesh, ("batch", "kv_heads", "seq", "head_dim"), kv)
@@ -119,6 +119,27 @@ class Sampler:
     one = sharding.named(self.mesh, ("batch", "kv_heads", "seq", "head_dim"), kv)
     return [LayerCache(one, one) for _ in range(self.cfg.num_layers)]
 
+  def jitted(self, p_shard, Q: int, samples: int, prefix: int, prompt_len: int, S: int, N: int,
+             sp: SamplingParams):
+    """The jitted (not yet compiled) prefill and decode loop for Q prompts x ``samples`` rows
+    after a ``prefix``, a cache of S slots and N new tokens, parameters laid out as
+    ``p_shard``."""
+    B = Q * samples
+    st_shard = self.state_shardings(B, S, N)
+    rep = sharding.replicated(self.mesh)
+    static = dict(sp=sp, end_ids=self.end_ids, pad_id=self.pad_id, stop_seqs=self.stop_seqs)
+    pre = jax.jit(
+        functools.partial(prefill, self.graphdef, cache_len=S, max_new=N, samples=samples,
+                          **static),
+        in_shardings=(p_shard, self._prefix_sharding(prefix) if prefix else None,
+                      self._batch_sharding((Q, prompt_len)), self._batch_sharding((Q, prompt_len)),
+                      self._batch_sharding((B,)), self._batch_sharding((B,)), rep),
+        out_shardings=st_shard)
+    dec = jax.jit(functools.partial(decode, self.graphdef, **static),
+                  in_shardings=(p_shard, st_shard, rep), out_shardings=st_shard,
+                  donate_argnums=(1,))
+    return pre, dec
+
   def _compiled(self, params, Q: int, samples: int, prefix: int, prompt_len: int, S: int, N: int,
                 sp: SamplingParams):
     """The (prefill, decode) pair for Q prompts x ``samples`` rows after a ``prefix``."""
@@ -126,21 +147,7 @@ class Sampler:
     key = (self.graphdef, self.mesh, self.end_ids, self.stop_seqs, self.pad_id, Q, samples,
            prefix, prompt_len, S, N, sp, sharding.tree_key(p_shard))
     if key not in _FNS:
-      B = Q * samples
-      st_shard = self._state_shardings(B, S, N)
-      rep = sharding.replicated(self.mesh)
-      static = dict(sp=sp, end_ids=self.end_ids, pad_id=self.pad_id, stop_seqs=self.stop_seqs)
-      pre = jax.jit(
-          functools.partial(prefill, self.graphdef, cache_len=S, max_new=N, samples=samples,
-                            **static),
-          in_shardings=(p_shard, self._prefix_sharding(prefix) if prefix else None,
-                        self._batch_sharding((Q, prompt_len)),
-                        self._batch_sharding((Q, prompt_len)),
-                        self._batch_sharding((B,)), self._batch_sharding((B,)), rep),
-          out_shardings=st_shard)
-      dec = jax.jit(functools.partial(decode, self.graphdef, **static),
-                    in_shardings=(p_shard, st_shard, rep), out_shardings=st_shard,
-                    donate_argnums=(1,))
+      pre, dec = self.jitted(p_shard, Q, samples, prefix, prompt_len, S, N, sp)
       shape = f"{Q} prompts x {samples} of {prefix} + {prompt_len} tokens, {N} new"
       hint = "sample in smaller batches"
       _FNS[key] = (CompileOnFirstCall(pre, f"the sampler's prefill ({shape})", hint),
@@ -199,7 +206,7 @@ class Sampler:
     # Prompts sorted by length keep each batch's padding tight; a batch holds whole prompts,
     # each with its n sample rows, so a prompt is prefilled once.
     order = sorted(range(num), key=lambda i: len(prompts[i]))
-    Q = self._prompts_per_batch(n)
+    Q = self.prompts_per_batch(n)
     offset = int(first_index)
     with jax.set_mesh(self.mesh):
       prefix_cache = self._prefix_cache(params, prefix) if prefix else None
@@ -223,7 +230,7 @@ class Sampler:
     L = shared_prefix_len(prompts)
     return prompts[0][:L] if L >= self.min_prefix else []
 
-  def _prompts_per_batch(self, n: int) -> int:
+  def prompts_per_batch(self, n: int) -> int:
     """Prompts per batch: ``batch_size`` rows of n samples each, a multiple of the batch shards."""
     div = sharding.batch_divisor(self.mesh)
     return max(div, -(-max(self.batch_size // n, 1) // div) * div)
@@ -245,13 +252,17 @@ class Sampler:
     rows = [(i, j) for i in batch[:real] for j in range(n)]
     self._scatter(state, stop_len, rows, out)
 
+  def padded_prompt_len(self, longest: int, N: int, prefix: int = 0) -> int:
+    """The bucket a batch whose longest prompt (after the prefix) has ``longest`` tokens is
+    left-padded to, short of the model's context less the N new tokens."""
+    return max(min(_bucket(longest, MIN_PROMPT_BUCKET), self.cfg.max_seq_len - N - prefix),
+               longest)
+
   def _layout(self, prompts, batch, prefix: int, n: int, N: int, offset: int) -> "_Layout":
     """Left-pads the batch's prompts (after the shared prefix) to a bucket: every row writes the
     same cache slot; rows are (prompt, sample), a prompt's samples consecutive."""
     rests = [prompts[i][prefix:] for i in batch]
-    longest = max(len(r) for r in rests)
-    prompt_len = max(min(_bucket(longest, MIN_PROMPT_BUCKET), self.cfg.max_seq_len - N - prefix),
-                     longest)
+    prompt_len = self.padded_prompt_len(max(len(r) for r in rests), N, prefix)
     prompt_QxP = np.full((len(batch), prompt_len), self.pad_id, np.int32)
     mask_QxP = np.zeros((len(batch), prompt_len), np.int32)
     for r, rest in enumerate(rests):
