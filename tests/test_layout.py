@@ -27,6 +27,7 @@ ALLOWED = {
     "benchmarks": {"engine", "sampling", "tokenizer", "data", "tasks", "hub", "star"},
     "main": {"star"},
     "preflight": {"star"},
+    "plan": {"star"},
     "generate": {"engine", "sampling", "tokenizer", "hub"},
 }
 TASK_NAMES = ("arithmetic", "cqa", "gsm8k", "digits", "scratchpad")

@@ -160,6 +160,7 @@ PRESETS: dict[str, ModelConfig] = {
                               qkv_bias=True, tie_embeddings=True, norm_eps=1e-6,
                               max_seq_len=32768),
 }
+PRESETS["llama-3-8b"] = PRESETS["llama3-8b"]  # Meta-Llama-3-8B, under Meta's own spelling too
 
 
 def lora_targets(spec: str) -> tuple[str, ...]:

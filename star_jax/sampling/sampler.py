@@ -11,7 +11,6 @@ whose rows are mostly done goes on as a smaller batch of the rows still going.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Callable, NamedTuple, Sequence
 
@@ -28,24 +27,10 @@ from star_jax.runtime.compiling import CompileOnFirstCall
 from star_jax.runtime.distributed import to_host
 from star_jax.sampling.decode import DecodeState, compact, decode, prefill, prefill_prefix
 from star_jax.sampling.methods import SamplingParams
+from star_jax.sampling.outputs import BatchRows, SampleOutput, stop_cut
 
 MIN_PROMPT_BUCKET = 16
 NEW_TOKENS_BUCKET = 16
-
-
-@dataclasses.dataclass
-class SampleOutput:
-  """Per prompt and sample: ``tokens[p, i, :lengths[p, i]]`` (end token included)."""
-  tokens: np.ndarray  # [num_prompts, n, max_new_tokens] int32, zero past the length
-  lengths: np.ndarray  # [num_prompts, n]
-  logprobs: np.ndarray  # [num_prompts, n, max_new_tokens] model log-prob of each token
-  finished: np.ndarray  # [num_prompts, n] bool: stopped on an end token or stop string
-  decode_steps: int  # decode-loop iterations run over all batches (after prefill)
-  decode_row_steps: int  # rows x iterations computed (a compacted batch computes fewer rows)
-  prefill_tokens: int  # token slots prefilled, padding included (the shared prefix once)
-
-  def sequences(self, prompt: int, sample: int = 0) -> list[int]:
-    return self.tokens[prompt, sample, : self.lengths[prompt, sample]].tolist()
 
 
 def _bucket(n: int, minimum: int) -> int:
@@ -107,7 +92,7 @@ class Sampler:
   def _batch_sharding(self, shape) -> NamedSharding:
     return sharding.named(self.mesh, ("batch",) + (None,) * (len(shape) - 1), shape)
 
-  def _state_shardings(self, B: int, S: int, N: int) -> DecodeState:
+  def state_shardings(self, B: int, S: int, N: int) -> DecodeState:
     cfg = self.cfg
     kv = (B, cfg.num_kv_heads, S, cfg.head_dim)
     kv_sharding = sharding.named(self.mesh, ("batch", "kv_heads", "seq", "head_dim"), kv)
@@ -126,6 +111,31 @@ class Sampler:
     one = sharding.named(self.mesh, ("batch", "kv_heads", "seq", "head_dim"), kv)
     return [LayerCache(one, one) for _ in range(self.cfg.num_layers)]
 
+  def jitted(self, p_shard, Q: int, samples: int, prefix: int, prompt_len: int, S: int, N: int,
+             sp: SamplingParams):
+    """The jitted (not yet compiled) prefill and decode loop for Q prompts x ``samples`` rows
+    after a ``prefix``, a cache of S slots and N new tokens, parameters laid out as
+    ``p_shard``."""
+    B = Q * samples
+    rep = sharding.replicated(self.mesh)
+    pre = jax.jit(
+        functools.partial(prefill, self.graphdef, cache_len=S, max_new=N, samples=samples,
+                          **self._static(sp)),
+        in_shardings=(p_shard, self._prefix_sharding(prefix) if prefix else None,
+                      self._batch_sharding((Q, prompt_len)), self._batch_sharding((Q, prompt_len)),
+                      self._batch_sharding((B,)), self._batch_sharding((B,)), rep),
+        out_shardings=self.state_shardings(B, S, N))
+    return pre, self._jitted_decode(p_shard, B, S, N, sp)
+
+  def _jitted_decode(self, p_shard, B: int, S: int, N: int, sp: SamplingParams):
+    st_shard = self.state_shardings(B, S, N)
+    return jax.jit(functools.partial(decode, self.graphdef, **self._static(sp)),
+                   in_shardings=(p_shard, st_shard, sharding.replicated(self.mesh)),
+                   out_shardings=st_shard, donate_argnums=(1,))
+
+  def _static(self, sp: SamplingParams) -> dict:
+    return dict(sp=sp, end_ids=self.end_ids, pad_id=self.pad_id, stop_seqs=self.stop_seqs)
+
   def _compiled(self, params, Q: int, samples: int, prefix: int, prompt_len: int, S: int, N: int,
                 sp: SamplingParams):
     """The prefill of Q prompts x ``samples`` rows after a ``prefix``."""
@@ -133,23 +143,11 @@ class Sampler:
     key = (self.graphdef, self.mesh, self.end_ids, self.stop_seqs, self.pad_id, Q, samples,
            prefix, prompt_len, S, N, sp, sharding.tree_key(p_shard))
     if key not in _FNS:
-      B = Q * samples
-      rep = sharding.replicated(self.mesh)
-      pre = jax.jit(
-          functools.partial(prefill, self.graphdef, cache_len=S, max_new=N, samples=samples,
-                            **self._static(sp)),
-          in_shardings=(p_shard, self._prefix_sharding(prefix) if prefix else None,
-                        self._batch_sharding((Q, prompt_len)),
-                        self._batch_sharding((Q, prompt_len)),
-                        self._batch_sharding((B,)), self._batch_sharding((B,)), rep),
-          out_shardings=self._state_shardings(B, S, N))
+      pre, _ = self.jitted(p_shard, Q, samples, prefix, prompt_len, S, N, sp)
       shape = f"{Q} prompts x {samples} of {prefix} + {prompt_len} tokens, {N} new"
       _FNS[key] = CompileOnFirstCall(pre, f"the sampler's prefill ({shape})",
                                      "sample in smaller batches")
     return _FNS[key]
-
-  def _static(self, sp: SamplingParams) -> dict:
-    return dict(sp=sp, end_ids=self.end_ids, pad_id=self.pad_id, stop_seqs=self.stop_seqs)
 
   def _decoder(self, params, B: int, S: int, N: int, sp: SamplingParams):
     """The decode loop of B rows over S cache slots, N new tokens at most."""
@@ -157,12 +155,9 @@ class Sampler:
     key = ("decode", self.graphdef, self.mesh, self.end_ids, self.stop_seqs, self.pad_id, B, S,
            N, sp, sharding.tree_key(p_shard))
     if key not in _FNS:
-      st_shard = self._state_shardings(B, S, N)
-      dec = jax.jit(functools.partial(decode, self.graphdef, **self._static(sp)),
-                    in_shardings=(p_shard, st_shard, sharding.replicated(self.mesh)),
-                    out_shardings=st_shard, donate_argnums=(1,))
       _FNS[key] = CompileOnFirstCall(
-          dec, f"the sampler's decode loop ({B} rows, {S} cache slots, {N} new)",
+          self._jitted_decode(p_shard, B, S, N, sp),
+          f"the sampler's decode loop ({B} rows, {S} cache slots, {N} new)",
           "sample in smaller batches")
     return _FNS[key]
 
@@ -171,8 +166,8 @@ class Sampler:
     key = ("compact", self.graphdef, self.mesh, B, C, S, N)
     if key not in _FNS:
       _FNS[key] = jax.jit(compact, in_shardings=(
-          self._state_shardings(B, S, N), self._batch_sharding((C,)), self._batch_sharding((C,))),
-          out_shardings=self._state_shardings(C, S, N))
+          self.state_shardings(B, S, N), self._batch_sharding((C,)), self._batch_sharding((C,))),
+          out_shardings=self.state_shardings(C, S, N))
     return _FNS[key]
 
   def _prefix_cache(self, params, prefix: list[int]) -> list[LayerCache]:
@@ -228,7 +223,7 @@ class Sampler:
     # Prompts sorted by length keep each batch's padding tight; a batch holds whole prompts,
     # each with its n sample rows, so a prompt is prefilled once.
     order = sorted(range(num), key=lambda i: len(prompts[i]))
-    Q = self._prompts_per_batch(n)
+    Q = self.prompts_per_batch(n)
     offset = int(first_index)
     with jax.set_mesh(self.mesh):
       prefix_cache = self._prefix_cache(params, prefix) if prefix else None
@@ -252,7 +247,7 @@ class Sampler:
     L = shared_prefix_len(prompts)
     return prompts[0][:L] if L >= self.min_prefix else []
 
-  def _prompts_per_batch(self, n: int) -> int:
+  def prompts_per_batch(self, n: int) -> int:
     """Prompts per batch: ``batch_size`` rows of n samples each, a multiple of the batch shards."""
     div = sharding.batch_divisor(self.mesh)
     return max(div, -(-max(self.batch_size // n, 1) // div) * div)
@@ -279,13 +274,17 @@ class Sampler:
       out.lengths[i, j] = length
       out.finished[i, j] = bool(rows.done[r]) or rows.stop_len[r] >= 0
 
+  def padded_prompt_len(self, longest: int, N: int, prefix: int = 0) -> int:
+    """The bucket a batch whose longest prompt (after the prefix) has ``longest`` tokens is
+    left-padded to, short of the model's context less the N new tokens."""
+    return max(min(_bucket(longest, MIN_PROMPT_BUCKET), self.cfg.max_seq_len - N - prefix),
+               longest)
+
   def _layout(self, prompts, batch, prefix: int, n: int, N: int, offset: int) -> "_Layout":
     """Left-pads the batch's prompts (after the shared prefix) to a bucket: every row writes the
     same cache slot; rows are (prompt, sample), a prompt's samples consecutive."""
     rests = [prompts[i][prefix:] for i in batch]
-    longest = max(len(r) for r in rests)
-    prompt_len = max(min(_bucket(longest, MIN_PROMPT_BUCKET), self.cfg.max_seq_len - N - prefix),
-                     longest)
+    prompt_len = self.padded_prompt_len(max(len(r) for r in rests), N, prefix)
     prompt_QxP = np.full((len(batch), prompt_len), self.pad_id, np.int32)
     mask_QxP = np.zeros((len(batch), prompt_len), np.int32)
     for r, rest in enumerate(rests):
@@ -297,7 +296,7 @@ class Sampler:
 
   def _decode_until_stopped(self, params, state: DecodeState, real: int, max_new_tokens: int,
                             S: int, N: int, sp: SamplingParams, stop_strings, decode_fn
-                            ) -> tuple["_Rows", int, int]:
+                            ) -> tuple["BatchRows", int, int]:
     """Runs the decode loop of a batch whose first ``real`` rows count; returns their outputs
     (with the length cut at a stop string, -1: none), the steps run and the row-steps.
 
@@ -308,7 +307,7 @@ class Sampler:
     """
     rep = sharding.replicated(self.mesh)
     B = len(state.lengths_B)
-    rows = _Rows(np.zeros((B, N), np.int32), np.zeros((B, N), np.float32),
+    rows = BatchRows(np.zeros((B, N), np.int32), np.zeros((B, N), np.float32),
                  np.zeros((B,), np.int32), np.zeros((B,), bool), np.full((B,), -1))
     if not stop_strings and not self.compact_rows:
       state = self._decoder(params, B, S, N, sp)(params, state,
@@ -327,7 +326,7 @@ class Sampler:
       tokens, lengths = to_host(state.tokens_BxN), to_host(state.lengths_B)
       for r in np.flatnonzero(where >= 0) if stop_strings else ():
         if rows.stop_len[where[r]] < 0:
-          cut = _stop_cut(tokens[r, :lengths[r]].tolist(), stop_strings, decode_fn)
+          cut = stop_cut(tokens[r, :lengths[r]].tolist(), stop_strings, decode_fn)
           if cut is not None:
             rows.stop_len[where[r]], done[r] = cut, True
       if steps >= max_new_tokens or done.all():
@@ -353,24 +352,6 @@ class Sampler:
     return size if size <= width // 2 else None
 
 
-class _Rows(NamedTuple):
-  """A batch's outputs on the host, per row of the batch as it was first laid out."""
-  tokens: np.ndarray
-  logprobs: np.ndarray
-  lengths: np.ndarray
-  done: np.ndarray
-  stop_len: np.ndarray  # length cut at a stop string, -1: none
-
-  def put(self, state: DecodeState, where: np.ndarray, done: np.ndarray | None = None) -> None:
-    """Copies the state's rows into their places (``where``; -1: a filler row, skipped)."""
-    keep = where >= 0
-    dst = where[keep]
-    self.tokens[dst] = to_host(state.tokens_BxN)[keep]
-    self.logprobs[dst] = to_host(state.logprobs_BxN)[keep]
-    self.lengths[dst] = to_host(state.lengths_B)[keep]
-    self.done[dst] = (to_host(state.done_B) if done is None else done)[keep]
-
-
 class _Layout(NamedTuple):
   """One batch on the host: Q prompts (after the shared prefix) left-padded to ``prompt_len``,
   and the prompt and sample index of each of its B = Q * n rows."""
@@ -379,17 +360,3 @@ class _Layout(NamedTuple):
   prompt_idx_B: np.ndarray
   sample_idx_B: np.ndarray
   prompt_len: int
-
-
-def _stop_cut(tokens: list[int], stop_strings, decode_fn) -> int | None:
-  """Smallest prefix length whose text contains a stop string, or None."""
-  if not any(s in decode_fn(tokens) for s in stop_strings):
-    return None
-  lo, hi = 1, len(tokens)  # binary search: text containment is monotone in the prefix
-  while lo < hi:
-    mid = (lo + hi) // 2
-    if any(s in decode_fn(tokens[:mid]) for s in stop_strings):
-      hi = mid
-    else:
-      lo = mid + 1
-  return lo

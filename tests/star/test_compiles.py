@@ -11,7 +11,7 @@ from star_jax.sampling import sampler
 def _compiles(config, workdir):
   for cache in (trainer._STEP_FNS, sampler._FNS, params._CREATORS):
     cache.clear()
-  trainer._opt_init.cache_clear()
+  trainer._OPT_INITS.clear()
   before = len(compiling.COMPILED)
   metrics = star.run(config, workdir)
   assert all(m["train_steps"] > 0 for m in metrics[1:])  # every iteration trained

@@ -1,0 +1,117 @@
+"""Memory planning without the hardware: compile a program for abstract arrays and read what
+XLA says one device needs, next to what its parts take by their shapes and shardings.
+
+Nothing of model size is allocated: parameters are ``jax.ShapeDtypeStruct``s carrying their
+``NamedSharding`` (``nnx.eval_shape`` builds the model), and ``jit(...).lower(...).compile()``
+does buffer assignment for them. The compiled figures are per device: arguments, outputs,
+temporaries, and their sum less what donated arguments give back to the outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from star_jax.engine import params as params_lib
+from star_jax.engine.model_config import ModelConfig
+from star_jax.engine.optim import OptimConfig
+from star_jax.engine.trainer import BATCH_KEYS, Trainer
+from star_jax.runtime.compiling import memory_need
+
+GIB = 2 ** 30
+
+
+@dataclasses.dataclass
+class ProgramPlan:
+  """One compiled program's per-device needs, in bytes."""
+  what: str
+  compile_s: float
+  need: dict[str, int]  # arguments, outputs, temporaries, aliased, total (XLA's figures)
+  parts: dict[str, int]  # what the bytes are for: parameters, optimizer state, ... activations
+  derived: str  # how the parts not read off shapes were derived
+
+  def dominant(self) -> str:
+    return max(self.parts, key=self.parts.get)
+
+  def overshoot(self, budget: int) -> int:
+    """Bytes per device above ``budget`` (<= 0: it fits)."""
+    return self.need["total"] - budget
+
+  def as_dict(self, budget: int) -> dict[str, Any]:
+    return {"what": self.what, "compile_s": round(self.compile_s, 2),
+            **{k: _gib(v) for k, v in self.need.items()},
+            "parts": {k: _gib(v) for k, v in self.parts.items()}, "derived": self.derived,
+            "fits": self.overshoot(budget) <= 0, "overshoot": _gib(max(self.overshoot(budget), 0)),
+            "dominant": self.dominant()}
+
+
+def _gib(n: int) -> float:
+  return round(n / GIB, 9)  # to the byte
+
+
+def abstract_params(cfg: ModelConfig, mesh: Mesh) -> tuple[nnx.GraphDef, nnx.State]:
+  """The decoder's structure and its parameters as shapes on their shardings."""
+  graphdef, abstract = params_lib.abstract_model(cfg)
+  shardings = params_lib.param_shardings(abstract, mesh)
+  return graphdef, jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def shard_bytes(x, dtype=None) -> int:
+  """Bytes of one device's shard of an abstract array (in ``dtype`` if given); the largest
+  shard when they differ (they do not for the evenly dividing shardings used here)."""
+  shape = x.sharding.shard_shape(x.shape) if getattr(x, "sharding", None) else x.shape
+  return math.prod(shape) * np.dtype(dtype or x.dtype).itemsize
+
+
+def tree_bytes(tree, dtype=None) -> int:
+  """Per-device bytes of every abstract array in ``tree``."""
+  return sum(shard_bytes(x, dtype) for x in jax.tree.leaves(tree))
+
+
+def compile_program(jitted, args, what: str, mesh: Mesh) -> tuple[Any, float, dict[str, int]]:
+  """Lowers and compiles ``jitted`` for abstract ``args``: (executable, seconds, need)."""
+  t0 = time.perf_counter()
+  with jax.set_mesh(mesh):
+    exe = jitted.lower(*args).compile()
+  seconds = time.perf_counter() - t0
+  need = memory_need(exe)
+  if not need:
+    raise RuntimeError(f"XLA gives no memory analysis for {what} on this backend")
+  return exe, seconds, need
+
+
+def plan_train_step(graphdef: nnx.GraphDef, params: nnx.State, mesh: Mesh, optim: OptimConfig,
+                    shape: tuple[int, int, int], master_dtype: str = "float32") -> ProgramPlan:
+  """The train step (``shape`` = micro-batches, rows, tokens) of the trainer the loop uses.
+
+  Parameters (the trained ones' masters, in ``master_dtype``, and any frozen rest) and
+  optimizer state are read off their shapes and shardings; gradients are
+  the float32 accumulator the step carries over micro-batches plus one micro-batch's
+  gradients in the parameters' dtype (both laid out like the parameters); activations
+  are XLA's temporaries less those gradients: the layers' saved activations, the logits
+  chunks and the update's scratch.
+  """
+  trainer = Trainer(graphdef, mesh, optim, master_dtype=master_dtype)
+  state = trainer.abstract_state(params)
+  jitted = trainer.jitted_step(params_lib.shardings_of(state), shape)
+  batch = {k: jax.ShapeDtypeStruct(shape, np.int32, sharding=trainer.batch_sharding(shape))
+           for k in BATCH_KEYS}
+  sched = {k: jax.ShapeDtypeStruct((), np.float32) for k in optim.schedule_args()}
+  what = f"train step ({shape[0]} micro-batches of {shape[1]} x {shape[2]} tokens)"
+  _, seconds, need = compile_program(jitted, (state, trainer.frozen, batch, sched), what, mesh)
+  trained = state.params  # the masters of what trains (all, or the LoRA adapters)
+  grads = tree_bytes(trained, np.float32) + tree_bytes(trained)  # accumulator + one micro-batch's
+  parts = {"parameters": tree_bytes(trained) + tree_bytes(trainer.frozen),
+           "optimizer state": tree_bytes(state.opt_state),
+           "gradients": grads, "activations": max(need["temporaries"] - grads, 0)}
+  return ProgramPlan(what, seconds, need, parts,
+                     "gradients = float32 accumulator + one micro-batch's gradients (parameter "
+                     "shapes and shardings); activations = temporaries - gradients")

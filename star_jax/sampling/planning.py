@@ -1,0 +1,64 @@
+"""The sampler's memory plan: its prefill and decode loop compiled for abstract arrays.
+
+The programs are the ones ``Sampler.sample`` compiles (``Sampler.jitted``) for a full batch
+of prompts of one padded length, without a shared prefix: the prefix path prefills the
+same cache in two programs, the larger of which is this prefill with fewer prompt tokens.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from flax import nnx
+
+from star_jax.engine.params import shardings_of
+from star_jax.engine.planning import ProgramPlan, compile_program, tree_bytes
+from star_jax.sampling.methods import SamplingParams
+from star_jax.sampling.sampler import NEW_TOKENS_BUCKET, Sampler
+
+
+def plan_sampler(sampler: Sampler, params: nnx.State, prompt_len: int, max_new_tokens: int,
+                 samples: int = 1, sp: SamplingParams = SamplingParams()
+                 ) -> list[ProgramPlan]:
+  """Plans of the prefill and the decode loop for one full batch (``sampler.batch_size``
+  rows) of prompts of ``prompt_len`` tokens, ``samples`` rows per prompt.
+
+  The KV cache is read off the decode state's shapes and shardings; activations are the
+  temporaries (the cache itself is an output of the prefill and the decode loop's donated
+  argument, so it is never among them unless XLA copies it).
+  """
+  cfg = sampler.cfg
+  N = -(-max_new_tokens // NEW_TOKENS_BUCKET) * NEW_TOKENS_BUCKET
+  P = sampler.padded_prompt_len(prompt_len, N)
+  if P + N > cfg.max_seq_len:
+    raise ValueError(f"{prompt_len} prompt tokens and {max_new_tokens} new ones exceed the "
+                     f"model's max_seq_len {cfg.max_seq_len}")
+  Q = sampler.prompts_per_batch(samples)
+  B, S = Q * samples, P + N
+  pre, dec = sampler.jitted(shardings_of(params), Q, samples, 0, P, S, N, sp)
+
+  def i32(*shape):  # the jits carry the shardings
+    return jax.ShapeDtypeStruct(shape, np.int32)
+
+  pre_args = (params, None, i32(Q, P), i32(Q, P), i32(B), i32(B), i32())
+  with jax.set_mesh(sampler.mesh):
+    state = jax.eval_shape(pre, *pre_args)
+  shape = f"{Q} prompts x {samples} of {P} tokens, {N} new: cache {B} x {S}"
+  plans = []
+  for jitted, args, what in ((pre, pre_args, f"sampler prefill ({shape})"),
+                             (dec, (params, state, i32()), f"sampler decode loop ({shape})")):
+    _, seconds, need = compile_program(jitted, args, what, sampler.mesh)
+    parts = {"parameters": tree_bytes(params), "KV cache": kv_cache_bytes(sampler, B, S, N),
+             "activations": need["temporaries"]}
+    plans.append(ProgramPlan(what, seconds, need, parts,
+                             "KV cache from its shape and sharding; activations = temporaries"))
+  return plans
+
+
+def kv_cache_bytes(sampler: Sampler, B: int, S: int, N: int) -> int:
+  """Per-device bytes of the decode state's keys and values for B rows of S slots."""
+  cfg = sampler.cfg
+  shape = (B, cfg.num_kv_heads, S, cfg.head_dim)
+  layouts = sampler.state_shardings(B, S, N).cache
+  return sum(tree_bytes([jax.ShapeDtypeStruct(shape, cfg.jnp_dtype, sharding=s)
+                         for s in (c.k_BxKxSxH, c.v_BxKxSxH)]) for c in layouts)

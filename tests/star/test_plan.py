@@ -1,0 +1,124 @@
+"""Memory planning without the hardware: the train step and the sampler of a config compiled
+for abstract arrays, their per-device figures set against a budget."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers.runs import load_config
+from star_jax.engine.model_config import get_preset
+from star_jax.engine.planning import GIB
+from star_jax.star import plan
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _config(**mesh):
+  """cqa with the random tiny preset, small shapes, on the conftest's 8 devices."""
+  c = load_config("cqa")
+  c.model.checkpoint, c.model.preset = "", "tiny"
+  c.tokenizer.vocab_size = 256
+  c.train.batch_size, c.train.grad_accum, c.train.seq_len = 8, 2, 128
+  c.sample.batch_size = 16
+  c.mesh = dict({"data": -1, "fsdp": 1, "tensor": 1}, **mesh)
+  return c
+
+
+def _program(report, name):
+  return next(p for p in report["programs"] if p["what"].startswith(name))
+
+
+@pytest.fixture(scope="module")
+def fsdp_report():
+  return plan.plan(_config(data=1, fsdp=8), device_memory_gib=1.0, prompt_len=40, new_tokens=16)
+
+
+def test_a_plan_that_fits_reports_every_program_and_its_parts(fsdp_report):
+  r = fsdp_report
+  assert r["fits"] and r["devices"] == 8 and r["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
+  assert [p["what"].split(" (")[0] for p in r["programs"]] == [
+      "train step", "sampler prefill", "sampler decode loop"]
+  cfg = get_preset("tiny")
+  train = _program(r, "train step")
+  assert "2 micro-batches of 8 x 128 tokens" in train["what"]
+  # fsdp=8 splits every matrix's embed dimension 8 ways; only the norms stay whole.
+  params = train["parts"]["parameters"] * GIB
+  assert cfg.num_params() * 4 / 8 <= params < cfg.num_params() * 4 / 8 + 8 * cfg.d_model * 4
+  assert train["parts"]["optimizer state"] == pytest.approx(2 * train["parts"]["parameters"],
+                                                            abs=1e-6)  # Adam's mu and nu
+  # XLA holds at least the state it is given, and the total is what each part adds up to.
+  assert train["arguments"] >= train["parts"]["parameters"] + train["parts"]["optimizer state"]
+  assert train["total"] == pytest.approx(
+      train["arguments"] + train["outputs"] + train["temporaries"] - train["aliased"], abs=1e-5)
+  assert train["fits"] and train["compile_s"] > 0
+  decode = _program(r, "sampler decode loop")
+  # 16 rows of 48 + 16 slots, 2 layers of keys and values, batch split over the 8 fsdp shards.
+  kv = 2 * 2 * 16 * cfg.num_kv_heads * (48 + 16) * cfg.head_dim * 4 / 8
+  assert decode["parts"]["KV cache"] * GIB == pytest.approx(kv, abs=8)
+  assert decode["arguments"] >= decode["parts"]["KV cache"] + decode["parts"]["parameters"]
+  text = plan.format_report(r)
+  assert text.endswith("verdict: fits") and "DOES NOT FIT" not in text
+
+
+def test_a_plan_that_does_not_fit_says_by_how_much_and_what_dominates(fsdp_report):
+  # A big sample batch with long prompts on a replicated model: the KV cache outgrows the rest.
+  c = _config(data=8)
+  c.sample.batch_size = 256
+  r = plan.plan(c, device_memory_gib=0.004, prompt_len=224, new_tokens=32)
+  assert not r["fits"]
+  decode = _program(r, "sampler decode loop")
+  assert decode["dominant"] == "KV cache"
+  assert decode["parts"]["KV cache"] > decode["parts"]["parameters"]
+  assert decode["overshoot"] == pytest.approx(decode["total"] - 0.004, abs=1e-5)
+  text = plan.format_report(r)
+  assert f"DOES NOT FIT by {decode['overshoot']:.2f} GiB; KV cache dominate" in text
+  assert "verdict: does not fit: " in text and "sampler decode loop by" in text
+  # The same train step as the fitting plan's, against a budget below its parameters.
+  train = _program(fsdp_report, "train step")
+  small = plan.plan(_config(data=1, fsdp=8), device_memory_gib=train["total"] / 2,
+                    prompt_len=40, new_tokens=16)
+  t = _program(small, "train step")
+  assert not t["fits"] and t["overshoot"] == pytest.approx(train["total"] / 2, abs=1e-5)
+  assert t["dominant"] == max(t["parts"], key=t["parts"].get)
+
+
+def test_an_unknown_preset_is_a_clear_error():
+  c = _config()
+  c.model.preset = "gpt-9"
+  with pytest.raises(ValueError, match=r"unknown model preset 'gpt-9'; known: .*'llama-3-8b'"):
+    plan.plan(c, device_memory_gib=1.0, prompt_len=40, new_tokens=16)
+
+
+def test_a_mesh_that_does_not_divide_the_devices_is_a_clear_error():
+  with pytest.raises(ValueError, match=r"config.mesh .*'data': 3.* does not fit 8 devices"):
+    plan.plan(_config(data=3), device_memory_gib=1.0, prompt_len=40, new_tokens=16)
+  with pytest.raises(ValueError, match=r"train.batch_size 2 must be a multiple of the mesh's 8"):
+    c = _config()
+    c.train.batch_size = 2
+    plan.plan(c, device_memory_gib=1.0, prompt_len=40, new_tokens=16)
+
+
+def test_the_real_presets_have_the_published_sizes():
+  assert get_preset("llama-3-8b").num_params() == 8_030_261_248  # Meta-Llama-3-8B
+  gptj = get_preset("gptj-6b")
+  assert (gptj.num_layers, gptj.d_model, gptj.num_heads, gptj.rotary_dim, gptj.vocab_size) == (
+      28, 4096, 16, 64, 50400)
+
+
+def test_the_command_line_makes_its_own_devices_and_exits_1_when_it_does_not_fit():
+  env = dict(os.environ, PYTHONPATH=ROOT)  # the conftest's 8 devices must not leak in
+  cmd = [sys.executable, "-m", "star_jax.plan", "--config=configs/cqa.py", "--devices=4",
+         "--device_memory_gib=0.001", "--config.model.checkpoint=", "--config.train.seq_len=128",
+         "--config.train.batch_size=4", "--config.train.grad_accum=2", "--prompt_len=40",
+         "--new_tokens=16", "--config.mesh.data=2", "--config.mesh.fsdp=2"]
+  out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 1, out.stderr[-2000:]
+  report = json.loads(out.stdout.strip().splitlines()[-1])
+  assert report["devices"] == 4 and report["mesh"] == {"data": 2, "fsdp": 2, "tensor": 1}
+  assert "DOES NOT FIT by" in out.stdout and "verdict: does not fit" in out.stdout
+  bad = subprocess.run(cmd[:-2] + ["--config.mesh.data=3"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+  assert bad.returncode == 2 and "does not fit 4 devices" in bad.stderr
