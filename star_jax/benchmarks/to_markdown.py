@@ -46,7 +46,9 @@ NOTES = {
         "rows per batch and the same stop string. *reuse*: the few-shot block prefilled once per "
         "call; *no reuse* (`prefix_reuse=False`): every question prefills its whole prompt. "
         "Both prefill a question once for its n samples (transformers: once per row). "
-        "*Greedy text agreement*: identical greedy answers to transformers'."),
+        "star_jax decodes a batch whose rows are mostly done as a smaller batch of the rows still "
+        "going (`compact_rows`; transformers runs every batch at full width to its longest "
+        "row). *Greedy text agreement*: identical greedy answers to transformers'."),
     "cold_start": (
         "Seconds from a fresh process (no compilation cache) to each milestone of a STaR run "
         "on the cqa config: jax imported, checkpoint loaded, the first sampled token of the "
