@@ -9,6 +9,7 @@ INSTALL_REQUIRES = [
     "flax==0.12.8",
     "optax==0.2.8",
     "orbax-checkpoint==0.12.8",
+    "etils[epath]==1.15.0",  # workdir paths (local, gs://); also what orbax reads paths with
     "tensorflow-datasets==4.9.10",
     "sentencepiece==0.2.3",
     "ml-collections==1.1.0",
