@@ -89,6 +89,15 @@ def test_make_mesh_fills_minus_one_and_rejects_bad_shapes():
     sharding.make_mesh({"model": 2})
 
 
+def test_make_mesh_lays_devices_out_by_topology():
+  # The device order is jax.make_mesh's (mesh_utils: TPU/GPU topology), over any device subset.
+  for shape, devices in (((2, 2, 2), jax.devices()), ((1, 2, 2), jax.devices()[4:])):
+    mesh = sharding.make_mesh(shape, devices=devices)
+    ref = jax.make_mesh(shape, sharding.MESH_AXES, devices=devices)
+    assert [d.id for d in mesh.devices.flat] == [d.id for d in ref.devices.flat]
+    assert mesh.axis_names == sharding.MESH_AXES
+
+
 def test_rules_drop_mesh_axes_that_do_not_divide():
   mesh_shape = {"data": 2, "fsdp": 2, "tensor": 2}
   # 3 KV heads cannot split over tensor=2: that dimension stays whole.
