@@ -136,6 +136,41 @@ def rope(x_BxTxNxH: jax.Array, positions: jax.Array, cfg: ModelConfig) -> jax.Ar
   return jnp.concatenate([rot, rest], axis=-1).astype(x_BxTxNxH.dtype)
 
 
+def attention_path(choice: str, T: int) -> str:
+  """How T query tokens attend: "dot_product" (jax.nn.dot_product_attention), "einsum", or
+  "einsum_cpu" (one grouped-query token as multiply-and-reduce, for XLA:CPU)."""
+  cpu = jax.default_backend() == "cpu"
+  if choice == "dot_product" and T > 1:
+    return "dot_product"
+  if choice == "auto" and T > 1 and not cpu:
+    return "dot_product"
+  return "einsum_cpu" if cpu and T == 1 else "einsum"
+
+
+def _einsum_attention(q_BxTxNxH, k_BxKxSxH, v_BxKxSxH, mask_BxTxS, multiply_reduce: bool):
+  """Scores and softmax in float32 over the cache as it lies ([B, K, S, H])."""
+  dt = q_BxTxNxH.dtype
+  B, T, N, H = q_BxTxNxH.shape
+  K = k_BxKxSxH.shape[1]
+  q_BxKxGxTxH = q_BxTxNxH.reshape(B, T, K, N // K, H).transpose(0, 2, 3, 1, 4)
+  if multiply_reduce and N // K > 1:
+    # One new token with grouped-query heads: scores as multiply-and-reduce, which XLA:CPU
+    # fuses into one pass over the cache; as a batched dot with G > 1 rows per kv head it
+    # ran up to 6x slower. With G == 1 the dot is the faster form (docs/performance.md).
+    # Same float32 accumulation either way.
+    q_BxKxGxH = q_BxKxGxTxH[:, :, :, 0].astype(jnp.float32)
+    scores_BxKxGxS = jnp.sum(q_BxKxGxH[:, :, :, None, :]
+                             * k_BxKxSxH[:, :, None].astype(jnp.float32), axis=-1)
+    scores_BxKxGxTxS = scores_BxKxGxS[:, :, :, None] / math.sqrt(H)
+  else:
+    scores_BxKxGxTxS = jnp.einsum("bkgth,bksh->bkgts", q_BxKxGxTxH, k_BxKxSxH.astype(dt),
+                                  preferred_element_type=jnp.float32) / math.sqrt(H)
+  scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], scores_BxKxGxTxS, -1e30)
+  probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(dt)
+  out_BxKxGxTxH = jnp.einsum("bkgts,bksh->bkgth", probs_BxKxGxTxS, v_BxKxSxH.astype(dt))
+  return out_BxKxGxTxH.transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
+
+
 class Attention(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
@@ -181,25 +216,15 @@ class Attention(nnx.Module):
       v_BxKxSxH = constrain(v_BxKxSxH, ("batch", "kv_heads", "seq", "head_dim"))
     else:
       k_BxKxSxH, v_BxKxSxH = k_BxKxTxH, v_BxKxTxH
-    B, T, N, H = q_BxTxNxH.shape
-    K = k_BxKxSxH.shape[1]
-    q_BxKxGxTxH = q_BxTxNxH.reshape(B, T, K, N // K, H).transpose(0, 2, 3, 1, 4)
-    if T == 1 and N // K > 1:
-      # One new token with grouped-query heads: scores as multiply-and-reduce, which XLA:CPU
-      # fuses into one pass over the cache; as a batched dot with G > 1 rows per kv head it
-      # ran up to 6x slower. With G == 1 the dot is the faster form (docs/performance.md).
-      # Same float32 accumulation either way.
-      q_BxKxGxH = q_BxKxGxTxH[:, :, :, 0].astype(jnp.float32)
-      scores_BxKxGxS = jnp.sum(q_BxKxGxH[:, :, :, None, :]
-                               * k_BxKxSxH[:, :, None].astype(jnp.float32), axis=-1)
-      scores_BxKxGxTxS = scores_BxKxGxS[:, :, :, None] / math.sqrt(H)
+    path = attention_path(cfg.attention, q_BxTxNxH.shape[1])
+    if path == "dot_product":
+      # [B, S, K, H] views of the keys and values: a copy, paid where it buys the fused kernel.
+      out_BxTxNxH = jax.nn.dot_product_attention(
+          q_BxTxNxH, k_BxKxSxH.transpose(0, 2, 1, 3).astype(dt),
+          v_BxKxSxH.transpose(0, 2, 1, 3).astype(dt), mask=mask_BxTxS[:, None])
     else:
-      scores_BxKxGxTxS = jnp.einsum("bkgth,bksh->bkgts", q_BxKxGxTxH, k_BxKxSxH.astype(dt),
-                                    preferred_element_type=jnp.float32) / math.sqrt(H)
-    scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], scores_BxKxGxTxS, -1e30)
-    probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(dt)
-    out_BxKxGxTxH = jnp.einsum("bkgts,bksh->bkgth", probs_BxKxGxTxS, v_BxKxSxH.astype(dt))
-    out_BxTxNxH = out_BxKxGxTxH.transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
+      out_BxTxNxH = _einsum_attention(q_BxTxNxH, k_BxKxSxH, v_BxKxSxH, mask_BxTxS,
+                                      multiply_reduce=path == "einsum_cpu")
     out_BxTxD = project(self, "o", out_BxTxNxH, in_dims=2)
     return out_BxTxD, cache
 

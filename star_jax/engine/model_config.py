@@ -15,6 +15,7 @@ from typing import Any
 import jax.numpy as jnp
 
 BLOCK_TYPES = ("llama", "gptj")
+ATTENTION_PATHS = ("auto", "einsum", "dot_product")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 ATTENTION_KERNELS = ("q", "k", "v", "o")
 MLP_KERNELS = ("gate", "up", "down", "fc_in", "fc_out")  # SwiGLU's three, GPT-J's two
@@ -47,6 +48,10 @@ class ModelConfig:
   param_dtype: str = "float32"
   dtype: str = "float32"  # compute dtype; softmax and the loss always run in float32
   remat: bool = False  # rematerialise each block in the backward pass
+  # "auto": prefill and training through jax.nn.dot_product_attention (cuDNN flash attention
+  # on GPU where it applies, XLA elsewhere) off CPU, one-token decode as a batched dot there;
+  # on CPU the einsum path tuned for XLA:CPU. "einsum" / "dot_product" force one (tests).
+  attention: str = "auto"
   # LoRA (engine/lora.py): rank-r adapters W + (alpha / r) * A @ B on the kernels named in
   # lora_targets; then only the adapters train. 0 = no adapters (full fine-tuning).
   lora_rank: int = 0
@@ -68,6 +73,8 @@ class ModelConfig:
     if unknown:
       raise ValueError(f"unknown lora_targets {sorted(unknown)}; known: "
                        f"{list(ATTENTION_KERNELS + MLP_KERNELS)}")
+    if self.attention not in ATTENTION_PATHS:
+      raise ValueError(f"attention must be one of {ATTENTION_PATHS}, got {self.attention!r}")
     for name in ("param_dtype", "dtype"):
       if getattr(self, name) not in _DTYPES:
         raise ValueError(f"{name} must be one of {sorted(_DTYPES)}, got {getattr(self, name)!r}")

@@ -8,7 +8,7 @@ import pytest
 from conftest import mesh_of
 from helpers.reference import forward, full_logits
 from star_jax.engine import params as params_lib
-from star_jax.engine.decoder import causal_mask
+from star_jax.engine.decoder import attention_path, causal_mask
 from star_jax.engine.model_config import get_preset
 from star_jax.sampling import SamplingParams
 from star_jax.sampling.decode import decode_step, prefill
@@ -115,3 +115,39 @@ def test_bad_configs_are_rejected():
     get_preset("nope")
   with pytest.raises(ValueError, match="rotary_dim"):
     get_preset("tiny", rotary_dim=7)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-gptj"])
+def test_dot_product_attention_path_matches_the_einsum_path(preset, mesh1):
+  """jax.nn.dot_product_attention (the path off CPU) against the einsum path, on CPU: a packed
+  training batch's loss and gradients, and greedy samples (prefill through it, then decode)."""
+  from star_jax.engine.trainer import loss_sums
+  from star_jax.sampling import Sampler
+  cfgs = {a: get_preset(preset, attention=a) for a in ("einsum", "dot_product")}
+  models = {a: params_lib.init_params(c, mesh1, seed=5) for a, c in cfgs.items()}
+  params = models["einsum"][1]
+  rng = np.random.default_rng(1)
+  seg = np.asarray([[1] * 7 + [2] * 6 + [0] * 3, [1] * 12 + [0] * 4])  # packed, padded
+  tokens = rng.integers(0, cfgs["einsum"].vocab_size, seg.shape)
+  micro = {"tokens": jnp.asarray(tokens, jnp.int32), "targets": jnp.asarray(np.roll(tokens, -1, 1)),
+           "loss_mask": jnp.asarray(seg > 0, jnp.float32), "segment_ids": jnp.asarray(seg),
+           "positions": jnp.asarray(np.concatenate([np.r_[0:7, 0:6, 0:3], np.r_[0:16]])
+                                    .reshape(2, 16), jnp.int32)}
+  out = {}
+  for a, (graphdef, _) in models.items():
+    f = lambda p, g=graphdef: loss_sums(params_lib.merge(g, p), micro)[0]
+    out[a] = jax.jit(jax.value_and_grad(f))(params)
+  np.testing.assert_allclose(out["dot_product"][0], out["einsum"][0], rtol=1e-5)
+  for g1, g2 in zip(jax.tree.leaves(out["dot_product"][1]), jax.tree.leaves(out["einsum"][1])):
+    np.testing.assert_allclose(g1, g2, atol=2e-5, rtol=1e-4)
+  prompts = [[3, 4, 5, 6, 7], [9, 10], [11, 12, 13, 14, 15, 16, 17, 18]]
+  samples = [Sampler(cfgs[a], models[a][0], mesh1, batch_size=4).sample(params, prompts, 12)
+             for a in ("einsum", "dot_product")]
+  np.testing.assert_array_equal(samples[0].tokens, samples[1].tokens)
+  np.testing.assert_allclose(samples[0].logprobs, samples[1].logprobs, atol=1e-4)
+  with pytest.raises(ValueError, match="attention must be one of"):
+    get_preset(preset, attention="flash")
+  # What each choice runs (here on CPU; off CPU "auto" takes dot_product for T > 1, einsum for 1).
+  assert attention_path("dot_product", 16) == "dot_product"
+  assert attention_path("dot_product", 1) == attention_path("auto", 1) == "einsum_cpu"
+  assert attention_path("auto", 16) == attention_path("einsum", 16) == "einsum"
