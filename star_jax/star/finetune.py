@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from star_jax.engine import batching
+from star_jax.engine import batching, sharding
 from star_jax.engine.checkpointer import Checkpointer
 from star_jax.engine.optim import OptimConfig
 from star_jax.engine.trainer import Trainer
@@ -51,6 +51,17 @@ def optim_config(train_cfg: ml_collections.ConfigDict, total_steps: int) -> Opti
                      schedule=train_cfg.schedule, total_steps=max(total_steps, 1),
                      end_lr_factor=train_cfg.end_lr_factor, b1=train_cfg.b1, b2=train_cfg.b2,
                      weight_decay=train_cfg.weight_decay, clip_norm=train_cfg.clip_norm)
+
+
+def micro_batching(batch_size: int, grad_accum: int, shards: int) -> tuple[int, int]:
+  """(rows per micro-batch, micro-batches) for ``batch_size x grad_accum`` rows a step on a
+  mesh that splits rows over ``shards``: rows rounded up to a multiple of the shards, as few
+  micro-batches as still hold the step's rows (the same rows a step where the shards divide
+  them, e.g. the configs' 1 x 8 on 8 devices is 8 x 1)."""
+  if batch_size % shards == 0:
+    return batch_size, grad_accum
+  rows = -(-batch_size // shards) * shards
+  return rows, max(1, -(-(batch_size * grad_accum) // rows))
 
 
 def training_examples(task: Task, tokenizer: Tokenizer, pairs: Sequence[tuple[Example, str]],
@@ -120,8 +131,14 @@ def _train(trainer, state, packed, train_cfg, steps, seed, desc, ckpt, checkpoin
     state, meta = ckpt.restore(state)
     start, last_loss = int(meta["step"]), meta.get("loss", math.nan)
     logging.info("%s: resuming from the checkpoint at step %d of %d", desc, start, steps)
-  batches = batching.iterate_batches(packed.batch, train_cfg.batch_size, steps, seed,
-                                     grad_accum=train_cfg.grad_accum, start_step=start)
+  rows, micro = micro_batching(train_cfg.batch_size, train_cfg.grad_accum,
+                               sharding.batch_divisor(trainer.mesh))
+  if (rows, micro) != (train_cfg.batch_size, train_cfg.grad_accum):
+    logging.info("%s: %d x %d rows per step laid out as %d micro-batches of %d rows (the mesh "
+                 "splits rows over %d batch shards)", desc, train_cfg.grad_accum,
+                 train_cfg.batch_size, micro, rows, sharding.batch_divisor(trainer.mesh))
+  batches = batching.iterate_batches(packed.batch, rows, steps, seed, grad_accum=micro,
+                                     start_step=start)
   losses, tokens = [], 0.0
   pending = None
   clock = [time.perf_counter()]

@@ -22,7 +22,7 @@ from star_jax.sampling import Sampler
 from star_jax.sampling.methods import SamplingParams
 from star_jax.sampling.planning import plan_sampler
 from star_jax.star.experiment import is_star_jax_checkpoint
-from star_jax.star.finetune import optim_config
+from star_jax.star.finetune import micro_batching, optim_config
 from star_jax.tasks import get_task
 
 # Prompt length estimate without a tokenizer: English BPE averages about 4 characters a token;
@@ -73,12 +73,9 @@ def plan(config: ml_collections.ConfigDict, device_memory_gib: float, prompt_len
     raise ValueError(f"config.mesh {dict(config.mesh)} does not fit {len(devices)} devices: "
                      f"{e}") from None
   tc, budget = config.train, int(device_memory_gib * GIB)
-  shape = (tc.grad_accum, tc.batch_size, tc.seq_len)
-  div = sharding.batch_divisor(mesh)
-  if tc.batch_size % div:
-    raise ValueError(f"train.batch_size {tc.batch_size} must be a multiple of the mesh's {div} "
-                     f"batch shards (mesh.data x mesh.fsdp); keep the rows per step with "
-                     f"train.grad_accum")
+  # The micro-batches a run lays a step's rows out in on this mesh (star/finetune.py).
+  rows, micro = micro_batching(tc.batch_size, tc.grad_accum, sharding.batch_divisor(mesh))
+  shape = (micro, rows, tc.seq_len)
   task = get_task(config.task, max_new_tokens=config.star.max_new_tokens or None,
                   **dict(config.task_options))
   prompt_len = prompt_len or estimated_prompt_len(config, task)

@@ -61,3 +61,10 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_p
   state, meta = ckpt.restore(trainer.init(params))
   assert np.isfinite(meta["loss"])
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
+
+
+def test_rows_a_mesh_cannot_split_are_regrouped_keeping_the_rows_per_step():
+  assert ft.micro_batching(1, 8, 8) == (8, 1)  # the text configs' 1 x 8 on 8 devices
+  assert ft.micro_batching(1, 8, 4) == (4, 2)
+  assert ft.micro_batching(8, 1, 4) == (8, 1)  # divisible: as configured
+  assert ft.micro_batching(3, 2, 4) == (4, 2)  # 6 rows: rounded up to whole micro-batches

@@ -95,10 +95,14 @@ def test_an_unknown_preset_is_a_clear_error():
 def test_a_mesh_that_does_not_divide_the_devices_is_a_clear_error():
   with pytest.raises(ValueError, match=r"config.mesh .*'data': 3.* does not fit 8 devices"):
     plan.plan(_config(data=3), device_memory_gib=1.0, prompt_len=40, new_tokens=16)
-  with pytest.raises(ValueError, match=r"train.batch_size 2 must be a multiple of the mesh's 8"):
-    c = _config()
-    c.train.batch_size = 2
-    plan.plan(c, device_memory_gib=1.0, prompt_len=40, new_tokens=16)
+
+
+
+def test_rows_the_mesh_cannot_split_are_planned_as_a_run_lays_them_out():
+  c = _config()  # 8 batch shards: 2 rows x 2 micro-batches a step train as 1 x 8 rows
+  c.train.batch_size = 2
+  assert plan.plan(c, device_memory_gib=1.0, prompt_len=40, new_tokens=16)["train_shape"] == [
+      1, 8, 128]
 
 
 def test_the_real_presets_have_the_published_sizes():
