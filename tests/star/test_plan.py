@@ -97,7 +97,6 @@ def test_a_mesh_that_does_not_divide_the_devices_is_a_clear_error():
     plan.plan(_config(data=3), device_memory_gib=1.0, prompt_len=40, new_tokens=16)
 
 
-
 def test_rows_the_mesh_cannot_split_are_planned_as_a_run_lays_them_out():
   c = _config()  # 8 batch shards: 2 rows x 2 micro-batches a step train as 1 x 8 rows
   c.train.batch_size = 2
