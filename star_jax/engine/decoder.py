@@ -315,8 +315,12 @@ class Decoder(nnx.Module):
     for i, block in enumerate(self.layers):
       layer_cache = cache[i] if cache is not None else None
       if cfg.remat:
-        x_BxTxD, layer_cache = nnx.remat(lambda b, *a: b(*a))(
-            block, x_BxTxD, positions, mask_BxTxS, layer_cache, cache_slot)
+        # jax.checkpoint of a pure function of the block's state (nnx.remat writes the state
+        # back, which fails when part of it, a LoRA model's frozen base, is not differentiated).
+        gd, st = nnx.split(block)
+        run = lambda st, *a, gd=gd: nnx.merge(gd, st)(*a, cache_slot)
+        x_BxTxD, layer_cache = jax.checkpoint(run)(st, x_BxTxD, positions, mask_BxTxS,
+                                                   layer_cache)
       else:
         x_BxTxD, layer_cache = block(x_BxTxD, positions, mask_BxTxS, layer_cache, cache_slot)
       if new_cache is not None:
