@@ -74,6 +74,20 @@ def test_arithmetic_smoke(tmp_path):
   assert kept[0]["question"] in text and "| source | question |" in text
 
 
+def test_arithmetic_smollm2_smoke(tmp_path):
+  # configs/arithmetic_smollm2.py with a random tiny model: M_0 reads exemplars of the
+  # query's length, M_n the bare problem; every length is scored every iteration.
+  config = load_config("arithmetic_smollm2")
+  workdir = str(tmp_path / "run")
+  star.run(config, workdir)
+  task = tasks.get_task("arithmetic", **config.task_options)
+  n_eval = len(task.load("eval", config.data))
+  metrics, kept = check_artifacts(workdir, config, n_eval, ["Hint"])
+  check_kept_and_trained(metrics, kept)
+  for m in metrics:
+    assert sorted(m["accuracy_by_digits"]) == ["1", "2"]
+
+
 def test_cqa_smoke_on_official_schema_files(tmp_path):
   config = load_config("cqa")
   config.data.dir = str(tmp_path / "cqa")
