@@ -12,7 +12,8 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = "arithmetic"  # cqa | gsm8k | arithmetic | "module.path:TaskClass"
   # The task's own options, passed to its constructor (arithmetic: positions,
-  # right_aligned_columns, position_jitter; see its docstring).
+  # right_aligned_columns, position_jitter, shots = k few-shot exemplars of the query's
+  # length instead of the two fixed ones; see its docstring).
   c.task_options = ml_collections.ConfigDict()
   c.seed = 0
   c.checkpoint_every = 100  # train steps between train-state checkpoints (resume after a kill)

@@ -131,16 +131,17 @@ def generate(split: str, count: int, seed: int, min_digits: int, max_digits: int
   return pairs
 
 
-def generate_by_digits(counts, seed: int, eval_fraction: float = 0.1) -> list[tuple[int, int]]:
+def generate_by_digits(counts, seed: int, eval_fraction: float = 0.1,
+                       stream: tuple[int, ...] = (2,)) -> list[tuple[int, int]]:
   """Distinct train-partition pairs, ``counts[d - 1]`` of them with d digits each (a seed set
   with a chosen mix of lengths, e.g. (90, 1500, 1500, 30, 15)), lengths shuffled together.
 
   The partition is the one of ``seed`` (the data seed), so the pairs never include a held-out
   problem of a run with the same data seed; they come from their own random stream, not the
-  train pool's. A length whose train partition has fewer problems than asked (one digit: about
-  90) gives them all.
+  train pool's (``stream`` picks it: the few-shot exemplars draw from their own). A length whose
+  train partition has fewer problems than asked (one digit: about 90) gives them all.
   """
-  rng = np.random.default_rng([seed, 2])
+  rng = np.random.default_rng([seed, *stream])
   pairs = []
   for digits, count in enumerate(counts, start=1):
     count = int(count)
@@ -179,13 +180,20 @@ class ArithmeticTask(Task):
   default_train, default_eval = 50_000, 1_000  # the paper's 50k problems
 
   def __init__(self, max_new_tokens: int | None = None, positions: str = "sequence",
-               right_aligned_columns: bool = False, position_jitter: int = 0):
+               right_aligned_columns: bool = False, position_jitter: int = 0, shots: int = 0):
     """``positions``: "sequence" (the token index) or "line_column" ((line, column) rotary
     positions: every scratchpad step copies the line above at a fixed offset whatever the
     length; ``right_aligned_columns`` counts columns from the end of the line above,
     ``position_jitter`` spaces lines and columns by random gaps in training; see
-    line_positions.py)."""
+    line_positions.py). ``shots``: 0 = the two fixed exemplars (38 + 45, 706 + 598) before
+    every query; k > 0 = k exemplars with the query's number of digits (the paper's section
+    4.1 prompts), the same k for every query of that length and data seed, drawn from the
+    train partition (never a held-out problem) and never the query itself."""
     super().__init__(max_new_tokens)
+    if int(shots) < 0:
+      raise ValueError(f"arithmetic shots must be >= 0, got {shots}")
+    self._k = int(shots)
+    self._shots_by: dict[tuple[int, int, float], list[Example]] = {}
     if positions not in ("sequence", "line_column"):
       raise ValueError(f"arithmetic positions must be 'sequence' or 'line_column', got "
                        f"{positions!r}")
@@ -194,14 +202,39 @@ class ArithmeticTask(Task):
                    for i, (a, b) in enumerate(((38, 45), (706, 598)))]
 
   @staticmethod
-  def make_example(a: int, b: int, ex_id: str) -> Example:
+  def make_example(a: int, b: int, ex_id: str, partition: tuple[int, float] = (0, 0.1)
+                   ) -> Example:
+    """``partition``: the (data seed, eval_fraction) that split the problem space the example
+    came from, so length-matched exemplars are drawn from its train side."""
     digits = max(len(str(a)), len(str(b)))
     return Example(id=ex_id, question=f"{a} + {b}", answer=str(a + b),
-                   meta={"a": a, "b": b, "digits": digits,
+                   meta={"a": a, "b": b, "digits": digits, "partition": tuple(partition),
                          "scratchpad": tuple(scratchpad_lines(a, b))})
 
   def exemplars(self) -> list[Example]:
-    return list(self._shots)
+    """The fixed two; with ``shots`` = k, the k of a 5-digit query (the default longest), the
+    longest prompt for whoever sizes one from it."""
+    return list(self._shots) if not self._k else self.shots_for(5)
+
+  def shots_for(self, digits: int, seed: int = 0, eval_fraction: float = 0.1
+                ) -> list[Example]:
+    """k + 1 distinct train-partition problems of ``digits`` digits, fixed by (digits, seed):
+    the query's k exemplars are the first k of them that are not the query."""
+    key = (int(digits), int(seed), float(eval_fraction))
+    if key not in self._shots_by:
+      pairs = generate_by_digits([0] * (digits - 1) + [self._k + 1], seed, eval_fraction,
+                                 stream=(3, digits))  # a stream per length: uncorrelated
+      self._shots_by[key] = [self.make_example(a, b, f"arith-shot-{digits}-{i}", key[1:])
+                             for i, (a, b) in enumerate(pairs)]
+    return self._shots_by[key]
+
+  def _shots_of(self, ex: Example) -> list[Example]:
+    if not self._k:
+      return self._shots
+    seed, fraction = ex.meta.get("partition", (0, 0.1))
+    shots = self.shots_for(ex.meta["digits"], seed, fraction)
+    return [s for s in shots if (s.meta["a"], s.meta["b"]) != (ex.meta["a"], ex.meta["b"])
+            ][:self._k]
 
   def positions(self, tokenizer) -> LineColumnPositions | None:
     kind, right_aligned, jitter = self._positions
@@ -217,16 +250,19 @@ class ArithmeticTask(Task):
       lo = int(cfg_get(data_cfg, "eval_min_digits", lo))
       hi = int(cfg_get(data_cfg, "eval_max_digits", hi))
     digit_counts = cfg_get(data_cfg, "digit_counts", None)
+    seed = int(cfg_get(data_cfg, "seed", 0))
+    fraction = float(cfg_get(data_cfg, "eval_fraction", 0.1))
+    partition = (seed, fraction)
     if split == "train" and digit_counts:
-      pairs = generate_by_digits(tuple(digit_counts), int(cfg_get(data_cfg, "seed", 0)),
-                                 float(cfg_get(data_cfg, "eval_fraction", 0.1)))
-      return [self.make_example(a, b, f"arith-seed-{i:06d}") for i, (a, b) in enumerate(pairs)]
+      pairs = generate_by_digits(tuple(digit_counts), *partition)
+      return [self.make_example(a, b, f"arith-seed-{i:06d}", partition)
+              for i, (a, b) in enumerate(pairs)]
     count = cfg_get(data_cfg, "max_train" if split == "train" else "max_eval")
     count = int(count) if count else (self.default_train if split == "train" else self.default_eval)
-    pairs = generate(split, count, int(cfg_get(data_cfg, "seed", 0)), lo, hi,
-                     float(cfg_get(data_cfg, "eval_fraction", 0.1)),
+    pairs = generate(split, count, seed, lo, hi, fraction,
                      bool(cfg_get(data_cfg, "same_length", True)))
-    return [self.make_example(a, b, f"arith-{split}-{i:06d}") for i, (a, b) in enumerate(pairs)]
+    return [self.make_example(a, b, f"arith-{split}-{i:06d}", partition)
+            for i, (a, b) in enumerate(pairs)]
 
   def _query(self, ex: Example, hint: bool) -> str:
     problem = f"{spaced(ex.meta['a'])} + {spaced(ex.meta['b'])}"
@@ -234,7 +270,7 @@ class ArithmeticTask(Task):
     return f"Input:\n{problem}\n{hint_line}Target:\n"
 
   def prompt(self, ex: Example, hint: bool = False, few_shot: bool = True) -> str:
-    shots = self._shots if few_shot else []
+    shots = self._shots_of(ex) if few_shot else []
     parts = [self._query(s, hint) + self.completion(self.gold_rationale(s), s) for s in shots]
     return "".join(parts) + self._query(ex, hint)
 

@@ -74,6 +74,23 @@ def test_arithmetic_smoke(tmp_path):
   assert kept[0]["question"] in text and "| source | question |" in text
 
 
+def test_arithmetic_smollm2_smoke(tmp_path):
+  # configs/arithmetic_smollm2.py with a random tiny model: M_0 reads exemplars of the
+  # query's length, M_n the bare problem; every length is scored every iteration.
+  config = load_config("arithmetic_smollm2")
+  workdir = str(tmp_path / "run")
+  star.run(config, workdir)
+  task = tasks.get_task("arithmetic", **config.task_options)
+  n_eval = len(task.load("eval", config.data))
+  metrics, kept = check_artifacts(workdir, config, n_eval, ["Hint"])
+  for m in metrics:
+    assert sorted(m["accuracy_by_digits"]) == ["1", "2"]
+  # The pretrained tiny M_0, prompted with its exemplar, keeps rationales and trains on them
+  # (measured: 7 of 32; later iterations read bare problems and may keep none).
+  assert metrics[0]["pretrain_steps"] > 0
+  assert metrics[1]["kept"] > 0 and metrics[1]["train_steps"] > 0 and kept
+
+
 def test_cqa_smoke_on_official_schema_files(tmp_path):
   config = load_config("cqa")
   config.data.dir = str(tmp_path / "cqa")
