@@ -49,6 +49,7 @@ def read_events(directory):
   """{tag: [(step, value)]} of the TensorBoard event files in ``directory`` (text: its string)."""
   import glob
   import struct
+
   from tensorboardX.proto import event_pb2
   out = {}
   for path in sorted(glob.glob(os.path.join(directory, "events.out.tfevents.*"))):
@@ -63,3 +64,16 @@ def read_events(directory):
             v.tensor.string_val[0].decode() if v.tensor.string_val else None)
         out.setdefault(v.tag, []).append((event.step, value))
   return out
+
+
+def run_results(workdir):
+  """A run's metrics.jsonl without wall-clock fields, plus every kept/eval artifact: what two
+  runs that should be the same (resumed, extended, uninterrupted) are compared on."""
+  metrics = [{k: v for k, v in json.loads(line).items() if not k.endswith("_seconds")}
+             for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  files = {}
+  for d in sorted(os.listdir(workdir)):
+    if d.startswith("iter_"):
+      for name in sorted(os.listdir(os.path.join(workdir, d))):
+        files[f"{d}/{name}"] = open(os.path.join(workdir, d, name)).read()
+  return metrics, files

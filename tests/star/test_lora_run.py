@@ -1,12 +1,11 @@
 """A STaR run with LoRA: it finishes, saves the base once and adapters after, and resumes."""
 
-import json
 import os
 
 import jax
 import numpy as np
 
-from helpers.runs import load_config
+from helpers.runs import load_config, run_results
 from star_jax import star
 from star_jax.engine import lora
 from star_jax.engine.checkpointer import Checkpointer
@@ -19,17 +18,6 @@ def _config(iterations):
   config.train.learning_rate = 3e-3  # adapters start at zero: the smoke's full-FT rate is slow
   config.star.iterations = iterations
   return config
-
-
-def _results(workdir):
-  metrics = [{k: v for k, v in json.loads(line).items() if not k.endswith("_seconds")}
-             for line in open(os.path.join(workdir, "metrics.jsonl"))]
-  files = {}
-  for d in sorted(os.listdir(workdir)):
-    if d.startswith("iter_"):
-      for name in sorted(os.listdir(os.path.join(workdir, d))):
-        files[f"{d}/{name}"] = open(os.path.join(workdir, d, name)).read()
-  return metrics, files
 
 
 def _dir_bytes(path):
@@ -63,4 +51,4 @@ def test_lora_star_run_finishes_saves_adapters_and_resumes(tmp_path):
   extended = str(tmp_path / "extended")
   star.run(_config(1), extended)
   star.run(_config(2), extended)
-  assert _results(extended) == _results(clean)
+  assert run_results(extended) == run_results(clean)

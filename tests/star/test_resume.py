@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from helpers.runs import ROOT, load_config
+from helpers.runs import ROOT, load_config, run_results
 from star_jax import star
 from star_jax.star import workdir as wd
 
@@ -25,23 +25,11 @@ def _run(workdir, failpoint=None, *args):
                         text=True, timeout=600)
 
 
-def _results(workdir):
-  """metrics.jsonl without wall-clock fields, plus every kept/eval artifact."""
-  metrics = [{k: v for k, v in json.loads(line).items() if not k.endswith("_seconds")}
-             for line in open(os.path.join(workdir, "metrics.jsonl"))]
-  files = {}
-  for d in sorted(os.listdir(workdir)):
-    if d.startswith("iter_"):
-      for name in sorted(os.listdir(os.path.join(workdir, d))):
-        files[f"{d}/{name}"] = open(os.path.join(workdir, d, name)).read()
-  return metrics, files
-
-
-def test_killed_run_resumes_to_the_same_results(tmp_path):
+def test_killed_run_resumes_to_the_samerun_results(tmp_path):
   clean = tmp_path / "clean"
   proc = _run(clean)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  expected = _results(clean)
+  expected = run_results(clean)
 
   killed = tmp_path / "killed"
   # Each rerun starts counting afresh; together they cut the run at every phase.
@@ -59,17 +47,17 @@ def test_killed_run_resumes_to_the_same_results(tmp_path):
           assert not text or text.endswith("\n"), os.path.join(path, name)
   proc = _run(killed)
   assert proc.returncode == 0 and "resuming" in proc.stderr
-  assert _results(killed) == expected
+  assert run_results(killed) == expected
   # A finished run rerun is a no-op that keeps the results.
   proc = _run(killed)
-  assert proc.returncode == 0 and _results(killed) == expected
+  assert proc.returncode == 0 and run_results(killed) == expected
 
   # A run of one iteration, extended to the config's two, equals the two-iteration run.
   extended = tmp_path / "extended"
   assert _run(extended, None, "--config.star.iterations=1").returncode == 0
   proc = _run(extended)
   assert proc.returncode == 0 and "resuming" in proc.stderr, proc.stderr[-3000:]
-  assert _results(extended) == expected
+  assert run_results(extended) == expected
 
 
 def test_changed_config_is_refused_naming_the_keys(tmp_path):
