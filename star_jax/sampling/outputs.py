@@ -35,14 +35,17 @@ class BatchRows(NamedTuple):
   done: np.ndarray
   stop_len: np.ndarray  # length cut at a stop string, -1: none
 
-  def put(self, state: DecodeState, where: np.ndarray, done: np.ndarray | None = None) -> None:
-    """Copies the state's rows into their places (``where``; -1: a filler row, skipped)."""
+  def put(self, state: DecodeState, where: np.ndarray, done: np.ndarray | None = None,
+          tokens: np.ndarray | None = None, lengths: np.ndarray | None = None) -> None:
+    """Copies the state's rows into their places (``where``; -1: a filler row, skipped);
+    ``done``, ``tokens`` and ``lengths`` are the host copies the caller already holds."""
+    host = lambda given, x: to_host(x) if given is None else given
     keep = where >= 0
     dst = where[keep]
-    self.tokens[dst] = to_host(state.tokens_BxN)[keep]
+    self.tokens[dst] = host(tokens, state.tokens_BxN)[keep]
     self.logprobs[dst] = to_host(state.logprobs_BxN)[keep]
-    self.lengths[dst] = to_host(state.lengths_B)[keep]
-    self.done[dst] = (to_host(state.done_B) if done is None else done)[keep]
+    self.lengths[dst] = host(lengths, state.lengths_B)[keep]
+    self.done[dst] = host(done, state.done_B)[keep]
 
 
 def stop_cut(tokens: list[int], stop_strings, decode_fn) -> int | None:

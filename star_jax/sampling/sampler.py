@@ -308,10 +308,10 @@ class Sampler:
     rep = sharding.replicated(self.mesh)
     B = len(state.lengths_B)
     rows = BatchRows(np.zeros((B, N), np.int32), np.zeros((B, N), np.float32),
-                 np.zeros((B,), np.int32), np.zeros((B,), bool), np.full((B,), -1))
+                     np.zeros((B,), np.int32), np.zeros((B,), bool), np.full((B,), -1))
     if not stop_strings and not self.compact_rows:
-      state = self._decoder(params, B, S, N, sp)(params, state,
-                                                  jax.device_put(np.int32(max_new_tokens), rep))
+      stop_at = jax.device_put(np.int32(max_new_tokens), rep)
+      state = self._decoder(params, B, S, N, sp)(params, state, stop_at)
       rows.put(state, np.arange(B))
       return rows, int(state.step), B * (int(state.step) - 1)
     where = np.where(np.arange(B) < real, np.arange(B), -1)  # each row's place in `rows`
@@ -330,13 +330,13 @@ class Sampler:
           if cut is not None:
             rows.stop_len[where[r]], done[r] = cut, True
       if steps >= max_new_tokens or done.all():
-        rows.put(state, where, done)
+        rows.put(state, where, done, tokens, lengths)
         return rows, steps, row_steps
       state = state._replace(done_B=jax.device_put(done, state.done_B.sharding))
       going = np.flatnonzero(~done)
       C = self._compact_size(len(going), len(where)) if self.compact_rows else None
       if C is not None:
-        rows.put(state, where, done)  # final for the rows left behind
+        rows.put(state, where, done, tokens, lengths)  # final for the rows left behind
         pick = np.concatenate([going, np.full(C - len(going), going[0])])
         state = self._compactor(len(where), C, S, N)(
             state, jax.device_put(pick.astype(np.int32), self._batch_sharding((C,))),
