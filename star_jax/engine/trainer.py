@@ -103,6 +103,14 @@ def dtype_names(tree) -> tuple[str, ...]:
   return tuple(str(x.dtype) for x in jax.tree.leaves(tree))
 
 
+def as_masters(tree, master_dtype: str):
+  """``tree``'s floating leaves cast to ``master_dtype`` ("" = unchanged)."""
+  if not master_dtype:
+    return tree
+  return cast_leaves(tree, tuple(master_dtype if jnp.issubdtype(d, jnp.floating) else d
+                                 for d in dtype_names(tree)))
+
+
 def train_step(graphdef, optim: OptimConfig, compute_dtypes: tuple[str, ...] | None,
                state: TrainState, frozen, batch: dict[str, jax.Array],
                schedule_args: dict[str, jax.Array]):
@@ -210,10 +218,7 @@ class Trainer:
     """(what trains, its masters): sets the frozen rest and the dtypes the step computes in."""
     trained, self.frozen = lora.partition(params)
     model_dtypes = dtype_names(trained)
-    masters = trained
-    if self.master_dtype:
-      masters = cast_leaves(trained, tuple(
-          self.master_dtype if jnp.issubdtype(d, jnp.floating) else d for d in model_dtypes))
+    masters = as_masters(trained, self.master_dtype)
     self.compute_dtypes = model_dtypes if dtype_names(masters) != model_dtypes else None
     return trained, masters
 

@@ -14,14 +14,13 @@ import logging
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from etils import epath
 
 from star_jax.engine import lora
-from star_jax.engine.checkpointer import Checkpointer
-from star_jax.engine.trainer import Trainer, cast_leaves, dtype_names
+from star_jax.engine.checkpointer import Checkpointer, abstract_like
+from star_jax.engine.trainer import Trainer, as_masters, cast_leaves, dtype_names
 from star_jax.runtime.files import read_jsonl
 from star_jax.sampling import Sampler, SamplingParams
 from star_jax.star import finetune as ft, keep as keep_lib, rollout
@@ -68,10 +67,8 @@ class Run:
     alone is restored with the model's fresh adapters)."""
     if lora.has_adapters(self.exp.params):
       return self.exp.params
-    md = self.config.train.master_dtype
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-        x.shape, md if masters and md and jnp.issubdtype(x.dtype, jnp.floating)
-        else x.dtype, sharding=x.sharding), self.exp.params)
+    abstract = abstract_like(self.exp.params)
+    return as_masters(abstract, self.config.train.master_dtype) if masters else abstract
 
 
 def seed_examples(run: Run) -> list:
