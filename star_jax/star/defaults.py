@@ -138,7 +138,8 @@ def text_task_config(task: str, data_dir: str, variant: str) -> ml_collections.C
   # at GPT-J, Llama or Qwen2 directories on a TPU VM.
   c.model.checkpoint = "smollm2-135m-instruct"
   c.model.preset = "tiny"  # used only without a checkpoint
-  c.model.overrides = {"max_seq_len": 2048, "remat": False}  # presets only (plans, scratch runs)
+  # Presets only (plans, scratch runs); a checkpoint brings its own config.
+  c.model.overrides = {"max_seq_len": 2048, "remat": False, "attention": "auto"}
   c.tokenizer.kind = "sentencepiece"
   c.tokenizer.vocab_size = 4096
   c.star.iterations = 10
