@@ -1,6 +1,7 @@
 """Engine throughput benchmark: greedy decode (Sampler.sample) and train steps (Trainer.step).
 
   python -m star_jax.benchmarks.engine --model=25m --decode_batch=32 --train_batch=16
+  python -m star_jax.benchmarks.engine --model=smollm2-135m --scan_layers [--remat]
 
 Prints exactly one JSON line to stdout (progress goes to stderr through absl
 logging). Compile time is reported apart from the steady-state figures: the
@@ -41,6 +42,9 @@ flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"], "compu
 flags.DEFINE_enum("param_dtype", "float32", ["float32", "bfloat16", "float16"], "param dtype")
 flags.DEFINE_float("peak_flops", None, "peak FLOP/s of one device, for MFU (GPU/TPU only)")
 flags.DEFINE_integer("seed", 0, "seed for parameters and random data")
+flags.DEFINE_bool("scan_layers", False, "layers through one jax.lax.scan (ModelConfig.scan_layers)")
+flags.DEFINE_bool("remat", False, "rematerialise each block in the backward pass")
+flags.DEFINE_string("remat_policy", "nothing_saveable", "jax.checkpoint_policies name (with remat)")
 
 
 def bench_decode(cfg, graphdef, params, mesh, rng) -> dict:
@@ -144,7 +148,9 @@ def main(argv):
     raise app.UsageError(f"unknown cases {sorted(unknown)}")
   if FLAGS.steps < 1:
     raise app.UsageError("--steps must be >= 1")
-  cfg = config.get_preset(FLAGS.model, dtype=FLAGS.dtype, param_dtype=FLAGS.param_dtype)
+  cfg = config.get_preset(FLAGS.model, dtype=FLAGS.dtype, param_dtype=FLAGS.param_dtype,
+                          scan_layers=FLAGS.scan_layers, remat=FLAGS.remat,
+                          remat_policy=FLAGS.remat_policy)
   mesh = sharding.make_mesh([int(s) for s in FLAGS.mesh])
   devices = jax.devices()
   logging.info("model %s (%d params), mesh %s, %d %s device(s)", FLAGS.model,
@@ -157,7 +163,8 @@ def main(argv):
   result = {
       "benchmark": "star_jax.engine", "cases": list(FLAGS.cases), "model": FLAGS.model,
       "num_params": cfg.num_params(), "dtype": FLAGS.dtype, "param_dtype": FLAGS.param_dtype,
-      "mesh": dict(mesh.shape),
+      "mesh": dict(mesh.shape), "scan_layers": cfg.scan_layers, "remat": cfg.remat,
+      "remat_policy": cfg.remat_policy,
       "devices": {"count": len(devices), "platform": devices[0].platform,
                   "kind": devices[0].device_kind},
       "jax": jax.__version__, "flax": flax.__version__, "python": platform.python_version(),

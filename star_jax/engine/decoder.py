@@ -3,7 +3,9 @@
 The same module runs a full forward (training, evaluation) and cached decoding
 (prefill + one token at a time): pass ``cache`` and the slot to write and the
 new keys/values land there, attention reads the whole cache under ``mask``.
-Kernels are stored ``[in, ..., out]`` with logical axis names for sharding; with
+With ``cfg.scan_layers`` the layers are one Block whose parameters are stacked
+``[num_layers, ...]`` and run through ``jax.lax.scan`` (one block to compile). Kernels are
+stored ``[in, ..., out]`` with logical axis names for sharding; with
 ``cfg.lora_rank`` the targeted ones get an ``nnx.LoRA`` adapter ``<kernel>_lora`` beside
 them (engine/lora.py trains, saves and folds those).
 """
@@ -11,20 +13,14 @@ them (engine/lora.py trains, saves and folds those).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from star_jax.engine.kv_cache import Cache, LayerCache, StackedCache
 from star_jax.engine.model_config import ModelConfig
 from star_jax.engine.positions import index_angles
 from star_jax.engine.sharding import constrain
-
-
-class LayerCache(NamedTuple):
-  k_BxKxSxH: jax.Array
-  v_BxKxSxH: jax.Array
 
 
 def _param(rngs: nnx.Rngs, init, shape, dtype, axes) -> nnx.Param:
@@ -188,8 +184,9 @@ class Attention(nnx.Module):
     _add_adapters(self, cfg, rngs, {"q": ("embed", "heads"), "k": ("embed", "kv_heads"),
                                     "v": ("embed", "kv_heads"), "o": ("heads", "embed")})
 
-  def __call__(self, x_BxTxD, positions, mask_BxTxS, cache: LayerCache | None,
-               cache_slot) -> tuple[jax.Array, LayerCache | None]:
+  def __call__(self, x_BxTxD, positions, mask_BxTxS, cache: LayerCache | StackedCache | None,
+               cache_slot, layer=None) -> tuple[jax.Array, LayerCache | StackedCache | None]:
+    """``cache`` is this layer's, or with ``layer`` (a scanned decoder's index) all layers'."""
     cfg, dt = self.cfg, x_BxTxD.dtype
     q_BxTxNxH = project(self, "q", x_BxTxD)
     k_BxTxKxH = project(self, "k", x_BxTxD)
@@ -204,7 +201,13 @@ class Attention(nnx.Module):
     # the cache in place (a [B, S, K, H] cache was transposed, i.e. copied, every decode step).
     k_BxKxTxH = k_BxTxKxH.transpose(0, 2, 1, 3)
     v_BxKxTxH = v_BxTxKxH.transpose(0, 2, 1, 3)
-    if cache is not None:
+    if isinstance(cache, StackedCache):  # write the new slots of layer `layer` in place
+      start = (layer, 0, 0, cache_slot, 0)
+      cache = StackedCache(*(jax.lax.dynamic_update_slice(c, new[None].astype(c.dtype), start)
+                             for c, new in zip(cache, (k_BxKxTxH, v_BxKxTxH))))
+      k_BxKxSxH = constrain(cache.k_LxBxKxSxH[layer], ("batch", "kv_heads", "seq", "head_dim"))
+      v_BxKxSxH = constrain(cache.v_LxBxKxSxH[layer], ("batch", "kv_heads", "seq", "head_dim"))
+    elif cache is not None:
       # Every row writes the same slots: left padding keeps the batch aligned.
       start = (0, 0, cache_slot, 0)
       k_BxKxSxH = jax.lax.dynamic_update_slice(
@@ -271,9 +274,9 @@ class Block(nnx.Module):
       self.mlp_norm = Norm(cfg, rngs)
     self.mlp = MLP(cfg, rngs)
 
-  def __call__(self, x_BxTxD, positions, mask_BxTxS, cache, cache_slot):
+  def __call__(self, x_BxTxD, positions, mask_BxTxS, cache, cache_slot, layer=None):
     h_BxTxD = self.attn_norm(x_BxTxD)
-    attn_BxTxD, cache = self.attn(h_BxTxD, positions, mask_BxTxS, cache, cache_slot)
+    attn_BxTxD, cache = self.attn(h_BxTxD, positions, mask_BxTxS, cache, cache_slot, layer)
     if self.parallel:  # GPT-J: x + attn(ln(x)) + mlp(ln(x)), one shared LayerNorm
       x_BxTxD = x_BxTxD + attn_BxTxD + self.mlp(h_BxTxD)
     else:
@@ -290,7 +293,9 @@ class Decoder(nnx.Module):
     V, D, pd = cfg.vocab_size, cfg.d_model, cfg.jnp_param_dtype
     # std 1/sqrt(D): unit-norm token vectors, and unit-scale logits when the table is tied.
     self.embed = _param(rngs, _normal(D), (V, D), pd, ("vocab", "embed"))
-    self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+    blocks = [Block(cfg, rngs) for _ in range(cfg.num_layers)]
+    # Stacked from the same per-layer draws: a scanned model holds the loop model's values.
+    self.layers = stack_blocks(blocks) if cfg.scan_layers else nnx.List(blocks)
     self.final_norm = Norm(cfg, rngs)
     if not cfg.tie_embeddings:
       self.lm_head = _param(rngs, _normal(D), (D, V), pd, ("embed", "vocab"))
@@ -298,8 +303,7 @@ class Decoder(nnx.Module):
       self.lm_head_bias = _param(rngs, jax.nn.initializers.zeros, (V,), pd, ("vocab",))
 
   def __call__(self, tokens_BxT: jax.Array, positions: jax.Array, mask_BxTxS: jax.Array,
-               cache: list[LayerCache] | None = None, cache_slot=0,
-               ) -> tuple[jax.Array, list[LayerCache] | None]:
+               cache: Cache | None = None, cache_slot=0) -> tuple[jax.Array, Cache | None]:
     """Final-normed hidden states and the updated cache (None when no cache was given).
 
     ``mask_BxTxS[b, t, s]`` is True where query t may attend key s; keys are the
@@ -311,6 +315,9 @@ class Decoder(nnx.Module):
     table_VxD = constrain(self.embed[...], (None, None)).astype(cfg.jnp_dtype)
     x_BxTxD = table_VxD[tokens_BxT]
     x_BxTxD = constrain(x_BxTxD, ("batch", "seq", "embed_act"))
+    if cfg.scan_layers:
+      x_BxTxD, cache = self._scan(x_BxTxD, positions, mask_BxTxS, cache, cache_slot)
+      return self.final_norm(x_BxTxD), cache
     new_cache = [] if cache is not None else None
     for i, block in enumerate(self.layers):
       layer_cache = cache[i] if cache is not None else None
@@ -319,13 +326,30 @@ class Decoder(nnx.Module):
         # back, which fails when part of it, a LoRA model's frozen base, is not differentiated).
         gd, st = nnx.split(block)
         run = lambda st, *a, gd=gd: nnx.merge(gd, st)(*a, cache_slot)
-        x_BxTxD, layer_cache = jax.checkpoint(run)(st, x_BxTxD, positions, mask_BxTxS,
-                                                   layer_cache)
+        x_BxTxD, layer_cache = _remat(run, cfg)(st, x_BxTxD, positions, mask_BxTxS, layer_cache)
       else:
         x_BxTxD, layer_cache = block(x_BxTxD, positions, mask_BxTxS, layer_cache, cache_slot)
       if new_cache is not None:
         new_cache.append(layer_cache)
     return self.final_norm(x_BxTxD), new_cache
+
+  def _scan(self, x_BxTxD, positions, mask_BxTxS, cache: StackedCache | None, cache_slot):
+    """The stacked layers as one ``jax.lax.scan``: layer l's parameter slices and index are
+    the scanned input; the activations and the whole cache are the carry, so each layer
+    writes only its new slots of the cache (in place)."""
+    graphdef, stacked = nnx.split(self.layers)
+
+    def body(carry, layer_in):
+      x_BxTxD, cache = carry
+      st, layer = layer_in
+      return nnx.merge(graphdef, st)(x_BxTxD, positions, mask_BxTxS, cache, cache_slot,
+                                     layer), None
+
+    if self.cfg.remat:
+      body = _remat(body, self.cfg, prevent_cse=False)  # scan already keeps steps apart
+    layers = jnp.arange(self.cfg.num_layers, dtype=jnp.int32)
+    (x_BxTxD, cache), _ = jax.lax.scan(body, (x_BxTxD, cache), (stacked, layers))
+    return x_BxTxD, cache
 
   def head(self, dt) -> tuple[jax.Array, jax.Array | None]:
     """The output projection ``[D, V]`` in compute dtype ``dt`` and its bias (or None)."""
@@ -354,7 +378,22 @@ def causal_mask(segment_ids_BxT: jax.Array) -> jax.Array:
   return causal_TxT[None] & (seg_q == seg_k) & (seg_k > 0)
 
 
-def init_cache(cfg: ModelConfig, batch: int, length: int) -> list[LayerCache]:
-  shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
-  return [LayerCache(jnp.zeros(shape, cfg.jnp_dtype), jnp.zeros(shape, cfg.jnp_dtype))
-          for _ in range(cfg.num_layers)]
+def _remat(fn, cfg: ModelConfig, prevent_cse: bool = True):
+  """``fn`` rematerialised in the backward pass under ``cfg.remat_policy``."""
+  return jax.checkpoint(fn, policy=getattr(jax.checkpoint_policies, cfg.remat_policy),
+                        prevent_cse=prevent_cse)
+
+
+def stack_blocks(blocks: list[Block]) -> Block:
+  """One Block whose every parameter is the blocks' parameters stacked on a leading axis
+  (logical axis "layers"), for ``Decoder._scan``; not callable as a plain block."""
+  graphdef, _ = nnx.split(blocks[0])
+  flats = [nnx.to_flat_state(nnx.state(b)) for b in blocks]
+  stacked = []
+  for i, (path, var) in enumerate(flats[0]):
+    value = jnp.stack([flat[i][1].get_value() for flat in flats])
+    axes = var.get_metadata().get("axes") or (None,) * (value.ndim - 1)
+    new = var.replace(value)
+    new.set_metadata("axes", ("layers",) + tuple(axes))
+    stacked.append((path, new))
+  return nnx.merge(graphdef, nnx.from_flat_state(stacked))

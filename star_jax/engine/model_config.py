@@ -16,6 +16,9 @@ import jax.numpy as jnp
 
 BLOCK_TYPES = ("llama", "gptj")
 ATTENTION_PATHS = ("auto", "einsum", "dot_product")
+# Fields that set how a model runs, not what it computes: settable on a loaded checkpoint.
+EXECUTION_FIELDS = ("remat", "remat_policy", "scan_layers", "attention")
+REMAT_POLICIES = ("nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 ATTENTION_KERNELS = ("q", "k", "v", "o")
 MLP_KERNELS = ("gate", "up", "down", "fc_in", "fc_out")  # SwiGLU's three, GPT-J's two
@@ -48,6 +51,14 @@ class ModelConfig:
   param_dtype: str = "float32"
   dtype: str = "float32"  # compute dtype; softmax and the loss always run in float32
   remat: bool = False  # rematerialise each block in the backward pass
+  # What a rematerialised block keeps from its forward pass: a jax.checkpoint_policies name.
+  # "nothing_saveable" recomputes the whole block (least memory); "dots_saveable" keeps every
+  # matmul output; "dots_with_no_batch_dims_saveable" those without a batch dimension.
+  remat_policy: str = "nothing_saveable"
+  # True: the layers' parameters are stacked ([num_layers, ...]) and run through one
+  # jax.lax.scan, so XLA compiles one block instead of num_layers copies (engine/decoder.py);
+  # the KV cache is stacked the same way. False: a Python loop over separate layers.
+  scan_layers: bool = False
   # "auto": prefill and training through jax.nn.dot_product_attention (cuDNN flash attention
   # on GPU where it applies, XLA elsewhere) off CPU, one-token decode as a batched dot there;
   # on CPU the einsum path tuned for XLA:CPU. "einsum" / "dot_product" force one (tests).
@@ -75,6 +86,8 @@ class ModelConfig:
                        f"{list(ATTENTION_KERNELS + MLP_KERNELS)}")
     if self.attention not in ATTENTION_PATHS:
       raise ValueError(f"attention must be one of {ATTENTION_PATHS}, got {self.attention!r}")
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
     for name in ("param_dtype", "dtype"):
       if getattr(self, name) not in _DTYPES:
         raise ValueError(f"{name} must be one of {sorted(_DTYPES)}, got {getattr(self, name)!r}")

@@ -24,12 +24,12 @@ def abstract_model(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
 
 
 def param_shardings(abstract_params: nnx.State, mesh: Mesh,
-                    rules: Mapping[str, Any] = sharding.RULES) -> nnx.State:
+                    rules: Mapping[str, Any] | None = None) -> nnx.State:
   return sharding.state_shardings(abstract_params, mesh, rules)
 
 
 def init_params(cfg: ModelConfig, mesh: Mesh, seed: int = 0,
-                rules: Mapping[str, Any] = sharding.RULES) -> tuple[nnx.GraphDef, nnx.State]:
+                rules: Mapping[str, Any] | None = None) -> tuple[nnx.GraphDef, nnx.State]:
   """Random parameters, each created directly on its target sharding."""
   graphdef, abstract = abstract_model(cfg)
   shardings = param_shardings(abstract, mesh, rules)

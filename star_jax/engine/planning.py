@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 from typing import Any
 
@@ -36,6 +37,9 @@ class ProgramPlan:
   need: dict[str, int]  # arguments, outputs, temporaries, aliased, total (XLA's figures)
   parts: dict[str, int]  # what the bytes are for: parameters, optimizer state, ... activations
   derived: str  # how the parts not read off shapes were derived
+  # Bytes one device receives from collectives (all-gather, all-reduce, ...): "once" in the
+  # program's entry, "per loop iteration" in its loop bodies (a decode step, a micro-batch).
+  collectives: dict[str, int] = dataclasses.field(default_factory=dict)
 
   def dominant(self) -> str:
     return max(self.parts, key=self.parts.get)
@@ -49,7 +53,8 @@ class ProgramPlan:
             **{k: _gib(v) for k, v in self.need.items()},
             "parts": {k: _gib(v) for k, v in self.parts.items()}, "derived": self.derived,
             "fits": self.overshoot(budget) <= 0, "overshoot": _gib(max(self.overshoot(budget), 0)),
-            "dominant": self.dominant()}
+            "dominant": self.dominant(),
+            "collectives": {k: _gib(v) for k, v in self.collectives.items()}}
 
 
 def _gib(n: int) -> float:
@@ -74,6 +79,32 @@ def shard_bytes(x, dtype=None) -> int:
 def tree_bytes(tree, dtype=None) -> int:
   """Per-device bytes of every abstract array in ``tree``."""
   return sum(shard_bytes(x, dtype) for x in jax.tree.leaves(tree))
+
+
+_COLLECTIVE = re.compile(r"= (\([^=]*?\)|\S+) (all-gather|all-reduce|reduce-scatter|all-to-all|"
+                         r"collective-permute)(-start)?\(")
+_SHAPE = re.compile(r"\b(pred|[a-z]+\d+)\[([\d,]*)\]")
+
+
+def collective_bytes(hlo_text: str) -> dict[str, int]:
+  """Result bytes of the collectives of a compiled module's text (XLA's per-device program):
+  ``once`` in the entry computation, ``per loop iteration`` in every other computation (loop
+  bodies, once per iteration; a loop nested in a loop counts once, not per inner step)."""
+  out = {"once": 0, "per loop iteration": 0}
+  entry = False
+  for line in hlo_text.splitlines():
+    if line.endswith("{") and not line.startswith(" "):  # a computation begins
+      entry = line.startswith("ENTRY")
+      continue
+    m = _COLLECTIVE.search(line)
+    if m is None:
+      continue
+    size = 0
+    for dtype, dims in _SHAPE.findall(m.group(1)):
+      n = math.prod(int(d) for d in dims.split(",") if d) if dims else 1
+      size += n * (1 if dtype == "pred" else int(re.sub(r"\D", "", dtype)) // 8)
+    out["once" if entry else "per loop iteration"] += size
+  return out
 
 
 def compile_program(jitted, args, what: str, mesh: Mesh) -> tuple[Any, float, dict[str, int]]:
@@ -106,7 +137,7 @@ def plan_train_step(graphdef: nnx.GraphDef, params: nnx.State, mesh: Mesh, optim
            for k in BATCH_KEYS}
   sched = {k: jax.ShapeDtypeStruct((), np.float32) for k in optim.schedule_args()}
   what = f"train step ({shape[0]} micro-batches of {shape[1]} x {shape[2]} tokens)"
-  _, seconds, need = compile_program(jitted, (state, trainer.frozen, batch, sched), what, mesh)
+  exe, seconds, need = compile_program(jitted, (state, trainer.frozen, batch, sched), what, mesh)
   trained = state.params  # the masters of what trains (all, or the LoRA adapters)
   grads = tree_bytes(trained, np.float32) + tree_bytes(trained)  # accumulator + one micro-batch's
   parts = {"parameters": tree_bytes(trained) + tree_bytes(trainer.frozen),
@@ -114,4 +145,5 @@ def plan_train_step(graphdef: nnx.GraphDef, params: nnx.State, mesh: Mesh, optim
            "gradients": grads, "activations": max(need["temporaries"] - grads, 0)}
   return ProgramPlan(what, seconds, need, parts,
                      "gradients = float32 accumulator + one micro-batch's gradients (parameter "
-                     "shapes and shardings); activations = temporaries - gradients")
+                     "shapes and shardings); activations = temporaries - gradients",
+                     collective_bytes(exe.as_text()))

@@ -8,8 +8,10 @@ tensor axis of 2 stay replicated), so any model fits any mesh.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import jax
 from flax import nnx
@@ -29,7 +31,39 @@ RULES: dict[str, Any] = {
     "head_dim": None,
     "seq": None,
     "norm": None,
+    "layers": None,  # the stacked layers of a scanned decoder: each device holds every layer
 }
+
+
+# The sampling layout (``sample.layout="tensor"``): Megatron-style tensor parallelism over
+# every model-parallel device. Weights split along heads, MLP and vocabulary over (tensor,
+# fsdp) and never along embed, so a decode step gathers no weight (under RULES' FSDP every
+# step all-gathers every kernel: for one token per row that traffic dwarfs the compute);
+# rows split over data alone, so a (tensor x fsdp) group decodes the same rows and its
+# matmuls end in small all-reduces of activations. It costs a resharded copy of the weights
+# for the sampling phase (the parameters over tensor x fsdp devices).
+SAMPLING_RULES: dict[str, Any] = {
+    **RULES, "batch": "data", "embed": None, "heads": ("tensor", "fsdp"),
+    "kv_heads": ("tensor", "fsdp"), "mlp": ("tensor", "fsdp"), "vocab": ("tensor", "fsdp")}
+LAYOUTS = {"train": RULES, "tensor": SAMPLING_RULES}
+
+_ACTIVE: contextvars.ContextVar = contextvars.ContextVar("star_jax_sharding_rules", default=None)
+
+
+def active_rules() -> Mapping[str, Any]:
+  """The rules in force: those of the innermost ``rules_scope``, else RULES."""
+  rules = _ACTIVE.get()
+  return RULES if rules is None else rules
+
+
+@contextlib.contextmanager
+def rules_scope(rules: Mapping[str, Any]) -> Iterator[None]:
+  """Traces inside it (activation constraints, batch layouts) follow ``rules``."""
+  token = _ACTIVE.set(rules)
+  try:
+    yield
+  finally:
+    _ACTIVE.reset(token)
 
 
 def make_mesh(shape: Sequence[int] | Mapping[str, int] = (-1, 1, 1),
@@ -62,17 +96,18 @@ def make_mesh(shape: Sequence[int] | Mapping[str, int] = (-1, 1, 1),
                        devices=devices)
 
 
-def batch_divisor(mesh: Mesh, rules: Mapping[str, Any] = RULES) -> int:
+def batch_divisor(mesh: Mesh, rules: Mapping[str, Any] | None = None) -> int:
   """How many shards the batch axis is split into (batches are padded to a multiple)."""
-  axes = rules.get("batch")
+  axes = (rules or active_rules()).get("batch")
   axes = (axes,) if isinstance(axes, str) else (axes or ())
   return math.prod(mesh.shape[a] for a in axes if a in mesh.shape)
 
 
 def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int],
                     mesh_shape: Mapping[str, int],
-                    rules: Mapping[str, Any] = RULES) -> PartitionSpec:
+                    rules: Mapping[str, Any] | None = None) -> PartitionSpec:
   """PartitionSpec for an array with logical ``axes``, skipping mesh axes that don't divide."""
+  rules = rules or active_rules()
   if len(axes) != len(shape):
     raise ValueError(f"logical axes {axes} do not match shape {shape}")
   used: set[str] = set()
@@ -96,7 +131,7 @@ def _is_var(x) -> bool:
   return isinstance(x, nnx.Variable)
 
 
-def state_shardings(state: nnx.State, mesh: Mesh, rules: Mapping[str, Any] = RULES):
+def state_shardings(state: nnx.State, mesh: Mesh, rules: Mapping[str, Any] | None = None):
   """A NamedSharding per variable of an (abstract) NNX state, from its ``axes`` metadata."""
 
   def one(var):
@@ -110,12 +145,12 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules: Mapping[str, Any] = RUL
 
 
 def named(mesh: Mesh, axes: Sequence[str | None], shape: Sequence[int],
-          rules: Mapping[str, Any] = RULES) -> NamedSharding:
+          rules: Mapping[str, Any] | None = None) -> NamedSharding:
   return NamedSharding(mesh, logical_to_spec(axes, shape, mesh.shape, rules))
 
 
 def constrain(x: jax.Array, axes: Sequence[str | None],
-              rules: Mapping[str, Any] = RULES) -> jax.Array:
+              rules: Mapping[str, Any] | None = None) -> jax.Array:
   """Sharding constraint on an activation, when traced under ``jax.set_mesh``; else a no-op."""
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:

@@ -13,12 +13,12 @@ import json
 import logging
 import os
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from flax import nnx
 from jax.sharding import Mesh
 
-from star_jax.engine.model_config import ModelConfig
+from star_jax.engine.model_config import EXECUTION_FIELDS, ModelConfig
 from star_jax.hub import gguf, hf
 from star_jax.hub.place import CheckpointError
 from star_jax.tokenizer import Tokenizer
@@ -73,24 +73,30 @@ def model_config_of(name_or_path: str, dtype: str | None = None) -> ModelConfig:
                         f"*.safetensors, or a .gguf file")
 
 
-def load_pretrained(name_or_path: str, mesh: Mesh, dtype: str | None = None) -> Pretrained:
+def load_pretrained(name_or_path: str, mesh: Mesh, dtype: str | None = None,
+                    **execution: Any) -> Pretrained:
   """Model, params on ``mesh`` and tokenizer of a checkpoint directory, GGUF file or name.
 
   ``dtype`` ("float32", "bfloat16", "float16") sets both parameter and compute
   dtype; by default a Hugging Face checkpoint keeps its ``torch_dtype`` and a
-  (quantized) GGUF file loads as float32.
+  (quantized) GGUF file loads as float32. ``execution`` sets how the model runs, never
+  what it computes (``EXECUTION_FIELDS``: remat, remat_policy, scan_layers, attention).
   """
+  unknown = set(execution) - set(EXECUTION_FIELDS)
+  if unknown:
+    raise ValueError(f"{sorted(unknown)} cannot be set on a pre-trained checkpoint (its file "
+                     f"fixes the architecture); settable: {list(EXECUTION_FIELDS)}")
   from star_jax.hub import gguf_tokenizer  # these need the tokenizers package
   from star_jax.tokenizer import hf as hf_tokenizer
   path = resolve(name_or_path)
   start = time.perf_counter()
   if hf.is_checkpoint_dir(path):
-    cfg, graphdef, params = hf.load(path, mesh, dtype)
+    cfg, graphdef, params = hf.load(path, mesh, dtype, execution)
     has_tokenizer = os.path.exists(os.path.join(path, "tokenizer.json"))
     tokenizer = hf_tokenizer.from_pretrained_dir(path) if has_tokenizer else None
   elif os.path.isfile(path) and path.endswith(".gguf"):
     reader = gguf.open_reader(path)
-    cfg, graphdef, params = gguf.load(path, mesh, dtype, reader=reader)
+    cfg, graphdef, params = gguf.load(path, mesh, dtype, execution, reader=reader)
     tokenizer = gguf_tokenizer.from_gguf(reader, where=path)
   else:
     raise CheckpointError(f"{path}: not a checkpoint: expected a directory with config.json and "

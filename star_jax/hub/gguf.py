@@ -124,9 +124,10 @@ class GGUFSource:
     return np.asarray(w, np.float32).reshape(self.shape(key))
 
 
-def load(path: str, mesh: Mesh, dtype: str | None = None, reader=None):
-  """(ModelConfig, graphdef, params) of a GGUF file."""
+def load(path: str, mesh: Mesh, dtype: str | None = None, execution: dict | None = None,
+         reader=None):
+  """(ModelConfig, graphdef, params) of a GGUF file; ``execution`` as in ``hf.load``."""
   reader = reader if reader is not None else open_reader(path)
-  cfg = model_config(reader, dtype, where=path)
+  cfg = model_config(reader, dtype, where=path).replace(**(execution or {}))
   graphdef, params = place(cfg, mesh, table(cfg), GGUFSource(reader), path)
   return cfg, graphdef, params

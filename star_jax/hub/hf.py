@@ -199,11 +199,13 @@ def _read_bf16(path: str, key: str) -> np.ndarray:
   return raw.view(ml_dtypes.bfloat16).reshape(info["shape"])
 
 
-def load(directory: str, mesh: Mesh, dtype: str | None = None):
-  """(ModelConfig, graphdef, params) of a transformers checkpoint directory."""
+def load(directory: str, mesh: Mesh, dtype: str | None = None, execution: dict | None = None):
+  """(ModelConfig, graphdef, params) of a transformers checkpoint directory; ``execution``:
+  ModelConfig fields of how it runs (remat, scan_layers, ...)."""
   with open(os.path.join(directory, "config.json")) as f:
     hf = json.load(f)
   cfg = model_config(hf, dtype, where=os.path.join(directory, "config.json"))
+  cfg = cfg.replace(**(execution or {}))
   table = gptj_table(cfg) if cfg.block_type == "gptj" else llama_table(cfg)
 
   def ignore(key: str) -> bool:  # a tied head may still be saved as its own tensor

@@ -5,8 +5,8 @@ decoder, the tensor's name in the file, its shape there and a function that
 turns it into our ``[in, ..., out]`` layout. ``place`` checks the whole table
 against the file before reading anything (missing names, shapes, leftovers),
 then reads, converts and ``device_put``s one tensor at a time, so the host
-never holds more than one converted tensor and no device gets a full copy of a
-sharded one.
+never holds more than one converted tensor (for a scanned model, ``cfg.scan_layers``: one
+tensor stacked over the layers) and no device gets a full copy of a sharded one.
 """
 
 from __future__ import annotations
@@ -72,9 +72,11 @@ def place(cfg: ModelConfig, mesh: Mesh, table: dict[tuple, Entry], source: Sourc
   graphdef, abstract = params_lib.abstract_model(cfg)
   shardings = dict(nnx.to_flat_state(params_lib.param_shardings(abstract, mesh)))
   wanted = list(nnx.to_flat_state(abstract))
-  if set(table) != {path for path, _ in wanted}:  # a loader bug, not a bad file
+  # Tables name one tensor per layer, ("layers", i, ...): the loop model's paths.
+  per_layer = list(nnx.to_flat_state(params_lib.abstract_model(cfg.replace(scan_layers=False))[1]))
+  if set(table) != {path for path, _ in per_layer}:  # a loader bug, not a bad file
     raise AssertionError(f"loader table does not cover the model: "
-                         f"{sorted(map(str, set(table) ^ {p for p, _ in wanted}))}")
+                         f"{sorted(map(str, set(table) ^ {p for p, _ in per_layer}))}")
   available = set(source.keys())
   missing = sorted(e.key for e in table.values() if e.key not in available)
   if missing:
@@ -91,12 +93,20 @@ def place(cfg: ModelConfig, mesh: Mesh, table: dict[tuple, Entry], source: Sourc
                             f"expected {tuple(e.shape)} from the model config")
   placed = []
   for path, var in wanted:
-    e, target = table[path], var.get_value()
-    w = np.asarray(e.convert(np.asarray(source.read(e.key))))
+    target = var.get_value()
+    if cfg.scan_layers and path[0] == "layers":  # stacked: every layer's tensor, on the host
+      w = np.stack([_read(table[("layers", i) + path[1:]], source)
+                    for i in range(cfg.num_layers)])
+    else:
+      w = _read(table[path], source)
     assert w.shape == target.shape, (path, w.shape, target.shape)
     w = w.astype(target.dtype, copy=False)
     placed.append((path, var.replace(jax.device_put(w, shardings[path].get_value()))))
   return graphdef, nnx.from_flat_state(placed)
+
+
+def _read(e: Entry, source: Source) -> np.ndarray:
+  return np.asarray(e.convert(np.asarray(source.read(e.key))))
 
 
 def _few(keys: list[str], n: int = 5) -> str:

@@ -16,14 +16,14 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from star_jax.engine.decoder import LayerCache, init_cache
+from star_jax.engine.kv_cache import Cache, cache_length, init_cache, map_cache
 from star_jax.engine.params import merge
 from star_jax.sampling.methods import SamplingParams, logprob, pick_tokens
 
 
 class DecodeState(NamedTuple):
   """Everything the decode loop carries (donated from step to step)."""
-  cache: list[LayerCache]
+  cache: Cache  # a list of LayerCache, or a StackedCache (engine/kv_cache.py)
   kv_valid_BxS: jax.Array  # which cache slots hold real tokens
   last_token_B: jax.Array  # token to feed next
   position_B: jax.Array  # position of the token before it: [B], or [B, C] (a position scheme)
@@ -69,7 +69,7 @@ def row_keys(seed, prompt_idx_B, sample_idx_B) -> jax.Array:
       prompt_idx_B, sample_idx_B)
 
 
-def prefill_prefix(graphdef, params, prefix_1xL: jax.Array) -> list[LayerCache]:
+def prefill_prefix(graphdef, params, prefix_1xL: jax.Array) -> Cache:
   """Keys and values of a prefix every prompt of a call shares (the few-shot block), computed
   once: ``[1, K, L, H]`` per layer, at positions 0 .. L-1."""
   model = merge(graphdef, params)
@@ -80,7 +80,7 @@ def prefill_prefix(graphdef, params, prefix_1xL: jax.Array) -> list[LayerCache]:
   return cache
 
 
-def prefill(graphdef, params, prefix_cache: list[LayerCache] | None, prompt_QxP,
+def prefill(graphdef, params, prefix_cache: Cache | None, prompt_QxP,
             prompt_mask_QxP, prompt_idx_B, sample_idx_B, seed, cache_len: int, max_new: int,
             sp: SamplingParams, end_ids: tuple[int, ...], pad_id: int,
             stop_seqs: tuple[tuple[int, ...], ...] = (), samples: int = 1) -> DecodeState:
@@ -94,7 +94,7 @@ def prefill(graphdef, params, prefix_cache: list[LayerCache] | None, prompt_QxP,
   model = merge(graphdef, params)
   keys_B = row_keys(seed, prompt_idx_B, sample_idx_B)
   Q, prompt_len = prompt_QxP.shape
-  L = prefix_cache[0].k_BxKxSxH.shape[2] if prefix_cache else 0
+  L = cache_length(prefix_cache) if prefix_cache is not None else 0
   index_QxP = jnp.maximum(jnp.cumsum(prompt_mask_QxP, axis=-1) - 1, 0)
   positions = L + index_QxP  # [Q, P], or [Q, P, C] from a position scheme
   if model.cfg.positions is not None:  # counting starts at each row's first real token
@@ -107,9 +107,8 @@ def prefill(graphdef, params, prefix_cache: list[LayerCache] | None, prompt_QxP,
   cache = init_cache(model.cfg, Q, cache_len)
   if L:
     kv_valid_QxS = kv_valid_QxS.at[:, :L].set(True)
-    cache = [LayerCache(c.k_BxKxSxH.at[:, :, :L].set(pc.k_BxKxSxH[0]),
-                        c.v_BxKxSxH.at[:, :, :L].set(pc.v_BxKxSxH[0]))
-             for c, pc in zip(cache, prefix_cache)]
+    cache = map_cache(lambda c_QxKxSxH, p_1xKxLxH: c_QxKxSxH.at[:, :, :L].set(p_1xKxLxH[0]),
+                      cache, prefix_cache)
   causal_PxS = jnp.arange(cache_len)[None, :] <= L + jnp.arange(prompt_len)[:, None]
   mask_QxPxS = causal_PxS[None] & kv_valid_QxS[:, None, :]
   h_QxPxD, cache = model(prompt_QxP, positions, mask_QxPxS, cache, L)
@@ -117,7 +116,7 @@ def prefill(graphdef, params, prefix_cache: list[LayerCache] | None, prompt_QxP,
   last_position = positions[:, -1]
   if samples > 1:  # every sample row of a prompt starts from the prompt's one prefill
     rep = lambda x: jnp.repeat(x, samples, axis=0)
-    cache = [LayerCache(rep(c.k_BxKxSxH), rep(c.v_BxKxSxH)) for c in cache]
+    cache = map_cache(rep, cache)
     kv_valid_QxS, logits_QxV, last_position = rep(kv_valid_QxS), rep(logits_QxV), rep(
         last_position)
   B = Q * samples
@@ -155,7 +154,7 @@ def compact(state: DecodeState, rows_C: jax.Array, live_C: jax.Array) -> DecodeS
   rows = {f: take(getattr(state, f)) for f in DecodeState._fields
           if f not in ("cache", "slot", "step")}
   rows["done_B"] = rows["done_B"] | ~live_C
-  cache = [LayerCache(take(c.k_BxKxSxH), take(c.v_BxKxSxH)) for c in state.cache]
+  cache = map_cache(take, state.cache)
   return state._replace(cache=cache, **rows)
 
 

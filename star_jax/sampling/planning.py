@@ -11,8 +11,9 @@ import jax
 import numpy as np
 from flax import nnx
 
+from star_jax.engine.kv_cache import init_cache
 from star_jax.engine.params import shardings_of
-from star_jax.engine.planning import ProgramPlan, compile_program, tree_bytes
+from star_jax.engine.planning import ProgramPlan, collective_bytes, compile_program, tree_bytes
 from star_jax.sampling.methods import SamplingParams
 from star_jax.sampling.sampler import NEW_TOKENS_BUCKET, Sampler
 
@@ -35,6 +36,9 @@ def plan_sampler(sampler: Sampler, params: nnx.State, prompt_len: int, max_new_t
                      f"model's max_seq_len {cfg.max_seq_len}")
   Q = sampler.prompts_per_batch(samples)
   B, S = Q * samples, P + N
+  # The parameters where the sampler puts them for a call (resharded for layout "tensor").
+  params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        params, sampler.param_shardings(params))
   pre, dec = sampler.jitted(shardings_of(params), Q, samples, 0, P, S, N, sp)
 
   def i32(*shape):  # the jits carry the shardings
@@ -47,18 +51,18 @@ def plan_sampler(sampler: Sampler, params: nnx.State, prompt_len: int, max_new_t
   plans = []
   for jitted, args, what in ((pre, pre_args, f"sampler prefill ({shape})"),
                              (dec, (params, state, i32()), f"sampler decode loop ({shape})")):
-    _, seconds, need = compile_program(jitted, args, what, sampler.mesh)
+    exe, seconds, need = compile_program(jitted, args, what, sampler.mesh)
     parts = {"parameters": tree_bytes(params), "KV cache": kv_cache_bytes(sampler, B, S, N),
              "activations": need["temporaries"]}
     plans.append(ProgramPlan(what, seconds, need, parts,
-                             "KV cache from its shape and sharding; activations = temporaries"))
+                             "KV cache from its shape and sharding; activations = temporaries",
+                             collective_bytes(exe.as_text())))
   return plans
 
 
 def kv_cache_bytes(sampler: Sampler, B: int, S: int, N: int) -> int:
   """Per-device bytes of the decode state's keys and values for B rows of S slots."""
-  cfg = sampler.cfg
-  shape = (B, cfg.num_kv_heads, S, cfg.head_dim)
+  shapes = jax.eval_shape(lambda: init_cache(sampler.cfg, B, S))
   layouts = sampler.state_shardings(B, S, N).cache
-  return sum(tree_bytes([jax.ShapeDtypeStruct(shape, cfg.jnp_dtype, sharding=s)
-                         for s in (c.k_BxKxSxH, c.v_BxKxSxH)]) for c in layouts)
+  return tree_bytes(jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                 shapes, layouts))

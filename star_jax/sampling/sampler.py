@@ -20,7 +20,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from star_jax.engine import sharding
-from star_jax.engine.decoder import LayerCache
+from star_jax.engine.kv_cache import Cache, cache_shardings
 from star_jax.engine.model_config import ModelConfig
 from star_jax.engine.params import shardings_of
 from star_jax.runtime.compiling import CompileOnFirstCall
@@ -70,12 +70,22 @@ class Sampler:
   ``compact_rows``: between decode chunks, once at most half of a batch's rows are still
   going, they decode on as a batch of their own (a power of two of the batch shards): the
   steps of a long-tailed batch cost what its live rows cost. Samples are the same.
+
+  ``layout``: "train" samples from the parameters as they lie (the trainer's FSDP layout:
+  every decode step all-gathers each kernel); "tensor" reshards them for the call onto
+  ``sharding.SAMPLING_RULES`` (tensor parallelism over the tensor x fsdp devices, rows over
+  data), so no decode step gathers a weight. Samples are the same either way.
   """
 
   def __init__(self, cfg: ModelConfig, graphdef: nnx.GraphDef, mesh: Mesh,
                end_ids: Sequence[int] = (), pad_id: int = 0, batch_size: int = 32,
                stop_check_every: int = 16, stop_sequences: Sequence[Sequence[int]] = (),
-               prefix_reuse: bool = True, min_prefix: int = 32, compact_rows: bool = True):
+               prefix_reuse: bool = True, min_prefix: int = 32, compact_rows: bool = True,
+               layout: str = "train"):
+    if layout not in sharding.LAYOUTS:
+      raise ValueError(f"sampling layout must be one of {sorted(sharding.LAYOUTS)}, "
+                       f"got {layout!r}")
+    self.layout, self.rules = layout, sharding.LAYOUTS[layout]
     self.cfg, self.graphdef, self.mesh = cfg, graphdef, mesh
     self.compact_rows = compact_rows
     self.prefix_reuse, self.min_prefix = prefix_reuse, min_prefix
@@ -85,20 +95,18 @@ class Sampler:
     self.end_ids = tuple(sorted(set(int(i) for i in end_ids) | {s[0] for s in seqs if len(s) == 1}))
     self.stop_seqs = tuple(sorted(s for s in seqs if len(s) > 1))
     self.pad_id = pad_id
-    div = sharding.batch_divisor(mesh)
+    div = sharding.batch_divisor(mesh, self.rules)
     self.batch_size = max(div, -(-batch_size // div) * div)  # a multiple of the batch shards
     self.stop_check_every = stop_check_every
 
   def _batch_sharding(self, shape) -> NamedSharding:
-    return sharding.named(self.mesh, ("batch",) + (None,) * (len(shape) - 1), shape)
+    return sharding.named(self.mesh, ("batch",) + (None,) * (len(shape) - 1), shape, self.rules)
 
   def state_shardings(self, B: int, S: int, N: int) -> DecodeState:
     cfg = self.cfg
-    kv = (B, cfg.num_kv_heads, S, cfg.head_dim)
-    kv_sharding = sharding.named(self.mesh, ("batch", "kv_heads", "seq", "head_dim"), kv)
     rep = sharding.replicated(self.mesh)
     return DecodeState(
-        cache=[LayerCache(kv_sharding, kv_sharding) for _ in range(cfg.num_layers)],
+        cache=cache_shardings(cfg, self.mesh, B, S, self.rules),
         kv_valid_BxS=self._batch_sharding((B, S)), last_token_B=self._batch_sharding((B,)),
         position_B=self._batch_sharding((B, cfg.positions.coords) if cfg.positions else (B,)),
         slot=rep, step=rep,
@@ -106,10 +114,27 @@ class Sampler:
         logprobs_BxN=self._batch_sharding((B, N)), lengths_B=self._batch_sharding((B,)),
         keys_B=self._batch_sharding((B,)))
 
-  def _prefix_sharding(self, L: int) -> list[LayerCache]:
-    kv = (1, self.cfg.num_kv_heads, L, self.cfg.head_dim)
-    one = sharding.named(self.mesh, ("batch", "kv_heads", "seq", "head_dim"), kv)
-    return [LayerCache(one, one) for _ in range(self.cfg.num_layers)]
+  def _prefix_sharding(self, L: int) -> Cache:
+    return cache_shardings(self.cfg, self.mesh, 1, L, self.rules)
+
+  def _scoped(self, fn):
+    """``fn`` traced under this sampler's layout rules (the decoder's activation constraints)."""
+    def run(*args, **kwargs):
+      with sharding.rules_scope(self.rules):
+        return fn(*args, **kwargs)
+    return run
+
+  def param_shardings(self, params):
+    """Where ``params`` (arrays or abstract ones) lie for this sampler's layout."""
+    if self.layout == "train":
+      return shardings_of(params)
+    return sharding.state_shardings(params, self.mesh, self.rules)
+
+  def place(self, params):
+    """``params`` on this sampler's layout (as they are for "train": no copy)."""
+    if self.layout == "train":
+      return params
+    return jax.device_put(params, self.param_shardings(params))
 
   def jitted(self, p_shard, Q: int, samples: int, prefix: int, prompt_len: int, S: int, N: int,
              sp: SamplingParams):
@@ -119,8 +144,8 @@ class Sampler:
     B = Q * samples
     rep = sharding.replicated(self.mesh)
     pre = jax.jit(
-        functools.partial(prefill, self.graphdef, cache_len=S, max_new=N, samples=samples,
-                          **self._static(sp)),
+        self._scoped(functools.partial(prefill, self.graphdef, cache_len=S, max_new=N,
+                                       samples=samples, **self._static(sp))),
         in_shardings=(p_shard, self._prefix_sharding(prefix) if prefix else None,
                       self._batch_sharding((Q, prompt_len)), self._batch_sharding((Q, prompt_len)),
                       self._batch_sharding((B,)), self._batch_sharding((B,)), rep),
@@ -129,7 +154,7 @@ class Sampler:
 
   def _jitted_decode(self, p_shard, B: int, S: int, N: int, sp: SamplingParams):
     st_shard = self.state_shardings(B, S, N)
-    return jax.jit(functools.partial(decode, self.graphdef, **self._static(sp)),
+    return jax.jit(self._scoped(functools.partial(decode, self.graphdef, **self._static(sp))),
                    in_shardings=(p_shard, st_shard, sharding.replicated(self.mesh)),
                    out_shardings=st_shard, donate_argnums=(1,))
 
@@ -140,8 +165,8 @@ class Sampler:
                 sp: SamplingParams):
     """The prefill of Q prompts x ``samples`` rows after a ``prefix``."""
     p_shard = shardings_of(params)
-    key = (self.graphdef, self.mesh, self.end_ids, self.stop_seqs, self.pad_id, Q, samples,
-           prefix, prompt_len, S, N, sp, sharding.tree_key(p_shard))
+    key = (self.graphdef, self.mesh, self.layout, self.end_ids, self.stop_seqs, self.pad_id, Q,
+           samples, prefix, prompt_len, S, N, sp, sharding.tree_key(p_shard))
     if key not in _FNS:
       pre, _ = self.jitted(p_shard, Q, samples, prefix, prompt_len, S, N, sp)
       shape = f"{Q} prompts x {samples} of {prefix} + {prompt_len} tokens, {N} new"
@@ -152,8 +177,8 @@ class Sampler:
   def _decoder(self, params, B: int, S: int, N: int, sp: SamplingParams):
     """The decode loop of B rows over S cache slots, N new tokens at most."""
     p_shard = shardings_of(params)
-    key = ("decode", self.graphdef, self.mesh, self.end_ids, self.stop_seqs, self.pad_id, B, S,
-           N, sp, sharding.tree_key(p_shard))
+    key = ("decode", self.graphdef, self.mesh, self.layout, self.end_ids, self.stop_seqs,
+           self.pad_id, B, S, N, sp, sharding.tree_key(p_shard))
     if key not in _FNS:
       _FNS[key] = CompileOnFirstCall(
           self._jitted_decode(p_shard, B, S, N, sp),
@@ -163,19 +188,20 @@ class Sampler:
 
   def _compactor(self, B: int, C: int, S: int, N: int):
     """The gather of C of a batch's B rows into a batch of their own (decode.compact)."""
-    key = ("compact", self.graphdef, self.mesh, B, C, S, N)
+    key = ("compact", self.graphdef, self.mesh, self.layout, B, C, S, N)
     if key not in _FNS:
-      _FNS[key] = jax.jit(compact, in_shardings=(
+      _FNS[key] = jax.jit(self._scoped(compact), in_shardings=(
           self.state_shardings(B, S, N), self._batch_sharding((C,)), self._batch_sharding((C,))),
           out_shardings=self.state_shardings(C, S, N))
     return _FNS[key]
 
-  def _prefix_cache(self, params, prefix: list[int]) -> list[LayerCache]:
+  def _prefix_cache(self, params, prefix: list[int]) -> Cache:
     p_shard = shardings_of(params)
-    key = ("prefix", self.graphdef, self.mesh, len(prefix), sharding.tree_key(p_shard))
+    key = ("prefix", self.graphdef, self.mesh, self.layout, len(prefix),
+           sharding.tree_key(p_shard))
     if key not in _FNS:
       _FNS[key] = CompileOnFirstCall(
-          jax.jit(functools.partial(prefill_prefix, self.graphdef),
+          jax.jit(self._scoped(functools.partial(prefill_prefix, self.graphdef)),
                   in_shardings=(p_shard, sharding.replicated(self.mesh)),
                   out_shardings=self._prefix_sharding(len(prefix))),
           f"the sampler's shared-prefix prefill ({len(prefix)} tokens)")
@@ -206,6 +232,7 @@ class Sampler:
       raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if n < 1:
       raise ValueError(f"n must be >= 1, got {n}")
+    params = self.place(params)
     prompts = [list(map(int, p)) for p in prompts]
     for i, p in enumerate(prompts):
       if not p:
@@ -249,7 +276,7 @@ class Sampler:
 
   def prompts_per_batch(self, n: int) -> int:
     """Prompts per batch: ``batch_size`` rows of n samples each, a multiple of the batch shards."""
-    div = sharding.batch_divisor(self.mesh)
+    div = sharding.batch_divisor(self.mesh, self.rules)
     return max(div, -(-max(self.batch_size // n, 1) // div) * div)
 
   def _sample_batch(self, params, prefix_cache, prefix: int, prompts, batch, real, n,
@@ -346,7 +373,7 @@ class Sampler:
   def _compact_size(self, going: int, width: int) -> int | None:
     """Rows of the smaller batch for ``going`` rows of a ``width``-row batch: the batch
     shards times a power of two, at most half the width; None when no such size holds them."""
-    size = sharding.batch_divisor(self.mesh)
+    size = sharding.batch_divisor(self.mesh, self.rules)
     while size < going:
       size *= 2
     return size if size <= width // 2 else None

@@ -125,6 +125,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.sample = ml_collections.ConfigDict()
   c.sample.batch_size = 32
+  # Where the weights lie while sampling: "train" as the trainer holds them (FSDP: every
+  # decode step all-gathers each kernel); "tensor" resharded for each sampling call onto
+  # tensor parallelism over the tensor x fsdp devices (no weight gathered per step; costs a
+  # resharded copy of the weights during the call). The same samples either way.
+  c.sample.layout = "train"
   c.sample.shard_size = 512  # questions per saved shard of sampling results (resume unit)
   return c
 
@@ -138,8 +143,10 @@ def text_task_config(task: str, data_dir: str, variant: str) -> ml_collections.C
   # at GPT-J, Llama or Qwen2 directories on a TPU VM.
   c.model.checkpoint = "smollm2-135m-instruct"
   c.model.preset = "tiny"  # used only without a checkpoint
-  # Presets only (plans, scratch runs); a checkpoint brings its own config.
-  c.model.overrides = {"max_seq_len": 2048, "remat": False, "attention": "auto"}
+  # Presets take them all (plans, scratch runs); a checkpoint brings its own architecture and
+  # takes only how it runs: remat, remat_policy, scan_layers, attention (EXECUTION_FIELDS).
+  c.model.overrides = {"max_seq_len": 2048, "remat": False, "remat_policy": "nothing_saveable",
+                       "scan_layers": False, "attention": "auto"}
   c.tokenizer.kind = "sentencepiece"
   c.tokenizer.vocab_size = 4096
   c.star.iterations = 10

@@ -45,6 +45,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.PathLike, overwrite: b
   exp = build(config, workdir)
   sampler = Sampler(exp.model_cfg, exp.graphdef, exp.mesh, end_ids=exp.tokenizer.end_ids,
                     pad_id=exp.tokenizer.pad_id, batch_size=config.sample.batch_size,
+                    layout=config.sample.layout,
                     stop_sequences=rollout.stop_sequences(exp.tokenizer, exp.task.stop_strings))
   ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=None)
   r = phases.Run(config, exp, sampler, ckpt, workdir, Board(workdir))

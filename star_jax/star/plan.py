@@ -39,6 +39,9 @@ def model_config_of(config: ml_collections.ConfigDict) -> tuple[str, model_confi
   if ckpt and not is_star_jax_checkpoint(ckpt):
     from star_jax.hub import model_config_of as from_checkpoint  # tokenizers/gguf: when needed
     name, cfg = ckpt, from_checkpoint(ckpt, dtype=config.model.dtype or None)
+    # As a run loads it (star/experiment.py): the overrides may say how it runs, no more.
+    cfg = cfg.replace(**{k: v for k, v in dict(config.model.overrides or {}).items()
+                         if k in model_config.EXECUTION_FIELDS})
   else:
     name = config.model.preset
     cfg = model_config.get_preset(config.model.preset, **dict(config.model.overrides or {}))
@@ -85,7 +88,8 @@ def plan(config: ml_collections.ConfigDict, device_memory_gib: float, prompt_len
                sharding.describe(mesh))
   programs = [plan_train_step(graphdef, params, mesh, optim_config(tc, 1), shape,
                               master_dtype=tc.master_dtype)]
-  sampler = Sampler(cfg, graphdef, mesh, batch_size=config.sample.batch_size)
+  sampler = Sampler(cfg, graphdef, mesh, batch_size=config.sample.batch_size,
+                    layout=config.sample.layout)
   sp = SamplingParams(config.star.temperature, config.star.top_k, config.star.top_p)
   programs += plan_sampler(sampler, params, prompt_len, new_tokens,
                            config.star.samples_per_question, sp)
@@ -107,6 +111,9 @@ def format_report(r: dict[str, Any]) -> str:
                  f"{p['total']:8.2f}  {p['compile_s']:.1f} s")
     parts = ", ".join(f"{k} {v:.2f}" for k, v in p["parts"].items())
     lines.append(f"  {'':14}parts: {parts} ({p['derived']})")
+    if any(p["collectives"].values()):
+      lines.append(f"  {'':14}collectives: " + ", ".join(
+          f"{v:.2f} {k}" for k, v in p["collectives"].items()) + " (GiB received per device)")
     if p["fits"]:
       lines.append(f"  {'':14}fits: {r['device_memory_gib'] - p['total']:.2f} GiB to spare")
     else:

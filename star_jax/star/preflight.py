@@ -53,6 +53,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, questions: int = 64, sa
   task = exp.task
   sampler = Sampler(exp.model_cfg, exp.graphdef, exp.mesh, end_ids=exp.tokenizer.end_ids,
                     pad_id=exp.tokenizer.pad_id, batch_size=config.sample.batch_size,
+                    layout=config.sample.layout,
                     stop_sequences=rollout.stop_sequences(exp.tokenizer, task.stop_strings))
   params, source = base_model(config, workdir, exp, sampler)
   rng = np.random.default_rng(seed)

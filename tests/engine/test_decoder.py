@@ -19,9 +19,14 @@ JITTERED = dict(positions=LineColumnPositions(tuple(range(0, 256, 5)), right_ali
                                               jitter=2))
 
 
+SCAN = dict(scan_layers=True)
+
+
 @pytest.mark.parametrize("preset,overrides",
-                         [("tiny", {}), ("tiny-gptj", {}), ("tiny", LINES), ("tiny", JITTERED)],
-                         ids=["llama", "gptj", "line_column", "right_aligned_jittered"])
+                         [("tiny", {}), ("tiny-gptj", {}), ("tiny", LINES), ("tiny", JITTERED),
+                          ("tiny", SCAN), ("tiny-gptj", SCAN)],
+                         ids=["llama", "gptj", "line_column", "right_aligned_jittered",
+                              "llama_scan", "gptj_scan"])
 def test_cached_decode_matches_full_forward(preset, overrides, mesh1):
   cfg = get_preset(preset, **overrides)
   graphdef, params = params_lib.init_params(cfg, mesh1, seed=3)
@@ -98,8 +103,12 @@ def test_bfloat16_params_and_remat(mesh1):
   assert np.isfinite(full_logits(graphdef, params, [1, 2, 3])).all()
 
 
-@pytest.mark.parametrize("lora_rank", [0, 4], ids=["full", "lora"])
-def test_remat_gives_the_gradients_of_the_plain_backward(lora_rank, mesh1):
+@pytest.mark.parametrize("lora_rank,overrides", [
+    (0, {}), (4, {}), (0, dict(scan_layers=True)), (4, dict(scan_layers=True)),
+    (0, dict(scan_layers=True, remat_policy="dots_with_no_batch_dims_saveable")),
+    (0, dict(remat_policy="dots_saveable"))],
+    ids=["full", "lora", "scan", "scan_lora", "scan_dots_no_batch", "dots"])
+def test_remat_gives_the_gradients_of_the_plain_backward(lora_rank, overrides, mesh1):
   from star_jax.engine import lora
   from star_jax.engine.trainer import loss_sums
   seg = np.asarray([[1] * 10 + [2] * 6])
@@ -109,7 +118,7 @@ def test_remat_gives_the_gradients_of_the_plain_backward(lora_rank, mesh1):
            "positions": jnp.asarray(np.r_[0:10, 0:6][None], jnp.int32)}
   grads = []
   for remat in (False, True):
-    cfg = get_preset("tiny", remat=remat)
+    cfg = get_preset("tiny", remat=remat, **overrides)
     graphdef, params = params_lib.init_params(cfg, mesh1, seed=0)
     if lora_rank:  # the frozen base is not differentiated (remat used to fail here)
       graphdef, params = lora.add_adapters(cfg.replace(lora_rank=lora_rank), mesh1, params)

@@ -72,6 +72,23 @@ def test_sharded_load_matches_one_device(tmp_path, mesh1, mesh8):
   np.testing.assert_allclose(b[real], a[real], atol=1e-5, rtol=0)
 
 
+def test_a_checkpoint_loads_into_scanned_layers_with_the_same_logits(tmp_path, mesh8):
+  path = save_hf(hf_model("gptj"), tmp_path / "gptj")
+  loop, scan = load_pretrained(path, mesh8), load_pretrained(path, mesh8, scan_layers=True,
+                                                             remat=True)
+  assert scan.model_cfg == loop.model_cfg.replace(scan_layers=True, remat=True)
+  fc_in = scan.params["layers"]["mlp"]["fc_in"].get_value()  # [layers, D, F], stacked
+  np.testing.assert_array_equal(fc_in[1], loop.params["layers"][1]["mlp"]["fc_in"].get_value())
+  assert fc_in.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+  tokens_BxT, mask_BxT = _batch()
+  a = hf_forward(loop.graphdef, mesh8)(loop.params, tokens_BxT, mask_BxT)
+  b = hf_forward(scan.graphdef, mesh8)(scan.params, tokens_BxT, mask_BxT)
+  real = mask_BxT.astype(bool)
+  np.testing.assert_allclose(b[real], a[real], atol=1e-5, rtol=0)
+  with pytest.raises(ValueError, match="cannot be set on a pre-trained checkpoint"):
+    load_pretrained(path, mesh8, num_layers=1)
+
+
 def test_bfloat16_checkpoint_loads_exactly(tmp_path, mesh1):
   model = hf_model("llama").to(torch.bfloat16)
   path = save_hf(model, tmp_path / "bf16")
