@@ -13,6 +13,7 @@ them (engine/lora.py trains, saves and folds those).
 from __future__ import annotations
 
 import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx

@@ -103,6 +103,7 @@ def build(config: ml_collections.ConfigDict, workdir: epath.PathLike) -> Experim
   if ckpt and not is_star_jax_checkpoint(ckpt):
     # A pre-trained model (HF directory, GGUF file or a known name) brings its own tokenizer.
     from star_jax.hub import load_pretrained  # imports tokenizers/gguf only when needed
+
     # A checkpoint fixes the architecture; the overrides may still say how it runs.
     overrides = dict(config.model.get("overrides", {}) or {})
     execution = {k: v for k, v in overrides.items() if k in model_config.EXECUTION_FIELDS}

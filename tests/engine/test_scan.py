@@ -88,8 +88,8 @@ def test_the_scanned_sampler_draws_the_loop_samplers_samples(mesh8):
   kw = dict(batch_size=8, stop_check_every=4, end_ids=tuple(int(t) for t in first))
   for sp, n in ((SamplingParams(), 1), (SamplingParams(temperature=0.8), 2)):
     a = Sampler(cfg, g, mesh8, **kw).sample(p, prompts, 16, sp, n=n, seed=4)
-    b = Sampler(cfg.replace(scan_layers=True), gs, mesh8, **kw).sample(ps, prompts, 16, sp,
-                                                                      n=n, seed=4)
+    scan = Sampler(cfg.replace(scan_layers=True), gs, mesh8, **kw)
+    b = scan.sample(ps, prompts, 16, sp, n=n, seed=4)
     for name in ("tokens", "lengths", "finished"):
       np.testing.assert_array_equal(getattr(b, name), getattr(a, name))
     np.testing.assert_allclose(b.logprobs, a.logprobs, atol=1e-5)
