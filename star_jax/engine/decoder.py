@@ -185,9 +185,8 @@ class Attention(nnx.Module):
     _add_adapters(self, cfg, rngs, {"q": ("embed", "heads"), "k": ("embed", "kv_heads"),
                                     "v": ("embed", "kv_heads"), "o": ("heads", "embed")})
 
-  def __call__(self, x_BxTxD, positions, mask_BxTxS, cache: LayerCache | StackedCache | None,
-               cache_slot, layer=None) -> tuple[jax.Array, LayerCache | StackedCache | None]:
-    """``cache`` is this layer's, or with ``layer`` (a scanned decoder's index) all layers'."""
+  def __call__(self, x_BxTxD, positions, mask_BxTxS, cache: LayerCache | None,
+               cache_slot) -> tuple[jax.Array, LayerCache | None]:
     cfg, dt = self.cfg, x_BxTxD.dtype
     q_BxTxNxH = project(self, "q", x_BxTxD)
     k_BxTxKxH = project(self, "k", x_BxTxD)
@@ -202,13 +201,7 @@ class Attention(nnx.Module):
     # the cache in place (a [B, S, K, H] cache was transposed, i.e. copied, every decode step).
     k_BxKxTxH = k_BxTxKxH.transpose(0, 2, 1, 3)
     v_BxKxTxH = v_BxTxKxH.transpose(0, 2, 1, 3)
-    if isinstance(cache, StackedCache):  # write the new slots of layer `layer` in place
-      start = (layer, 0, 0, cache_slot, 0)
-      cache = StackedCache(*(jax.lax.dynamic_update_slice(c, new[None].astype(c.dtype), start)
-                             for c, new in zip(cache, (k_BxKxTxH, v_BxKxTxH))))
-      k_BxKxSxH = constrain(cache.k_LxBxKxSxH[layer], ("batch", "kv_heads", "seq", "head_dim"))
-      v_BxKxSxH = constrain(cache.v_LxBxKxSxH[layer], ("batch", "kv_heads", "seq", "head_dim"))
-    elif cache is not None:
+    if cache is not None:
       # Every row writes the same slots: left padding keeps the batch aligned.
       start = (0, 0, cache_slot, 0)
       k_BxKxSxH = jax.lax.dynamic_update_slice(
@@ -275,9 +268,9 @@ class Block(nnx.Module):
       self.mlp_norm = Norm(cfg, rngs)
     self.mlp = MLP(cfg, rngs)
 
-  def __call__(self, x_BxTxD, positions, mask_BxTxS, cache, cache_slot, layer=None):
+  def __call__(self, x_BxTxD, positions, mask_BxTxS, cache, cache_slot):
     h_BxTxD = self.attn_norm(x_BxTxD)
-    attn_BxTxD, cache = self.attn(h_BxTxD, positions, mask_BxTxS, cache, cache_slot, layer)
+    attn_BxTxD, cache = self.attn(h_BxTxD, positions, mask_BxTxS, cache, cache_slot)
     if self.parallel:  # GPT-J: x + attn(ln(x)) + mlp(ln(x)), one shared LayerNorm
       x_BxTxD = x_BxTxD + attn_BxTxD + self.mlp(h_BxTxD)
     else:
@@ -335,22 +328,21 @@ class Decoder(nnx.Module):
     return self.final_norm(x_BxTxD), new_cache
 
   def _scan(self, x_BxTxD, positions, mask_BxTxS, cache: StackedCache | None, cache_slot):
-    """The stacked layers as one ``jax.lax.scan``: layer l's parameter slices and index are
-    the scanned input; the activations and the whole cache are the carry, so each layer
-    writes only its new slots of the cache (in place)."""
+    """The stacked layers as one ``jax.lax.scan``: the activations are the carry; layer l's
+    parameter slices and cache slice are its input, its updated cache slice its output (the
+    layout Flax's scanned models and MaxText give a cache). Writing the new slots into a
+    stacked carry instead made XLA copy the whole stacked cache in every layer's step."""
     graphdef, stacked = nnx.split(self.layers)
 
-    def body(carry, layer_in):
-      x_BxTxD, cache = carry
-      st, layer = layer_in
-      return nnx.merge(graphdef, st)(x_BxTxD, positions, mask_BxTxS, cache, cache_slot,
-                                     layer), None
+    def body(x_BxTxD, layer_in):
+      st, layer_cache = layer_in
+      return nnx.merge(graphdef, st)(x_BxTxD, positions, mask_BxTxS, layer_cache, cache_slot)
 
     if self.cfg.remat:
       body = _remat(body, self.cfg, prevent_cse=False)  # scan already keeps steps apart
-    layers = jnp.arange(self.cfg.num_layers, dtype=jnp.int32)
-    (x_BxTxD, cache), _ = jax.lax.scan(body, (x_BxTxD, cache), (stacked, layers))
-    return x_BxTxD, cache
+    per_layer = LayerCache(*cache) if cache is not None else None
+    x_BxTxD, per_layer = jax.lax.scan(body, x_BxTxD, (stacked, per_layer))
+    return x_BxTxD, StackedCache(*per_layer) if cache is not None else None
 
   def head(self, dt) -> tuple[jax.Array, jax.Array | None]:
     """The output projection ``[D, V]`` in compute dtype ``dt`` and its bias (or None)."""

@@ -2,8 +2,7 @@
 
 A decoder whose layers are a Python loop keeps a list of one ``LayerCache`` per layer; one
 whose layers run through ``jax.lax.scan`` (``cfg.scan_layers``) keeps one ``StackedCache``
-with the layers leading, which the scan carries and writes in place (only the new tokens'
-slots of layer ``l``: a per-layer scan output would copy the whole cache every step).
+with the layers leading, which the scan reads layer by layer and writes back as its output.
 ``map_cache`` applies a function of one layer's ``[B, K, S, H]`` arrays to either layout,
 so the sampler never needs to know which one it holds.
 """

@@ -65,9 +65,10 @@ def _train(mesh, graphdef, params, steps=3):
   return losses, trainer.model_params(state)
 
 
-@pytest.mark.parametrize("remat", [False, True], ids=["plain", "remat"])
-def test_scanned_train_steps_equal_the_loop_models(remat, mesh8):
-  g, p, gs, ps = _pair(mesh8, remat=remat)
+def test_scanned_rematerialised_train_steps_equal_the_loop_models(mesh8):
+  # Remat on both sides: tests/engine/test_decoder.py has remat equal to the plain backward
+  # for either layout, so this covers the scanned plain step too.
+  g, p, gs, ps = _pair(mesh8, remat=True)
   loop_losses, loop_params = _train(mesh8, g, p)
   scan_losses, scan_params = _train(mesh8, gs, ps)
   assert scan_losses == pytest.approx(loop_losses, rel=1e-5)
