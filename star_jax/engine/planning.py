@@ -124,11 +124,11 @@ def plan_train_step(graphdef: nnx.GraphDef, params: nnx.State, mesh: Mesh, optim
   """The train step (``shape`` = micro-batches, rows, tokens) of the trainer the loop uses.
 
   Parameters (the trained ones' masters, in ``master_dtype``, and any frozen rest) and
-  optimizer state are read off their shapes and shardings; gradients are
-  the float32 accumulator the step carries over micro-batches plus one micro-batch's
-  gradients in the parameters' dtype (both laid out like the parameters); activations
-  are XLA's temporaries less those gradients: the layers' saved activations, the logits
-  chunks and the update's scratch.
+  optimizer state are read off their shapes and shardings; gradients are one micro-batch's
+  gradients plus, over several micro-batches, the float32 accumulator the step carries (a
+  single micro-batch has none), laid out like the parameters; activations are XLA's
+  temporaries less those gradients: the layers' saved activations, the logits chunks and the
+  update's scratch.
   """
   trainer = Trainer(graphdef, mesh, optim, master_dtype=master_dtype)
   state = trainer.abstract_state(params)
@@ -139,11 +139,13 @@ def plan_train_step(graphdef: nnx.GraphDef, params: nnx.State, mesh: Mesh, optim
   what = f"train step ({shape[0]} micro-batches of {shape[1]} x {shape[2]} tokens)"
   exe, seconds, need = compile_program(jitted, (state, trainer.frozen, batch, sched), what, mesh)
   trained = state.params  # the masters of what trains (all, or the LoRA adapters)
-  grads = tree_bytes(trained, np.float32) + tree_bytes(trained)  # accumulator + one micro-batch's
+  # One micro-batch's gradients, plus the float32 accumulator when there are several.
+  grads = tree_bytes(trained) + (tree_bytes(trained, np.float32) if shape[0] > 1 else 0)
   parts = {"parameters": tree_bytes(trained) + tree_bytes(trainer.frozen),
            "optimizer state": tree_bytes(state.opt_state),
            "gradients": grads, "activations": max(need["temporaries"] - grads, 0)}
   return ProgramPlan(what, seconds, need, parts,
-                     "gradients = float32 accumulator + one micro-batch's gradients (parameter "
-                     "shapes and shardings); activations = temporaries - gradients",
+                     "gradients = one micro-batch's gradients (+ a float32 accumulator over "
+                     "several; parameter shapes and shardings); activations = temporaries - "
+                     "gradients",
                      collective_bytes(exe.as_text()))
