@@ -29,8 +29,15 @@ _ANSWER_RE = re.compile(r"(?:\b(?:therefore|so|thus)\s*,?\s*)?\bthe (?:final )?a
 # A number as people write it: optional sign and "$", thousands commas, decimals.
 _NUMBER = r"(-\s*)?\$?\s*(-\s*)?(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?"
 _NUMBER_AFTER_RE = re.compile(r"\s*:?\s*" + _NUMBER)
+_CLOSING_ANSWER_RE = re.compile(r"\s*:?\s*" + _NUMBER + r"\s*\.?\s*")
 # The hint line, in case the model copies it into its rationale.
 _HINT_RE = re.compile(r"\s*hint:\s*the final answer is\s*" + _NUMBER + r"\.?", re.IGNORECASE)
+# A number inside a rationale. Unlike _NUMBER a minus only counts as a sign when it touches the
+# digits and follows no operand ("48 - 30", "48-30": thirty, not minus thirty); ".8" is 0.8.
+_RATIONALE_NUMBER_RE = re.compile(
+    r"(?<![\w.,])(?:(-)\$?|\$-?)?(\d{1,3}(?:,\d{3})+(?!\d)|\d+)?(\.\d+)?(?<=\d)(?![\d,.]\d)")
+# The official solutions' calculator annotations, "48/2 = <<48/2=24>>24": not model text.
+_CALCULATOR_RE = re.compile(r"<<[^<>]*>>")
 
 # Our own exemplars (not the paper's): (question, rationale, final answer).
 _SHOTS = (
@@ -67,6 +74,33 @@ def normalize_number(text: str) -> str | None:
   else:
     out = format(value.normalize(), "f")
   return f"-{out}" if negative else out
+
+
+def solution_rationale(solution: str) -> str:
+  """An official solution in our rationale form: the worked lines before "####" on one line,
+  calculator annotations removed ("48/2 = <<48/2=24>>24 clips" -> "48/2 = 24 clips")."""
+  body = _CALCULATOR_RE.sub("", solution.rsplit("####", 1)[0])
+  return " ".join(line.strip() for line in body.splitlines() if line.strip())
+
+
+def rationale_results(rationale: str) -> tuple[str | None, str | None]:
+  """(the number right after the rationale's last "=", its last number), normalized; None
+  where there is none. The two places a worked solution puts its final result: "... 48 - 30 =
+  18 muffins left." has both 18; "... 3 * 100 = 300 pages in 240 minutes." has 300 and 240."""
+  numbers = list(_RATIONALE_NUMBER_RE.finditer(rationale))
+  last = _number_value(numbers[-1]) if numbers else None
+  eq = rationale.rfind("=")
+  after = [m for m in numbers if m.start() > eq] if eq >= 0 else []
+  # Only the number the "=" itself gives: "= 18", "= $18", "=18"; not one further on.
+  result = (_number_value(after[0]) if after and not rationale[eq + 1:after[0].start()].strip(" $")
+            else None)
+  return result, last
+
+
+def _number_value(m: re.Match) -> str | None:
+  sign, whole, frac = m.group(1), m.group(2), m.group(3)
+  return normalize_number(("-" if sign or m.group(0).startswith("$-") else "")
+                          + (whole or "0") + (frac or ""))
 
 
 @register_task("gsm8k")
@@ -132,3 +166,22 @@ class Gsm8kTask(Task):
     m = last_match(_ANSWER_RE, block)
     # A rationale written under a hint must not carry the hint into training data.
     return _HINT_RE.sub("", block[:m.start()] if m else block).strip()
+
+  def rationale_supports(self, rationale: str, ex: Example) -> bool:
+    """The rationale's own final result is the gold answer: the number its last "=" gives, or
+    (for a last sentence that restates the result: "... because 50 < 52") its last number.
+
+    A hinted sample that goes wrong and then only copies the hint into "The answer is N."
+    fails. `rationale` may also be a whole completion: the answer phrase and what follows are
+    cut first, so they never count as the rationale's result.
+    """
+    if not isinstance(rationale, str) or not isinstance(ex, Example):
+      return False
+    body = _HINT_RE.sub("", first_block(rationale, self.end_marker))
+    m = last_match(_ANSWER_RE, body)
+    # Cut only a closing "The answer is N.": a split rationale may still say "the final answer
+    # is 15 gallons * 8 = 120 pints", and cutting there would drop its real last step.
+    if m and _CLOSING_ANSWER_RE.fullmatch(body, m.end()):
+      body = body[:m.start()]
+    results = rationale_results(body)
+    return any(r is not None and self.is_correct(r, ex) for r in results)
