@@ -29,7 +29,7 @@ _ANSWER_RE = re.compile(r"(?:\b(?:therefore|so|thus)\s*,?\s*)?\bthe (?:final )?a
 # A number as people write it: optional sign and "$", thousands commas, decimals.
 _NUMBER = r"(-\s*)?\$?\s*(-\s*)?(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?"
 _NUMBER_AFTER_RE = re.compile(r"\s*:?\s*" + _NUMBER)
-_CLOSING_ANSWER_RE = re.compile(r"\s*:?\s*" + _NUMBER + r"\s*\.?\s*")
+_ANSWER_STATED_RE = re.compile(_ANSWER_RE.pattern + r"\s*:?\s*" + _NUMBER, re.IGNORECASE)
 # The hint line, in case the model copies it into its rationale.
 _HINT_RE = re.compile(r"\s*hint:\s*the final answer is\s*" + _NUMBER + r"\.?", re.IGNORECASE)
 # A number inside a rationale. Unlike _NUMBER a minus only counts as a sign when it touches the
@@ -70,7 +70,7 @@ def normalize_number(text: str) -> str | None:
   if value == 0:
     negative = False
   if value == value.to_integral_value():
-    out = str(int(value))
+    out = format(value.to_integral_value(), "f")  # not int(): 4,300+ digits would raise
   else:
     out = format(value.normalize(), "f")
   return f"-{out}" if negative else out
@@ -177,11 +177,9 @@ class Gsm8kTask(Task):
     """
     if not isinstance(rationale, str) or not isinstance(ex, Example):
       return False
-    body = _HINT_RE.sub("", first_block(rationale, self.end_marker))
-    m = last_match(_ANSWER_RE, body)
-    # Cut only a closing "The answer is N.": a split rationale may still say "the final answer
-    # is 15 gallons * 8 = 120 pints", and cutting there would drop its real last step.
-    if m and _CLOSING_ANSWER_RE.fullmatch(body, m.end()):
-      body = body[:m.start()]
-    results = rationale_results(body)
+    body = _HINT_RE.sub(" ", first_block(rationale, self.end_marker))
+    # Every "the answer is N" states an answer, it computes nothing (a hint copied twice
+    # leaves one in the split rationale). Only the phrase and its number go, not the text
+    # after it: "the final answer is 15 gallons * 8 = 120 pints" still ends in its last step.
+    results = rationale_results(_ANSWER_STATED_RE.sub(" ", body))
     return any(r is not None and self.is_correct(r, ex) for r in results)
