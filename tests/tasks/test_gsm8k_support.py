@@ -3,7 +3,7 @@
 import pytest
 
 from star_jax.tasks import Example, get_task
-from star_jax.tasks.gsm8k import rationale_results, solution_rationale
+from star_jax.tasks.gsm8k import false_equations, rationale_results, solution_rationale
 
 GSM = get_task("gsm8k")
 
@@ -41,6 +41,13 @@ def test_a_rationale_whose_own_result_is_the_answer_is_supported(rationale, answ
     (" Hint: the final answer is 2290.\n12 * 80 = 960. The answer is 2290.", "2290"),
     # 100 - 90: the last number is 90, not minus 90.
     (" She pays 100 - 90. The answer is -90.", "-90"),
+    # The hint copied into the last equation itself: the arithmetic is false.
+    (" Half of 70 is 70 / 2 = 33. The answer is 33.", "33"),
+    (" He has 5 * 20 = 100 matches. He has 1200 - 100 = 1200 matches. The answer is 1200.",
+     "1200"),
+    (" The rest, 35 - 20 = 10 erasers, are Gabriel's. The answer is 10.", "10"),
+    # A false step earlier on: the rationale does not reach the answer by itself either.
+    (" 4 * 12 = 46 muffins, and 48 - 30 = 18 are left. The answer is 18.", "18"),
 ])
 def test_a_copied_hint_after_a_wrong_last_step_is_not_supported(generated, answer):
   ex = ex_of(answer)
@@ -63,6 +70,22 @@ def test_results_are_the_last_equals_and_the_last_number():
   assert rationale_results("x = y, so 5 apples") == (None, "5")  # "=" gives no number
   assert rationale_results("48-30 left") == (None, "30")
   assert rationale_results("") == (None, None)
+
+
+@pytest.mark.parametrize("rationale,false", [
+    ("She makes 4 * 12 = 48 muffins, and 48 - 30 = 18 are left.", []),
+    ("12 x 3 = 37 eggs", ["12 x 3 = 37"]),
+    ("3000 ÷ (5+1) = 501 women", ["3000 ÷ (5+1) = 501"]),
+    ("2 * 23 - 4 = 46 - 4 = 41 times", ["46 - 4 = 41"]),  # a chain: each "=" on its own
+    ("1,200 * 2 = 2,400 and $1.50 * 3 = $4.50", []),
+    ("10/3 = 3.33 each; 2/3 = .66; 36/10 = 4 boxes (rounded up)", []),  # to the shown digits
+    # Not plain arithmetic, so not checked: units, percent, time, variables, labels.
+    ("72 cubic ft * 3/4 = 50 cubic ft, 40% * 250 = 1, 6:00+48=6:50, D2 = 644 - 19 = 625, "
+     "100/5 = 5A/5, Remaining 10 = 62,300/10", []),
+    ("1/0 = 5, 0/0 = 1, " + "(" * 300 + "1" + ")" * 300 + " + 1 = 3", []),
+])
+def test_false_equations_checks_plain_arithmetic_only(rationale, false):
+  assert false_equations(rationale) == false
 
 
 def test_solution_rationale_strips_the_calculator_and_the_final_line():

@@ -42,9 +42,10 @@ def test_gsm8k_answer_parser_reads_every_gold_answer():
 
 def test_gsm8k_support_check_passes_the_gold_solutions_and_fails_a_wrong_answer():
   """The official solutions in our rationale form (calculator annotations stripped) reach their
-  own '#### N' by the support rule: 7,437 of 7,473 measured (99.5%). The rest are solutions
-  whose last step is not the answer (cents for dollars, "17 000", a final comparison) or whose
-  '####' disagrees with their own arithmetic. The same rationale for answer N + 1: 1 passes."""
+  own '#### N' by the support rule: 7,400 of 7,473 measured (99.0%). Of the rest, 36 end in
+  something else than the answer (cents for dollars, "17 000", a final comparison, a '####' that
+  disagrees with their own arithmetic) and 37 more have an equation our check reads as false
+  (a unit switch "$1 / 2 = 50 cents", "25 / 1/3 = 75"). The same rationales for N + 1: 1 passes."""
   records = _records("gsm8k_train.jsonl", "gsm8k")
   task = tasks.get_task("gsm8k")
   gold = wrong = 0
@@ -54,7 +55,7 @@ def test_gsm8k_support_check_passes_the_gold_solutions_and_fails_a_wrong_answer(
     gold += task.rationale_supports(rationale, tasks.Example(r["id"], r["question"], answer))
     off = tasks.normalize_number(str(decimal.Decimal(answer) + 1))
     wrong += task.rationale_supports(rationale, tasks.Example(r["id"], r["question"], off))
-  assert gold / len(records) >= 0.99 and wrong / len(records) <= 0.001, (gold, wrong)
+  assert gold / len(records) >= 0.985 and wrong / len(records) <= 0.001, (gold, wrong)
 
 
 def test_cqa_parser_reads_every_gold_choice_back():
