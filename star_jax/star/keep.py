@@ -2,10 +2,10 @@
 
 A sample is kept when the task reads the gold answer out of it and, with
 ``require_supported``, its rationale itself reaches that answer (arithmetic: the
-last scratch line), so a hint copied into the answer line after a wrong
-rationale is not trained on. Duplicates of one question's rationale count once.
-Kept records never carry the hint: the task splits the rationale out of the
-generated text and strips hint markers.
+last scratch line; GSM8K: the rationale's last result), so a hint copied into
+the answer line after a wrong rationale is not trained on. Duplicates of one
+question's rationale count once. Kept records never carry the hint: the task
+splits the rationale out of the generated text and strips hint markers.
 """
 
 from __future__ import annotations

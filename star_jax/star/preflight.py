@@ -42,8 +42,8 @@ def base_model(config: ml_collections.ConfigDict, workdir: epath.PathLike, exp, 
     ckpt.close()
 
 
-def _keepable(task, gens, config) -> set[str]:
-  return keep_lib.keep(task, gens, "generation", 1, config.star.require_supported).solved
+def _keepable(task, gens, config) -> keep_lib.Kept:
+  return keep_lib.keep(task, gens, "generation", 1, config.star.require_supported)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, questions: int = 64, samples: int = 4,
@@ -72,10 +72,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, questions: int = 64, sa
 
   greedy = gen(chosen, False, 1, 0.0)
   hot = gen(chosen, False, samples, temperature)
-  solved = _keepable(task, greedy, config) | _keepable(task, hot, config)
+  plain = [_keepable(task, greedy, config), _keepable(task, hot, config)]
+  solved = plain[0].solved | plain[1].solved
   failed = [ex for ex in chosen if ex.id not in solved]
   hinted = gen(failed, True, 1, 0.0) + gen(failed, True, samples, temperature)
-  rationalized = _keepable(task, hinted, config)
+  rescued = _keepable(task, hinted, config)
+  rationalized = rescued.solved
   greedy_ok = {g.example.id for g in greedy if g.correct[0]}
   any_ok = greedy_ok | {g.example.id for g in hot if any(g.correct)}
 
@@ -90,7 +92,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, questions: int = 64, sa
             "keepable": share(solved | rationalized, among)}
 
   report = {"task": task.name, "model": source, "questions": len(chosen), "samples": samples,
-            "temperature": temperature, **summary(chosen)}
+            "temperature": temperature, **summary(chosen),
+            # Samples with the right answer whose own rationale does not reach it (a hint
+            # copied into the answer line): what the support check drops.
+            "unsupported": {"generation": plain[0].unsupported + plain[1].unsupported,
+                            "rationalization": rescued.unsupported},
+            "require_supported": bool(config.star.require_supported)}
   buckets = collections.defaultdict(list)
   for ex in chosen:
     if task.difficulty(ex) is not None:
@@ -155,5 +162,10 @@ def format_report(report: dict) -> str:
     lines.append(f"chance {100 * report['chance_accuracy']:.0f}%; choices by log-likelihood: "
                  f"{100 * ll['acc']:.1f}% (per character {100 * ll['acc_norm']:.1f}%); greedy "
                  f"answers by label: {shares}")
+  bad = report.get("unsupported", {})
+  if any(bad.values()):
+    fate = "dropped" if report.get("require_supported", True) else "kept: require_supported off"
+    lines.append(f"right answers whose rationale does not reach them ({fate}): "
+                 f"{bad['generation']} generated, {bad['rationalization']} hinted samples")
   lines.append("verdict: " + report["verdict"])
   return "\n".join(lines)

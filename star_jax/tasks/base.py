@@ -111,8 +111,9 @@ class Task:
     """Does the rationale itself reach the gold answer, not only the answer line after it?
 
     Tasks whose rationales end in a checkable result override this (arithmetic: the last
-    scratch line). With ``star.require_supported`` the loop keeps only rationales that pass,
-    so a hint copied into the answer line after a wrong rationale is never trained on.
+    scratch line; GSM8K: the number the last "=" gives, or the last number). With
+    ``star.require_supported`` the loop keeps only rationales that pass, so a hint copied
+    into the answer line after a wrong rationale is never trained on.
     """
     return True
 

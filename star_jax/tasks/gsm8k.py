@@ -14,7 +14,9 @@ of any prompt (the original STaR code leaked it as the hint).
 
 from __future__ import annotations
 
+import ast
 import decimal
+import operator
 import re
 from typing import Any
 
@@ -29,8 +31,19 @@ _ANSWER_RE = re.compile(r"(?:\b(?:therefore|so|thus)\s*,?\s*)?\bthe (?:final )?a
 # A number as people write it: optional sign and "$", thousands commas, decimals.
 _NUMBER = r"(-\s*)?\$?\s*(-\s*)?(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?"
 _NUMBER_AFTER_RE = re.compile(r"\s*:?\s*" + _NUMBER)
+_ANSWER_STATED_RE = re.compile(_ANSWER_RE.pattern + r"\s*:?\s*" + _NUMBER, re.IGNORECASE)
 # The hint line, in case the model copies it into its rationale.
 _HINT_RE = re.compile(r"\s*hint:\s*the final answer is\s*" + _NUMBER + r"\.?", re.IGNORECASE)
+# A number inside a rationale. Unlike _NUMBER a minus only counts as a sign when it touches the
+# digits and follows no operand ("48 - 30", "48-30": thirty, not minus thirty); ".8" is 0.8.
+_RATIONALE_NUMBER_RE = re.compile(
+    r"(?<![\w.,])(?:(-)\$?|\$-?)?(\d{1,3}(?:,\d{3})+(?!\d)|\d+)?(\.\d+)?(?<=\d)(?![\d,.]\d)")
+# The official solutions' calculator annotations, "48/2 = <<48/2=24>>24": not model text.
+_CALCULATOR_RE = re.compile(r"<<[^<>]*>>")
+# One side of an equation: numbers, operators, brackets, "$", "x" / "×" for times, "÷".
+_SIDE = frozenset("0123456789 \t\n.,+-*/x×÷()$%")
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+        ast.Div: operator.truediv}
 
 # Our own exemplars (not the paper's): (question, rationale, final answer).
 _SHOTS = (
@@ -63,10 +76,96 @@ def normalize_number(text: str) -> str | None:
   if value == 0:
     negative = False
   if value == value.to_integral_value():
-    out = str(int(value))
+    out = format(value.to_integral_value(), "f")  # not int(): 4,300+ digits would raise
   else:
     out = format(value.normalize(), "f")
   return f"-{out}" if negative else out
+
+
+def solution_rationale(solution: str) -> str:
+  """An official solution in our rationale form: the worked lines before "####" on one line,
+  calculator annotations removed ("48/2 = <<48/2=24>>24 clips" -> "48/2 = 24 clips")."""
+  body = _CALCULATOR_RE.sub("", solution.rsplit("####", 1)[0])
+  return " ".join(line.strip() for line in body.splitlines() if line.strip())
+
+
+def rationale_results(rationale: str) -> tuple[str | None, str | None]:
+  """(the number right after the rationale's last "=", its last number), normalized; None
+  where there is none. The two places a worked solution puts its final result: "... 48 - 30 =
+  18 muffins left." has both 18; "... 3 * 100 = 300 pages in 240 minutes." has 300 and 240."""
+  numbers = list(_RATIONALE_NUMBER_RE.finditer(rationale))
+  last = _number_value(numbers[-1]) if numbers else None
+  eq = rationale.rfind("=")
+  after = [m for m in numbers if m.start() > eq] if eq >= 0 else []
+  # Only the number the "=" itself gives: "= 18", "= $18", "=18"; not one further on.
+  result = (_number_value(after[0]) if after and not rationale[eq + 1:after[0].start()].strip(" $")
+            else None)
+  return result, last
+
+
+def _side_value(side: str, lhs: bool) -> tuple[decimal.Decimal, int, bool] | None:
+  """(value, decimals shown, has an operation) of one side of an "=", or None where it is not
+  plain arithmetic. A sentence break ends a side: "= 16. 5 + 3" gives 16, "30, 4 * 2" 4 * 2."""
+  parts = re.split(r"[.,]\s", side)
+  side = (parts[-1] if lhs else parts[0]).strip().rstrip(".,")
+  # A side that starts (left) or ends (right) with an operator runs on into words:
+  # "72 cubic ft * 3/4 = 54", "= 5A/5". A "%" or ":" (a time) has its own arithmetic.
+  if (not side or side[0] in "+*/x×)" or side[-1] in "+-*/x×(" or "%" in side
+      or re.search(r"\d\s+\(?\d", side)):
+    return None
+  expr = re.sub(r"(?<=\d),(?=\d{3})", "", side.replace("$", ""))
+  expr = expr.replace("×", "*").replace("÷", "/")
+  expr = re.sub(r"(?<=[\d)\s])x(?=[\s\d(.$])", "*", expr)
+  try:
+    value = _evaluate(ast.parse(expr.strip(), mode="eval").body)
+  except (SyntaxError, ValueError, ArithmeticError, RecursionError):
+    return None
+  shown = [len(f) - 1 for f in re.findall(r"\.\d+", expr)]
+  return value, max(shown, default=0), bool(re.search(r"[\d)]\s*[-+*/]\s*[\d(.]", expr))
+
+
+def _evaluate(node) -> decimal.Decimal:
+  if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+    return decimal.Decimal(str(node.value))
+  if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+    return -_evaluate(node.operand)
+  if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+    return _OPS[type(node.op)](_evaluate(node.left), _evaluate(node.right))
+  raise ValueError("not plain arithmetic")
+
+
+def false_equations(rationale: str) -> list[str]:
+  """The equations of `rationale` whose arithmetic is wrong ("70 / 2 = 33"), as text.
+
+  Only plain arithmetic is checked: both sides numbers and + - * / x (a side with words,
+  units, "%" or a time is skipped), equal to the precision the rationale shows ("10/3 =
+  3.33", "36/10 = 4" when rounding up to whole items is one unit off at most)."""
+  out, text = [], rationale
+  for i in (i for i, c in enumerate(text) if c == "="):
+    start, end = i, i + 1
+    while start and text[start - 1] in _SIDE:
+      start -= 1
+    while end < len(text) and text[end] in _SIDE:
+      end += 1
+    # A time of day ("6:00+48=6:48") or a side glued to a word: a variable ("D2 = 644",
+    # "100/5 = 5A/5"), not a number.
+    before, after = text[start - 1:start + 1], text[end - 1:end + 1]
+    if re.fullmatch(r"[:\w][^\s,.]", before) or re.fullmatch(r"[^\s,.][:\w]", after):
+      continue
+    lhs, rhs = _side_value(text[start:i], True), _side_value(text[i + 1:end], False)
+    # The left side must compute: "Remaining 10 = 62,300/10" names its number, it is no sum.
+    if lhs is None or rhs is None or not lhs[2]:
+      continue
+    digits = min(lhs[1], rhs[1]) if rhs[2] else rhs[1]
+    if abs(lhs[0] - rhs[0]) >= decimal.Decimal(10) ** -digits:
+      out.append(f"{text[start:i].strip()} = {text[i + 1:end].strip()}")
+  return out
+
+
+def _number_value(m: re.Match) -> str | None:
+  sign, whole, frac = m.group(1), m.group(2), m.group(3)
+  return normalize_number(("-" if sign or m.group(0).startswith("$-") else "")
+                          + (whole or "0") + (frac or ""))
 
 
 @register_task("gsm8k")
@@ -132,3 +231,24 @@ class Gsm8kTask(Task):
     m = last_match(_ANSWER_RE, block)
     # A rationale written under a hint must not carry the hint into training data.
     return _HINT_RE.sub("", block[:m.start()] if m else block).strip()
+
+  def rationale_supports(self, rationale: str, ex: Example) -> bool:
+    """The rationale's own final result is the gold answer: the number its last "=" gives, or
+    (for a last sentence that restates the result: "... because 50 < 52") its last number;
+    and none of its equations is false arithmetic (`false_equations`).
+
+    A hinted sample that goes wrong and then only copies the hint into "The answer is N.",
+    or into its last equation, fails. `rationale` may also be a whole completion: what
+    follows the end marker, and any "the answer is N" phrase, never count as its result.
+    """
+    if not isinstance(rationale, str) or not isinstance(ex, Example):
+      return False
+    body = _HINT_RE.sub(" ", first_block(rationale, self.end_marker))
+    # Every "the answer is N" states an answer, it computes nothing (a hint copied twice
+    # leaves one in the split rationale). Only the phrase and its number go, not the text
+    # after it: "the final answer is 15 gallons * 8 = 120 pints" still ends in its last step.
+    body = _ANSWER_STATED_RE.sub(" ", body)
+    # A hint copied into the last step itself ("70 / 2 = 33" for the hinted 33) reaches the
+    # answer by wrong arithmetic: any false equation fails the rationale.
+    return (any(r is not None and self.is_correct(r, ex) for r in rationale_results(body))
+            and not false_equations(body))

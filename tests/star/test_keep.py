@@ -1,7 +1,11 @@
 """What STaR keeps from its samples, and the RL-STaR diagnostics of the eval generations."""
 
+import importlib.util
+import os
+
 import pytest
 
+from helpers.runs import ROOT
 from star_jax import tasks
 from star_jax.star import diagnostics, keep
 from star_jax.star.rollout import Generation
@@ -54,3 +58,24 @@ def test_rl_star_estimates_from_right_prefixes():
   assert got["3"]["predicted_accuracy"] == pytest.approx(0.1 + 0.9 * delta ** 5)
   assert got["3"]["accuracy"] == pytest.approx(2 / 3) and got["3"]["steps"] == 5
   assert diagnostics.rl_star(tasks.get_task("cqa"), rows) == {}
+
+
+def test_gsm8k_config_keeps_only_rationales_that_reach_the_answer():
+  """configs/gsm8k.py requires support, so a hinted sample that only copies the hint into its
+  answer line after a wrong last step is dropped and counted."""
+  spec = importlib.util.spec_from_file_location("_gsm8k_config",
+                                                os.path.join(ROOT, "configs", "gsm8k.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  task = tasks.get_task(config.task)
+  ex = tasks.Example("g", "A class has 24 students; a third walk. How many ride the bus?", "16")
+  good = " 24 / 3 = 8 walk, so 24 - 8 = 16 ride the bus. The answer is 16.\n\n"
+  copied = " 24 * 3 = 72 walk, so 72 - 8 = 64 ride the bus. The answer is 16.\n\n"
+  out = keep.keep(task, [_gen(task, ex, [copied, good])], "rationalization", limit=4,
+                  require_supported=config.star.require_supported)
+  assert [r["rationale"] for r in out.records] == ["24 / 3 = 8 walk, so 24 - 8 = 16 ride the bus."]
+  assert out.unsupported == 1
+  only_copied = keep.keep(task, [_gen(task, ex, [copied])], "rationalization", limit=4,
+                          require_supported=config.star.require_supported)
+  assert not only_copied.records and [e.id for e in only_copied.failed] == ["g"]

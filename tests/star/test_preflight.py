@@ -44,3 +44,17 @@ def test_preflight_command_prints_the_table_and_a_json_line(tmp_path):
   lines = proc.stdout.strip().splitlines()
   assert lines[0].startswith("pre-flight: arithmetic") and "verdict:" in proc.stdout
   assert json.loads(lines[-1])["questions"] == 16
+
+
+def test_the_report_says_how_many_right_answers_the_support_check_dropped():
+  report = {**_report(task="gsm8k", model="m", temperature=0.7, verdict="STaR can start",
+                      chance_accuracy=0.0, keepable_by_generation=0.03),
+            "unsupported": {"generation": 1, "rationalization": 37}, "require_supported": True}
+  text = preflight.format_report(report)
+  assert ("right answers whose rationale does not reach them (dropped): 1 generated, "
+          "37 hinted samples") in text
+  off = preflight.format_report({**report, "require_supported": False})
+  assert "(kept: require_supported off)" in off
+  clean = preflight.format_report({**report, "unsupported": {"generation": 0,
+                                                             "rationalization": 0}})
+  assert "does not reach" not in clean

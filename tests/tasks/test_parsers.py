@@ -77,3 +77,12 @@ def test_arithmetic_final_answer_decides(a, b, delta, rationale):
   garbled = ARITH.completion(rationale.replace("\n\n", "\n").replace("</scratch>", ""), said)
   if delta != 0:
     assert not ARITH.is_correct(ARITH.extract_answer(garbled), ex)
+
+
+@SETTINGS
+@given(text=st.text(alphabet=st.sampled_from(list("0123456789 .,()$=*/+-x%:Ae")), max_size=200)
+       | junk, gold=st.integers(-10**6, 10**7))
+def test_gsm8k_support_never_raises_and_needs_the_gold_number(text, gold):
+  ex = Example(id="g", question="?", answer=str(gold))
+  if GSM.rationale_supports(text, ex):  # never raises
+    assert str(abs(gold)) in text.replace(",", "")
