@@ -64,8 +64,9 @@ def _llama(hf: dict[str, Any], arch: str, where: str) -> dict[str, Any]:
   max_len = hf.get("max_position_embeddings", 2048)
   # Sliding-window attention equals full attention on sequences no longer than the
   # window, so capping the length keeps the model exact instead of refusing it.
-  windowed = (hf.get("sliding_window") and (hf.get("use_sliding_window", True) or
-                                             "sliding_attention" in (hf.get("layer_types") or ())))
+  windowed = (hf.get("sliding_window")
+              and (hf.get("use_sliding_window", True)
+                   or "sliding_attention" in (hf.get("layer_types") or ())))
   if windowed:
     max_len = min(max_len, hf["sliding_window"])
   return dict(d_model=D, num_layers=hf["num_hidden_layers"], num_heads=N,

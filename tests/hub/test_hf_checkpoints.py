@@ -16,6 +16,7 @@ from star_jax.hub import CheckpointError, hf, load_pretrained
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+
 def _batch():
   """Left-padded token ids of 3 prompts (lengths 12, 7, 1) and their mask."""
   rng = np.random.default_rng(0)
