@@ -18,10 +18,8 @@ CMD = [sys.executable, "-m", "star_jax.main", "--config=configs/arithmetic.py:sm
 def _run(workdir, failpoint=None, *args):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)  # one device, as a user would run it
-  # The runs compile the same programs: JAX's persistent cache compiles each once (a cached
-  # executable is the same binary, so results do not change).
-  env["JAX_COMPILATION_CACHE_DIR"] = str(workdir.parent / "jax_cache")
-  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  # (The runs compile the same programs; the session's persistent compilation cache, which
+  # conftest.py sets in the environment, compiles each once.)
   env.pop("STAR_JAX_FAILPOINT", None)
   if failpoint:
     env["STAR_JAX_FAILPOINT"] = failpoint
