@@ -9,7 +9,7 @@ starts weak there (about 10%). STaR then samples 1-5 digit problems from answers
 The recipe, the measured results, the controls and what failed: docs/arithmetic.md.
 """
 
-from star_jax.star.defaults import base_config
+from star_jax.star.defaults import base_config, model_overrides
 
 
 def get_config(variant: str = ""):
@@ -26,8 +26,8 @@ def get_config(variant: str = ""):
   # fixed offset whatever the number of digits, and no rule can count its way to a length.
   c.task_options = {"positions": "line_column", "right_aligned_columns": True,
                     "position_jitter": 2}
-  c.model.overrides = {"d_model": 128, "num_layers": 4, "num_heads": 4, "num_kv_heads": 4,
-                       "head_dim": 32, "ffn_dim": 512, "max_seq_len": 256, "rope_base": 100.0}
+  c.model.overrides = model_overrides(d_model=128, num_layers=4, num_heads=4, num_kv_heads=4,
+                                      head_dim=32, ffn_dim=512, max_seq_len=256, rope_base=100.0)
   c.data.max_train = 20000  # the pool STaR samples its questions from (1-5 digits)
   c.data.max_eval = 500  # draws of distinct held-out problems: ~100 per digit count, but
   # only 8 one-digit problems are held out, so 428 problems in all
@@ -53,8 +53,8 @@ def get_config(variant: str = ""):
   c.train.warmup_steps = 20
   c.sample.batch_size = 256
   if variant == "smoke":
-    c.model.overrides = {"d_model": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
-                         "head_dim": 16, "ffn_dim": 128, "max_seq_len": 256, "rope_base": 100.0}
+    c.model.overrides = model_overrides(d_model=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                                        head_dim=16, ffn_dim=128, max_seq_len=256, rope_base=100.0)
     c.data.max_train, c.data.max_eval = 48, 40
     c.data.max_digits = c.data.eval_max_digits = 3
     c.star.iterations = 2
@@ -73,8 +73,8 @@ def get_config(variant: str = ""):
     # The suite's learning test (~1 minute): a tiny model pretrained on a thin seed of 250
     # two-digit problems starts weak on held-out 2-digit problems, and three STaR iterations
     # on 1,000 answers must lift it (measured: 27% -> 60 / 72 / 81%).
-    c.model.overrides = {"d_model": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
-                         "head_dim": 16, "ffn_dim": 128, "max_seq_len": 256, "rope_base": 100.0}
+    c.model.overrides = model_overrides(d_model=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                                        head_dim=16, ffn_dim=128, max_seq_len=256, rope_base=100.0)
     c.data.max_train, c.data.max_eval = 1000, 200
     c.data.min_digits = c.data.max_digits = 2
     c.data.eval_min_digits = c.data.eval_max_digits = 2

@@ -10,7 +10,7 @@ then samples 1-5 digit problems from answers alone; fine-tuned models read the b
 Measured numbers and what was tried: docs/arithmetic.md, section "SmolLM2-135M, few-shot".
 """
 
-from star_jax.star.defaults import base_config
+from star_jax.star.defaults import base_config, model_overrides
 
 
 def get_config(variant: str = ""):
@@ -20,7 +20,7 @@ def get_config(variant: str = ""):
   # (every digit and every space is its own token), so more shots cost prefill time.
   c.task_options = {"shots": 3}
   c.model.checkpoint = "smollm2-135m-instruct"
-  c.model.overrides = {"max_seq_len": 2048}
+  c.model.overrides = model_overrides(max_seq_len=2048)
   c.data.max_train = 5000  # the pool STaR samples its questions from
   c.data.max_eval = 40  # ~8 distinct held-out problems per length: a 2-core CPU's budget
   c.star.iterations = 3
@@ -46,8 +46,8 @@ def get_config(variant: str = ""):
   if variant == "smoke":  # a random tiny model, one token per character: a fast loop test
     c.model.checkpoint = ""
     c.model.preset = "tiny"
-    c.model.overrides = {"d_model": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
-                         "head_dim": 16, "ffn_dim": 128, "max_seq_len": 256}
+    c.model.overrides = model_overrides(d_model=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                                        head_dim=16, ffn_dim=128, max_seq_len=256)
     c.task_options = {"shots": 1}
     c.tokenizer.kind = "char"
     c.tokenizer.pieces = [" " + d for d in "0123456789"] + [

@@ -5,7 +5,22 @@ line (``--config.star.iteratons=3``) is rejected by ml-collections instead of
 ignored.
 """
 
+import dataclasses
+from typing import Any
+
 import ml_collections
+
+from star_jax.engine.model_config import EXECUTION_FIELDS, ModelConfig
+
+
+def model_overrides(**fields: Any) -> dict[str, Any]:
+  """``model.overrides`` of ModelConfig ``fields``, plus the fields of how a model runs
+  (``EXECUTION_FIELDS``: remat, remat_policy, scan_layers, attention) at their defaults, so
+  any config takes them from the command line (``--config.model.overrides.scan_layers=True``)
+  and a pre-trained checkpoint takes them too."""
+  execution = {f.name: f.default for f in dataclasses.fields(ModelConfig)
+               if f.name in EXECUTION_FIELDS}
+  return {**execution, **fields}
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -23,7 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.preset = "tiny"  # a name from star_jax.config.PRESETS
-  c.model.overrides = ml_collections.ConfigDict()  # ModelConfig fields, e.g. num_layers=4
+  c.model.overrides = model_overrides()  # ModelConfig fields, e.g. num_layers=4
   # "" = random init; a star_jax checkpoint directory (WORKDIR/checkpoints); a Hugging Face
   # directory (config.json + *.safetensors); a .gguf file; or "smollm2-135m-instruct".
   c.model.checkpoint = ""
@@ -146,8 +161,7 @@ def text_task_config(task: str, data_dir: str, variant: str) -> ml_collections.C
   c.model.preset = "tiny"  # used only without a checkpoint
   # Presets take them all (plans, scratch runs); a checkpoint brings its own architecture and
   # takes only how it runs: remat, remat_policy, scan_layers, attention (EXECUTION_FIELDS).
-  c.model.overrides = {"max_seq_len": 2048, "remat": False, "remat_policy": "nothing_saveable",
-                       "scan_layers": False, "attention": "auto"}
+  c.model.overrides = model_overrides(max_seq_len=2048)
   c.tokenizer.kind = "sentencepiece"
   c.tokenizer.vocab_size = 4096
   c.star.iterations = 10
@@ -158,7 +172,7 @@ def text_task_config(task: str, data_dir: str, variant: str) -> ml_collections.C
   c.sample.batch_size = 32
   if variant == "smoke":  # a random tiny model with a tokenizer built from the data
     c.model.checkpoint = ""
-    c.model.overrides = {"max_seq_len": 1024}
+    c.model.overrides = model_overrides(max_seq_len=1024)
     c.tokenizer.vocab_size = 512
     c.data.max_train, c.data.max_eval = 24, 10
     c.data.download = False
