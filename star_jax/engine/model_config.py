@@ -18,6 +18,14 @@ BLOCK_TYPES = ("llama", "gptj")
 ATTENTION_PATHS = ("auto", "einsum", "dot_product")
 # Fields that set how a model runs, not what it computes: settable on a loaded checkpoint.
 EXECUTION_FIELDS = ("remat", "remat_policy", "scan_layers", "attention")
+
+
+def execution_of(overrides: Any) -> dict[str, Any]:
+  """The EXECUTION_FIELDS among ``overrides`` (a config's ``model.overrides``): what a loaded
+  checkpoint, whose file fixes the architecture, takes from them."""
+  return {k: v for k, v in dict(overrides or {}).items() if k in EXECUTION_FIELDS}
+
+
 REMAT_POLICIES = ("nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 ATTENTION_KERNELS = ("q", "k", "v", "o")

@@ -73,7 +73,8 @@ def place(cfg: ModelConfig, mesh: Mesh, table: dict[tuple, Entry], source: Sourc
   shardings = dict(nnx.to_flat_state(params_lib.param_shardings(abstract, mesh)))
   wanted = list(nnx.to_flat_state(abstract))
   # Tables name one tensor per layer, ("layers", i, ...): the loop model's paths.
-  per_layer = list(nnx.to_flat_state(params_lib.abstract_model(cfg.replace(scan_layers=False))[1]))
+  per_layer = wanted if not cfg.scan_layers else list(
+      nnx.to_flat_state(params_lib.abstract_model(cfg.replace(scan_layers=False))[1]))
   if set(table) != {path for path, _ in per_layer}:  # a loader bug, not a bad file
     raise AssertionError(f"loader table does not cover the model: "
                          f"{sorted(map(str, set(table) ^ {p for p, _ in per_layer}))}")

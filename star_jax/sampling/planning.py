@@ -11,6 +11,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from star_jax.engine.checkpointer import abstract_like
 from star_jax.engine.kv_cache import init_cache
 from star_jax.engine.params import shardings_of
 from star_jax.engine.planning import ProgramPlan, collective_bytes, compile_program, tree_bytes
@@ -37,8 +38,7 @@ def plan_sampler(sampler: Sampler, params: nnx.State, prompt_len: int, max_new_t
   Q = sampler.prompts_per_batch(samples)
   B, S = Q * samples, P + N
   # The parameters where the sampler puts them for a call (resharded for layout "tensor").
-  params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        params, sampler.param_shardings(params))
+  params = abstract_like(params, sampler.param_shardings(params))
   pre, dec = sampler.jitted(shardings_of(params), Q, samples, 0, P, S, N, sp)
 
   def i32(*shape):  # the jits carry the shardings
@@ -64,5 +64,4 @@ def kv_cache_bytes(sampler: Sampler, B: int, S: int, N: int) -> int:
   """Per-device bytes of the decode state's keys and values for B rows of S slots."""
   shapes = jax.eval_shape(lambda: init_cache(sampler.cfg, B, S))
   layouts = sampler.state_shardings(B, S, N).cache
-  return tree_bytes(jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                 shapes, layouts))
+  return tree_bytes(abstract_like(shapes, layouts))

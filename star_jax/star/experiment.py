@@ -105,9 +105,8 @@ def build(config: ml_collections.ConfigDict, workdir: epath.PathLike) -> Experim
     from star_jax.hub import load_pretrained  # imports tokenizers/gguf only when needed
 
     # A checkpoint fixes the architecture; the overrides may still say how it runs.
-    overrides = dict(config.model.get("overrides", {}) or {})
-    execution = {k: v for k, v in overrides.items() if k in model_config.EXECUTION_FIELDS}
-    pre = load_pretrained(ckpt, mesh, dtype=config.model.dtype or None, **execution)
+    pre = load_pretrained(ckpt, mesh, dtype=config.model.dtype or None,
+                          **model_config.execution_of(config.model.get("overrides")))
     tokenizer = load_tokenizer(config.tokenizer.path) if config.tokenizer.path else pre.tokenizer
     if tokenizer is None:
       raise ValueError(f"checkpoint {ckpt!r} has no tokenizer.json: set tokenizer.path")

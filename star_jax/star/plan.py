@@ -40,8 +40,7 @@ def model_config_of(config: ml_collections.ConfigDict) -> tuple[str, model_confi
     from star_jax.hub import model_config_of as from_checkpoint  # tokenizers/gguf: when needed
     name, cfg = ckpt, from_checkpoint(ckpt, dtype=config.model.dtype or None)
     # As a run loads it (star/experiment.py): the overrides may say how it runs, no more.
-    cfg = cfg.replace(**{k: v for k, v in dict(config.model.overrides or {}).items()
-                         if k in model_config.EXECUTION_FIELDS})
+    cfg = cfg.replace(**model_config.execution_of(config.model.overrides))
   else:
     name = config.model.preset
     cfg = model_config.get_preset(config.model.preset, **dict(config.model.overrides or {}))
