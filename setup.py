@@ -30,6 +30,8 @@ EXTRAS_REQUIRE = {
     "test": [
         "pytest==9.2.0",
         "hypothesis==6.155.2",
+        # The suite on two worker processes (`pytest -n 2`): compiles and runs overlap.
+        "pytest-xdist==3.8.0",
         # Parity oracle. Exactly this torch: a looser spec pulls several GB of CUDA.
         "torch==2.13.0",
         "transformers==5.23.0",

@@ -23,6 +23,7 @@ def test_three_iterations_compile_what_one_does(tmp_path):
   config.star.steps_schedule, config.train.schedule = "exponential", "linear"  # new horizons
   config.star.base_steps, config.star.steps_growth = 5, 1.5  # 5, 8, 11 steps
   config.pretrain.steps = 80
+  config.star.iterations = 1
   one = _compiles(config, str(tmp_path / "one"))
   config.star.iterations = 3
   three = _compiles(config, str(tmp_path / "three"))
