@@ -100,8 +100,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.star.samples_per_question = 1
   c.star.max_kept_per_question = 1
   # Keep a right answer only if its rationale itself reaches it (tasks that can check:
-  # arithmetic's last scratch line, GSM8K's last "=" result or last number), never a hint
-  # copied into the answer line after it.
+  # arithmetic's last scratch line, GSM8K's last "=" result or last number; every task: a
+  # rationale with no words, i.e. a direct answer, is none), never a hint copied into the
+  # answer line after it.
   c.star.require_supported = True
   c.star.temperature = 0.0  # 0 = greedy (paper)
   c.star.top_k = 0

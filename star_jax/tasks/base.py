@@ -114,8 +114,13 @@ class Task:
     scratch line; GSM8K: the number the last "=" gives, or the last number). With
     ``star.require_supported`` the loop keeps only rationales that pass, so a hint copied
     into the answer line after a wrong rationale is never trained on.
+
+    The base rule, for tasks that cannot check more (cqa): a rationale must say something.
+    An empty one (the model answered at once) reaches nothing; kept, it teaches M_n to
+    answer without reasoning, and on CQA a third of SmolLM2's right answers were such
+    (docs/cqa.md).
     """
-    return True
+    return any(ch.isalnum() for ch in rationale)
 
   def step_correct(self, rationale: str, ex: Example) -> list[bool] | None:
     """Per step of `rationale` (a generation or a kept rationale): is it the true step?

@@ -39,6 +39,22 @@ def test_keep_drops_hint_copies_and_duplicates_and_counts_them():
       "generation": pytest.approx(1 / 3), "rationalization": None}
 
 
+def test_keep_drops_a_right_answer_given_without_a_rationale():
+  """SmolLM2 on CQA: a third of its right answers were "Therefore, the answer is X." alone;
+  trained on, they teach M_n to answer without reasoning. A worded rationale is kept."""
+  task = tasks.get_task("cqa")
+  ex = task.examples([{"id": "q", "question": "Where do letters go?", "answer_key": "A",
+                       "choice_labels": list("ABCDE"), "concept": "letter", "index": 0,
+                       "choice_texts": ["mailbox", "oven", "sky", "sea", "car"]}])[0]
+  gens = [_gen(task, ex, [" Therefore, the answer is mailbox.\n\n",
+                          " Letters go in a mailbox. Therefore, the answer is mailbox.\n\n"])]
+  out = keep.keep(task, gens, "generation", limit=4, require_supported=True)
+  assert [r["rationale"] for r in out.records] == ["Letters go in a mailbox."]
+  assert out.unsupported == 1
+  only_direct = [_gen(task, ex, [" Therefore, the answer is mailbox.\n\n"])]
+  assert keep.keep(task, only_direct, "generation", 1, require_supported=True).failed == [ex]
+
+
 def test_rl_star_estimates_from_right_prefixes():
   task = tasks.get_task("arithmetic")
   ex = task.make_example(457, 68, "a")  # 5 true steps

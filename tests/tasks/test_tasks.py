@@ -419,4 +419,7 @@ def test_rationale_supports_only_a_scratchpad_that_reaches_the_answer():
   assert not task.rationale_supports("", ex)  # a direct answer has no rationale to check
   cqa = tasks.get_task("cqa")
   assert cqa.rationale_supports("anything", None) and cqa.step_correct("x", None) is None
+  # ... but a direct answer (no words before the answer phrase) is no rationale, for any task
+  direct = cqa.split_rationale(" Therefore, the answer is mailbox.\n\n")
+  assert not cqa.rationale_supports(direct, None) and not cqa.rationale_supports(" .\n", None)
   assert cqa.step_choices is None and task.step_choices == 10
