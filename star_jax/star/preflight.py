@@ -6,8 +6,11 @@ chance. The pre-flight samples, for m train questions, one greedy rationale and 
 temperature, without the hint and (for questions none of those solved) with it, and
 reports what the first iteration would see: pass@1, pass@k, the rationalization success
 rate, the share of questions with at least one keepable rationale (right answer, and a
-rationale that reaches it), per difficulty where the task has one; for multiple-choice
-tasks, chance and the choices' log-likelihood accuracy. Then a plain verdict.
+rationale that reaches it), per difficulty where the task has one; how often a greedy
+answer comes with a rationale at all, and how often those answers are right against the
+direct ones (only the former can be kept); for multiple-choice tasks, chance and the
+choices' log-likelihood accuracy. Then a plain verdict, which for multiple-choice tasks
+asks whether the answers that come with a rationale beat chance.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from star_jax.sampling import Sampler, SamplingParams
 from star_jax.star import keep as keep_lib, phases, rollout
 from star_jax.star.experiment import build
 from star_jax.star.report import bucket_key
+from star_jax.tasks import has_words
 
 
 def base_model(config: ml_collections.ConfigDict, workdir: epath.PathLike, exp, sampler):
@@ -113,8 +117,23 @@ def run(config: ml_collections.ConfigDict, workdir: str, questions: int = 64, sa
     report["predicted_label_shares"] = {str(k): v / len(greedy) for k, v in labels.items()}
     report["loglik_accuracy"] = rollout.choice_loglik_accuracy(task, exp.tokenizer, sampler,
                                                                params, chosen)
+  report.update(reasoned_split(task, greedy))
   report["verdict"] = verdict(report, samples)
   return report
+
+
+def reasoned_split(task, greedy: list[rollout.Generation]) -> dict:
+  """Greedy answers with a worded rationale against direct ones (nothing before the answer
+  phrase): their share and accuracy. Only the former can be kept, so it is their accuracy
+  that has to beat chance for STaR to learn reasoning rather than lucky guesses."""
+  reasoned = [has_words(task.split_rationale(g.texts[0])) for g in greedy]
+  right = [bool(g.correct[0]) for g in greedy]
+
+  def accuracy(flag):
+    picked = [r for r, w in zip(right, reasoned) if w == flag]
+    return sum(picked) / len(picked) if picked else None
+  return {"reasoned": sum(reasoned), "reasoned_share": sum(reasoned) / max(len(greedy), 1),
+          "reasoned_accuracy": accuracy(True), "direct_accuracy": accuracy(False)}
 
 
 def verdict(report: dict, samples: int) -> str:
@@ -131,6 +150,13 @@ def verdict(report: dict, samples: int) -> str:
       return (f"STaR is not expected to take off: pass@1 {p1:.1%} is not above chance "
               f"({chance:.0%}; z = {z:.1f} on {m} questions), so kept rationales would mostly "
               f"be lucky guesses (the paper's section 6: GPT-2 could not bootstrap)")
+    n, acc = report.get("reasoned", m), report.get("reasoned_accuracy", p1)
+    z = (acc - chance) / math.sqrt(chance * (1 - chance) / n) if n else 0.0
+    if z < 2:
+      return (f"STaR is not expected to take off: answers that come with a rationale are "
+              f"right {acc or 0:.1%} of the time, not above chance ({chance:.0%}; z = {z:.1f} "
+              f"on {n}), so the kept rationales would mostly be lucky guesses; pass@1 "
+              f"{p1:.1%} is carried by answers given without one")
   tail = (f"; but no keepable rationale at {', '.join(closed)}: those buckets cannot open"
           if closed else "")
   return (f"STaR can start: {report['keepable']:.0%} of the questions give a keepable "
@@ -162,6 +188,12 @@ def format_report(report: dict) -> str:
     lines.append(f"chance {100 * report['chance_accuracy']:.0f}%; choices by log-likelihood: "
                  f"{100 * ll['acc']:.1f}% (per character {100 * ll['acc_norm']:.1f}%); greedy "
                  f"answers by label: {shares}")
+  if report.get("reasoned_share") is not None:
+    def acc(key):
+      return "-" if report[key] is None else f"{100 * report[key]:.1f}%"
+    lines.append(f"greedy answers with a rationale: {100 * report['reasoned_share']:.0f}% "
+                 f"(right: {acc('reasoned_accuracy')}); without one: "
+                 f"{100 * (1 - report['reasoned_share']):.0f}% (right: {acc('direct_accuracy')})")
   bad = report.get("unsupported", {})
   if any(bad.values()):
     fate = "dropped" if report.get("require_supported", True) else "kept: require_supported off"

@@ -58,6 +58,12 @@ class Example:
   meta: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+def has_words(rationale: str) -> bool:
+  """Does ``rationale`` say anything? False for a direct answer (nothing before the answer
+  phrase, or punctuation alone)."""
+  return any(ch.isalnum() for ch in rationale)
+
+
 class Task:
   """Base class; subclasses override the methods that raise NotImplementedError."""
 
@@ -120,7 +126,7 @@ class Task:
     answer without reasoning, and on CQA a third of SmolLM2's right answers were such
     (docs/cqa.md).
     """
-    return any(ch.isalnum() for ch in rationale)
+    return has_words(rationale)
 
   def step_correct(self, rationale: str, ex: Example) -> list[bool] | None:
     """Per step of `rationale` (a generation or a kept rationale): is it the true step?

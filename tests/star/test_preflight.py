@@ -5,7 +5,9 @@ import subprocess
 import sys
 
 from helpers.runs import ROOT, load_config
+from star_jax import tasks
 from star_jax.star import preflight
+from star_jax.star.rollout import Generation
 
 
 def test_preflight_of_the_smoke_model_finds_the_lengths_it_cannot_open(tmp_path):
@@ -18,6 +20,22 @@ def test_preflight_of_the_smoke_model_finds_the_lengths_it_cannot_open(tmp_path)
   assert report["verdict"].startswith("STaR can start")
   assert "no keepable rationale at 2, 3" in report["verdict"]
   assert "pass@3" in preflight.format_report(report)
+  # The smoke model writes its scratchpad on every answer
+  assert report["reasoned_share"] == 1.0 and report["direct_accuracy"] is None
+  assert "without one: 0% (right: -)" in preflight.format_report(report)
+
+
+def test_reasoned_split_counts_direct_answers_apart():
+  task = tasks.get_task("cqa")
+  ex = task.examples([{"id": "q", "question": "Where do letters go?", "answer_key": "A",
+                       "choice_labels": list("ABCDE"), "concept": "letter", "index": 0,
+                       "choice_texts": ["mailbox", "oven", "sky", "sea", "car"]}])[0]
+  texts = [" The answer is mailbox.", " Ovens bake. Therefore, the answer is oven.",
+           " Letters are posted. Therefore, the answer is mailbox.", " The answer is sky."]
+  gens = [Generation(ex, [t], [task.extract_answer(t)],
+                     [task.is_correct(task.extract_answer(t), ex)]) for t in texts]
+  assert preflight.reasoned_split(task, gens) == {
+      "reasoned": 2, "reasoned_share": 0.5, "reasoned_accuracy": 0.5, "direct_accuracy": 0.5}
 
 
 def _report(**kw):
@@ -31,6 +49,11 @@ def test_verdicts():
   assert "not above chance (20%" in preflight.verdict(_report(), 4)
   assert preflight.verdict(_report(pass_at_1=0.35), 4).startswith("STaR can start")
   assert preflight.verdict(_report(keepable=0.0), 4).startswith("STaR cannot start")
+  # pass@1 above chance, carried by direct answers: the reasoned ones are at chance
+  carried = _report(pass_at_1=0.35, reasoned=120, reasoned_accuracy=0.21)
+  assert preflight.verdict(carried, 4).startswith("STaR is not expected to take off: answers "
+                                                  "that come with a rationale are right 21.0%")
+  assert preflight.verdict({**carried, "reasoned_accuracy": 0.4}, 4).startswith("STaR can")
   open_task = _report(chance_accuracy=0.0, pass_at_1=0.02, keepable=0.05)
   assert preflight.verdict(open_task, 4).startswith("STaR can start: 5%")
 
