@@ -136,6 +136,11 @@ def reasoned_split(task, greedy: list[rollout.Generation]) -> dict:
           "reasoned_accuracy": accuracy(True), "direct_accuracy": accuracy(False)}
 
 
+def _z(accuracy: float | None, chance: float, n: int) -> float:
+  """How many standard errors ``accuracy`` on ``n`` answers lies above ``chance``."""
+  return ((accuracy or 0.0) - chance) / math.sqrt(chance * (1 - chance) / n) if n else 0.0
+
+
 def verdict(report: dict, samples: int) -> str:
   """One plain sentence: can STaR start from this model?"""
   m, chance, p1 = report["questions"], report["chance_accuracy"], report["pass_at_1"]
@@ -145,13 +150,13 @@ def verdict(report: dict, samples: int) -> str:
   by = next((v for k, v in report.items() if k.startswith("by_")), {})
   closed = [b for b, r in by.items() if r["keepable"] == 0]
   if chance > 0:
-    z = (p1 - chance) / math.sqrt(chance * (1 - chance) / max(m, 1))
+    z = _z(p1, chance, max(m, 1))
     if z < 2:
       return (f"STaR is not expected to take off: pass@1 {p1:.1%} is not above chance "
               f"({chance:.0%}; z = {z:.1f} on {m} questions), so kept rationales would mostly "
               f"be lucky guesses (the paper's section 6: GPT-2 could not bootstrap)")
     n, acc = report.get("reasoned", m), report.get("reasoned_accuracy", p1)
-    z = (acc - chance) / math.sqrt(chance * (1 - chance) / n) if n else 0.0
+    z = _z(acc, chance, n)
     if z < 2:
       return (f"STaR is not expected to take off: answers that come with a rationale are "
               f"right {acc or 0:.1%} of the time, not above chance ({chance:.0%}; z = {z:.1f} "

@@ -33,6 +33,15 @@ def write_cqa(d, n_train=30, n_dev=13):
         }) + "\n")
 
 
+def letters_example():
+  """One CQA question, "Where do letters go?", gold A (mailbox), as the cqa task reads it."""
+  from star_jax import tasks
+  return tasks.get_task("cqa").examples([{
+      "id": "q", "question": "Where do letters go?", "answer_key": "A",
+      "choice_labels": list("ABCDE"), "concept": "letter", "index": 0,
+      "choice_texts": ["mailbox", "oven", "sky", "sea", "car"]}])[0]
+
+
 def write_gsm8k(d, n_train=30, n_test=13):
   os.makedirs(d, exist_ok=True)
   for name, n in (("train.jsonl", n_train), ("test.jsonl", n_test)):

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from helpers.runs import ROOT
+from helpers.runs import ROOT, letters_example
 from star_jax import tasks
 from star_jax.star import diagnostics, keep
 from star_jax.star.rollout import Generation
@@ -43,9 +43,7 @@ def test_keep_drops_a_right_answer_given_without_a_rationale():
   """SmolLM2 on CQA: a third of its right answers were "Therefore, the answer is X." alone;
   trained on, they teach M_n to answer without reasoning. A worded rationale is kept."""
   task = tasks.get_task("cqa")
-  ex = task.examples([{"id": "q", "question": "Where do letters go?", "answer_key": "A",
-                       "choice_labels": list("ABCDE"), "concept": "letter", "index": 0,
-                       "choice_texts": ["mailbox", "oven", "sky", "sea", "car"]}])[0]
+  ex = letters_example()
   gens = [_gen(task, ex, [" Therefore, the answer is mailbox.\n\n",
                           " Letters go in a mailbox. Therefore, the answer is mailbox.\n\n"])]
   out = keep.keep(task, gens, "generation", limit=4, require_supported=True)

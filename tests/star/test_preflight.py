@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from helpers.runs import ROOT, load_config
+from helpers.runs import ROOT, letters_example, load_config
 from star_jax import tasks
 from star_jax.star import preflight
 from star_jax.star.rollout import Generation
@@ -27,9 +27,7 @@ def test_preflight_of_the_smoke_model_finds_the_lengths_it_cannot_open(tmp_path)
 
 def test_reasoned_split_counts_direct_answers_apart():
   task = tasks.get_task("cqa")
-  ex = task.examples([{"id": "q", "question": "Where do letters go?", "answer_key": "A",
-                       "choice_labels": list("ABCDE"), "concept": "letter", "index": 0,
-                       "choice_texts": ["mailbox", "oven", "sky", "sea", "car"]}])[0]
+  ex = letters_example()
   texts = [" The answer is mailbox.", " Ovens bake. Therefore, the answer is oven.",
            " Letters are posted. Therefore, the answer is mailbox.", " The answer is sky."]
   gens = [Generation(ex, [t], [task.extract_answer(t)],
