@@ -9,12 +9,11 @@ starts weak there (about 10%). STaR then samples 1-5 digit problems from answers
 The recipe, the measured results, the controls and what failed: docs/arithmetic.md.
 """
 
-from star_jax.star.defaults import base_config, model_overrides
+from star_jax.config import base_config, model_overrides, task_options
 
 
 def get_config(variant: str = ""):
-  c = base_config()
-  c.task = "arithmetic"
+  c = base_config("arithmetic")
   c.tokenizer.kind = "char"  # one token per digit, space and symbol...
   # ...plus pieces: " 7" is one token (still one per digit), format words are one each.
   # Sequences are 2.2x shorter than one token per character: sampling and training 2x faster.
@@ -24,8 +23,8 @@ def get_config(variant: str = ""):
   # (line, column) rotary positions, columns counted from the end of the line above and
   # spaced by random gaps in training: every scratchpad step copies the line above at a
   # fixed offset whatever the number of digits, and no rule can count its way to a length.
-  c.task_options = {"positions": "line_column", "right_aligned_columns": True,
-                    "position_jitter": 2}
+  c.task_options = task_options("arithmetic", positions="line_column",
+                                 right_aligned_columns=True, position_jitter=2)
   c.model.overrides = model_overrides(d_model=128, num_layers=4, num_heads=4, num_kv_heads=4,
                                       head_dim=32, ffn_dim=512, max_seq_len=256, rope_base=100.0)
   c.data.max_train = 20000  # the pool STaR samples its questions from (1-5 digits)
@@ -47,7 +46,7 @@ def get_config(variant: str = ""):
   # but above zero. Some are shown with the hint so the model can read one later. (The
   # seed comes from the data seed's train partition: no held-out problem is in it.)
   c.pretrain.steps = 900
-  c.pretrain.data = {"digit_counts": (90, 1000, 1000, 120, 120)}
+  c.pretrain.task_options = {"digit_counts": (90, 1000, 1000, 120, 120)}
   c.pretrain.hint_fraction = 0.3
   c.train.seq_len = 128
   c.train.batch_size = 32
@@ -58,13 +57,14 @@ def get_config(variant: str = ""):
     c.model.overrides = model_overrides(d_model=64, num_layers=2, num_heads=4, num_kv_heads=2,
                                         head_dim=16, ffn_dim=128, max_seq_len=256, rope_base=100.0)
     c.data.max_train, c.data.max_eval = 48, 40
-    c.data.max_digits = c.data.eval_max_digits = 3
+    c.task_options.max_digits = c.task_options.eval_max_digits = 3
     c.star.iterations = 2
     c.star.questions_per_iteration = 0
     c.star.max_new_tokens = 64
     c.star.base_steps, c.star.steps_increment = 6, 2
     c.pretrain.steps = 200
-    c.pretrain.data = {"max_train": 400, "min_digits": 1, "max_digits": 1, "seed": 1}
+    c.pretrain.data = {"max_train": 400, "seed": 1}
+    c.pretrain.task_options = {"min_digits": 1, "max_digits": 1}
     c.train.seq_len = 128
     c.train.batch_size = 8
     c.train.learning_rate = 3e-3
@@ -78,14 +78,14 @@ def get_config(variant: str = ""):
     c.model.overrides = model_overrides(d_model=64, num_layers=2, num_heads=4, num_kv_heads=2,
                                         head_dim=16, ffn_dim=128, max_seq_len=256, rope_base=100.0)
     c.data.max_train, c.data.max_eval = 1000, 200
-    c.data.min_digits = c.data.max_digits = 2
-    c.data.eval_min_digits = c.data.eval_max_digits = 2
+    c.task_options.min_digits = c.task_options.max_digits = 2
+    c.task_options.eval_min_digits = c.task_options.eval_max_digits = 2
     c.star.iterations = 3
     c.star.questions_per_iteration = 0
     c.star.max_new_tokens = 64
     c.star.base_steps, c.star.steps_increment = 60, 0
     c.pretrain.steps = 300
-    c.pretrain.data = {"digit_counts": (90, 250)}
+    c.pretrain.task_options = {"digit_counts": (90, 250)}
     c.train.seq_len = 128
     c.train.batch_size = 16
     c.train.learning_rate = 3e-3

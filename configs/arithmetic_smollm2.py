@@ -10,15 +10,14 @@ then samples 1-5 digit problems from answers alone; fine-tuned models read the b
 Measured numbers and what was tried: docs/arithmetic.md, section "SmolLM2-135M, few-shot".
 """
 
-from star_jax.star.defaults import base_config, model_overrides
+from star_jax.config import base_config, model_overrides
 
 
 def get_config(variant: str = ""):
-  c = base_config()
-  c.task = "arithmetic"
+  c = base_config("arithmetic")
   # Three exemplars of the query's length: a 5-digit hinted prompt is ~640 SmolLM2 tokens
   # (every digit and every space is its own token), so more shots cost prefill time.
-  c.task_options = {"shots": 3}
+  c.task_options.shots = 3
   c.model.checkpoint = "smollm2-135m-instruct"
   c.model.overrides = model_overrides(max_seq_len=2048)
   c.data.max_train = 5000  # the pool STaR samples its questions from
@@ -48,12 +47,12 @@ def get_config(variant: str = ""):
     c.model.preset = "tiny"
     c.model.overrides = model_overrides(d_model=64, num_layers=2, num_heads=4, num_kv_heads=2,
                                         head_dim=16, ffn_dim=128, max_seq_len=256)
-    c.task_options = {"shots": 1}
+    c.task_options.shots = 1
     c.tokenizer.kind = "char"
     c.tokenizer.pieces = [" " + d for d in "0123456789"] + [
         "Input:\n", "Target:\n", "Hint:", "<scratch>\n", "</scratch>\n", " + ", " , ", " C: "]
     c.data.max_train, c.data.max_eval = 32, 20
-    c.data.max_digits = c.data.eval_max_digits = 2
+    c.task_options.max_digits = c.task_options.eval_max_digits = 2
     c.star.iterations = 2
     c.star.questions_per_iteration = 0
     c.star.max_new_tokens = 48

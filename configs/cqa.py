@@ -7,7 +7,7 @@ or hold out part of the train file as the eval set (the dev split then is not re
       --config.data.train_file=PATH/train_rand_split.jsonl --config.data.holdout=1000
 """
 
-from star_jax.star.defaults import text_task_config
+from star_jax.config import text_task_config
 
 
 def get_config(variant: str = ""):

@@ -7,7 +7,7 @@ or hold out part of the train file as the eval set (test.jsonl then is not read)
       --config.data.train_file=PATH/train.jsonl --config.data.holdout=500
 """
 
-from star_jax.star.defaults import text_task_config
+from star_jax.config import text_task_config
 
 
 def get_config(variant: str = ""):

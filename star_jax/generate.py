@@ -12,7 +12,9 @@ from __future__ import annotations
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from star_jax.runtime import cli
 
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "Checkpoint directory, .gguf file or known name (smollm2-135m-instruct).",
@@ -35,7 +37,7 @@ def generate(checkpoint: str, prompt: str, max_new_tokens: int, temperature: flo
   from star_jax.engine import sharding
   from star_jax.hub import load_pretrained
   from star_jax.sampling import sampler as S
-  from star_jax.tokenizer import hf as hf_tokenizer
+  from star_jax.tokenizer import hf_tokenizer
 
   # One prompt: split the weights over every device (tensor axis), not the batch.
   mesh = sharding.make_mesh((1, 1, -1))
@@ -62,7 +64,7 @@ def generate(checkpoint: str, prompt: str, max_new_tokens: int, temperature: flo
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise cli.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.INFO)
   text = generate(_CHECKPOINT.value, _PROMPT.value, _MAX_NEW.value, _TEMPERATURE.value,
@@ -72,4 +74,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

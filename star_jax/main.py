@@ -2,11 +2,11 @@
 
 import logging as std_logging
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from star_jax import star
-from star_jax.runtime import distributed
+from star_jax.runtime import cli, distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file[:variant].",
                                           lock_config=True)
@@ -22,7 +22,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise cli.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
   # Libraries log through absl too; keep their INFO chatter (orbax: ~20 lines per save) out.
   quiet = ("/orbax/", "/jax/", "/tensorflow_datasets/", "/etils/")
@@ -33,4 +33,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -8,6 +8,14 @@ Compiles the train step and the sampler (prefill, decode loop) for abstract arra
 CPU devices and prints each program's per-device memory (arguments, outputs, temporaries,
 total) against the budget, what dominates, and a verdict; the last stdout line is the report
 as JSON. Exits 1 when something does not fit, 2 on a config error.
+
+Will this config's run fit in memory on N devices of G GiB each? Asked without the hardware.
+
+The run's train step and its sampler (prefill and decode loop) are compiled for abstract
+arrays on the mesh the config asks for (the devices are this host's, the command line makes
+N fake CPU ones), and each compiled program's per-device figures are set against the budget
+with what its parts take: parameters, optimizer state, gradients and the KV cache from their
+shapes and shardings, activations derived from XLA's temporaries (see ``engine.memory``).
 """
 
 import os
@@ -26,42 +34,174 @@ def _fake_devices(argv) -> None:
 if __name__ == "__main__":
   _fake_devices(sys.argv)
 
+import dataclasses  # noqa: E402
 import json  # noqa: E402
+import logging as std_logging  # noqa: E402
+import math  # noqa: E402
+from typing import Any  # noqa: E402
 
-from absl import app, flags, logging  # noqa: E402
+import jax  # noqa: E402
+from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file[:variant].",
-                                          lock_config=True)
-_DEVICES = flags.DEFINE_integer("devices", 8, "Devices to plan for (made as fake CPU devices).")
-_MEMORY = flags.DEFINE_float("device_memory_gib", None, "Memory of one device, GiB.")
-_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 0, "Prompt tokens per sampled row (0: the "
-                                   "task's few-shot prompt, estimated at 3 characters a token).")
-_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 0, "New tokens per row (0: star.max_new_tokens, "
-                                   "else the task's default).")
-flags.mark_flags_as_required(["config", "device_memory_gib"])
+from star_jax import config as config_lib  # noqa: E402
+from star_jax.config import Config  # noqa: E402
+from star_jax.engine import model_config, sharding  # noqa: E402
+from star_jax.engine.memory import GIB, abstract_params, plan_train_step  # noqa: E402
+from star_jax.experiment.build import make_task  # noqa: E402
+from star_jax.hub.checkpointer import is_star_jax_checkpoint  # noqa: E402
+from star_jax.runtime import cli  # noqa: E402
+from star_jax.runtime.errors import ConfigError  # noqa: E402
+from star_jax.sampling import Sampler  # noqa: E402
+from star_jax.sampling.sampling_params import SamplingParams  # noqa: E402
+from star_jax.sampling.sampler_memory import plan_sampler  # noqa: E402
+from star_jax.star.finetune import micro_batching, optim_config  # noqa: E402
+
+# Prompt length estimate without a tokenizer: English BPE averages about 4 characters a token;
+# 3 leaves room for tokenizers that split finer, so the plan errs on the large side.
+CHARS_PER_TOKEN = 3
+
+
+def model_config_of(config: Config) -> tuple[str, model_config.ModelConfig]:
+  """(name, ModelConfig) the run would build: a pre-trained checkpoint's own metadata, else the
+  preset with its overrides and the vocabulary a SentencePiece tokenizer of
+  ``tokenizer.vocab_size`` ids would ask for (as ``experiment.build_model_config`` does);
+  with ``model.lora_rank``, its adapters."""
+  ckpt = config.model.checkpoint
+  if ckpt and not is_star_jax_checkpoint(ckpt):
+    from star_jax.hub import model_config_of as from_checkpoint  # tokenizers/gguf: when needed
+    name, cfg = ckpt, from_checkpoint(ckpt, dtype=config.model.dtype or None)
+    # As a run loads it (star/experiment.py): the overrides may say how it runs, no more.
+    cfg = cfg.replace(**model_config.execution_of(config.model.overrides))
+  else:
+    name = config.model.preset
+    cfg = model_config.get_preset(config.model.preset, **config.model.overrides)
+    if not config.tokenizer.path and config.tokenizer.kind == "sentencepiece":
+      cfg = cfg.replace(vocab_size=max(cfg.vocab_size,
+                                       -(-config.tokenizer.vocab_size // 128) * 128))
+  if config.model.lora_rank:
+    cfg = cfg.replace(lora_rank=config.model.lora_rank, lora_alpha=config.model.lora_alpha,
+                      lora_targets=model_config.lora_targets(config.model.lora_targets))
+  return name, cfg
+
+
+def estimated_prompt_len(config: Config, task) -> int:
+  """Tokens of the task's longest prompt (hinted when rationalizing), from its characters."""
+  exemplars = task.exemplars()
+  if not exemplars:
+    raise ConfigError(f"task {config.task!r} has no exemplar to estimate a prompt from: pass "
+                     "--prompt_len")
+  hint = bool(config.star.rationalize)
+  text = task.prompt(exemplars[-1], hint=hint, few_shot=bool(config.star.few_shot))
+  return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+def plan(config: Any, device_memory_gib: float, prompt_len: int = 0,
+         new_tokens: int = 0) -> dict[str, Any]:
+  """The report: model, mesh, shapes, every program's figures and parts, and the verdict;
+  ``config`` a ConfigDict or a ``config.Config``."""
+  config = config_lib.load(config)
+  name, cfg = model_config_of(config)
+  devices = jax.devices()
+  try:
+    mesh = sharding.make_mesh(dataclasses.asdict(config.mesh), devices=devices)
+  except ValueError as e:
+    raise ConfigError(f"config.mesh {dataclasses.asdict(config.mesh)} does not fit "
+                      f"{len(devices)} devices: {e}") from None
+  tc, budget = config.train, int(device_memory_gib * GIB)
+  # The micro-batches a run lays a step's rows out in on this mesh (star/finetune.py).
+  rows, micro = micro_batching(tc.batch_size, tc.grad_accum, sharding.batch_divisor(mesh))
+  shape = (micro, rows, tc.seq_len)
+  task = make_task(config)
+  prompt_len = prompt_len or estimated_prompt_len(config, task)
+  new_tokens = new_tokens or task.max_new_tokens
+  graphdef, params = abstract_params(cfg, mesh)
+  std_logging.info("planning %s (%.2fB params) on mesh %s", name, cfg.num_params() / 1e9,
+               sharding.describe(mesh))
+  programs = [plan_train_step(graphdef, params, mesh, optim_config(tc, 1), shape,
+                              master_dtype=tc.master_dtype)]
+  sampler = Sampler(cfg, graphdef, mesh, batch_size=config.sample.batch_size,
+                    layout=config.sample.layout)
+  sp = SamplingParams(config.star.temperature, config.star.top_k, config.star.top_p)
+  programs += plan_sampler(sampler, params, prompt_len, new_tokens,
+                           config.star.samples_per_question, sp)
+  return {"model": name, "num_params": cfg.num_params(), "param_dtype": cfg.param_dtype,
+          "devices": len(devices), "mesh": dict(mesh.shape), "device_memory_gib": device_memory_gib,
+          "train_shape": list(shape), "prompt_len": prompt_len, "new_tokens": new_tokens,
+          "programs": [p.as_dict(budget) for p in programs],
+          "fits": all(p.overshoot(budget) <= 0 for p in programs)}
+
+
+def format_report(r: dict[str, Any]) -> str:
+  mesh = ", ".join(f"{k}={v}" for k, v in r["mesh"].items())
+  lines = [f"{r['model']}: {r['num_params'] / 1e9:.2f}B parameters ({r['param_dtype']}) on "
+           f"{r['devices']} devices ({mesh}) of {r['device_memory_gib']:g} GiB each",
+           f"per device, GiB: {'arguments':>9} {'outputs':>8} {'temps':>8} {'total':>8}  compile"]
+  for p in r["programs"]:
+    lines.append(f"  {p['what']}")
+    lines.append(f"  {'':14}{p['arguments']:9.2f} {p['outputs']:8.2f} {p['temporaries']:8.2f} "
+                 f"{p['total']:8.2f}  {p['compile_s']:.1f} s")
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in p["parts"].items())
+    lines.append(f"  {'':14}parts: {parts} ({p['derived']})")
+    if any(p["collectives"].values()):
+      lines.append(f"  {'':14}collectives: " + ", ".join(
+          f"{v:.2f} {k}" for k, v in p["collectives"].items()) + " (GiB received per device)")
+    if p["fits"]:
+      lines.append(f"  {'':14}fits: {r['device_memory_gib'] - p['total']:.2f} GiB to spare")
+    else:
+      lines.append(f"  {'':14}DOES NOT FIT by {p['overshoot']:.2f} GiB; {p['dominant']} "
+                   f"dominate ({p['parts'][p['dominant']]:.2f} GiB)")
+  short = [p for p in r["programs"] if not p["fits"]]
+  if short:
+    lines.append("verdict: does not fit: " + "; ".join(
+        f"{p['what'].split(' (')[0]} by {p['overshoot']:.2f} GiB ({p['dominant']})"
+        for p in short))
+  else:
+    lines.append("verdict: fits")
+  return "\n".join(lines)
+
+
+
+def define_flags() -> dict:
+  """The command's flags (defined only when it runs: the module is a library too)."""
+  out = {
+      "config": config_flags.DEFINE_config_file("config", None, "A configs/*.py file[:variant].",
+                                                lock_config=True),
+      "devices": flags.DEFINE_integer("devices", 8, "Devices to plan for (made as fake CPU "
+                                      "devices)."),
+      "memory": flags.DEFINE_float("device_memory_gib", None, "Memory of one device, GiB."),
+      "prompt_len": flags.DEFINE_integer("prompt_len", 0, "Prompt tokens per sampled row (0: "
+                                         "the task's few-shot prompt, estimated at 3 characters "
+                                         "a token)."),
+      "new_tokens": flags.DEFINE_integer("new_tokens", 0, "New tokens per row (0: "
+                                         "star.max_new_tokens, else the task's default)."),
+  }
+  flags.mark_flags_as_required(["config", "device_memory_gib"])
+  return out
+
+
+FLAGS: dict = {}
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise cli.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
-  import jax  # after the device flag is set
-
-  from star_jax.star import plan
-  if jax.device_count() != _DEVICES.value:
-    sys.exit(f"plan: jax has {jax.device_count()} devices, not --devices={_DEVICES.value} "
+  if jax.device_count() != FLAGS["devices"].value:
+    sys.exit(f"plan: jax has {jax.device_count()} devices, not --devices={FLAGS['devices'].value} "
              "(was jax started before the flag was set?)")
   try:
-    report = plan.plan(_CONFIG.value, _MEMORY.value, _PROMPT_LEN.value, _NEW_TOKENS.value)
+    report = plan(FLAGS["config"].value, FLAGS["memory"].value, FLAGS["prompt_len"].value,
+                  FLAGS["new_tokens"].value)
   except ValueError as e:
     print(f"plan: {e}", file=sys.stderr)
     sys.exit(2)
-  print(plan.format_report(report))
+  print(format_report(report))
   print(json.dumps(report))
   sys.stdout.flush()
   sys.exit(0 if report["fits"] else 1)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  FLAGS.update(define_flags())
+  cli.run(main)

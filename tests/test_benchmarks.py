@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from star_jax.benchmarks import (cold_start, common, decode, records, star_iteration, star_sampling,
+from benchmarks import (cold_start, common, decode, records, star_iteration, star_sampling,
                                  to_markdown, train)
 
 torch = pytest.importorskip("torch")
@@ -40,7 +40,7 @@ def _check_common(rec, keys, metric):
   assert rec["metric"] == metric
   assert rec["star_jax"] > 0 and rec["transformers"] > 0
   assert rec["ratio"] == pytest.approx(rec["star_jax"] / rec["transformers"], rel=1e-12)
-  assert rec["command"].startswith("python -m star_jax.benchmarks.")
+  assert rec["command"].startswith("python -m benchmarks.")
   json.dumps(rec)  # plain JSON
 
 
@@ -118,7 +118,7 @@ def test_star_iteration_parses_metrics(tmp_path):
 
   machine = common.machine_info()
   recs = star_iteration.records_for_run("configs/arithmetic.py:smoke", METRICS, 7.0, 30.0,
-                                        machine, "python -m star_jax.benchmarks.star_iteration")
+                                        machine, "python -m benchmarks.star_iteration")
   for rec, row in zip(recs, rows):
     assert set(records.RECORD_KEYS) <= set(rec)
     assert rec["benchmark"] == "star_iteration"
@@ -138,10 +138,10 @@ def test_to_markdown_renders_every_benchmark(tmp_path):
   machine = common.machine_info()
   recs = [
       records.record("decode", "batch=1", "new_tokens_per_s", 10.0, 5.0, "transformers", machine,
-                    "python -m star_jax.benchmarks.decode", token_agreement=1.0,
+                    "python -m benchmarks.decode", token_agreement=1.0,
                     roofline={"tokens_per_s": 40.0, "star_jax_fraction": 0.25}),
       records.record("train", "batch=4 seq_len=256", "train_tokens_per_s", 100.0, 50.0,
-                    "transformers", machine, "python -m star_jax.benchmarks.train",
+                    "transformers", machine, "python -m benchmarks.train",
                     matmul_peak_flops={"best": 2e11, "best_source": "jax"},
                     star_jax_detail={"flops_per_s": 1e11, "fraction_of_peak": 0.5}),
   ]

@@ -1,6 +1,9 @@
 """The package's layout rules, read from the source: rooms import only rooms below them.
 
-  runtime  <  engine, tokenizer, data  <  sampling, tasks  <  hub  <  star  <  CLIs, benchmarks
+  runtime  <  engine, tokenizer, data  <  sampling, tasks  <  hub  <  config  <  experiment
+           <  star  <  the command-line tools (main, preflight, plan, generate)
+
+Benchmarks live outside the package (top-level ``benchmarks/``) and nothing in it imports them.
 
 No import cycles; the engine and sampling know no task, loop, checkpoint format or tokenizer;
 no module imports another's private names; no module over 400 lines; main.py stays thin; the
@@ -8,6 +11,7 @@ generic loop names no task and never probes a task with hasattr.
 """
 
 import ast
+import collections
 import os
 
 import pytest
@@ -23,11 +27,12 @@ ALLOWED = {
     "sampling": {"engine"},
     "tasks": {"data"},
     "hub": {"engine", "tokenizer"},
-    "star": {"engine", "sampling", "tokenizer", "data", "tasks", "hub"},
-    "benchmarks": {"engine", "sampling", "tokenizer", "data", "tasks", "hub", "star"},
+    "config": {"engine", "data", "tasks"},
+    "experiment": {"engine", "sampling", "tokenizer", "data", "tasks", "hub", "config"},
+    "star": {"engine", "sampling", "tokenizer", "data", "tasks", "hub", "config", "experiment"},
     "main": {"star"},
-    "preflight": {"star"},
-    "plan": {"star"},
+    "preflight": {"config", "experiment", "sampling", "star", "tasks"},
+    "plan": {"config", "engine", "experiment", "hub", "sampling", "star"},
     "generate": {"engine", "sampling", "tokenizer", "hub"},
 }
 TASK_NAMES = ("arithmetic", "cqa", "gsm8k", "digits", "scratchpad")
@@ -108,6 +113,22 @@ def test_no_private_names_cross_modules():
   assert not bad
 
 
+def test_benchmarks_live_outside_the_package():
+  root = os.path.dirname(SRC)
+  assert not os.path.exists(os.path.join(SRC, "benchmarks"))
+  assert os.path.isfile(os.path.join(root, "benchmarks", "star_iteration.py"))
+  bad = [m for m in MODULES for t, _ in _imports(m) if t.startswith("benchmarks")]
+  assert not bad
+
+
+def test_no_two_modules_share_a_name():
+  """A reader looking for ``plan`` or ``preflight`` finds one module, not two (``base``, a
+  room's interface, is the one name rooms share)."""
+  names = collections.Counter(m.rsplit(".", 1)[-1] for m, path in MODULES.items()
+                              if not path.endswith("__init__.py") and not m.endswith(".base"))
+  assert not [n for n, count in names.items() if count > 1]
+
+
 def test_modules_stay_small_and_main_thin():
   lines = {m: open(p).read().count("\n") for m, p in MODULES.items()}
   assert not {m: n for m, n in lines.items() if n > 400}
@@ -139,7 +160,7 @@ def test_readme_layout_table_matches_the_tree():
   table = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
   for m, path in MODULES.items():
     room, name = _room(m), os.path.basename(path)
-    if name == "__init__.py" or room == "benchmarks":
+    if name == "__init__.py":
       continue
     where = f"`{room}/`" if m.count(".") > 1 else f"`{name}`"
     assert where in table, f"README's layout table does not list {where}"

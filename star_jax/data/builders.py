@@ -20,7 +20,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from star_jax.data.sources import SOURCES, SourceSpec, cfg_get, ensure_files, read_jsonl
+from star_jax.data.data_config import DataConfig
+from star_jax.runtime.errors import ConfigError, MissingFileError
+from star_jax.data.sources import SOURCES, SourceSpec, ensure_files, read_jsonl
 
 _Text = tfds.features.Text
 
@@ -108,32 +110,32 @@ def _fingerprint(paths: dict[str, str]) -> str:
   return h.hexdigest()[:16]
 
 
-def source_paths(source: str, data_cfg: Any) -> dict[str, str]:
-  """Paths of `source`'s official files in `data_cfg.dir`, downloading them if allowed; with
+def source_paths(source: str, data: DataConfig) -> dict[str, str]:
+  """Paths of `source`'s official files in `data.dir`, downloading them if allowed; with
   `data.holdout`, only the train file (`data.train_file`, or the official one in dir)."""
   if source not in SOURCES:
     raise ValueError(f"unknown data source {source!r}; known: {sorted(SOURCES)}")
-  train_file = cfg_get(data_cfg, "train_file", "")
-  if cfg_get(data_cfg, "holdout", 0) and train_file:
+  train_file = data.train_file
+  if data.holdout and train_file:
     if not os.path.isfile(train_file):
-      raise FileNotFoundError(f"data.train_file {train_file!r} does not exist (the official "
+      raise MissingFileError(f"data.train_file {train_file!r} does not exist (the official "
                               f"{SOURCES[source].title} train file: {SOURCES[source].homepage})")
     return {"train": train_file}
   if train_file:
-    raise ValueError("data.train_file is read with data.holdout > 0 (the eval set is then "
+    raise ConfigError("data.train_file is read with data.holdout > 0 (the eval set is then "
                      "held out of it); without it, put the official files in data.dir")
-  src_dir = cfg_get(data_cfg, "dir")
+  src_dir = data.dir
   if not src_dir:
-    raise ValueError(f"data.dir must name the directory holding the {SOURCES[source].title} files")
-  return ensure_files(SOURCES[source], src_dir, download=bool(cfg_get(data_cfg, "download", True)),
-                      timeout_s=float(cfg_get(data_cfg, "download_timeout_s", 30.0)))
+    raise ConfigError(f"data.dir must name the directory holding the {SOURCES[source].title} files")
+  return ensure_files(SOURCES[source], src_dir, download=data.download,
+                      timeout_s=data.download_timeout_s)
 
 
-def make_builder(source: str, data_cfg: Any) -> _JsonlBuilder:
-  """The TFDS builder for `source` over `data_cfg.dir`'s files (not yet prepared)."""
-  paths = source_paths(source, data_cfg)
-  tfds_dir = cfg_get(data_cfg, "tfds_dir") or os.path.join(
-      cfg_get(data_cfg, "dir") or os.path.dirname(os.path.abspath(paths["train"])), "tfds")
+def make_builder(source: str, data: DataConfig) -> _JsonlBuilder:
+  """The TFDS builder for `source` over `data.dir`'s files (not yet prepared)."""
+  paths = source_paths(source, data)
+  tfds_dir = data.tfds_dir or os.path.join(
+      data.dir or os.path.dirname(os.path.abspath(paths["train"])), "tfds")
   return BUILDERS[source](src_paths=paths, data_dir=os.path.join(tfds_dir, _fingerprint(paths)),
                           file_format="array_record")
 
@@ -148,7 +150,7 @@ def _decode(value: Any) -> Any:
   return value
 
 
-def load_records(source: str, split: str, data_cfg: Any) -> list[dict]:
+def load_records(source: str, split: str, data: DataConfig) -> list[dict]:
   """All records of one split ('train' or 'eval'), in source-file order.
 
   Goes through the TFDS builder (prepared once, then read back from ArrayRecord);
@@ -161,28 +163,28 @@ def load_records(source: str, split: str, data_cfg: Any) -> list[dict]:
   spec = SOURCES[source]
   if split not in ("train", "eval"):
     raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-  holdout = int(cfg_get(data_cfg, "holdout", 0))
+  holdout = int(data.holdout)
   if holdout:
-    return _held_out(_read("train", spec, source, data_cfg), split, holdout,
-                     int(cfg_get(data_cfg, "seed", 0)))
-  return _read(spec.eval_split if split == "eval" else "train", spec, source, data_cfg)
+    return _held_out(_read("train", spec, source, data), split, holdout,
+                     data.seed)
+  return _read(spec.eval_split if split == "eval" else "train", spec, source, data)
 
 
 def _held_out(records: list[dict], split: str, holdout: int, seed: int) -> list[dict]:
   """The eval set: ``holdout`` train records chosen by the seed; train: the rest (disjoint)."""
   if holdout >= len(records):
-    raise ValueError(f"data.holdout={holdout} leaves nothing to train on ({len(records)} "
+    raise ConfigError(f"data.holdout={holdout} leaves nothing to train on ({len(records)} "
                      "train records)")
   chosen = set(np.random.default_rng([seed, 17]).choice(len(records), holdout,
                                                         replace=False).tolist())
   return [r for i, r in enumerate(records) if (i in chosen) == (split == "eval")]
 
 
-def _read(tfds_split: str, spec: SourceSpec, source: str, data_cfg: Any) -> list[dict]:
-  if not cfg_get(data_cfg, "use_tfds", True):
-    paths = source_paths(source, data_cfg)
+def _read(tfds_split: str, spec: SourceSpec, source: str, data: DataConfig) -> list[dict]:
+  if not data.use_tfds:
+    paths = source_paths(source, data)
     return read_jsonl(paths[tfds_split], spec.parse, tfds_split)
-  builder = make_builder(source, data_cfg)
+  builder = make_builder(source, data)
   builder.download_and_prepare()
   ds = builder.as_data_source(split=tfds_split)
   rows = [{k: _decode(v) for k, v in row.items()} for row in ds.__getitems__(range(len(ds)))]

@@ -14,17 +14,11 @@ import re
 import urllib.request
 from typing import Any, Callable
 
+from star_jax.runtime.errors import DataError, MissingFileError
 
-class DataFormatError(ValueError):
+
+class DataFormatError(DataError):
   """A line of a source file is malformed; the message starts with "file:line:"."""
-
-
-def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
-  """`cfg.key` for a ConfigDict, dict or None, with a default for missing or None."""
-  if cfg is None:
-    return default
-  value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-  return default if value is None else value
 
 
 def _field(obj: dict, key: str, kind: type, where: str = "") -> Any:
@@ -166,7 +160,7 @@ def ensure_files(spec: SourceSpec, src_dir: str, download: bool = True,
     problems.append("download disabled (data.download=False)")
   names = ", ".join(spec.files[s] for s in missing)
   urls = ", ".join(spec.url_prefix + spec.files[s] for s in missing)
-  raise FileNotFoundError(
+  raise MissingFileError(
       f"{spec.title} data not found: put {names} into {os.path.abspath(src_dir)} (config "
       f"data.dir). They are the official release files ({spec.homepage}; {urls}). "
       + "; ".join(problems))

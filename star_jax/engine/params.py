@@ -18,6 +18,15 @@ from star_jax.engine.decoder import Decoder
 from star_jax.engine.model_config import ModelConfig
 
 
+def abstract_like(tree: Any, shardings: Any | None = None) -> Any:
+  """ShapeDtypeStructs (with target shardings) mirroring ``tree``."""
+  if shardings is None:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                        tree)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      tree, shardings)
+
+
 def abstract_model(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
   """Structure and shapes without allocating anything."""
   return nnx.split(nnx.eval_shape(lambda: Decoder(cfg, nnx.Rngs(0))))

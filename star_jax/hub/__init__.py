@@ -87,7 +87,7 @@ def load_pretrained(name_or_path: str, mesh: Mesh, dtype: str | None = None,
     raise ValueError(f"{sorted(unknown)} cannot be set on a pre-trained checkpoint (its file "
                      f"fixes the architecture); settable: {list(EXECUTION_FIELDS)}")
   from star_jax.hub import gguf_tokenizer  # these need the tokenizers package
-  from star_jax.tokenizer import hf as hf_tokenizer
+  from star_jax.tokenizer import hf_tokenizer
   path = resolve(name_or_path)
   start = time.perf_counter()
   if hf.is_checkpoint_dir(path):

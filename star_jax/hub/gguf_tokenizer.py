@@ -9,7 +9,7 @@ the reference tokenizers.
 from __future__ import annotations
 
 from star_jax.hub.gguf import field
-from star_jax.tokenizer.hf import HFTokenizer, import_tokenizers
+from star_jax.tokenizer.hf_tokenizer import HFTokenizer, import_tokenizers
 
 # llama.cpp pre-tokenizers (tokenizer.ggml.pre) we rebuild exactly: GPT-2's byte-level regex,
 # and SmolLM's, which first isolates every digit (as SmolLM2's own tokenizer.json does).

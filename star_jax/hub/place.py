@@ -21,10 +21,9 @@ from jax.sharding import Mesh
 
 from star_jax.engine import params as params_lib
 from star_jax.engine.model_config import ModelConfig
+from star_jax.runtime.errors import CheckpointError
 
 
-class CheckpointError(ValueError):
-  """A checkpoint that cannot be loaded as asked: the message says why."""
 
 
 class Source(Protocol):

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from star_jax.engine.kv_cache import Cache, cache_length, init_cache, map_cache
 from star_jax.engine.params import merge
-from star_jax.sampling.methods import SamplingParams, logprob, pick_tokens
+from star_jax.sampling.sampling_params import SamplingParams, logprob, pick_tokens
 
 
 class DecodeState(NamedTuple):

@@ -26,7 +26,7 @@ from star_jax.engine.params import shardings_of
 from star_jax.runtime.compiling import CompileOnFirstCall
 from star_jax.runtime.distributed import to_host
 from star_jax.sampling.decode import DecodeState, compact, decode, prefill, prefill_prefix
-from star_jax.sampling.methods import SamplingParams
+from star_jax.sampling.sampling_params import SamplingParams
 from star_jax.sampling.outputs import BatchRows, SampleOutput, stop_cut
 
 MIN_PROMPT_BUCKET = 16

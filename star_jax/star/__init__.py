@@ -1,5 +1,7 @@
-"""The STaR loop: run config and defaults, experiment build, rollout, keep, finetune, the
-phases of an iteration, workdir artifacts, report and plots. ``run`` is the entry point."""
+"""The STaR algorithm: the outer loop (loop.py), one iteration as Algorithm 1
+(iteration.py), the controls as methods (methods.py), M_0 (seed.py), sampling (rollout.py),
+filtering (keep.py), fine-tuning (finetune.py) and the metrics record (record.py).
+``run`` is the entry point."""
 
 from star_jax.star.loop import run
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import collections
 
-from star_jax.star.report import bucket_key
+from star_jax.experiment.report import bucket_key
 from star_jax.tasks import Example, Task
 
 

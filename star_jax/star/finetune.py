@@ -8,15 +8,16 @@ import math
 import time
 from typing import Callable, Sequence
 
-import ml_collections
 import numpy as np
 from etils import epath
 
+from star_jax.config import StarConfig, TrainConfig
 from star_jax.engine import batching, sharding
-from star_jax.engine.checkpointer import Checkpointer
+from star_jax.hub.checkpointer import Checkpointer
 from star_jax.engine.optim import OptimConfig
 from star_jax.engine.trainer import Trainer
 from star_jax.runtime import failpoints
+from star_jax.runtime.errors import ConfigError
 from star_jax.runtime.progress import progress
 from star_jax.tasks import Example, Task
 from star_jax.tokenizer import Tokenizer
@@ -33,7 +34,7 @@ class FinetuneStats:
   tokens: float
 
 
-def steps_for_iteration(star_cfg: ml_collections.ConfigDict, iteration: int) -> int:
+def steps_for_iteration(star_cfg: StarConfig, iteration: int) -> int:
   """Training steps at STaR iteration n >= 1: 40 * 1.2^(n-1) (paper) or base + k*(n-1)."""
   if iteration < 1:
     raise ValueError(f"iterations count from 1, got {iteration}")
@@ -41,16 +42,22 @@ def steps_for_iteration(star_cfg: ml_collections.ConfigDict, iteration: int) -> 
     return int(round(star_cfg.base_steps * star_cfg.steps_growth ** (iteration - 1)))
   if star_cfg.steps_schedule == "linear":
     return int(star_cfg.base_steps + star_cfg.steps_increment * (iteration - 1))
-  raise ValueError(f"star.steps_schedule must be 'exponential' or 'linear', got "
+  raise ConfigError(f"star.steps_schedule must be 'exponential' or 'linear', got "
                    f"{star_cfg.steps_schedule!r}")
 
 
-def optim_config(train_cfg: ml_collections.ConfigDict, total_steps: int) -> OptimConfig:
+def optim_config(train_cfg: TrainConfig, total_steps: int) -> OptimConfig:
   # The horizon (and the rate) are arguments of the compiled step: every iteration reuses it.
   return OptimConfig(learning_rate=train_cfg.learning_rate, warmup_steps=train_cfg.warmup_steps,
                      schedule=train_cfg.schedule, total_steps=max(total_steps, 1),
                      end_lr_factor=train_cfg.end_lr_factor, b1=train_cfg.b1, b2=train_cfg.b2,
                      weight_decay=train_cfg.weight_decay, clip_norm=train_cfg.clip_norm)
+
+
+def make_trainer(exp, train_cfg: TrainConfig, steps: int) -> Trainer:
+  """A trainer for ``exp``'s model (an ``experiment.Experiment``) and ``steps`` steps."""
+  return Trainer(exp.graphdef, exp.mesh, optim_config(train_cfg, steps),
+                 master_dtype=train_cfg.master_dtype)
 
 
 def micro_batching(batch_size: int, grad_accum: int, shards: int) -> tuple[int, int]:
@@ -83,7 +90,7 @@ def training_examples(task: Task, tokenizer: Tokenizer, pairs: Sequence[tuple[Ex
 
 
 def finetune(trainer: Trainer, params, examples: Sequence[batching.TrainExample],
-             train_cfg: ml_collections.ConfigDict, steps: int, seed: int,
+             train_cfg: TrainConfig, steps: int, seed: int,
              desc: str = "train", ckpt_dir: epath.PathLike | None = None,
              checkpoint_every: int = 0, async_save: bool = True,
              on_step: Callable[[int, dict], None] | None = None,

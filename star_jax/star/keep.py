@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from star_jax.star.report import bucket_key
+from star_jax.experiment.report import bucket_key
 from star_jax.star.rollout import Generation
 from star_jax.tasks import Example, Task
 

@@ -1,15 +1,16 @@
-"""The STaR outer loop (Zelikman et al. 2022), driven by an ml-collections config.
+"""The STaR outer loop (Zelikman et al. 2022, Algorithm 1), driven by a config:
 
-  M_0 = base model (optionally warm-started on gold rationales: ``pretrain``)
-  for n in 1..N:
-    generate a rationale for each (sampled) train question with M_{n-1}; keep correct ones
-    rationalize failures: show the answer as a hint, keep rationales reaching it (hint removed)
-    M_n = fine-tune(M_0 if restart_from_base else M_{n-1}, kept)
+  M_0 = the base model, warm-started on the seed set P if asked          seed.py
+  evaluate M_0
+  for n in 1..N:                                                         iteration.py
+    sample rationales for the questions with M_{n-1}; keep the right ones
+    rationalize the failures (the answer as a hint); keep the right ones, hint removed
+    M_n = fine-tune(M_0 if star.restart_from_base else M_{n-1}, kept)
     evaluate M_n
 
-The phases are in phases.py, what a finished iteration writes in artifacts.py.
-Artifacts in ``workdir``: metrics.jsonl, iter_NNN/{kept,eval}.jsonl, checkpoints/,
-config.json, tokenizer, accuracy.png (and accuracy_by_<difficulty>.png). With
+``star.method`` swaps the iteration for a control (methods.py). Artifacts in ``workdir``:
+config.json, metrics.jsonl, iter_NNN/{kept,eval}.jsonl, checkpoints/, the tokenizer,
+accuracy.png (and accuracy_by_<difficulty>.png), tensorboard/ (docs/workdir.md). With
 ``model.lora_rank`` every M_n is M_0's frozen base plus adapters: checkpoints/0 holds the
 base, checkpoints/n the adapters alone. The workdir is any etils.epath path: a local
 directory, or gs://bucket/dir where gcsfs is installed.
@@ -18,60 +19,77 @@ directory, or gs://bucket/dir where gcsfs is installed.
 from __future__ import annotations
 
 import logging
+import time
+from typing import Any
 
-import ml_collections
 from etils import epath
 
-from star_jax.engine.checkpointer import Checkpointer
+from star_jax import config as config_lib
+from star_jax.experiment import artifacts, report, workdir as wd
+from star_jax.experiment.board import Board
+from star_jax.experiment.build import build, check, make_sampler
+from star_jax.hub.checkpointer import Checkpointer
 from star_jax.runtime.files import read_jsonl
-from star_jax.sampling import Sampler
-from star_jax.star import artifacts, controls, phases, rollout, workdir as wd
-from star_jax.star.board import Board
-from star_jax.star.experiment import build
+from star_jax.star import seed
+from star_jax.star.methods import get_method
+from star_jax.star.record import iteration_record
 
 
-def run(config: ml_collections.ConfigDict, workdir: epath.PathLike, overwrite: bool = False
-        ) -> list[dict]:
-  """Runs (or resumes) every iteration of ``config`` in ``workdir``; returns the metrics."""
-  wd.check_known_keys(config)
-  controls.check_method(config.star.method)
+def run(config: Any, workdir: epath.PathLike, overwrite: bool = False) -> list[dict]:
+  """Runs (or resumes) every iteration of ``config`` (a ConfigDict or ``config.Config``) in
+  ``workdir``; returns the metrics. Everything the config names is checked before the
+  workdir is written: a run that fails to start leaves nothing behind."""
+  cfg = config_lib.load(config)
+  method_cls = get_method(cfg.star.method)
   workdir = epath.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  check(cfg)
   if overwrite:
     wd.clear(workdir)
-  if wd.record_or_check_config(config, workdir):
-    logging.info("resuming the run in %s (finished iterations: %s)", workdir,
-                 wd.finished_iterations(workdir) or "none")
-  exp = build(config, workdir)
-  sampler = Sampler(exp.model_cfg, exp.graphdef, exp.mesh, end_ids=exp.tokenizer.end_ids,
-                    pad_id=exp.tokenizer.pad_id, batch_size=config.sample.batch_size,
-                    layout=config.sample.layout,
-                    stop_sequences=rollout.stop_sequences(exp.tokenizer, exp.task.stop_strings))
-  ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=None)
-  r = phases.Run(config, exp, sampler, ckpt, workdir, Board(workdir))
+  resuming = wd.is_resume(cfg, workdir)
   done = wd.finished_iterations(workdir)
-  base = _base_model(r, done)
+  todo = [n for n in range(cfg.star.iterations + 1) if n not in done]
+  if not todo:
+    logging.info("nothing to do: %s holds all %d iterations of this run", workdir,
+                 cfg.star.iterations)
+    return read_jsonl(artifacts.metrics_path(workdir))
+  if resuming:
+    logging.info("resuming the run in %s (finished iterations: %s)", workdir, done or "none")
+  else:
+    wd.clear(workdir)  # debris of a start that failed before recording its config
+  t0 = time.time()
+  exp = build(cfg, workdir)
+  wd.record_config(cfg, workdir)
+  ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=None)
+  board = Board(workdir)
+  method = method_cls(cfg, exp, make_sampler(exp, cfg), workdir, board)
+  base = _base_model(cfg, method, ckpt, 0 in done)
   last = max(done) if done else 0
-  params = base if last == 0 else ckpt.restore_model(
-      r.layout(masters=not config.star.restart_from_base), step=last)
-  iteration = phases.iteration if config.star.method == "star" else controls.iteration
-  for n in range(last + 1, config.star.iterations + 1):
-    record, kept, params = iteration(r, n, base, params)
-    result = phases.evaluate(r, n, params, config.star.few_shot_in_training)
-    artifacts.finish(r, n, record, result, kept, params)
+  model = base if last == 0 else ckpt.restore_model(
+      exp.restore_target(masters=not cfg.star.restart_from_base), step=last)
+  for n in range(last + 1, cfg.star.iterations + 1):
+    result = method.iteration(n, base, model)
+    model = result.params
+    evaluation = method.evaluate(n, model, cfg.star.few_shot_in_training)
+    artifacts.finish(workdir, ckpt, board, exp.task, iteration_record(n, exp.task, result,
+                                                                      evaluation),
+                     evaluation.records, result.kept, model)
   ckpt.wait()
   ckpt.close()
-  r.board.close()
-  return read_jsonl(artifacts.metrics_path(workdir))
+  board.close()
+  metrics = read_jsonl(artifacts.metrics_path(workdir))
+  logging.info("%s", report.closing_summary(metrics, workdir, time.time() - t0))
+  return metrics
 
 
-def _base_model(r: phases.Run, done: list[int]):
-  """M_0: restored when iteration 0 is done; else built (pretrained if asked) and evaluated."""
-  if 0 in done:
-    return r.ckpt.restore_model(r.layout(masters=r.config.pretrain.steps > 0), step=0)
-  base, record = r.exp.params, {"iteration": 0}
-  if r.config.pretrain.steps > 0:
-    base, pretrain_record = phases.pretrain(r)
-    record.update(pretrain_record)
-  artifacts.finish(r, 0, record, phases.evaluate(r, 0, base, r.config.star.few_shot), [], base)
+def _base_model(cfg: config_lib.Config, method, ckpt: Checkpointer, saved: bool):
+  """M_0: restored when iteration 0 is done; else built (warm-started if asked), evaluated
+  and saved as iteration 0."""
+  if saved:
+    return seed.saved_base(cfg, method.exp, ckpt)
+  on_step = method.board.step_callback(method.workdir, 0) if method.board else None
+  base, _, fields = seed.base_model(cfg, method.exp, method.workdir, on_step)
+  evaluation = method.evaluate(0, base, cfg.star.few_shot)
+  artifacts.finish(method.workdir, ckpt, method.board, method.exp.task,
+                   iteration_record(0, method.exp.task, None, evaluation, fields),
+                   evaluation.records, [], base)
   return base

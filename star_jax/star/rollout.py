@@ -14,8 +14,8 @@ from star_jax.runtime.progress import progress
 from star_jax.sampling import Sampler, SamplingParams
 from star_jax.sampling.scoring import continuation_logprobs
 from star_jax.star import diagnostics
-from star_jax.star.report import bucket_key
-from star_jax.star.workdir import Shards
+from star_jax.experiment.report import bucket_key
+from star_jax.experiment.workdir import Shards
 from star_jax.tasks import Example, Task
 from star_jax.tokenizer import Tokenizer
 
@@ -26,20 +26,6 @@ class Generation:
   texts: list[str]  # one per sample
   predictions: list[str | None]
   correct: list[bool]
-
-
-def stop_sequences(tokenizer: Tokenizer, stop_strings: Sequence[str]) -> list[list[int]]:
-  """Token spellings of the stop strings, for the sampler to stop rows on the device.
-
-  Only encodings that decode back to the string are used; the host-side stop
-  check still covers any other way a tokenizer may spell a stop string.
-  """
-  out = []
-  for s in stop_strings:
-    ids = tokenizer.encode(s)
-    if ids and tokenizer.decode(ids) == s:
-      out.append(ids)
-  return out
 
 
 def generate(task: Task, tokenizer: Tokenizer, sampler: Sampler, params,

@@ -30,13 +30,16 @@ per-step correctness of generated rationales (RL-STaR's delta).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 
-from star_jax.data.sources import cfg_get
+from star_jax.data.data_config import DataConfig
+from star_jax.runtime.declared import key
+from star_jax.runtime.errors import ConfigError
 from star_jax.tasks.base import Example, Task, check_split, first_block, register_task
 from star_jax.tasks.line_positions import LineColumnPositions, break_ids_of
 
@@ -164,12 +167,8 @@ def generate_by_digits(counts, seed: int, eval_fraction: float = 0.1,
 
 @register_task("arithmetic")
 class ArithmeticTask(Task):
-  """Addition of two n-digit numbers. data_cfg keys: seed, min_digits, max_digits,
-  eval_min_digits, eval_max_digits (default: the train range), max_train, max_eval
-  (counts to generate), eval_fraction (share of problem space reserved for eval),
-  same_length (False: each addend draws its own digit count; difficulty is the larger),
-  digit_counts (train only: distinct problems per digit count 1, 2, ..., e.g. a seed set
-  (90, 1500, 1500, 30, 15); replaces max_train and the digit range)."""
+  """Addition of two n-digit numbers; ``data.max_train`` / ``data.max_eval`` are the counts
+  to generate, ``data.seed`` picks them, the digit ranges are options."""
 
   name = "arithmetic"
   difficulty_name = "digits"
@@ -179,25 +178,40 @@ class ArithmeticTask(Task):
   max_new_tokens = 360
   default_train, default_eval = 50_000, 1_000  # the paper's 50k problems
 
-  def __init__(self, max_new_tokens: int | None = None, positions: str = "sequence",
-               right_aligned_columns: bool = False, position_jitter: int = 0, shots: int = 0):
-    """``positions``: "sequence" (the token index) or "line_column" ((line, column) rotary
-    positions: every scratchpad step copies the line above at a fixed offset whatever the
-    length; ``right_aligned_columns`` counts columns from the end of the line above,
-    ``position_jitter`` spaces lines and columns by random gaps in training; see
-    line_positions.py). ``shots``: 0 = the two fixed exemplars (38 + 45, 706 + 598) before
-    every query; k > 0 = k exemplars with the query's number of digits (the paper's section
-    4.1 prompts), the same k for every query of that length and data seed, drawn from the
-    train partition (never a held-out problem) and never the query itself."""
-    super().__init__(max_new_tokens)
-    if int(shots) < 0:
-      raise ValueError(f"arithmetic shots must be >= 0, got {shots}")
-    self._k = int(shots)
+  @dataclasses.dataclass(frozen=True)
+  class Options:
+    """Arithmetic's keys (``task_options``): its positions, prompts and problems."""
+    positions: str = key("sequence", "sequence (the token index) | line_column ((line, column) "
+                         "rotary positions: see line_positions.py)",
+                         choices=("sequence", "line_column"))
+    right_aligned_columns: bool = key(False, "line_column: count columns from the end of the "
+                                      "line above")
+    position_jitter: int = key(0, "line_column: space lines and columns by random gaps in "
+                               "training (0 = none)")
+    shots: int = key(0, "0 = the two fixed exemplars before every query; k = k exemplars with "
+                     "the query's number of digits (paper section 4.1), from the train partition")
+    min_digits: int = key(1, "digits of the train problems' addends, from...")
+    max_digits: int = key(5, "...to")
+    eval_min_digits: int = key(0, "digits of the eval problems, from (0 = min_digits)...")
+    eval_max_digits: int = key(0, "...to (0 = max_digits)")
+    same_length: bool = key(True, "False: each addend draws its own digit count (difficulty: "
+                            "the larger)")
+    eval_fraction: float = key(0.1, "share of the problem space held out for eval")
+    digit_counts: tuple = key((), "train only: distinct problems per digit count 1, 2, ... "
+                              "(a seed set, e.g. (90, 1000, 1000, 120, 120)); replaces "
+                              "data.max_train and the digit range")
+
+  def __init__(self, options: "ArithmeticTask.Options | None" = None,
+               max_new_tokens: int | None = None):
+    """With ``shots`` = k, the same k exemplars for every query of that length and data seed,
+    drawn from the train partition (never a held-out problem) and never the query itself."""
+    super().__init__(options, max_new_tokens)
+    o = self.options
+    if int(o.shots) < 0:
+      raise ConfigError(f"task_options.shots must be >= 0, got {o.shots}")
+    self._k = int(o.shots)
     self._shots_by: dict[tuple[int, int, float], list[Example]] = {}
-    if positions not in ("sequence", "line_column"):
-      raise ValueError(f"arithmetic positions must be 'sequence' or 'line_column', got "
-                       f"{positions!r}")
-    self._positions = (positions, bool(right_aligned_columns), int(position_jitter))
+    self._positions = (o.positions, bool(o.right_aligned_columns), int(o.position_jitter))
     self._shots = [self.make_example(a, b, f"arith-shot-{i}")
                    for i, (a, b) in enumerate(((38, 45), (706, 598)))]
 
@@ -242,25 +256,19 @@ class ArithmeticTask(Task):
       return None
     return LineColumnPositions(break_ids_of(tokenizer), right_aligned, jitter)
 
-  def load(self, split: str, data_cfg: Any) -> list[Example]:
+  def load(self, split: str, data: DataConfig) -> list[Example]:
     check_split(split)
-    lo = int(cfg_get(data_cfg, "min_digits", 1))
-    hi = int(cfg_get(data_cfg, "max_digits", 5))
+    o = self.options
+    lo, hi = int(o.min_digits), int(o.max_digits)
     if split == "eval":
-      lo = int(cfg_get(data_cfg, "eval_min_digits", lo))
-      hi = int(cfg_get(data_cfg, "eval_max_digits", hi))
-    digit_counts = cfg_get(data_cfg, "digit_counts", None)
-    seed = int(cfg_get(data_cfg, "seed", 0))
-    fraction = float(cfg_get(data_cfg, "eval_fraction", 0.1))
-    partition = (seed, fraction)
-    if split == "train" and digit_counts:
-      pairs = generate_by_digits(tuple(digit_counts), *partition)
+      lo, hi = int(o.eval_min_digits or lo), int(o.eval_max_digits or hi)
+    partition = (int(data.seed), float(o.eval_fraction))
+    if split == "train" and o.digit_counts:
+      pairs = generate_by_digits(tuple(o.digit_counts), *partition)
       return [self.make_example(a, b, f"arith-seed-{i:06d}", partition)
               for i, (a, b) in enumerate(pairs)]
-    count = cfg_get(data_cfg, "max_train" if split == "train" else "max_eval")
-    count = int(count) if count else (self.default_train if split == "train" else self.default_eval)
-    pairs = generate(split, count, seed, lo, hi, fraction,
-                     bool(cfg_get(data_cfg, "same_length", True)))
+    count = data.limit(split) or (self.default_train if split == "train" else self.default_eval)
+    pairs = generate(split, count, partition[0], lo, hi, partition[1], bool(o.same_length))
     return [self.make_example(a, b, f"arith-{split}-{i:06d}", partition)
             for i, (a, b) in enumerate(pairs)]
 

@@ -19,16 +19,9 @@ The format contract every task keeps (the loop and the tests rely on it):
     the completion ends with `end_marker`, which is also in `stop_strings`.
   * `extract_answer` and `split_rationale` never raise, whatever the text.
 
-`data_cfg` keys (an ml_collections ConfigDict, a dict or None; missing = default):
-  seed (0)                 subset sampling / problem generation
-  max_train, max_eval      subset sizes (None: everything; arithmetic: how many to generate,
-                           default 50,000 / 1,000)
-  dir                      cqa, gsm8k: directory holding the official jsonl files
-  tfds_dir (<dir>/tfds)    where the TFDS builders write their ArrayRecord files
-  download (True)          fetch missing official files (30 s timeout: download_timeout_s)
-  use_tfds (True)          False reads the jsonl directly (same checks, same records)
-  min_digits, max_digits (1, 5), eval_min_digits, eval_max_digits, eval_fraction (0.1)
-                           arithmetic problem generation
+Options: a task declares its own keys (``task_options`` in a config) as a frozen dataclass
+``Options`` (every field a ``runtime.declared.key`` with default and comment); it gets
+them, validated, as ``self.options``. ``load(split, data)`` reads the shared ``DataConfig``.
 """
 
 from __future__ import annotations
@@ -40,7 +33,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from star_jax.data.sources import cfg_get
+from star_jax.data.data_config import DataConfig
+from star_jax.runtime.errors import ConfigError, did_you_mean
 
 SPLITS = ("train", "eval")
 
@@ -76,14 +70,30 @@ class Task:
   # Choices per rationale step (RL-STaR's M), for tasks whose `step_correct` knows the true
   # steps; None: no per-step diagnostics.
   step_choices: int | None = None
+  # The official files it reads (a key of data.sources.SOURCES), checked before a run starts;
+  # None for tasks that make their own problems.
+  data_source: str | None = None
 
-  def __init__(self, max_new_tokens: int | None = None):
+  @dataclasses.dataclass(frozen=True)
+  class Options:
+    """The task's own config keys (``task_options``); none by default."""
+
+  def __init__(self, options: Any = None, max_new_tokens: int | None = None):
+    self.options = options if options is not None else type(self).Options()
+    if not isinstance(self.options, type(self).Options):
+      raise TypeError(f"{type(self).__name__} takes {type(self).Options.__qualname__}, got "
+                      f"{type(self.options).__name__}")
     if max_new_tokens is not None:
       self.max_new_tokens = int(max_new_tokens)
 
-  def load(self, split: str, data_cfg: Any) -> list[Example]:
+  def with_options(self, **changes: Any) -> "Task":
+    """The same task with some options changed (the seed set P's data, say)."""
+    return type(self)(make_options(type(self), {**dataclasses.asdict(self.options), **changes}),
+                      self.max_new_tokens)
+
+  def load(self, split: str, data: DataConfig) -> list[Example]:
     """All examples of `split` ('train' or 'eval'), or the seeded subset that
-    `data_cfg.max_train` / `data_cfg.max_eval` ask for."""
+    `data.max_train` / `data.max_eval` ask for."""
     raise NotImplementedError
 
   def prompt(self, ex: Example, hint: bool = False, few_shot: bool = True) -> str:
@@ -203,8 +213,41 @@ def take_subset(examples: list[Example], limit: int | None, seed: int) -> list[E
   return [examples[i] for i in sorted(keep)]
 
 
-def split_limit(split: str, data_cfg: Any) -> int | None:
-  return cfg_get(data_cfg, "max_train" if split == "train" else "max_eval")
+def make_options(cls: type, values: Any, where: str = "task_options") -> Any:
+  """``cls.Options`` from a mapping, each key checked: an unknown one names the nearest."""
+  fields = {f.name: f for f in dataclasses.fields(cls.Options)}
+  values = dict(values or {})
+  for k in values:
+    if k not in fields:
+      known = ", ".join(fields) or "none"
+      raise ConfigError(f"{where}.{k} is not an option of task {cls.name or cls.__name__!r}"
+                        f"{did_you_mean(k, fields)}; its options: {known}")
+  out = {}
+  for k, v in values.items():
+    if isinstance(v, list):
+      v = tuple(v)
+    choices = fields[k].metadata.get("choices")
+    if choices and v not in choices:
+      raise ConfigError(f"{where}.{k} must be one of {list(choices)}, got {v!r}")
+    out[k] = v
+  return cls.Options(**out)
+
+
+def task_class(name: str) -> type:
+  """The Task subclass of a registered name or a "module.path:ClassName"."""
+  if ":" in name:
+    module, _, attr = name.partition(":")
+    try:
+      cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+      raise ConfigError(f"cannot import task {name!r}: {e}") from e
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+      raise ConfigError(f"{name!r} is not a Task subclass")
+    return cls
+  if name not in _REGISTRY:
+    raise ConfigError(f"unknown task {name!r}{did_you_mean(name, _REGISTRY)}; known tasks: "
+                      f"{', '.join(available_tasks())} (or give 'module.path:ClassName')")
+  return _REGISTRY[name]
 
 
 _REGISTRY: dict[str, Callable[..., Task]] = {}
@@ -226,18 +269,7 @@ def available_tasks() -> list[str]:
   return sorted(_REGISTRY)
 
 
-def get_task(name: str, **kwargs: Any) -> Task:
-  """A task instance by registered name, or by "module.path:ClassName"."""
-  if ":" in name:
-    module, _, attr = name.partition(":")
-    try:
-      cls = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-      raise ValueError(f"cannot import task {name!r}: {e}") from e
-    if not (isinstance(cls, type) and issubclass(cls, Task)):
-      raise ValueError(f"{name!r} is not a Task subclass")
-    return cls(**kwargs)
-  if name not in _REGISTRY:
-    raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(available_tasks())} "
-                     "(or give 'module.path:ClassName')")
-  return _REGISTRY[name](**kwargs)
+def get_task(name: str, max_new_tokens: int | None = None, **options: Any) -> Task:
+  """A task instance by registered name, or by "module.path:ClassName", with its options."""
+  cls = task_class(name)
+  return cls(make_options(cls, options), max_new_tokens)

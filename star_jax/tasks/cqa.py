@@ -26,16 +26,17 @@ paper's layout.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import zlib
-from typing import Any
 
 import numpy as np
 
 from star_jax.data.builders import load_records
-from star_jax.data.sources import cfg_get
+from star_jax.data.data_config import DataConfig
+from star_jax.runtime.declared import key
 from star_jax.tasks.base import (Example, Task, check_split, first_block, last_match, register_task,
-                                 split_limit, take_subset)
+                                 take_subset)
 
 HINT_MARK = "(CORRECT)"
 ANSWER_PREFIX = "Therefore, the answer is"
@@ -77,12 +78,22 @@ class CommonsenseQATask(Task):
   """CommonsenseQA (official jsonl through the TFDS builder)."""
 
   name = "cqa"
+  data_source = "commonsense_qa"  # its official files (data.sources.SOURCES)
   max_new_tokens = 128
 
-  def __init__(self, max_new_tokens: int | None = None, shuffle_choices: bool = True,
-               label_in_answer: bool = False):
-    super().__init__(max_new_tokens)
-    self.shuffle_choices, self.label_in_answer = bool(shuffle_choices), bool(label_in_answer)
+  @dataclasses.dataclass(frozen=True)
+  class Options:
+    """CommonsenseQA's keys (``task_options``)."""
+    shuffle_choices: bool = key(True, "show each question's choices in a fixed random order "
+                                "(False: the file's order, the original STaR's)")
+    label_in_answer: bool = key(False, "answer as 'text (label)' (the original STaR's format) "
+                                "instead of the choice's text")
+
+  def __init__(self, options: "CommonsenseQATask.Options | None" = None,
+               max_new_tokens: int | None = None):
+    super().__init__(options, max_new_tokens)
+    self.shuffle_choices = bool(self.options.shuffle_choices)
+    self.label_in_answer = bool(self.options.label_in_answer)
     self._shots = [
         Example(id=f"cqa-shot-{i}", question=stem, answer=gold,
                 meta={"choices": tuple(zip("ABCDE", choices)), "rationale": rationale})
@@ -92,10 +103,10 @@ class CommonsenseQATask(Task):
   def exemplars(self) -> list[Example]:
     return list(self._shots)
 
-  def load(self, split: str, data_cfg: Any) -> list[Example]:
+  def load(self, split: str, data: DataConfig) -> list[Example]:
     check_split(split)
-    examples = self.examples(load_records("commonsense_qa", split, data_cfg))
-    return take_subset(examples, split_limit(split, data_cfg), cfg_get(data_cfg, "seed", 0))
+    examples = self.examples(load_records(self.data_source, split, data))
+    return take_subset(examples, data.limit(split), data.seed)
 
   @staticmethod
   def examples(records) -> list[Example]:

@@ -18,12 +18,11 @@ import ast
 import decimal
 import operator
 import re
-from typing import Any
 
 from star_jax.data.builders import load_records
-from star_jax.data.sources import cfg_get
+from star_jax.data.data_config import DataConfig
 from star_jax.tasks.base import (Example, Task, check_split, first_block, last_match, register_task,
-                                 split_limit, take_subset)
+                                 take_subset)
 
 ANSWER_PREFIX = "The answer is"
 _ANSWER_RE = re.compile(r"(?:\b(?:therefore|so|thus)\s*,?\s*)?\bthe (?:final )?answer is\b",
@@ -173,25 +172,26 @@ class Gsm8kTask(Task):
   """GSM8K (official jsonl through the TFDS builder); eval is the test split."""
 
   name = "gsm8k"
+  data_source = "gsm8k"  # its official files (data.sources.SOURCES)
   max_new_tokens = 256
 
-  def __init__(self, max_new_tokens: int | None = None):
-    super().__init__(max_new_tokens)
+  def __init__(self, options: Task.Options | None = None, max_new_tokens: int | None = None):
+    super().__init__(options, max_new_tokens)
     self._shots = [Example(id=f"gsm8k-shot-{i}", question=q, answer=a, meta={"rationale": r})
                    for i, (q, r, a) in enumerate(_SHOTS)]
 
   def exemplars(self) -> list[Example]:
     return list(self._shots)
 
-  def load(self, split: str, data_cfg: Any) -> list[Example]:
+  def load(self, split: str, data: DataConfig) -> list[Example]:
     check_split(split)
     examples = []
-    for r in load_records("gsm8k", split, data_cfg):
+    for r in load_records(self.data_source, split, data):
       # The source check guarantees a number after "####", so this is never None.
       answer = normalize_number(r["answer"])
       examples.append(Example(id=r["id"], question=r["question"], answer=answer,
                               meta={"solution": r["solution"], "line": r["index"]}))
-    return take_subset(examples, split_limit(split, data_cfg), cfg_get(data_cfg, "seed", 0))
+    return take_subset(examples, data.limit(split), data.seed)
 
   def _query(self, ex: Example, hint: bool) -> str:
     hint_line = f"Hint: the final answer is {ex.answer}.\n" if hint else ""

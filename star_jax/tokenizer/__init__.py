@@ -30,7 +30,7 @@ def load_tokenizer(path: epath.PathLike) -> Tokenizer:
   if path.suffix == ".json":
     data = json.loads(path.read_text(encoding="utf-8"))
     if data.get("type") == "hf_tokenizers" or ("type" not in data and "model" in data):
-      from star_jax.tokenizer.hf import HFTokenizer  # needs the optional tokenizers package
+      from star_jax.tokenizer.hf_tokenizer import HFTokenizer  # needs the optional tokenizers package
       return HFTokenizer.load(str(path))
     return CharTokenizer.load(path)
   raise ValueError(f"unknown tokenizer file type {str(path)!r}: expected a .model or .json file")

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from star_jax.engine import batching, lora, params as params_lib
-from star_jax.engine.checkpointer import Checkpointer
+from star_jax.hub.checkpointer import Checkpointer
 from star_jax.engine.decoder import causal_mask
 from star_jax.engine.model_config import get_preset, lora_targets
 from star_jax.engine.optim import OptimConfig

@@ -10,7 +10,7 @@ from star_jax.engine.model_config import get_preset
 from star_jax.engine.optim import OptimConfig
 from star_jax.engine.trainer import Trainer
 from star_jax.star import finetune as ft
-from star_jax.star.defaults import base_config
+from star_jax.config.defaults import base_config
 
 EXAMPLES = [batching.TrainExample([1 + i, 2 + i, 3], [4 + i, 5, 6 + i, 7]) for i in range(8)]
 BATCH = {k: v[None] for k, v in batching.pack(EXAMPLES, 8, pack_rows=False).batch.items()}

@@ -9,7 +9,7 @@ import pytest
 from helpers.reference import hf_forward
 from star_jax.hub import load_pretrained, resolve
 from star_jax.sampling import Sampler
-from star_jax.tokenizer.hf import chat_prompt
+from star_jax.tokenizer.hf_tokenizer import chat_prompt
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

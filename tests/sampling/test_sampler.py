@@ -8,7 +8,7 @@ from conftest import mesh_of
 from star_jax.engine import params as params_lib
 from star_jax.engine.model_config import get_preset
 from star_jax.sampling import Sampler, SamplingParams
-from star_jax.sampling.methods import pick_tokens
+from star_jax.sampling.sampling_params import pick_tokens
 
 PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9], [10], [11, 12], [13, 14, 15, 16, 17]]
 

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
-from star_jax.engine import params as params_lib, planning
+from star_jax.engine import memory as planning, params as params_lib
 from star_jax.engine.model_config import get_preset
 from star_jax.sampling import Sampler, SamplingParams
-from star_jax.sampling.planning import plan_sampler
+from star_jax.sampling.sampler_memory import plan_sampler
 
 PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9], [10], [11, 12], [13, 14, 15, 16, 17]]
 

@@ -8,7 +8,7 @@ from star_jax.engine.model_config import get_preset
 from star_jax.engine.trainer import Trainer
 from star_jax.sampling import Sampler, SamplingParams
 from star_jax.star import finetune as ft, rollout
-from star_jax.star.defaults import base_config
+from star_jax.config.defaults import base_config
 from star_jax.tasks import get_task
 from star_jax.tokenizer import CharTokenizer
 
@@ -46,7 +46,7 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_p
   import pytest
 
   from star_jax.engine import batching
-  from star_jax.engine.checkpointer import Checkpointer
+  from star_jax.hub.checkpointer import Checkpointer
   cfg = get_preset("tiny")
   mesh = mesh_of((1, 1, 1))
   graphdef, params = params_lib.init_params(cfg, mesh)

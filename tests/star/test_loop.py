@@ -9,7 +9,7 @@ import pytest
 from helpers.runs import load_config, read_events, write_cqa, write_gsm8k
 from star_jax import star, tasks
 from star_jax.star import finetune as ft
-from star_jax.star.defaults import base_config
+from star_jax.config.defaults import base_config
 
 ITER_KEYS = {"iteration", "eval_accuracy", "eval_n", "train_questions", "solved_by_generation",
              "solved_by_rationalization", "kept", "train_steps", "sample_seconds",

@@ -8,8 +8,8 @@ import numpy as np
 from helpers.runs import load_config, run_results
 from star_jax import star
 from star_jax.engine import lora
-from star_jax.engine.checkpointer import Checkpointer
-from star_jax.star.experiment import build
+from star_jax.hub.checkpointer import Checkpointer
+from star_jax.experiment.build import build
 
 
 def _config(iterations):

@@ -10,7 +10,7 @@ import pytest
 
 from helpers.runs import load_config
 from star_jax.engine.model_config import get_preset
-from star_jax.engine.planning import GIB
+from star_jax.engine.memory import GIB
 from star_jax.star import plan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

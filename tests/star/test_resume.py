@@ -93,7 +93,7 @@ def test_unknown_config_keys_are_rejected(tmp_path):
 def test_model_checkpoint_that_is_missing_or_mismatched_gets_a_clear_error(tmp_path):
   from conftest import mesh_of
   from star_jax.engine import model_config, params as P
-  from star_jax.engine.checkpointer import Checkpointer
+  from star_jax.hub.checkpointer import Checkpointer
   from star_jax.star import experiment
   mesh = mesh_of((1, 1, 1))
   with pytest.raises(FileNotFoundError, match="does not exist"):

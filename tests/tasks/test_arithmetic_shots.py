@@ -5,9 +5,11 @@ import re
 import pytest
 
 from star_jax import tasks
+from star_jax.data import DataConfig
 from star_jax.tasks import arithmetic
 
-DATA = {"seed": 0, "max_train": 3000, "max_eval": 200, "min_digits": 1, "max_digits": 5}
+DATA = DataConfig(seed=0, max_train=3000, max_eval=200)
+DIGITS = {"min_digits": 1, "max_digits": 5}  # task_options
 
 
 def shown_problems(prompt):
@@ -17,14 +19,14 @@ def shown_problems(prompt):
 
 
 def test_default_keeps_the_two_fixed_exemplars():
-  task = tasks.get_task("arithmetic")
+  task = tasks.get_task("arithmetic", **DIGITS)
   ex = task.load("eval", DATA)[0]
   assert shown_problems(task.prompt(ex))[:-1] == [(38, 45), (706, 598)]
   assert [(s.meta["a"], s.meta["b"]) for s in task.exemplars()] == [(38, 45), (706, 598)]
 
 
 def test_shots_match_the_query_length_and_stay_out_of_the_eval_partition():
-  task = tasks.get_task("arithmetic", shots=4)
+  task = tasks.get_task("arithmetic", shots=4, **DIGITS)
   evals = task.load("eval", DATA)
   held_out = {(e.meta["a"], e.meta["b"]) for e in evals}
   by_digits = {}
@@ -57,11 +59,12 @@ def prompt_without_shots(ex):
 
 
 def test_shots_are_fixed_by_length_and_data_seed():
-  first = tasks.get_task("arithmetic", shots=3)
-  again = tasks.get_task("arithmetic", shots=3)
+  first = tasks.get_task("arithmetic", shots=3, **DIGITS)
+  again = tasks.get_task("arithmetic", shots=3, **DIGITS)
   ex = first.load("eval", DATA)[5]
   assert first.prompt(ex) == again.prompt(ex)
-  reseeded = tasks.get_task("arithmetic", shots=3).load("eval", {**DATA, "seed": 1})
+  reseeded = tasks.get_task("arithmetic", shots=3, **DIGITS).load("eval",
+                                                                     DATA.replace(seed=1))
   same_len = next(e for e in reseeded if e.meta["digits"] == ex.meta["digits"])
   assert shown_problems(first.prompt(same_len))[:-1] != shown_problems(first.prompt(ex))[:-1]
   # The seed's partition: exemplars of data seed 1 are outside its own eval partition.

@@ -3,10 +3,11 @@
 import json
 import random
 
-import ml_collections
 import pytest
 
 from star_jax import tasks
+from star_jax.data import DataConfig
+from star_jax.runtime.errors import ConfigError
 from star_jax.tasks import arithmetic
 
 CHOICES = ("ocean", "river", "desert", "kitchen sink", "cloud")
@@ -37,8 +38,9 @@ def write_gsm8k(d, n_train=6):
 
 
 def cfg(d=None, **kw):
-  base = dict(dir=str(d) if d else None, download=False, seed=0, max_train=None, max_eval=None)
-  return ml_collections.ConfigDict({**base, **kw})
+  """The data keys (``max_train``/``max_eval`` 0: all)."""
+  base = dict(dir=str(d) if d else "", download=False, seed=0, max_train=0, max_eval=0)
+  return DataConfig(**{**base, **kw})
 
 
 @pytest.fixture
@@ -74,6 +76,11 @@ def test_registry_and_user_tasks():
     tasks.get_task("star_jax.tasks.gsm8k:Nope")
   with pytest.raises(ValueError, match="not a Task"):
     tasks.get_task("star_jax.tasks.gsm8k:normalize_number")
+  # Options are the task's declared ones: a typo names the nearest.
+  with pytest.raises(ConfigError, match="max_digit.*did you mean 'max_digits'"):
+    tasks.get_task("arithmetic", max_digit=3)
+  assert tasks.get_task("arithmetic", max_digits=3).with_options(shots=2).options == (
+      arithmetic.ArithmeticTask.Options(max_digits=3, shots=2))
 
 
 # --- contract shared by every task -----------------------------------------------------------
@@ -322,8 +329,8 @@ def test_scratchpad_steps_are_true_partial_sums():
 
 
 def test_arithmetic_generation_deterministic_disjoint():
-  task = tasks.get_task("arithmetic")
-  c = cfg(max_train=2000, max_eval=300, min_digits=1, max_digits=3)
+  task = tasks.get_task("arithmetic", min_digits=1, max_digits=3)
+  c = cfg(max_train=2000, max_eval=300)
   train, evals = task.load("train", c), task.load("eval", c)
   assert len(train) == 2000
   # Held-out problems are distinct; the one-digit ones run out (10% of 100), the others do not.
@@ -342,18 +349,21 @@ def test_arithmetic_generation_deterministic_disjoint():
     a, b = e.meta["a"], e.meta["b"]
     assert len(str(a)) == len(str(b)) == e.meta["digits"] and e.answer == str(a + b)
   # The eval set does not move when the train size changes, and seeds matter.
-  assert task.load("eval", cfg(max_train=10, max_eval=300, min_digits=1, max_digits=3)) == evals
-  assert task.load("train", cfg(max_train=2000, seed=1, min_digits=1, max_digits=3)) != train
+  assert task.load("eval", cfg(max_train=10, max_eval=300)) == evals
+  assert task.load("train", cfg(max_train=2000, seed=1)) != train
   assert len({e.id for e in train}) == len(train)
   # Length generalization: eval can use longer problems than train.
-  longer = task.load("eval", cfg(max_eval=20, max_digits=2, eval_min_digits=6, eval_max_digits=6))
+  longer = tasks.get_task("arithmetic", max_digits=2, eval_min_digits=6, eval_max_digits=6
+                          ).load("eval", cfg(max_eval=20))
   assert {e.meta["digits"] for e in longer} == {6}
-  assert len(task.load("train", cfg(max_train=None))) == task.default_train
+  assert task.with_options(max_digits=2, eval_min_digits=6, eval_max_digits=6).load(
+      "eval", cfg(max_eval=20)) == longer
+  assert len(tasks.get_task("arithmetic").load("train", cfg(max_train=0))) == task.default_train
 
 
 def test_arithmetic_bad_digit_range():
   with pytest.raises(ValueError, match="min_digits"):
-    tasks.get_task("arithmetic").load("train", cfg(min_digits=3, max_digits=2, max_train=5))
+    tasks.get_task("arithmetic", min_digits=3, max_digits=2).load("train", cfg(max_train=5))
 
 
 def test_arithmetic_prompt_hint_and_extraction():
@@ -391,17 +401,18 @@ def test_step_accuracy():
 
 
 def test_seed_by_digit_counts_is_distinct_and_never_held_out():
-  task = tasks.get_task("arithmetic")
-  cfg = {"seed": 3, "digit_counts": (200, 40, 30, 10, 5)}
-  seed = task.load("train", cfg)
+  task = tasks.get_task("arithmetic", digit_counts=(200, 40, 30, 10, 5))
+  data = DataConfig(seed=3)
+  seed = task.load("train", data)
   digits = [ex.meta["digits"] for ex in seed]
   # one-digit problems run out: the train partition holds about 90 of the 100
   assert 80 < digits.count(1) < 100 and [digits.count(d) for d in (2, 3, 4, 5)] == [40, 30, 10, 5]
   assert len({ex.question for ex in seed}) == len(seed)
-  held_out = {ex.question for ex in task.load("eval", {"seed": 3, "max_eval": 2000})}
+  held_out = {ex.question for ex in tasks.get_task("arithmetic").load(
+      "eval", DataConfig(seed=3, max_eval=2000))}
   assert not held_out & {ex.question for ex in seed}
   assert digits != sorted(digits)  # lengths are shuffled together
-  assert [ex.question for ex in task.load("train", cfg)] == [ex.question for ex in seed]
+  assert [ex.question for ex in task.load("train", data)] == [ex.question for ex in seed]
 
 
 def test_rationale_supports_only_a_scratchpad_that_reaches_the_answer():

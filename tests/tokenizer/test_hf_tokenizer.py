@@ -4,7 +4,7 @@ import pytest
 
 from helpers.reference import SPECIALS, TEXTS, train_tiny_tokenizer
 from star_jax.hub.gguf_tokenizer import from_gguf
-from star_jax.tokenizer import hf as hf_tokenizer, load_tokenizer
+from star_jax.tokenizer import hf_tokenizer, load_tokenizer
 
 tokenizers = pytest.importorskip("tokenizers")
 transformers = pytest.importorskip("transformers")

@@ -1,6 +1,6 @@
 r"""Training throughput: one AdamW step of star_jax's Trainer against transformers + torch.
 
-  python -m star_jax.benchmarks.train --batch_sizes=4,8 --seq_len=256 [--markdown]
+  python -m benchmarks.train --batch_sizes=4,8 --seq_len=256 [--markdown]
 
 Both sides start from the same float32 weights (default SmolLM2-135M-Instruct;
 ``--checkpoint`` also takes a Hugging Face directory) and train on the same
@@ -11,7 +11,7 @@ weight decay; decay on matrices only, as star_jax's optimizer does); torch does
 ``model.train()``, ``loss.backward()``, ``clip_grad_norm_``, ``AdamW.step()``,
 ``zero_grad()``.
 
-Prints one JSON line per batch size (see ``star_jax.benchmarks.common``):
+Prints one JSON line per batch size (see ``benchmarks.common``):
 ``star_jax`` and ``transformers`` are trained tokens per second over ``--steps``
 timed steps after a first one that compiles (jax) or warms up (torch);
 ``*_detail.flops_per_s`` is ``ModelConfig.flops_per_token(seq_len)`` times that,
@@ -30,10 +30,10 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from star_jax.benchmarks import common, records
-from star_jax.benchmarks.decode import DEFAULT_CHECKPOINT, load_transformers
+from benchmarks import common, records
+from benchmarks.decode import DEFAULT_CHECKPOINT, load_transformers
 
-MODULE = "star_jax.benchmarks.train"
+MODULE = "benchmarks.train"
 LOSS_RTOL = 1e-4
 
 

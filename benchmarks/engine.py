@@ -1,7 +1,7 @@
 """Engine throughput benchmark: greedy decode (Sampler.sample) and train steps (Trainer.step).
 
-  python -m star_jax.benchmarks.engine --model=25m --decode_batch=32 --train_batch=16
-  python -m star_jax.benchmarks.engine --model=smollm2-135m --scan_layers [--remat]
+  python -m benchmarks.engine --model=25m --decode_batch=32 --train_batch=16
+  python -m benchmarks.engine --model=smollm2-135m --scan_layers [--remat]
 
 Prints exactly one JSON line to stdout (progress goes to stderr through absl
 logging). Compile time is reported apart from the steady-state figures: the
@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from star_jax.benchmarks.common import command, cores, cpu_model
+from benchmarks.common import command, cores, cpu_model
 from star_jax.engine import batching, model_config as config, params as params_lib, sharding
 from star_jax.engine.trainer import OptimConfig, Trainer
 from star_jax.sampling.sampler import Sampler, SamplingParams
@@ -169,7 +169,7 @@ def main(argv):
                   "kind": devices[0].device_kind},
       "jax": jax.__version__, "flax": flax.__version__, "python": platform.python_version(),
       "cpu": {"model": cpu_model(), "cores": cores()},
-      "command": command("star_jax.benchmarks.engine"),
+      "command": command("benchmarks.engine"),
       "init_s": init_s,
   }
   # Decode first: train steps donate (and replace) the parameter arrays.

@@ -13,7 +13,7 @@ from matplotlib import ticker  # noqa: E402
 
 from star_jax.runtime.distributed import is_primary  # noqa: E402
 from star_jax.runtime.files import write_bytes_atomic  # noqa: E402
-from star_jax.star.report import bucket_key  # noqa: E402
+from star_jax.experiment.report import bucket_key  # noqa: E402
 
 
 def _accuracy_axes(ax, title: str) -> None:

@@ -1,6 +1,6 @@
 """The STaR sampling workload: few-shot CommonsenseQA prompts, questions per second.
 
-  python -m star_jax.benchmarks.star_sampling \
+  python -m benchmarks.star_sampling \
       --data=../shared/data/commonsenseqa_train_rand_split.jsonl --questions=64 [--markdown]
 
 The prompts are the cqa task's own (six exemplars, then the question), encoded as
@@ -29,10 +29,10 @@ from typing import Any, Sequence
 import numpy as np
 from absl import app, flags, logging
 
-from star_jax.benchmarks import common, records
-from star_jax.benchmarks.decode import DEFAULT_CHECKPOINT, load_transformers
+from benchmarks import common, records
+from benchmarks.decode import DEFAULT_CHECKPOINT, load_transformers
 
-MODULE = "star_jax.benchmarks.star_sampling"
+MODULE = "benchmarks.star_sampling"
 WORKLOADS = {"greedy": (1, 0.0), "sampled": (4, 0.7)}  # name -> (samples, temperature)
 
 
@@ -111,7 +111,7 @@ def run(data: str, checkpoint: str = DEFAULT_CHECKPOINT, questions: int = 64,
         cmd: str | None = None) -> list[dict[str, Any]]:
   from star_jax.hub import load_pretrained
   from star_jax.sampling import Sampler, SamplingParams
-  from star_jax.star.rollout import stop_sequences
+  from star_jax.experiment.build import stop_sequences
 
   for w in workloads:
     if w not in WORKLOADS:

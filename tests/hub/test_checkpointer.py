@@ -6,7 +6,7 @@ import pytest
 
 from conftest import mesh_of
 from star_jax.engine import batching, params as params_lib
-from star_jax.engine.checkpointer import Checkpointer
+from star_jax.hub.checkpointer import Checkpointer
 from star_jax.engine.model_config import get_preset
 from star_jax.engine.optim import OptimConfig
 from star_jax.engine.trainer import Trainer
@@ -98,7 +98,7 @@ import os, signal, sys
 sys.path[:0] = [{tests!r}]
 import conftest, jax, numpy as np
 from test_checkpointer import _trained_state
-from star_jax.engine.checkpointer import Checkpointer
+from star_jax.hub.checkpointer import Checkpointer
 trainer, state, batch = _trained_state(conftest.mesh_of((2, 2, 2)))
 ckpt = Checkpointer({directory!r}, max_to_keep=1, async_save=True)
 ckpt.save(state)

@@ -1,14 +1,14 @@
 r"""Wall time of a STaR run, phase by phase: pretrain, sampling, rationalization, training, eval.
 
-  python -m star_jax.benchmarks.star_iteration --configs=configs/arithmetic.py:smoke [--markdown]
-  python -m star_jax.benchmarks.star_iteration \
+  python -m benchmarks.star_iteration --configs=configs/arithmetic.py:smoke [--markdown]
+  python -m benchmarks.star_iteration \
       --configs=configs/arithmetic.py:smoke,configs/arithmetic.py
 
 Runs ``star_jax.star.run(config, workdir)`` for each config in a fresh
 temporary workdir and reads the ``*_seconds`` fields the run writes into
 ``WORKDIR/metrics.jsonl``. ``--finished`` reads runs that already finished
 instead (their recorded config must match). Prints one JSON line per iteration per config
-(see ``star_jax.benchmarks.common``): ``star_jax`` is the iteration's seconds
+(see ``benchmarks.common``): ``star_jax`` is the iteration's seconds
 (sum of its phases, compilation included where a phase compiles), ``phases``
 the breakdown. There is no transformers counterpart: ``transformers``,
 ``ratio`` and ``peer`` are null.
@@ -27,9 +27,9 @@ from typing import Any, Iterable, Sequence
 
 from absl import app, flags, logging
 
-from star_jax.benchmarks import common, records
+from benchmarks import common, records
 
-MODULE = "star_jax.benchmarks.star_iteration"
+MODULE = "benchmarks.star_iteration"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Phases each metrics.jsonl line should time: iteration 0 is the base model (pretrain + eval).
 ITERATION_PHASES = ("sample_seconds", "rationalize_seconds", "train_seconds", "eval_seconds")
@@ -102,11 +102,12 @@ def records_for_run(spec: str, metrics: list[dict[str, Any]], pretrain_seconds: 
 
 def _finished_metrics(spec: str, config, run_dir: str) -> list[dict[str, Any]]:
   """Metrics of a finished run of ``config`` in ``run_dir``; a clear error otherwise."""
-  from star_jax.star import workdir as wd
+  from star_jax import config as config_lib
+  from star_jax.experiment import workdir as wd
   path = os.path.join(run_dir, "metrics.jsonl")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{run_dir} holds no metrics.jsonl: run {spec} there first")
-  wd.record_or_check_config(config, run_dir)  # the same config, or an error naming the keys
+  wd.is_resume(config_lib.load(config), run_dir)  # the same config, or an error naming the keys
   metrics = read_metrics(path)
   want = list(range(config.star.iterations + 1))
   if sorted(m["iteration"] for m in metrics) != want:
@@ -122,7 +123,7 @@ def run(configs: Sequence[str] = ("configs/arithmetic.py:smoke",), workdir: str 
   ``configs[i]``) and prints one record per iteration."""
   import jax
 
-  from star_jax.star import loop as star
+  from star_jax import star
   if finished and len(finished) != len(configs):
     raise ValueError(f"got {len(finished)} finished workdirs for {len(configs)} configs")
   cmd = cmd if cmd is not None else common.command(MODULE)

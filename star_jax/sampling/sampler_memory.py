@@ -11,12 +11,11 @@ import jax
 import numpy as np
 from flax import nnx
 
-from star_jax.engine.checkpointer import abstract_like
 from star_jax.engine.kv_cache import init_cache
-from star_jax.engine.params import shardings_of
-from star_jax.engine.planning import ProgramPlan, collective_bytes, compile_program, tree_bytes
-from star_jax.sampling.methods import SamplingParams
+from star_jax.engine.memory import ProgramPlan, collective_bytes, compile_program, tree_bytes
+from star_jax.engine.params import abstract_like, shardings_of
 from star_jax.sampling.sampler import NEW_TOKENS_BUCKET, Sampler
+from star_jax.sampling.sampling_params import SamplingParams
 
 
 def plan_sampler(sampler: Sampler, params: nnx.State, prompt_len: int, max_new_tokens: int,

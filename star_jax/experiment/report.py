@@ -57,6 +57,19 @@ def rl_star_table(metrics: list[dict], key: str) -> str:
   return "\n".join(lines)
 
 
+def closing_summary(metrics: list[dict], workdir, seconds: float) -> str:
+  """The run's last lines: final and best accuracy, wall time, and where the results are."""
+  final = metrics[-1]
+  best = max(metrics, key=lambda m: m["eval_accuracy"])
+  lines = [f"finished: {len(metrics) - 1} iterations in {seconds / 60:.1f} min (this process); "
+           f"eval accuracy {100 * metrics[0]['eval_accuracy']:.1f}% (M_0) -> "
+           f"{100 * final['eval_accuracy']:.1f}% (M_{final['iteration']}), best "
+           f"{100 * best['eval_accuracy']:.1f}% at iteration {best['iteration']}",
+           f"results in {workdir}: metrics.jsonl, accuracy.png, iter_NNN/{{kept,eval}}.jsonl, "
+           f"checkpoints/, tensorboard/ (tensorboard --logdir {workdir}/tensorboard)"]
+  return "\n".join(lines)
+
+
 def bucket_key(b) -> tuple:
   """Sort key for difficulty buckets: integers in numeric order, then names."""
   b = str(b)

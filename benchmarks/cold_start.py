@@ -1,7 +1,7 @@
 r"""Cold start: seconds from a fresh process to the first sampled token and to the first
 train step, as a STaR run on the cqa config meets them (no compilation cache).
 
-  python -m star_jax.benchmarks.cold_start [--config=configs/cqa.py] \
+  python -m benchmarks.cold_start [--config=configs/cqa.py] \
       [--checkpoint=smollm2-135m-instruct] [--markdown]
 
 In one fresh process: import jax and star_jax, load the checkpoint, sample one new
@@ -17,6 +17,7 @@ started (``star_jax``) and the compiles it paid for (``compiles``).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 _T0 = time.perf_counter()  # before jax is imported: the import is part of a cold start
@@ -25,9 +26,9 @@ from typing import Any  # noqa: E402
 
 from absl import app, flags, logging  # noqa: E402
 
-from star_jax.benchmarks import common, records, star_iteration  # noqa: E402
+from benchmarks import common, records, star_iteration  # noqa: E402
 
-MODULE = "star_jax.benchmarks.cold_start"
+MODULE = "benchmarks.cold_start"
 
 
 def run(checkpoint: str = "smollm2-135m-instruct", config: str = "configs/cqa.py",
@@ -37,6 +38,7 @@ def run(checkpoint: str = "smollm2-135m-instruct", config: str = "configs/cqa.py
 
   from star_jax import tasks
   from star_jax.engine import batching, sharding
+  from star_jax import config as config_lib
   from star_jax.engine.trainer import Trainer
   from star_jax.hub import load_pretrained
   from star_jax.runtime import compiling
@@ -64,8 +66,8 @@ def run(checkpoint: str = "smollm2-135m-instruct", config: str = "configs/cqa.py
                     batch_size=8)
   sampler.sample(pre.params, [prompt], 1)  # returns host arrays: the token is there
   mark("first sampled token")
-  train_cfg = star_iteration.load_config(config).train
-  train_cfg.seq_len = seq_len or train_cfg.seq_len
+  train_cfg = config_lib.load(star_iteration.load_config(config)).train
+  train_cfg = dataclasses.replace(train_cfg, seq_len=seq_len or train_cfg.seq_len)
   completion = tok.encode(task.completion(query.meta["rationale"], query))
   example = batching.TrainExample(prompt, completion)
   trainer = Trainer(pre.graphdef, mesh, ft.optim_config(train_cfg, 1))

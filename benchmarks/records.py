@@ -21,7 +21,7 @@ import math
 import sys
 from typing import Any, Iterable, Sequence
 
-from star_jax.benchmarks import common
+from benchmarks import common
 
 RECORD_KEYS = ("benchmark", "case", "metric", "star_jax", "transformers", "ratio", "peer",
                "machine", "command")

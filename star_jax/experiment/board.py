@@ -14,6 +14,7 @@ from __future__ import annotations
 from etils import epath
 
 from star_jax.runtime.distributed import is_primary
+from star_jax.runtime.files import read_jsonl
 
 KEPT_SHOWN = 5
 
@@ -52,6 +53,12 @@ class Board:
                     f"{cell(k['answer'])} |")
       self._writer.add_text("kept/examples", "\n".join(rows), n)
     self._writer.flush()
+
+  def step_callback(self, workdir: epath.PathLike, iteration: int):
+    """The per-step callback of ``iteration``'s training: its steps after the run's earlier
+    ones on TensorBoard's step axis (pretraining is iteration 0's)."""
+    offset = steps_before(read_jsonl(epath.Path(workdir) / "metrics.jsonl"), iteration)
+    return lambda step, metrics: self.train_step(offset + step, metrics)
 
   def close(self) -> None:
     if self._writer is not None:

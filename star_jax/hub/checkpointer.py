@@ -31,16 +31,9 @@ from etils import epath
 from flax import nnx
 
 from star_jax.engine import lora
+from star_jax.engine.params import abstract_like
 from star_jax.engine.train_state import TrainState
-
-
-def abstract_like(tree: Any, shardings: Any | None = None) -> Any:
-  """ShapeDtypeStructs (with target shardings) mirroring ``tree``."""
-  if shardings is None:
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                        tree)
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      tree, shardings)
+from star_jax.runtime.errors import CheckpointError, MissingFileError
 
 
 class Checkpointer:
@@ -162,3 +155,25 @@ class Checkpointer:
 def _is_abstract(tree: Any) -> bool:
   leaves = jax.tree.leaves(tree)
   return bool(leaves) and all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)
+
+
+def is_star_jax_checkpoint(path: epath.PathLike) -> bool:
+  """An orbax directory written by star_jax (numbered step folders), e.g. WORKDIR/checkpoints."""
+  path = epath.Path(path)
+  return path.is_dir() and any(d.name.isdigit() for d in path.iterdir())
+
+
+def load_params(path: epath.PathLike, target: Any) -> Any:
+  """Params from a star_jax (orbax) checkpoint directory, onto ``target``'s layout."""
+  if not epath.Path(path).exists():
+    raise MissingFileError(f"model.checkpoint {str(path)!r} does not exist")
+  ckpt = Checkpointer(path, max_to_keep=None)
+  try:
+    return ckpt.restore_model(target)
+  except FileNotFoundError:
+    raise
+  except Exception as e:  # orbax reports structure/shape mismatches in many forms
+    raise CheckpointError(f"checkpoint {str(path)!r} does not match model config "
+                          f"{jax.tree.structure(target)}: {e}") from e
+  finally:
+    ckpt.close()

@@ -1,0 +1,147 @@
+"""Every key of a run's config, declared once: its type, default and a one-line comment.
+
+The groups are frozen dataclasses; ``config.load`` turns a ``configs/*.py`` ConfigDict into
+a ``Config`` (validated), and nothing below that boundary reads a ConfigDict. The data
+group is ``data.DataConfig`` and each task declares its own ``task_options``
+(``Task.Options``); ``docs/config.md`` is generated from these declarations
+(``python -m star_jax.config.reference``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from star_jax.data.data_config import DataConfig
+from star_jax.runtime.declared import group, key
+
+METHODS = ("star", "direct", "seed_only")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  preset: str = key("tiny", "a name from engine.model_config.PRESETS (models built here)")
+  overrides: dict = key({}, "ModelConfig fields, e.g. num_layers=4; a checkpoint takes only "
+                            "how it runs: remat, remat_policy, scan_layers, attention")
+  checkpoint: str = key("", "\"\" = random init; WORKDIR/checkpoints; a Hugging Face directory; "
+                            "a .gguf file; or a known name (smollm2-135m-instruct)")
+  dtype: str = key("", "pre-trained checkpoints: float32 | bfloat16 (\"\" = the checkpoint's)",
+                   choices=("",) + DTYPES)
+  lora_rank: int = key(0, "> 0: train rank-r adapters (flax nnx.LoRA) on a frozen base; "
+                          "0 = full fine-tuning")
+  lora_alpha: float = key(8.0, "adapters add (lora_alpha / lora_rank) * x @ A @ B")
+  lora_targets: str = key("attention,mlp", "kernels with adapters: q,k,v,o,gate,up,down "
+                                           "(Llama), fc_in,fc_out (GPT-J); attention, mlp")
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerConfig:
+  path: str = key("", "a .model (SentencePiece) or .json (char) file; \"\" = build from data")
+  kind: str = key("sentencepiece", "when built from the data", choices=("sentencepiece", "char"))
+  vocab_size: int = key(2048, "sentencepiece built from the data: its vocabulary")
+  pieces: tuple = key((), "char: multi-character tokens, matched longest first (e.g. ' 7')")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  data: int = key(-1, "devices along the batch (-1 = the rest)")
+  fsdp: int = key(1, "devices the weights and optimizer state are sharded over")
+  tensor: int = key(1, "devices each matmul is split over (tensor parallelism)")
+
+
+@dataclasses.dataclass(frozen=True)
+class StarConfig:
+  method: str = key("star", "star | direct (fine-tune on bare answers) | seed_only (train on "
+                            "the seed set P): the controls run STaR's budget", choices=METHODS)
+  iterations: int = key(10, "outer-loop iterations N")
+  rationalize: bool = key(True, "give failures a second try with the answer as a hint")
+  p_rationalization: float = key(1.0, "share of failures given the hinted try")
+  restart_from_base: bool = key(True, "fine-tune M_0 every iteration (paper), not M_{n-1}")
+  steps_schedule: str = key("exponential", "base_steps * steps_growth^(n-1) | linear: "
+                                           "base_steps + steps_increment * (n-1)",
+                            choices=("exponential", "linear"))
+  base_steps: int = key(40, "training steps of iteration 1")
+  steps_growth: float = key(1.2, "exponential schedule: growth per iteration")
+  steps_increment: int = key(20, "linear schedule: steps added per iteration")
+  few_shot: bool = key(True, "M_0 is prompted with the task's few-shot exemplars")
+  few_shot_in_training: bool = key(False, "fine-tuning texts include the exemplars (then M_n "
+                                          "is prompted with them)")
+  few_shot_rationalization: bool = key(True, "hinted prompts show exemplars using hints")
+  questions_per_iteration: int = key(0, "questions sampled per iteration (0 = the whole train "
+                                        "set)")
+  samples_per_question: int = key(1, "rationales sampled per question")
+  max_kept_per_question: int = key(1, "distinct correct rationales kept per question")
+  require_supported: bool = key(True, "keep a right answer only if its rationale itself reaches "
+                                      "it (a worded rationale; arithmetic/GSM8K: its result)")
+  temperature: float = key(0.0, "sampling temperature (0 = greedy, the paper's)")
+  top_k: int = key(0, "sample from the k likeliest tokens (0 = all)")
+  top_p: float = key(1.0, "nucleus sampling mass (1 = off)")
+  max_new_tokens: int = key(0, "tokens a completion may take (0 = the task's default)")
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+  steps: int = key(0, "warm-start steps on the seed set P (0 = M_0 is the base model as is)")
+  data: dict = key({}, "data keys (DataConfig) that differ for the seed set, e.g. max_train")
+  task_options: dict = key({}, "task options that differ for the seed set, e.g. digit_counts")
+  targets: str = key("rationale", "what P teaches: gold rationales | the bare answer",
+                     choices=("rationale", "answer"))
+  hint_fraction: float = key(0.0, "share of P shown with the hint, so a from-scratch model "
+                                  "learns to read one")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  batch_size: int = key(8, "rows per micro-batch (paper: 8 sequences a step)")
+  grad_accum: int = key(1, "micro-batches per step: a step is batch_size x grad_accum rows")
+  seq_len: int = key(1024, "tokens per training row")
+  pack: bool = key(True, "pack several examples into a row")
+  learning_rate: float = key(1e-6, "Adam's rate (paper: 1e-6, 100 warmup steps, clip 1.0)")
+  warmup_steps: int = key(100, "linear warmup steps")
+  schedule: str = key("constant", "after warmup", choices=("constant", "linear", "cosine"))
+  end_lr_factor: float = key(0.0, "linear/cosine: the final rate as a share of the peak")
+  b1: float = key(0.9, "Adam beta1")
+  b2: float = key(0.999, "Adam beta2")
+  weight_decay: float = key(0.0, "AdamW weight decay")
+  clip_norm: float = key(1.0, "global gradient-norm clip")
+  master_dtype: str = key("float32", "dtype of the weights and Adam moments training holds "
+                                     "(\"\" = the model's; bf16 masters lose small updates)",
+                          choices=("",) + DTYPES)
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+  batch_size: int = key(32, "rows sampled at once")
+  layout: str = key("train", "weights while sampling: as training holds them | resharded to "
+                             "tensor parallelism for the call", choices=("train", "tensor"))
+  shard_size: int = key(512, "questions per saved shard of sampling results (resume unit)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """A whole run. ``task_options`` is the task's own ``Options`` once loaded."""
+  task: str = key("arithmetic", "cqa | gsm8k | arithmetic | \"module.path:TaskClass\"")
+  task_options: Any = key({}, "the task's own options (its Options class: docs/config.md)")
+  seed: int = key(0, "model init, training batches and sampling")
+  checkpoint_every: int = key(100, "train steps between train-state checkpoints (resume)")
+  checkpoint_async: bool = key(True, "write checkpoints while the next steps train")
+  model: ModelSpec = group(ModelSpec, "the decoder: preset or checkpoint, LoRA")
+  tokenizer: TokenizerConfig = group(TokenizerConfig, "models built here: their tokenizer")
+  mesh: MeshConfig = group(MeshConfig, "device mesh axes")
+  data: DataConfig = group(DataConfig, "where examples come from and how many")
+  star: StarConfig = group(StarConfig, "the STaR loop (Algorithm 1)")
+  pretrain: PretrainConfig = group(PretrainConfig, "the seed set P: warm start of M_0")
+  train: TrainConfig = group(TrainConfig, "fine-tuning")
+  sample: SampleConfig = group(SampleConfig, "the sampler")
+
+
+# Keys that change how a run is executed but not its results: free to differ on resume.
+OPERATIONAL_KEYS = frozenset({
+    "checkpoint_every", "checkpoint_async", "sample.shard_size", "data.download",
+    "data.tfds_dir", "data.download_timeout_s",
+    # iteration n depends on n alone (its questions, steps and seed), so a finished run can
+    # be extended by more iterations, or stopped earlier
+    "star.iterations"})
+# Groups whose keys are not declared here but by another class (checked by config.load).
+FREE_FORM = ("task_options", "model.overrides", "pretrain.data", "pretrain.task_options")

@@ -1,0 +1,113 @@
+"""The error boundary of every command-line tool (``python -m star_jax.main`` and the rest).
+
+``run(main)`` is ``absl.app.run(main)`` that prints what a user can fix as one or two
+lines and exits 2, with no traceback: the project's own errors (``errors.UserError``:
+config, data, checkpoint, workdir mismatch), a memory budget overrun, and anything the
+command line itself got wrong (an unknown ``--config.*`` key, a missing config file, a bad
+variant). ``--traceback`` (or ``STAR_JAX_TRACEBACK=1``) brings the traceback back; any
+other exception is a bug and keeps it. ``--help`` exits 0.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from typing import Callable
+
+from absl import app, flags
+
+from star_jax.runtime.errors import UserError
+
+UsageError = app.UsageError  # wrong positional arguments: absl prints the usage, exits 1
+
+HELP_FLAGS = ("--help", "-h", "--helpshort", "--helpfull", "-?")
+
+
+def run(main: Callable[[list[str]], None], argv: list[str] | None = None) -> None:
+  argv = list(sys.argv if argv is None else argv)
+  verbose = "--traceback" in argv or os.environ.get("STAR_JAX_TRACEBACK", "") not in ("", "0")
+  argv = [a for a in argv if a != "--traceback"]
+  prog = _prog(argv[0])
+  started = []
+
+  def guarded(args):
+    started.append(True)
+    return main(args)
+
+  def parse(args):
+    """absl's parse, with a bad flag (a config file that fails to load or raises, a bad
+    value) reported as one line."""
+    try:
+      rest = flags.FLAGS(args)
+      for name in ("config",):  # ml_collections defers a config file's load error to here
+        if name in flags.FLAGS:
+          getattr(getattr(flags.FLAGS, name), "to_dict", None)
+      return rest
+    except (flags.Error, OSError) as e:
+      if verbose:
+        raise
+      _fail(prog, flag_message(e))
+
+  try:
+    app.run(guarded, argv=argv, flags_parser=parse)
+  except SystemExit as e:
+    if any(a in HELP_FLAGS for a in argv[1:]) and e.code in (0, 1, None):
+      raise SystemExit(0) from None  # absl exits 1 after printing the help it was asked for
+    raise
+  except Exception as e:  # noqa: BLE001 - the boundary: sorted below, re-raised if a bug
+    if verbose or not (isinstance(e, (UserError, MemoryError)) or not started):
+      raise
+    _fail(prog, message(e, argv))
+
+
+def _fail(prog: str, text: str) -> None:
+  sys.stderr.write(f"{prog}: error: {text}\n(run again with --traceback for the details)\n")
+  sys.stderr.flush()
+  sys.exit(2)
+
+
+def flag_message(e: BaseException) -> str:
+  """A flag's parse error in one line: the flag, then the last line of any traceback in it
+  (the config file's own error) or the file that could not be read."""
+  lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+  if not lines:
+    return type(e).__name__
+  missing = [i for i, ln in enumerate(lines) if "[Errno" in ln]
+  if missing:
+    i = missing[0]
+    return f"cannot read config file {lines[i - 1]}: {lines[i].split('] ', 1)[-1]}"
+  if len(lines) > 1 and any(ln.startswith("Traceback") for ln in lines):
+    return f"{lines[0].split(': Error whilst', 1)[0]}: {lines[-1]}"
+  return lines[0]
+
+
+def message(e: BaseException, argv: list[str]) -> str:
+  """``e`` as one readable line (two at most): ml_collections' escaped "did you mean"
+  unwrapped, and the command-line flag that caused it named."""
+  text = str(e.args[0]) if e.args and isinstance(e, (KeyError, AttributeError)) else str(e)
+  text = text.strip()
+  if isinstance(e, (KeyError, AttributeError)):
+    # ml_collections' unknown key, escaped through three exceptions: "'\\'key\\'\\nDid you
+    # mean "x" instead of "key"?'"
+    mean = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
+    name = mean.group(2) if mean else re.sub(r"^[\\'\"]+|[\\'\"]+$", "", text.split("\\n")[0])
+    flag = next((a.split("=", 1)[0] for a in argv[1:]
+                 if a.startswith("--") and re.search(rf"[.]{re.escape(name)}(=|$)", a)), None)
+    hint = f" (did you mean {mean.group(1)!r}?)" if mean else ""
+    return f"unknown config key {name!r}{f' in {flag}' if flag else ''}{hint}"
+  while isinstance(e.__cause__, Exception) and not isinstance(e, UserError) and not text:
+    e = e.__cause__
+    text = str(e)
+  lines = [ln for ln in text.splitlines() if ln.strip()]
+  if len(lines) > 12:
+    lines = lines[:12] + [f"... ({len(lines) - 12} more lines)"]
+  return "\n".join(lines) if lines else type(e).__name__
+
+
+def _prog(path: str) -> str:
+  """``star_jax.main`` for ``.../star_jax/main.py``."""
+  parts = os.path.normpath(path).split(os.sep)
+  if len(parts) >= 2 and parts[-2] == "star_jax":
+    return "star_jax." + os.path.splitext(parts[-1])[0]
+  return os.path.basename(path)

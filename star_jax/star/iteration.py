@@ -1,0 +1,179 @@
+"""One STaR iteration, Algorithm 1 of the paper, step by step:
+
+  questions  = a sample of D (or all of it)
+  generated  = sample(M_{n-1}, questions)                 rationale + answer, no hint
+  kept       = filter(generated)                          right answers whose rationale holds
+  hinted     = rationalize(M_{n-1}, the failures)         the answer shown as a hint
+  kept      += filter(hinted)                             saved without the hint
+  M_n        = fine_tune(M_0 or M_{n-1}, kept)
+  evaluate(M_n)                                           (the loop, after every method)
+
+``Method`` holds what the steps share (the task, tokenizer, sampler, workdir) and the steps
+every method uses (sampling, fine-tuning, evaluation); ``Star`` is the paper's iteration.
+Other methods (the controls in ``methods.py``; ReST-EM, RFT, ...) are subclasses with their
+own ``iteration``. Every step resumes from what a killed process left in the workdir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import numpy as np
+from etils import epath
+
+from star_jax.config import Config
+from star_jax.engine.batching import TrainExample
+from star_jax.experiment import workdir as wd
+from star_jax.experiment.board import Board
+from star_jax.experiment.build import Experiment
+from star_jax.sampling import Sampler, SamplingParams
+from star_jax.star import finetune as ft, keep as keep_lib, rollout
+from star_jax.tasks import Example
+
+
+@dataclasses.dataclass
+class IterationResult:
+  """What one iteration did, for its metrics record (``record.py``) and artifacts."""
+  method: str
+  params: object  # M_n
+  questions: list[Example]  # the questions this iteration asked (or trained on)
+  kept: list[dict]  # kept rationales, as written to kept.jsonl
+  generation: keep_lib.Kept | None = None  # what filtering the plain samples kept
+  rationalization: keep_lib.Kept | None = None  # what filtering the hinted samples kept
+  samples: list[rollout.Generation] = dataclasses.field(default_factory=list)
+  samples_per_question: int = 1
+  skipped: int = 0  # prompts too long for the context
+  train: ft.FinetuneStats | None = None  # None: nothing kept, the model is M_{n-1}
+  sample_seconds: float = 0.0
+  rationalize_seconds: float = 0.0
+  train_seconds: float = 0.0
+
+
+class Method:
+  """The steps every method shares; subclasses define ``iteration``."""
+
+  name = ""
+
+  def __init__(self, config: Config, exp: Experiment, sampler: Sampler,
+               workdir: epath.PathLike, board: Board | None = None):
+    self.config, self.star = config, config.star
+    self.exp, self.task, self.tokenizer = exp, exp.task, exp.tokenizer
+    self.sampler = sampler
+    self.workdir = epath.Path(workdir)
+    self.board = board
+
+  def iteration(self, n: int, base, model) -> IterationResult:
+    """Iteration ``n`` from M_{n-1} = ``model`` (``base`` = M_0)."""
+    raise NotImplementedError
+
+  # -- the shared steps ---------------------------------------------------------------------
+  def sample(self, n: int, model, questions: list[Example], *, hint: bool, phase: str,
+             few_shot: bool, seed: int) -> tuple[list[rollout.Generation], int]:
+    """``star.samples_per_question`` completions per question, at the configured temperature."""
+    star = self.star
+    return rollout.generate(self.task, self.tokenizer, self.sampler,
+                            self.exp.sampling_copy(model), questions, hint=hint,
+                            few_shot=few_shot,
+                            sampling=SamplingParams(star.temperature, star.top_k, star.top_p),
+                            n=star.samples_per_question, seed=seed, desc=f"iter {n} {phase}",
+                            shard_dir=wd.iteration_dir(self.workdir, n, f"{phase}_shards"),
+                            shard_size=self.config.sample.shard_size)
+
+  def fine_tune(self, n: int, start, examples: list[TrainExample], desc: str
+                ) -> tuple[object, ft.FinetuneStats]:
+    """``start`` trained on ``examples`` for iteration ``n``'s steps (resumable)."""
+    steps = ft.steps_for_iteration(self.star, n)
+    logging.info("iteration %d: %s on %d examples for %d steps", n, desc, len(examples), steps)
+    return ft.finetune(ft.make_trainer(self.exp, self.config.train, steps), start, examples,
+                       self.config.train, steps, seed=self.config.seed * 1000 + n,
+                       desc=f"iter {n} {desc}",
+                       ckpt_dir=wd.iteration_dir(self.workdir, n, "train_ckpt"),
+                       checkpoint_every=self.config.checkpoint_every,
+                       async_save=self.config.checkpoint_async,
+                       on_step=self.board.step_callback(self.workdir, n) if self.board else None,
+                       keep_masters=not self.star.restart_from_base)
+
+  def evaluate(self, n: int, model, few_shot: bool) -> rollout.EvalResult:
+    """Greedy accuracy of ``model`` on the eval set (and the choices' log-likelihood)."""
+    logging.info("iteration %d: evaluating on %d questions", n, len(self.exp.eval_set))
+    t0 = time.time()
+    params = self.exp.sampling_copy(model)
+    result = rollout.evaluate(self.task, self.tokenizer, self.sampler, params,
+                              self.exp.eval_set, few_shot=few_shot, seed=self.config.seed,
+                              shard_dir=wd.iteration_dir(self.workdir, n, "eval_shards"),
+                              shard_size=self.config.sample.shard_size)
+    result.choice_loglik = rollout.choice_loglik_accuracy(self.task, self.tokenizer,
+                                                          self.sampler, params,
+                                                          self.exp.eval_set)
+    result.seconds = time.time() - t0
+    return result
+
+
+class Star(Method):
+  """The paper's iteration (Algorithm 1)."""
+
+  name = "star"
+
+  def iteration(self, n: int, base, model) -> IterationResult:
+    star, seed = self.star, self.config.seed * 1000 + n
+    rng = np.random.default_rng([self.config.seed, n])  # questions, then who is rationalized
+    questions = self.choose_questions(rng)
+    few_shot = star.few_shot if n == 1 else star.few_shot_in_training  # M_0 vs M_n's format
+    logging.info("iteration %d: sampling rationales for %d questions", n, len(questions))
+
+    t0 = time.time()
+    samples, skipped = self.sample(n, model, questions, hint=False, phase="generate",
+                                   few_shot=few_shot, seed=seed)
+    generation = self.filter(samples, "generation")
+    sample_seconds = time.time() - t0
+
+    t0 = time.time()
+    hinted, hinted_skipped = self.rationalize(n, model, generation.failed, rng, seed + 500)
+    rationalization = self.filter(hinted, "rationalization")
+    rationalize_seconds = time.time() - t0
+
+    kept = generation.records + rationalization.records
+    t0 = time.time()
+    start = base if star.restart_from_base else model
+    new_model, stats = self.fine_tune_on_kept(n, start, kept, questions)
+    return IterationResult(self.name, new_model, questions, kept, generation, rationalization,
+                           samples, star.samples_per_question, skipped + hinted_skipped, stats,
+                           sample_seconds, rationalize_seconds, time.time() - t0)
+
+  def choose_questions(self, rng: np.random.Generator) -> list[Example]:
+    """The whole train set, or a random ``star.questions_per_iteration`` of it (in order)."""
+    questions, k = self.exp.train_set, self.star.questions_per_iteration
+    if k and k < len(questions):
+      pick = np.sort(rng.choice(len(questions), k, replace=False))
+      questions = [questions[i] for i in pick]
+    return questions
+
+  def filter(self, samples: list[rollout.Generation], source: str) -> keep_lib.Kept:
+    """The right answers whose rationale holds, at most ``max_kept_per_question`` each."""
+    return keep_lib.keep(self.task, samples, source, self.star.max_kept_per_question,
+                         self.star.require_supported)
+
+  def rationalize(self, n: int, model, failed: list[Example], rng: np.random.Generator,
+                  seed: int) -> tuple[list[rollout.Generation], int]:
+    """A hinted try for a ``p_rationalization`` share of the failures (none: no samples)."""
+    if not (self.star.rationalize and failed):
+      return [], 0
+    chosen = [ex for ex in failed if rng.random() < self.star.p_rationalization]
+    logging.info("iteration %d: rationalizing %d of %d failures", n, len(chosen), len(failed))
+    return self.sample(n, model, chosen, hint=True, phase="rationalize",
+                       few_shot=self.star.few_shot_rationalization, seed=seed)
+
+  def fine_tune_on_kept(self, n: int, start, kept: list[dict], questions: list[Example]
+                        ) -> tuple[object, ft.FinetuneStats | None]:
+    """``start`` fine-tuned on the kept rationales (none kept: ``start`` unchanged)."""
+    if not kept:
+      logging.warning("iteration %d kept no rationales: training skipped, the model is "
+                      "unchanged", n)
+      return start, None
+    by_id = {ex.id: ex for ex in questions}
+    examples = ft.training_examples(self.task, self.tokenizer,
+                                    [(by_id[k["id"]], k["rationale"]) for k in kept],
+                                    few_shot=self.star.few_shot_in_training)
+    return self.fine_tune(n, start, examples, "train")

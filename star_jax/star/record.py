@@ -1,0 +1,93 @@
+"""An iteration's line in ``metrics.jsonl``, built in one place from the typed results:
+what was sampled and kept (``IterationResult``), how training went, and the evaluation.
+
+Keys (present where they apply):
+  iteration, method (controls), train_questions, kept_by_<difficulty>, solved_by_generation,
+  solved_by_rationalization, kept, train_examples (controls), train_steps, train_loss,
+  train_examples_too_long, prompts_skipped_too_long, train_pass_at_1, kept_wrong_step_share,
+  kept_wrong_step_share_by_source, unsupported_by_source, sample_seconds,
+  rationalize_seconds, train_seconds; iteration 0: pretrain_examples, pretrain_steps,
+  pretrain_loss, pretrain_seconds; every iteration: eval_accuracy, eval_n, eval_seconds,
+  eval_skipped_too_long, eval_step_accuracy, accuracy_by_<difficulty>, eval_label_shares,
+  eval_choice_loglik_accuracy, rl_star_by_<difficulty>.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from star_jax.star import diagnostics, keep as keep_lib, rollout
+from star_jax.star.iteration import IterationResult
+from star_jax.tasks import Task
+
+
+def iteration_record(n: int, task: Task, result: IterationResult | None,
+                     evaluation: rollout.EvalResult, base_fields: dict | None = None) -> dict:
+  """Iteration ``n``'s record: ``result``'s fields (None for M_0, which has ``base_fields``
+  instead: its warm start's) and the evaluation's."""
+  record = {"iteration": n}
+  if result is not None:
+    record.update(star_fields(task, result) if result.method == "star"
+                  else control_fields(result))
+  record.update(base_fields or {})
+  record.update(eval_fields(task, evaluation))
+  return record
+
+
+def star_fields(task: Task, r: IterationResult) -> dict:
+  gen = r.generation or keep_lib.Kept([], set(), [], 0)
+  rat = r.rationalization or keep_lib.Kept([], set(), [], 0)
+  by_id = {ex.id: ex for ex in r.questions}
+  stats = r.train
+  return {
+      "train_questions": len(r.questions),
+      f"kept_by_{task.difficulty_name}": keep_lib.solved_by_difficulty(task, r.questions,
+                                                                       gen.solved, rat.solved),
+      "solved_by_generation": len(gen.solved), "solved_by_rationalization": len(rat.solved),
+      "kept": len(r.kept), "train_steps": stats.steps if stats else 0,
+      "train_loss": stats.final_loss if stats else None,
+      "train_examples_too_long": stats.too_long if stats else 0,
+      "prompts_skipped_too_long": r.skipped,
+      "train_pass_at_1": sum(sum(g.correct) for g in r.samples)
+                         / max(len(r.samples) * r.samples_per_question, 1),
+      "kept_wrong_step_share": keep_lib.wrong_step_share(task, by_id, r.kept),
+      "kept_wrong_step_share_by_source": keep_lib.wrong_step_share_by_source(task, by_id,
+                                                                             r.kept),
+      # right answers whose rationale does not reach them (not kept with require_supported)
+      "unsupported_by_source": {"generation": gen.unsupported,
+                                "rationalization": rat.unsupported},
+      "sample_seconds": r.sample_seconds, "rationalize_seconds": r.rationalize_seconds,
+      "train_seconds": r.train_seconds,
+  }
+
+
+def control_fields(r: IterationResult) -> dict:
+  """A control's fields: the loop's keys, with nothing sampled or kept."""
+  stats = r.train
+  return {
+      "method": r.method, "train_questions": len(r.questions),
+      "solved_by_generation": 0, "solved_by_rationalization": 0, "kept": 0,
+      "train_examples": stats.examples, "train_steps": stats.steps,
+      "train_loss": stats.final_loss, "train_examples_too_long": stats.too_long,
+      "sample_seconds": 0.0, "rationalize_seconds": 0.0, "train_seconds": r.train_seconds,
+  }
+
+
+def eval_fields(task: Task, result: rollout.EvalResult) -> dict:
+  """The evaluation's fields (RL-STaR's per-step accuracy where the task knows steps)."""
+  out = {"eval_accuracy": result.accuracy, "eval_n": result.n, "eval_seconds": result.seconds,
+         "eval_skipped_too_long": result.skipped_too_long}
+  steps = [r["step_accuracy"] for r in result.records if "step_accuracy" in r]
+  if steps:
+    out["eval_step_accuracy"] = float(np.mean(steps))
+  if result.by_difficulty:
+    out[f"accuracy_by_{task.difficulty_name}"] = result.by_difficulty
+  shares = rollout.label_shares(task, result.records)
+  if shares:
+    out["eval_label_shares"] = shares
+  if result.choice_loglik is not None:
+    out["eval_choice_loglik_accuracy"] = result.choice_loglik
+  rl_star = diagnostics.rl_star(task, result.records)
+  if rl_star:
+    out[f"rl_star_by_{task.difficulty_name}"] = rl_star
+  return out

@@ -1,0 +1,103 @@
+"""Typed configs at the boundary: every key declared once, every typo a clear error."""
+
+import dataclasses
+import glob
+import os
+
+import pytest
+
+from helpers.runs import ROOT, load_config
+from star_jax import config as config_lib
+from star_jax.config import reference
+from star_jax.data import DataConfig
+from star_jax.runtime.errors import ConfigError
+from star_jax.tasks import ArithmeticTask
+
+
+def test_docs_config_md_is_generated_from_the_declarations():
+  """Run `python -m star_jax.config.reference > docs/config.md` when this fails."""
+  with open(os.path.join(ROOT, "docs", "config.md")) as f:
+    assert f.read() == reference.render()
+
+
+def _declared(cls):
+  for f in dataclasses.fields(cls):
+    if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(
+        f.default_factory):
+      yield from _declared(f.default_factory)
+    else:
+      yield f
+
+
+@pytest.mark.parametrize("cls", [config_lib.Config, DataConfig, ArithmeticTask.Options])
+def test_every_key_has_a_comment(cls):
+  assert all(f.metadata.get("doc") for f in _declared(cls))
+
+
+def test_the_defaults_load_to_the_declared_defaults():
+  cfg = config_lib.load(config_lib.base_config())
+  assert cfg.model.overrides == config_lib.model_overrides()  # how a model runs: settable
+  bare = dataclasses.replace(cfg, task_options={},
+                             model=dataclasses.replace(cfg.model, overrides={}))
+  assert bare == config_lib.Config()
+  assert cfg.task_options == ArithmeticTask.Options()
+  assert isinstance(cfg.data, DataConfig)
+
+
+@pytest.mark.parametrize("spec", sorted(
+    f"{os.path.basename(p)[:-3]}:{v}" for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+    for v in ("", "smoke")))
+def test_every_shipped_config_loads(spec):
+  name, variant = spec.split(":")
+  cfg = config_lib.load(load_config(name, variant))
+  assert cfg.task in ("arithmetic", "cqa", "gsm8k")
+
+
+@pytest.mark.parametrize("key,value,named,nearest", [
+    ("star.iteratons", 3, "star.iteratons", "iterations"),
+    ("trian", {}, "trian", "train"),
+    ("pretrain.data.max_trian", 5, "pretrain.data.max_trian", "max_train"),
+    ("pretrain.task_options.digit_count", (1, 2), "pretrain.task_options.digit_count",
+     "digit_counts"),
+    ("task_options.max_digit", 3, "task_options.max_digit", "max_digits"),
+    ("model.overrides.num_layer", 2, "model.overrides.num_layer", "num_layers"),
+])
+def test_a_typo_anywhere_names_the_key_and_the_nearest(key, value, named, nearest):
+  d = config_lib.base_config().to_dict()
+  node, *path = d, *key.split(".")
+  for part in path[:-1]:
+    node = node[part]
+  node[path[-1]] = value
+  with pytest.raises(ConfigError) as e:
+    config_lib.load(d)
+  assert named in str(e.value) and repr(nearest) in str(e.value)
+
+
+def test_values_are_checked_against_their_choices_and_types():
+  d = config_lib.base_config().to_dict()
+  d["star"]["method"] = "stra"
+  with pytest.raises(ConfigError,
+                     match=r"star.method must be one of .*\(did you mean 'star'\?\)"):
+    config_lib.load(d)
+  d = config_lib.base_config().to_dict()
+  d["train"]["batch_size"] = 2.5
+  with pytest.raises(ConfigError, match="train.batch_size must be a whole number"):
+    config_lib.load(d)
+  d = config_lib.base_config().to_dict()
+  d["task_options"]["positions"] = "columns"
+  with pytest.raises(ConfigError, match="task_options.positions must be one of"):
+    config_lib.load(d)
+
+
+def test_the_seed_set_reads_the_run_data_with_its_own_changes():
+  cfg = config_lib.load(load_config("arithmetic", "smoke"))
+  seed = config_lib.seed_data(cfg)
+  assert (seed.max_train, seed.seed) == (400, 1) and seed.max_eval == cfg.data.max_eval
+  assert cfg.pretrain.task_options == {"min_digits": 1, "max_digits": 1}
+
+
+def test_a_task_gets_options_of_another_task_refused():
+  c = config_lib.base_config("arithmetic")
+  c.task = "gsm8k"
+  with pytest.raises(ConfigError, match="not an option of task 'gsm8k'"):
+    config_lib.load(c)
