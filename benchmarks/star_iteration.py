@@ -30,7 +30,7 @@ from absl import app, flags, logging
 from benchmarks import common, records
 
 MODULE = "benchmarks.star_iteration"
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Phases each metrics.jsonl line should time: iteration 0 is the base model (pretrain + eval).
 ITERATION_PHASES = ("sample_seconds", "rationalize_seconds", "train_seconds", "eval_seconds")
 BASE_PHASES = ("pretrain_seconds", "eval_seconds")

@@ -129,9 +129,16 @@ def test_star_iteration_parses_metrics(tmp_path):
   assert "| configs/arithmetic.py:smoke | 1 | – | 4 | 2 | 5 | 1 | 12 |" in table
 
 
-def test_star_iteration_loads_configs():
+def test_star_iteration_loads_configs_from_any_directory(tmp_path, monkeypatch):
+  """A config path is read relative to the current directory, else to the checkout: the
+  benchmark runs from anywhere; a wrong path is a clear error, not a run of something else."""
+  monkeypatch.chdir(tmp_path)
   cfg = star_iteration.load_config("configs/arithmetic.py:smoke")
   assert cfg.task == "arithmetic" and cfg.star.iterations == 2
+  assert cfg.task_options.max_digits == 3  # the variant, not the default
+  assert star_iteration.load_config("configs/arithmetic.py").star.iterations == 6
+  with pytest.raises(FileNotFoundError, match="configs/nope.py"):
+    star_iteration.load_config("configs/nope.py:smoke")
 
 
 def test_to_markdown_renders_every_benchmark(tmp_path):
@@ -156,14 +163,15 @@ def test_to_markdown_renders_every_benchmark(tmp_path):
 
 
 def test_star_iteration_reads_finished_runs(tmp_path, capsys):
-  from star_jax.star import workdir as wd
+  from star_jax import config as config_lib
+  from star_jax.experiment import workdir as wd
   spec = "configs/arithmetic.py:smoke"
   config = star_iteration.load_config(spec)
   run_dir = tmp_path / "run"
   with pytest.raises(FileNotFoundError, match="no metrics.jsonl"):
     star_iteration.run([spec], finished=[str(run_dir)])
   run_dir.mkdir()
-  wd.record_or_check_config(config, str(run_dir))
+  wd.record_config(config_lib.load(config), str(run_dir))
   (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in METRICS[:2]))
   with pytest.raises(ValueError, match="has not finished"):
     star_iteration.run([spec], finished=[str(run_dir)])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from typing import Any
 
 import numpy as np
@@ -131,12 +132,23 @@ def source_paths(source: str, data: DataConfig) -> dict[str, str]:
                       timeout_s=data.download_timeout_s)
 
 
+def tfds_root(data: DataConfig, paths: dict[str, str]) -> str:
+  """Where TFDS writes: ``data.tfds_dir``; else ``<data.dir>/tfds`` beside the official files;
+  else (a ``data.train_file`` held out from) the user's cache, ``~/.cache/star_jax/tfds``:
+  never a stray folder in the current directory."""
+  if data.tfds_dir:
+    return data.tfds_dir
+  if "eval" in paths:  # the official files, in data.dir
+    return os.path.join(data.dir, "tfds")
+  cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(cache, "star_jax", "tfds")
+
+
 def make_builder(source: str, data: DataConfig) -> _JsonlBuilder:
   """The TFDS builder for `source` over `data.dir`'s files (not yet prepared)."""
   paths = source_paths(source, data)
-  tfds_dir = data.tfds_dir or os.path.join(
-      data.dir or os.path.dirname(os.path.abspath(paths["train"])), "tfds")
-  return BUILDERS[source](src_paths=paths, data_dir=os.path.join(tfds_dir, _fingerprint(paths)),
+  return BUILDERS[source](src_paths=paths,
+                          data_dir=os.path.join(tfds_root(data, paths), _fingerprint(paths)),
                           file_format="array_record")
 
 
@@ -184,8 +196,16 @@ def _read(tfds_split: str, spec: SourceSpec, source: str, data: DataConfig) -> l
   if not data.use_tfds:
     paths = source_paths(source, data)
     return read_jsonl(paths[tfds_split], spec.parse, tfds_split)
-  builder = make_builder(source, data)
-  builder.download_and_prepare()
+  paths = source_paths(source, data)
+  root = tfds_root(data, paths)
+  made = [d for d in (root, os.path.join(root, _fingerprint(paths))) if not os.path.exists(d)]
+  try:
+    builder = make_builder(source, data)
+    builder.download_and_prepare()
+  except BaseException:
+    for d in reversed(made):  # a failed build (a malformed line, a kill) leaves no skeleton
+      shutil.rmtree(d, ignore_errors=True)
+    raise
   ds = builder.as_data_source(split=tfds_split)
   rows = [{k: _decode(v) for k, v in row.items()} for row in ds.__getitems__(range(len(ds)))]
   # ArrayRecord shuffles by key hash; the line number restores the file order.

@@ -13,7 +13,7 @@ from matplotlib import ticker  # noqa: E402
 
 from star_jax.runtime.distributed import is_primary  # noqa: E402
 from star_jax.runtime.files import write_bytes_atomic  # noqa: E402
-from star_jax.experiment.report import bucket_key  # noqa: E402
+from star_jax.experiment.report import bucket_key, bucket_label  # noqa: E402
 
 
 def _accuracy_axes(ax, title: str) -> None:
@@ -41,7 +41,7 @@ def plot_by_difficulty(metrics: list[dict], key: str, path: epath.PathLike, titl
   fig, ax = plt.subplots(figsize=(6, 4))
   for b in buckets:
     pts = [(m["iteration"], 100 * m[key][b]) for m in metrics if b in m.get(key, {})]
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label.format(b))
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=bucket_label(label, b))
   ax.plot([m["iteration"] for m in metrics], [100 * m["eval_accuracy"] for m in metrics],
           color="black", linestyle="--", label="all")
   _accuracy_axes(ax, title)
@@ -56,7 +56,7 @@ def plot_delta(metrics: list[dict], key: str, path: epath.PathLike, title: str,
   fig, ax = plt.subplots(figsize=(6, 4))
   for b in buckets:
     pts = [(m["iteration"], m[key][b]["delta"]) for m in metrics if b in m.get(key, {})]
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label.format(b))
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=bucket_label(label, b))
   ax.set_xlabel("STaR iteration")
   ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
   ax.set_ylabel("per-step delta (RL-STaR)")

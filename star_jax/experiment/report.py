@@ -70,6 +70,12 @@ def closing_summary(metrics: list[dict], workdir, seconds: float) -> str:
   return "\n".join(lines)
 
 
+def bucket_label(label: str, bucket) -> str:
+  """A bucket's name from the task's ``difficulty_label``: "2 digits", but "1 digit"."""
+  text = label.format(bucket)
+  return text[:-1] if str(bucket) == "1" and text.endswith("s") and label != "{}" else text
+
+
 def bucket_key(b) -> tuple:
   """Sort key for difficulty buckets: integers in numeric order, then names."""
   b = str(b)

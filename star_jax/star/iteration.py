@@ -45,7 +45,8 @@ class IterationResult:
   samples: list[rollout.Generation] = dataclasses.field(default_factory=list)
   samples_per_question: int = 1
   skipped: int = 0  # prompts too long for the context
-  train: ft.FinetuneStats | None = None  # None: nothing kept, the model is M_{n-1}
+  # None: nothing kept, not trained: M_n is the start (M_0 with restart_from_base, else M_{n-1})
+  train: ft.FinetuneStats | None = None
   sample_seconds: float = 0.0
   rationalize_seconds: float = 0.0
   train_seconds: float = 0.0
@@ -169,8 +170,9 @@ class Star(Method):
                         ) -> tuple[object, ft.FinetuneStats | None]:
     """``start`` fine-tuned on the kept rationales (none kept: ``start`` unchanged)."""
     if not kept:
-      logging.warning("iteration %d kept no rationales: training skipped, the model is "
-                      "unchanged", n)
+      logging.warning("iteration %d kept no rationales: training skipped, M_%d is the model "
+                      "fine-tuning would start from (%s)", n, n,
+                      "M_0" if self.star.restart_from_base else f"M_{n - 1}")
       return start, None
     by_id = {ex.id: ex for ex in questions}
     examples = ft.training_examples(self.task, self.tokenizer,

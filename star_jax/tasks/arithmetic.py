@@ -317,8 +317,10 @@ class ArithmeticTask(Task):
     return int(prediction) == int(ex.answer)
 
   def split_rationale(self, text: str) -> str:
-    """Scratch lines between the tags (the tags themselves are re-added by `completion`)."""
-    return scratch_body(text, self.end_marker)
+    """Scratch lines between the tags (the tags themselves are re-added by `completion`),
+    without any hint line a model copied into them: a hint is never trained on."""
+    body = scratch_body(text, self.end_marker)
+    return "\n".join(line for line in body.split("\n") if not line.startswith("Hint:"))
 
   def rationale_supports(self, rationale: str, ex: Example) -> bool:
     """The last scratch line (final carry and digits, "0 8 6" for 86) is the answer."""

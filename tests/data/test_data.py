@@ -5,11 +5,10 @@ import json
 import os
 import sys
 
-import ml_collections
 import pytest
 
 from star_jax import data
-from star_jax.data import sources
+from star_jax.data import DataConfig, sources
 
 
 def cqa_line(i, key="A", **overrides):
@@ -45,7 +44,7 @@ def gsm_dir(tmp_path):
 
 
 def cfg(d, **kw):
-  return ml_collections.ConfigDict(dict(dir=str(d), download=False, **kw))
+  return DataConfig(dir=str(d), download=False, **kw)
 
 
 def test_cqa_through_tfds_array_record(cqa_dir):
@@ -145,7 +144,7 @@ def test_missing_files_error_says_which_and_where(tmp_path):
 
 def test_no_data_dir_is_a_clear_error():
   with pytest.raises(ValueError, match="data.dir"):
-    data.load_records("gsm8k", "train", ml_collections.ConfigDict({"dir": None}))
+    data.load_records("gsm8k", "train", DataConfig(dir=""))
   with pytest.raises(ValueError, match="known"):
     data.load_records("nope", "train", None)
   with pytest.raises(ValueError, match="split"):
@@ -177,7 +176,7 @@ def test_download_fetches_missing_files(tmp_path, monkeypatch):
     return _FakeResponse(served[url.rsplit("/", 1)[1]].encode())
 
   monkeypatch.setattr(sources.urllib.request, "urlopen", fake_urlopen)
-  c = ml_collections.ConfigDict({"dir": str(tmp_path / "gsm"), "download_timeout_s": 5.0})
+  c = DataConfig(dir=str(tmp_path / "gsm"), download_timeout_s=5.0)
   assert len(data.load_records("gsm8k", "train", c)) == 2
   assert urls == [sources.SOURCES["gsm8k"].url_prefix + n for n in ("train.jsonl", "test.jsonl")]
   assert not glob.glob(str(tmp_path / "gsm" / "*.download"))
@@ -190,7 +189,7 @@ def test_failed_download_reports_cause(tmp_path, monkeypatch):
 
   monkeypatch.setattr(sources.urllib.request, "urlopen", offline)
   with pytest.raises(FileNotFoundError) as e:
-    data.load_records("gsm8k", "train", ml_collections.ConfigDict({"dir": str(tmp_path)}))
+    data.load_records("gsm8k", "train", DataConfig(dir=str(tmp_path)))
   assert "put train.jsonl, test.jsonl into" in str(e.value)
   assert "network unreachable" in str(e.value)
   assert not os.path.exists(tmp_path / "train.jsonl")
@@ -200,25 +199,25 @@ def test_failed_download_reports_cause(tmp_path, monkeypatch):
 def test_holdout_splits_one_train_file_into_disjoint_train_and_eval(tmp_path, use_tfds):
   path = tmp_path / "commonsenseqa_train_rand_split.jsonl"  # the name of the shared copy
   write_lines(path, [cqa_line(i, "ABCDE"[i % 5]) for i in range(40)])
-  c = ml_collections.ConfigDict(dict(train_file=str(path), holdout=10, seed=3, download=False,
-                                     use_tfds=use_tfds, tfds_dir=str(tmp_path / "tfds")))
+  c = DataConfig(train_file=str(path), holdout=10, seed=3, download=False, use_tfds=use_tfds,
+                 tfds_dir=str(tmp_path / "tfds"))
   train = data.load_records("commonsense_qa", "train", c)
   held = data.load_records("commonsense_qa", "eval", c)
   assert len(train) == 30 and len(held) == 10
   assert not {r["id"] for r in train} & {r["id"] for r in held}
   assert [r["index"] for r in train] == sorted(r["index"] for r in train)  # file order
   assert held == data.load_records("commonsense_qa", "eval", c)  # the seed decides
-  c.seed = 4
+  c = c.replace(seed=4)
   assert held != data.load_records("commonsense_qa", "eval", c)
-  c.holdout = 40
+  c = c.replace(holdout=40)
   with pytest.raises(ValueError, match="leaves nothing to train on"):
     data.load_records("commonsense_qa", "train", c)
 
 
 def test_train_file_errors_are_clear(tmp_path):
   with pytest.raises(FileNotFoundError, match="data.train_file .*nowhere.jsonl"):
-    data.load_records("gsm8k", "train", ml_collections.ConfigDict(
-        dict(train_file=str(tmp_path / "nowhere.jsonl"), holdout=5, download=False)))
+    data.load_records("gsm8k", "train", DataConfig(
+        train_file=str(tmp_path / "nowhere.jsonl"), holdout=5, download=False))
   with pytest.raises(ValueError, match="data.holdout > 0"):
-    data.load_records("gsm8k", "train", ml_collections.ConfigDict(
-        dict(train_file=str(tmp_path / "x.jsonl"), holdout=0, download=False)))
+    data.load_records("gsm8k", "train", DataConfig(
+        train_file=str(tmp_path / "x.jsonl"), holdout=0, download=False))

@@ -1,16 +1,18 @@
 """Mixed precision: float32 master weights and Adam moments under bfloat16 compute."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from star_jax.config import base_config, load
 from star_jax.engine import batching, params as params_lib
 from star_jax.engine.model_config import get_preset
 from star_jax.engine.optim import OptimConfig
 from star_jax.engine.trainer import Trainer
 from star_jax.star import finetune as ft
-from star_jax.config.defaults import base_config
 
 EXAMPLES = [batching.TrainExample([1 + i, 2 + i, 3], [4 + i, 5, 6 + i, 7]) for i in range(8)]
 BATCH = {k: v[None] for k, v in batching.pack(EXAMPLES, 8, pack_rows=False).batch.items()}
@@ -83,8 +85,8 @@ def test_checkpoints_and_resume_keep_the_float32_masters(tmp_path, mesh1):
   """A fine-tune killed after step 2 and resumed ends on exactly the masters of an
   uninterrupted one: the checkpoint held float32 masters, not their bfloat16 rounding."""
   _, (graphdef, params16) = _models(mesh1)
-  tc = base_config().train
-  tc.seq_len, tc.learning_rate, tc.warmup_steps, tc.batch_size = 8, 1e-5, 0, 8
+  tc = dataclasses.replace(load(base_config()).train, seq_len=8, learning_rate=1e-5,
+                           warmup_steps=0, batch_size=8)
   trainer = Trainer(graphdef, mesh1, ft.optim_config(tc, 4))
   whole, _ = ft.finetune(trainer, params16, EXAMPLES, tc, 4, seed=0, keep_masters=True)
   ck = str(tmp_path / "ck")

@@ -24,10 +24,13 @@ def test_jsonl_round_trip_through_epath_and_str(tmp_path):
 
 
 def test_workdir_code_uses_epath_only():
-  """star/ reads and writes the workdir, which may be gs://: no os.path, open() or shutil."""
+  """star/ and experiment/ read and write the workdir, which may be gs://: no os.path, open()
+  or shutil."""
   offenders = []
-  for path in sorted((ROOT / "star_jax" / "star").glob("*.py")) + [
-      ROOT / "star_jax" / "runtime" / "files.py", ROOT / "star_jax" / "engine" / "checkpointer.py"]:
+  for path in (sorted((ROOT / "star_jax" / "star").glob("*.py"))
+               + sorted((ROOT / "star_jax" / "experiment").glob("*.py")) + [
+                   ROOT / "star_jax" / "runtime" / "files.py",
+                   ROOT / "star_jax" / "hub" / "checkpointer.py"]):
     for node in ast.walk(ast.parse(path.read_text())):
       name = None
       if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "open":

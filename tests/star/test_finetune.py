@@ -1,28 +1,31 @@
 """Training and sampling agree on the text format: overfit examples come back verbatim."""
 
+import dataclasses
+
 import numpy as np
 
 from conftest import mesh_of
+from star_jax.config import base_config, load
+from star_jax.data import DataConfig
 from star_jax.engine import params as params_lib
 from star_jax.engine.model_config import get_preset
 from star_jax.engine.trainer import Trainer
 from star_jax.sampling import Sampler, SamplingParams
 from star_jax.star import finetune as ft, rollout
-from star_jax.config.defaults import base_config
 from star_jax.tasks import get_task
 from star_jax.tokenizer import CharTokenizer
 
 
 def test_overfit_examples_are_reproduced_by_the_sampler():
-  task = get_task("arithmetic", max_new_tokens=120)
-  exs = task.load("train", {"max_train": 6, "max_digits": 3})
+  task = get_task("arithmetic", max_new_tokens=120, max_digits=3)
+  exs = task.load("train", DataConfig(max_train=6))
   tok = CharTokenizer.from_texts(
       [task.prompt(e, hint=True) + task.completion(task.gold_rationale(e), e) for e in exs])
   cfg = get_preset("tiny", vocab_size=128, max_seq_len=256)
   mesh = mesh_of((2, 2, 2))
   graphdef, params = params_lib.init_params(cfg, mesh)
-  tc = base_config().train
-  tc.seq_len, tc.learning_rate, tc.warmup_steps, tc.batch_size = 160, 3e-3, 5, 8
+  tc = dataclasses.replace(load(base_config()).train, seq_len=160, learning_rate=3e-3,
+                           warmup_steps=5, batch_size=8)
   examples = ft.training_examples(task, tok, [(e, task.gold_rationale(e)) for e in exs],
                                   few_shot=False)
   trainer = Trainer(graphdef, mesh, ft.optim_config(tc, 200))
@@ -50,8 +53,8 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_p
   cfg = get_preset("tiny")
   mesh = mesh_of((1, 1, 1))
   graphdef, params = params_lib.init_params(cfg, mesh)
-  tc = base_config().train
-  tc.seq_len, tc.learning_rate, tc.warmup_steps, tc.batch_size, tc.clip_norm = 16, 1e30, 0, 8, 1e30
+  tc = dataclasses.replace(load(base_config()).train, seq_len=16, learning_rate=1e30,
+                           warmup_steps=0, batch_size=8, clip_norm=1e30)
   examples = [batching.TrainExample([1, 2, 3], [4, 5, 6])] * 8
   trainer = Trainer(graphdef, mesh, ft.optim_config(tc, 20))
   with pytest.raises(FloatingPointError, match="loss became"):

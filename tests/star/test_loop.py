@@ -1,5 +1,6 @@
 """The STaR loop end to end: each task's :smoke config on fixture data, and its artifacts."""
 
+import dataclasses
 import json
 import os
 
@@ -8,8 +9,10 @@ import pytest
 
 from helpers.runs import load_config, read_events, write_cqa, write_gsm8k
 from star_jax import star, tasks
+from star_jax.config import base_config, load
+from star_jax.data import DataConfig
+from star_jax.runtime.errors import ConfigError
 from star_jax.star import finetune as ft
-from star_jax.config.defaults import base_config
 
 ITER_KEYS = {"iteration", "eval_accuracy", "eval_n", "train_questions", "solved_by_generation",
              "solved_by_rationalization", "kept", "train_steps", "sample_seconds",
@@ -17,12 +20,13 @@ ITER_KEYS = {"iteration", "eval_accuracy", "eval_n", "train_questions", "solved_
 
 
 def check_artifacts(workdir, config, n_eval, hint_markers):
+  star_cfg = load(config).star
   metrics = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   assert [m["iteration"] for m in metrics] == list(range(config.star.iterations + 1))
   assert {"iteration", "eval_accuracy", "eval_n"} <= set(metrics[0])
   for m in metrics[1:]:
     assert ITER_KEYS <= set(m), ITER_KEYS - set(m)
-    assert m["train_steps"] in (0, ft.steps_for_iteration(config.star, m["iteration"]))
+    assert m["train_steps"] in (0, ft.steps_for_iteration(star_cfg, m["iteration"]))
   for m in metrics:
     assert m["eval_n"] == n_eval  # every eval question scored, remainder batch included
     ev = [json.loads(l) for l in open(os.path.join(workdir, f"iter_{m['iteration']:03d}",
@@ -52,10 +56,11 @@ def test_arithmetic_smoke(tmp_path):
   workdir = str(tmp_path / "run")
   star.run(config, workdir)
   # Distinct held-out problems: fewer than max_eval where the one-digit ones run out.
-  n_eval = len(tasks.get_task("arithmetic").load("eval", config.data))
+  task = tasks.get_task("arithmetic", **config.task_options.to_dict())
+  n_eval = len(task.load("eval", DataConfig(**config.data.to_dict())))
   assert 0 < n_eval <= config.data.max_eval
   metrics, kept = check_artifacts(workdir, config, n_eval, ["Hint"])
-  digits = [str(d) for d in range(1, config.data.eval_max_digits + 1)]
+  digits = [str(d) for d in range(1, config.task_options.eval_max_digits + 1)]
   for m in metrics:
     assert sorted(m["accuracy_by_digits"]) == digits
   with open(os.path.join(workdir, "accuracy_by_digits.png"), "rb") as f:
@@ -80,8 +85,8 @@ def test_arithmetic_smollm2_smoke(tmp_path):
   config = load_config("arithmetic_smollm2")
   workdir = str(tmp_path / "run")
   star.run(config, workdir)
-  task = tasks.get_task("arithmetic", **config.task_options)
-  n_eval = len(task.load("eval", config.data))
+  task = tasks.get_task("arithmetic", **config.task_options.to_dict())
+  n_eval = len(task.load("eval", DataConfig(**config.data.to_dict())))
   metrics, kept = check_artifacts(workdir, config, n_eval, ["Hint"])
   for m in metrics:
     assert sorted(m["accuracy_by_digits"]) == ["1", "2"]
@@ -134,23 +139,30 @@ def test_controls_train_on_their_own_data_with_the_star_budget(tmp_path, method)
   metrics = star.run(config, workdir)
   m = metrics[1]
   assert m["method"] == method and m["kept"] == 0
-  assert m["train_steps"] == ft.steps_for_iteration(config.star, 1)
-  seed = tasks.get_task("arithmetic").load("train", {**config.data.to_dict(),
-                                                     **config.pretrain.data.to_dict()})
-  questions = tasks.get_task("arithmetic").load("train", config.data)
+  assert m["train_steps"] == ft.steps_for_iteration(load(config).star, 1)
+  # The seed set P: the run's data and task options, with pretrain's changes.
+  seed = tasks.get_task("arithmetic", **{**config.task_options.to_dict(),
+                                         **config.pretrain.task_options.to_dict()}).load(
+      "train", DataConfig(**{**config.data.to_dict(), **config.pretrain.data.to_dict()}))
+  questions = tasks.get_task("arithmetic", **config.task_options.to_dict()).load(
+      "train", DataConfig(**config.data.to_dict()))
   assert m["train_examples"] == (len(questions) if method == "direct" else len(seed))
   assert os.path.getsize(os.path.join(workdir, "iter_001", "kept.jsonl")) == 0
   assert metrics[0] == json.loads(open(os.path.join(workdir, "metrics.jsonl")).readline())
 
 
 def test_step_schedules():
-  c = base_config().star
+  c = load(base_config()).star
   assert [ft.steps_for_iteration(c, n) for n in (1, 2, 3, 4)] == [40, 48, 58, 69]
-  c.steps_schedule, c.base_steps, c.steps_increment = "linear", 300, 20
+  c = dataclasses.replace(c, steps_schedule="linear", base_steps=300, steps_increment=20)
   assert [ft.steps_for_iteration(c, n) for n in (1, 2, 5)] == [300, 320, 380]
-  c.steps_schedule = "cubic"
+  c = dataclasses.replace(c, steps_schedule="cubic")
   with pytest.raises(ValueError, match="steps_schedule"):
     ft.steps_for_iteration(c, 1)
+  bad = base_config()
+  bad.star.steps_schedule = "cubic"
+  with pytest.raises(ConfigError, match="star.steps_schedule must be one of"):
+    load(bad)
   with pytest.raises(ValueError, match="from 1"):
     ft.steps_for_iteration(c, 0)
 
@@ -160,6 +172,7 @@ def test_missing_data_files_fail_before_any_work(tmp_path):
   config.data.dir = str(tmp_path / "nothing")
   with pytest.raises(FileNotFoundError, match="train_rand_split.jsonl"):
     star.run(config, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run")  # nothing written
 
 
 def _saved_dtypes(workdir, n):
@@ -183,7 +196,7 @@ def test_bfloat16_run_keeps_float32_masters_of_the_models_it_trains_on(tmp_path)
   star.run(config, workdir)
   config.star.iterations = 2  # extended: iteration 2 starts from the restored M_1
   metrics = star.run(config, workdir)
-  steps = [ft.steps_for_iteration(config.star, n) for n in (1, 2)]
+  steps = [ft.steps_for_iteration(load(config).star, n) for n in (1, 2)]
   assert [m["train_steps"] for m in metrics[1:]] == steps
   for n in (0, 1, 2):
     assert _saved_dtypes(workdir, n) == {"float32"}

@@ -7,9 +7,10 @@ import numpy as np
 
 from helpers.runs import load_config, run_results
 from star_jax import star
+from star_jax.config import load
 from star_jax.engine import lora
-from star_jax.hub.checkpointer import Checkpointer
 from star_jax.experiment.build import build
+from star_jax.hub.checkpointer import Checkpointer
 
 
 def _config(iterations):
@@ -36,7 +37,7 @@ def test_lora_star_run_finishes_saves_adapters_and_resumes(tmp_path):
   assert ckpt.meta(0)["lora_base"] and ckpt.meta(1)["adapters_on"] == 0
   sizes = [_dir_bytes(os.path.join(clean, "checkpoints", str(n))) for n in (0, 1)]
   assert sizes[1] < 0.5 * sizes[0], sizes
-  exp = build(_config(2), clean)
+  exp = build(load(_config(2)), clean)
   m1, m2 = (ckpt.restore_model(exp.params, step=n) for n in (1, 2))
   ckpt.close()
   # Every iteration trained its own adapters on one frozen base (restart_from_base).

@@ -9,9 +9,9 @@ import sys
 import pytest
 
 from helpers.runs import load_config
-from star_jax.engine.model_config import get_preset
+from star_jax import plan
 from star_jax.engine.memory import GIB
-from star_jax.star import plan
+from star_jax.engine.model_config import get_preset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -5,8 +5,7 @@ import subprocess
 import sys
 
 from helpers.runs import ROOT, letters_example, load_config
-from star_jax import tasks
-from star_jax.star import preflight
+from star_jax import preflight, tasks
 from star_jax.star.rollout import Generation
 
 

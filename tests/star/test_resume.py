@@ -10,7 +10,8 @@ import pytest
 
 from helpers.runs import ROOT, load_config, run_results
 from star_jax import star
-from star_jax.star import workdir as wd
+from star_jax.experiment import workdir as wd
+from star_jax.runtime.errors import CheckpointError, ConfigError, WorkdirMismatchError
 
 CMD = [sys.executable, "-m", "star_jax.main", "--config=configs/arithmetic.py:smoke"]
 
@@ -72,7 +73,8 @@ def test_changed_config_is_refused_naming_the_keys(tmp_path):
   config.star.rationalize = False
   config.checkpoint_every = 7  # operational: allowed to differ
   config.star.iterations = 3  # more iterations extend a run
-  with pytest.raises(wd.ConfigMismatchError) as e:
+  assert wd.ConfigMismatchError is WorkdirMismatchError  # the name earlier releases raised
+  with pytest.raises(WorkdirMismatchError) as e:
     star.run(config, workdir)
   msg = str(e.value)
   assert "train.learning_rate" in msg and "star.rationalize" in msg and "--overwrite" in msg
@@ -86,24 +88,32 @@ def test_unknown_config_keys_are_rejected(tmp_path):
   config = load_config("arithmetic")
   config.star.unlock()
   config.star.iteratons = 3
-  with pytest.raises(ValueError, match=r"unknown config keys \['star.iteratons'\]"):
+  with pytest.raises(ConfigError,
+                     match=r"unknown config key star\.iteratons \(did you mean 'iterations'\?\)"):
     star.run(config, str(tmp_path / "run"))
+  assert issubclass(ConfigError, ValueError)
+  assert not os.path.exists(tmp_path / "run")  # rejected before anything is written
 
 
 def test_model_checkpoint_that_is_missing_or_mismatched_gets_a_clear_error(tmp_path):
   from conftest import mesh_of
   from star_jax.engine import model_config, params as P
-  from star_jax.hub.checkpointer import Checkpointer
-  from star_jax.star import experiment
+  from star_jax.hub.checkpointer import Checkpointer, load_params
   mesh = mesh_of((1, 1, 1))
   with pytest.raises(FileNotFoundError, match="does not exist"):
-    experiment.load_params(str(tmp_path / "nope"), None)
+    load_params(str(tmp_path / "nope"), None)
   _, small = P.init_params(model_config.get_preset("tiny"), mesh)
   ckpt = Checkpointer(str(tmp_path / "ck"))
   ckpt.save_params(0, small)
   ckpt.wait()
   _, big = P.init_params(model_config.get_preset("tiny", d_model=128, head_dim=32), mesh)
   with pytest.raises(ValueError, match="does not match model config"):
-    experiment.load_params(str(tmp_path / "ck"), big)
-  restored = experiment.load_params(str(tmp_path / "ck"), small)
+    load_params(str(tmp_path / "ck"), big)
+  restored = load_params(str(tmp_path / "ck"), small)
   assert P.count(restored) == P.count(small)
+  # A run naming a missing checkpoint fails before it writes anything.
+  config = load_config("arithmetic")
+  config.model.checkpoint = str(tmp_path / "nope")
+  with pytest.raises(CheckpointError, match=r"unknown checkpoint '.*nope': not an existing"):
+    star.run(config, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run")

@@ -21,7 +21,8 @@ DATA = os.environ.get("STAR_JAX_DATA", os.path.join(os.path.dirname(ROOT), "shar
 def _records(name, source):
   path = os.path.join(DATA, name)
   if not os.path.exists(path):
-    pytest.skip(f"{path} is not here")
+    pytest.skip(f"{path} is not here: set STAR_JAX_DATA to the directory holding the real "
+                f"train file {name} (see the README, 'Tests')")
   return read_jsonl(path, SOURCES[source].parse, "train")
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from star_jax import tasks
+from star_jax.data import DataConfig
 from star_jax.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer, load_tokenizer
 
 TRICKY = [
@@ -125,7 +126,7 @@ def test_char_pieces_keep_one_token_per_digit_and_round_trip(tmp_path, corpus):
 def test_char_pieces_split_prompt_and_completion_like_the_whole_text(corpus):
   tok = CharTokenizer.from_texts(corpus, pieces=ARITHMETIC_PIECES + ["Target:\n", "Hint:"])
   task = tasks.get_task("arithmetic")
-  for ex in task.load("train", {"max_train": 50, "seed": 3}):
+  for ex in task.load("train", DataConfig(max_train=50, seed=3)):
     for hint in (False, True):
       prompt = task.prompt(ex, hint=hint, few_shot=False)
       target = task.completion(task.gold_rationale(ex), ex)

@@ -1,0 +1,68 @@
+"""A STaR run without a model: a character tokenizer, a sampler that answers from a script,
+and an ``Experiment`` around them, so an iteration's logic runs in milliseconds.
+
+``ScriptedSampler(task, examples, script)`` answers each prompt with ``script(ex, hint)``
+(the completion text for question ``ex``, asked with or without the hint) and records every
+call: which params it sampled with and which (question, hint) pairs it was asked. A problem
+that is in ``examples`` twice (arithmetic's train sets repeat some) is recorded as one of them.
+"""
+
+import dataclasses
+import types
+from typing import Callable
+
+import numpy as np
+
+from star_jax.experiment.build import Experiment
+from star_jax.tasks import Example, Task
+
+
+class CharTokenizer:
+  """One id per character: ``decode(encode(text)) == text`` for any text."""
+
+  def encode(self, text: str, add_bos: bool = False) -> list[int]:
+    return [ord(c) for c in text]
+
+  encode_prompt = encode
+
+  def decode(self, ids) -> str:
+    return "".join(map(chr, ids))
+
+
+@dataclasses.dataclass
+class Call:
+  params: object  # what the sampler was given: the sampled model
+  asked: list[tuple[Example, bool]]  # (question, hint) per prompt, in order
+
+
+class _Output:
+  def __init__(self, texts: list[list[str]]):
+    self.texts = texts
+
+  def sequences(self, prompt: int, sample: int = 0) -> list[int]:
+    return CharTokenizer().encode(self.texts[prompt][sample])
+
+
+class ScriptedSampler:
+  """Answers every prompt of ``examples`` (with or without hint and exemplars) by ``script``."""
+
+  def __init__(self, task: Task, examples: list[Example],
+               script: Callable[[Example, bool], str]):
+    self.cfg = types.SimpleNamespace(max_seq_len=1 << 16)
+    self.script, self.calls = script, []
+    self._asked = {task.prompt(ex, hint=hint, few_shot=few_shot): (ex, hint)
+                   for ex in examples for hint in (False, True) for few_shot in (False, True)}
+
+  def sample(self, params, prompts, max_new_tokens, sampling, n=1, seed=0, stop_strings=(),
+             decode_fn=None, progress=None, first_index=0) -> _Output:
+    asked = [self._asked[decode_fn(p)] for p in prompts]
+    self.calls.append(Call(params, asked))
+    if progress is not None:
+      progress(len(prompts) * n)
+    return _Output([[self.script(ex, hint)] * n for ex, hint in asked])
+
+
+def experiment(task: Task, train: list[Example], evals: list[Example] = ()) -> Experiment:
+  """An ``Experiment`` with no model: ``params`` is a one-leaf tree (the base model, zeros)."""
+  return Experiment(task, list(train), list(evals), CharTokenizer(), mesh=None, model_cfg=None,
+                    graphdef=None, params={"w": np.zeros(2, np.float32)})
