@@ -71,7 +71,7 @@ def model_config_of(config: Config) -> tuple[str, model_config.ModelConfig]:
   if ckpt and not is_star_jax_checkpoint(ckpt):
     from star_jax.hub import model_config_of as from_checkpoint  # tokenizers/gguf: when needed
     name, cfg = ckpt, from_checkpoint(ckpt, dtype=config.model.dtype or None)
-    # As a run loads it (star/experiment.py): the overrides may say how it runs, no more.
+    # As a run loads it (experiment/build.py): the overrides may say how it runs, no more.
     cfg = cfg.replace(**model_config.execution_of(config.model.overrides))
   else:
     name = config.model.preset

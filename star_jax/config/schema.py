@@ -15,7 +15,6 @@ from typing import Any
 from star_jax.data.data_config import DataConfig
 from star_jax.runtime.declared import group, key
 
-METHODS = ("star", "direct", "seed_only")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -53,7 +52,8 @@ class MeshConfig:
 @dataclasses.dataclass(frozen=True)
 class StarConfig:
   method: str = key("star", "star | direct (fine-tune on bare answers) | seed_only (train on "
-                            "the seed set P): the controls run STaR's budget", choices=METHODS)
+                            "the seed set P) | a registered method (star/methods.py): the "
+                            "controls run STaR's budget")
   iterations: int = key(10, "outer-loop iterations N")
   rationalize: bool = key(True, "give failures a second try with the answer as a hint")
   p_rationalization: float = key(1.0, "share of failures given the hinted try")

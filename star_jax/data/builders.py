@@ -132,13 +132,13 @@ def source_paths(source: str, data: DataConfig) -> dict[str, str]:
                       timeout_s=data.download_timeout_s)
 
 
-def tfds_root(data: DataConfig, paths: dict[str, str]) -> str:
+def tfds_root(data: DataConfig) -> str:
   """Where TFDS writes: ``data.tfds_dir``; else ``<data.dir>/tfds`` beside the official files;
   else (a ``data.train_file`` held out from) the user's cache, ``~/.cache/star_jax/tfds``:
   never a stray folder in the current directory."""
   if data.tfds_dir:
     return data.tfds_dir
-  if "eval" in paths:  # the official files, in data.dir
+  if not (data.holdout and data.train_file):  # the official files, in data.dir
     return os.path.join(data.dir, "tfds")
   cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
   return os.path.join(cache, "star_jax", "tfds")
@@ -148,7 +148,7 @@ def make_builder(source: str, data: DataConfig) -> _JsonlBuilder:
   """The TFDS builder for `source` over `data.dir`'s files (not yet prepared)."""
   paths = source_paths(source, data)
   return BUILDERS[source](src_paths=paths,
-                          data_dir=os.path.join(tfds_root(data, paths), _fingerprint(paths)),
+                          data_dir=os.path.join(tfds_root(data), _fingerprint(paths)),
                           file_format="array_record")
 
 
@@ -197,7 +197,7 @@ def _read(tfds_split: str, spec: SourceSpec, source: str, data: DataConfig) -> l
     paths = source_paths(source, data)
     return read_jsonl(paths[tfds_split], spec.parse, tfds_split)
   paths = source_paths(source, data)
-  root = tfds_root(data, paths)
+  root = tfds_root(data)
   made = [d for d in (root, os.path.join(root, _fingerprint(paths))) if not os.path.exists(d)]
   try:
     builder = make_builder(source, data)

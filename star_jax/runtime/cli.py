@@ -10,6 +10,7 @@ other exception is a bug and keeps it. ``--help`` exits 0.
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import re
 import sys
@@ -30,6 +31,10 @@ def run(main: Callable[[list[str]], None], argv: list[str] | None = None) -> Non
   argv = [a for a in argv if a != "--traceback"]
   prog = _prog(argv[0])
   started = []
+  # jax tries every backend it knows: on a host without a TPU its INFO line about libtpu
+  # reads like a failure. It is not one; keep it out of the log.
+  std_logging.getLogger("jax._src.xla_bridge").addFilter(
+      lambda r: "Unable to initialize backend" not in r.getMessage())
 
   def guarded(args):
     started.append(True)

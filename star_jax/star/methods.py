@@ -46,6 +46,16 @@ class SeedOnly(Direct):
 METHODS: dict[str, type[Method]] = {m.name: m for m in (Star, Direct, SeedOnly)}
 
 
+def register_method(cls: type[Method]) -> type[Method]:
+  """Adds a ``Method`` subclass to what ``star.method`` picks from, by its ``name``."""
+  if not (isinstance(cls, type) and issubclass(cls, Method) and cls.name):
+    raise TypeError(f"{cls!r} is not a named Method subclass")
+  if METHODS.get(cls.name, cls) is not cls:
+    raise ValueError(f"method name {cls.name!r} is already registered to {METHODS[cls.name]}")
+  METHODS[cls.name] = cls
+  return cls
+
+
 def get_method(name: str) -> type[Method]:
   if name not in METHODS:
     raise ConfigError(f"star.method must be one of {sorted(METHODS)}, got {name!r}"

@@ -115,7 +115,7 @@ def generate(split: str, count: int, seed: int, min_digits: int, max_digits: int
                  if _in_eval_partition(a, b, seed, eval_fraction)]
         if not space:
           raise ValueError(f"no {digits}-digit problem falls in the eval partition; "
-                           f"change data.eval_fraction ({eval_fraction}) or the digit range")
+                           f"change task_options.eval_fraction ({eval_fraction}) or the digit range")
         pools[digits, digits_b] = iter([space[i] for i in rng.permutation(len(space))])
       pair = next(pools[digits, digits_b], None)
       if pair is not None:
@@ -127,7 +127,7 @@ def generate(split: str, count: int, seed: int, min_digits: int, max_digits: int
         break
     else:
       raise ValueError(f"no {digits}-digit problem falls in the {split} partition; "
-                       f"change data.eval_fraction ({eval_fraction}) or the digit range")
+                       f"change task_options.eval_fraction ({eval_fraction}) or the digit range")
     if want_eval:
       seen.add((a, b))
     pairs.append((a, b))

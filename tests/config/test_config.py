@@ -75,9 +75,9 @@ def test_a_typo_anywhere_names_the_key_and_the_nearest(key, value, named, neares
 
 def test_values_are_checked_against_their_choices_and_types():
   d = config_lib.base_config().to_dict()
-  d["star"]["method"] = "stra"
+  d["star"]["steps_schedule"] = "linaer"
   with pytest.raises(ConfigError,
-                     match=r"star.method must be one of .*\(did you mean 'star'\?\)"):
+                     match=r"star.steps_schedule must be one of .*\(did you mean 'linear'\?\)"):
     config_lib.load(d)
   d = config_lib.base_config().to_dict()
   d["train"]["batch_size"] = 2.5
@@ -101,3 +101,20 @@ def test_a_task_gets_options_of_another_task_refused():
   c.task = "gsm8k"
   with pytest.raises(ConfigError, match="not an option of task 'gsm8k'"):
     config_lib.load(c)
+
+
+def test_every_key_the_docs_use_on_a_command_line_is_declared():
+  """README and docs/ name keys a user copies: each one is a key a run takes."""
+  import re
+  from star_jax.engine.model_config import ModelConfig
+  from star_jax.tasks import available_tasks, task_class
+  known = set(config_lib.flatten(config_lib.to_dict(config_lib.Config())))
+  known |= {f"model.overrides.{f.name}" for f in dataclasses.fields(ModelConfig)}
+  known |= {f"{group}.{f.name}" for t in available_tasks()
+            for f in dataclasses.fields(task_class(t).Options)
+            for group in ("task_options", "pretrain.task_options")}
+  known |= {f"pretrain.data.{f.name}" for f in dataclasses.fields(DataConfig)}
+  pages = [os.path.join(ROOT, "README.md")] + glob.glob(os.path.join(ROOT, "docs", "*.md"))
+  used = {(os.path.basename(p), k) for p in pages
+          for k in re.findall(r"--config\.([a-z_][a-z0-9_.]*[a-z0-9_])=", open(p).read())}
+  assert sorted((page, k) for page, k in used if k not in known) == []

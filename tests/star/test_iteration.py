@@ -236,3 +236,24 @@ def test_record_counts_what_the_script_did(tmp_path, trained):
   assert (record["iteration"], record["train_questions"], record["train_steps"],
           record["train_loss"], record["prompts_skipped_too_long"]) == (2, 20, 48, 0.5, 0)
   assert (record["eval_accuracy"], record["eval_n"]) == (0.5, 8)
+
+
+def test_a_method_is_one_key_away_and_a_typo_names_the_nearest():
+  from star_jax.runtime.errors import ConfigError
+  from star_jax.star import methods
+
+  class NoHints(Star):
+    name = "no_hints_test"
+
+    def rationalize(self, n, model, failed, rng, seed):
+      return [], 0
+
+  methods.register_method(NoHints)
+  try:
+    assert methods.get_method("no_hints_test") is NoHints
+    with pytest.raises(ConfigError, match="did you mean 'no_hints_test'"):
+      methods.get_method("no_hint_test")
+  finally:
+    del methods.METHODS["no_hints_test"]
+  with pytest.raises(ConfigError, match="did you mean 'star'"):
+    methods.get_method("stra")

@@ -1,5 +1,6 @@
 """The STaR loop end to end: each task's :smoke config on fixture data, and its artifacts."""
 
+import collections
 import dataclasses
 import json
 import os
@@ -107,9 +108,16 @@ def test_cqa_smoke_on_official_schema_files(tmp_path):
   metrics, kept = check_artifacts(workdir, config, 13, ["(CORRECT)"])
   check_kept_and_trained(metrics, kept)
   for m in metrics:  # multiple choice: what the answers name, and the likeliest choice
-    assert sum(m["eval_label_shares"].values()) == pytest.approx(1.0)
-    assert set(m["eval_label_shares"]) <= set("ABCDE") | {"none"}
-    assert 0 <= m["eval_choice_loglik_accuracy"]["acc"] <= 1
+    records = [json.loads(line) for line in
+               open(os.path.join(workdir, f"iter_{m['iteration']:03d}", "eval.jsonl"))]
+    assert len(records) == m["eval_n"] == 13
+    assert m["eval_accuracy"] == pytest.approx(sum(r["correct"] for r in records) / 13)
+    named = collections.Counter(r.get("label", "none") for r in records)
+    assert m["eval_label_shares"] == pytest.approx({k: v / 13 for k, v in named.items()})
+    assert all(r["correct"] == (r.get("label") == r["gold"]) for r in records)
+    for score in ("acc", "acc_norm"):  # a share of the 13 questions, one likeliest choice each
+      assert m["eval_choice_loglik_accuracy"][score] * 13 == pytest.approx(
+          round(m["eval_choice_loglik_accuracy"][score] * 13))
 
 
 def test_gsm8k_smoke_on_official_schema_files(tmp_path):

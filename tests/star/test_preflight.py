@@ -62,8 +62,15 @@ def test_preflight_command_prints_the_table_and_a_json_line(tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]
   lines = proc.stdout.strip().splitlines()
-  assert lines[0].startswith("pre-flight: arithmetic") and "verdict:" in proc.stdout
-  assert json.loads(lines[-1])["questions"] == 16
+  report = json.loads(lines[-1])
+  assert lines[0].startswith("pre-flight: arithmetic, pretrained for 20 steps, 16 train "
+                             "questions, greedy + 1 samples at T=0.7")
+  assert report["questions"] == 16 and lines[-2] == "verdict: " + report["verdict"]
+  rows = {ln.split("|")[0].strip(): [c.strip() for c in ln.split("|")[1:]] for ln in lines
+          if ln.count("|") == 6 and not ln.strip().startswith("|")}
+  assert rows["all"][0] == "16" and rows["all"][-1] == f"{100 * report['keepable']:.1f}%"
+  assert set(rows) - {"all", ""} == set(report["by_digits"])  # one row per digit count
+  assert sum(int(rows[d][0]) for d in report["by_digits"]) == 16
 
 
 def test_the_report_says_how_many_right_answers_the_support_check_dropped():
