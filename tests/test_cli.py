@@ -1,34 +1,13 @@
 """The command line as a newcomer meets it: one clear line per mistake, nothing left behind by
-a failed start, a run that says where it stands and leaves a finished run alone."""
+a failed start."""
 
-import hashlib
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from helpers.runs import ROOT, write_cqa
+from helpers.runs import ROOT, command as star_jax, write_cqa
 
 SMOKE = os.path.join(ROOT, "configs", "arithmetic.py") + ":smoke"
-
-
-def star_jax(module, *args, cwd, env=None):
-  """``python -m star_jax.<module> args`` in ``cwd``: (exit code, stdout, stderr)."""
-  p = subprocess.run([sys.executable, "-m", f"star_jax.{module}", *args], cwd=cwd,
-                     capture_output=True, text=True, timeout=900,
-                     env={**os.environ, "PYTHONPATH": ROOT, **(env or {})})
-  return p.returncode, p.stdout, p.stderr
-
-
-def checksums(directory):
-  out = {}
-  for d, _, files in os.walk(directory):
-    for f in files:
-      path = os.path.join(d, f)
-      out[os.path.relpath(path, directory)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
-  return out
 
 
 @pytest.mark.parametrize("module", ["main", "preflight", "plan", "generate"])
@@ -81,25 +60,5 @@ def test_a_malformed_data_file_leaves_workdir_and_current_directory_as_they_were
   assert not (data / "tfds").exists()  # no TFDS skeleton from the failed build
 
 
-def test_a_failed_start_leaves_nothing_then_the_run_reports_and_a_rerun_has_nothing_to_do(
-    tmp_path):
-  workdir = tmp_path / "run"
-  code, _, err = star_jax("main", f"--config={SMOKE}", f"--workdir={workdir}",
-                          "--config.model.checkpoint=/no/such/checkpoint", cwd=tmp_path)
-  assert code == 2 and "/no/such/checkpoint" in err and "Traceback" not in err
-  assert not workdir.exists()
-
-  code, _, err = star_jax("main", f"--config={SMOKE}", f"--workdir={workdir}", cwd=tmp_path)
-  assert code == 0, err
-  log = err.strip().splitlines()
-  assert "pretraining M_0 on the seed set" in err and "iteration 1: sampling rationales" in err
-  assert "iter 1 generate: " in err  # progress lines in a log file, not a TTY bar
-  assert "finished: 2 iterations" in log[-2] and f"results in {workdir}" in log[-1]
-  assert "metrics.jsonl" in log[-1] and "tensorboard" in log[-1]
-  assert len(open(workdir / "metrics.jsonl").readlines()) == 3
-  assert json.load(open(workdir / "config.json"))["task_options"]["max_digits"] == 3
-
-  before = checksums(workdir)
-  code, _, err = star_jax("main", f"--config={SMOKE}", f"--workdir={workdir}", cwd=tmp_path)
-  assert code == 0 and "nothing to do" in err
-  assert checksums(workdir) == before
+# A failed start, the corrected command's run, its closing lines and a re-run with nothing to
+# do: tests/star/test_loop.py::test_arithmetic_smoke_from_the_command_line.

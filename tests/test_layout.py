@@ -167,3 +167,15 @@ def test_readme_layout_table_matches_the_tree():
     if m.count(".") > 1:
       row = next(line for line in table.splitlines() if line.startswith(f"| {where}"))
       assert f"`{name}`" in row or f"`{name[:-3]}`" in row, f"{where} row lacks {name}"
+
+
+def test_nothing_below_the_config_boundary_reads_a_config_dict():
+  """``config.load`` turns the ConfigDict into typed dataclasses; only it and the
+  command-line tools (which define the --config flag) import ml_collections."""
+  for m, path in MODULES.items():
+    if _room(m) in ("config", "main", "preflight", "plan"):
+      continue
+    for node in ast.walk(ast.parse(open(path).read())):
+      names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+               [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+      assert not any(n.startswith("ml_collections") for n in names), m

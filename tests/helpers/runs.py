@@ -1,8 +1,11 @@
 """Run configs and fixture data files in the official formats."""
 
+import hashlib
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 
@@ -86,3 +89,23 @@ def run_results(workdir):
       for name in sorted(os.listdir(os.path.join(workdir, d))):
         files[f"{d}/{name}"] = open(os.path.join(workdir, d, name)).read()
   return metrics, files
+
+
+def command(module, *args, cwd, env=None, timeout=900):
+  """``python -m star_jax.<module> args`` in ``cwd``, as a user types it: (exit code, stdout,
+  stderr)."""
+  p = subprocess.run([sys.executable, "-m", f"star_jax.{module}", *args], cwd=cwd,
+                     capture_output=True, text=True, timeout=timeout,
+                     env={**os.environ, "PYTHONPATH": ROOT, **(env or {})})
+  return p.returncode, p.stdout, p.stderr
+
+
+def checksums(directory):
+  """{relative path: sha256} of every file below ``directory``."""
+  out = {}
+  for d, _, files in os.walk(directory):
+    for f in files:
+      path = os.path.join(d, f)
+      with open(path, "rb") as fh:
+        out[os.path.relpath(path, directory)] = hashlib.sha256(fh.read()).hexdigest()
+  return out

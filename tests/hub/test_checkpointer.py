@@ -117,7 +117,7 @@ def test_a_kill_during_an_async_save_leaves_the_previous_checkpoint(tmp_path, me
   import sys
   directory, saved = str(tmp_path / "ck"), str(tmp_path / "saved.npz")
   tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  script = _KILLED_MID_SAVE.format(tests=os.path.join(tests, "engine"), directory=directory,
+  script = _KILLED_MID_SAVE.format(tests=os.path.join(tests, "hub"), directory=directory,
                                    saved=saved)
   proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                         timeout=300, env=dict(os.environ, PYTHONPATH=os.pathsep.join(
