@@ -120,7 +120,7 @@ def rope(x_BxTxNxH: jax.Array, positions: jax.Array, cfg: ModelConfig) -> jax.Ar
   if cfg.positions is not None:
     angle_BxTxR = cfg.positions.rotary_angles(positions, rd, cfg.rope_base)
   else:
-    angle_BxTxR = index_angles(positions, rd, cfg.rope_base)  # R = rd // 2
+    angle_BxTxR = index_angles(positions, rd, cfg.rope_base, cfg.rope_scaling)  # R = rd // 2
   sin, cos = jnp.sin(angle_BxTxR)[:, :, None, :], jnp.cos(angle_BxTxR)[:, :, None, :]
   x = x_BxTxNxH.astype(jnp.float32)
   rot, rest = x[..., :rd], x[..., rd:]

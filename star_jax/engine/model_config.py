@@ -50,6 +50,11 @@ class ModelConfig:
   rotary_dim: int | None = None  # None: rotate all of H; GPT-J rotates the first 64
   rope_interleaved: bool = False  # False: rotate-half (Llama/NeoX); True: pairs (GPT-J)
   use_rope: bool = True  # False: no positional encoding at all (NoPE, the causal mask alone)
+  # None: plain RoPE. ("llama3", factor, low_freq_factor, high_freq_factor, original context)
+  # (Llama 3.1/3.2: long wavelengths slowed by factor, a smooth ramp between), or
+  # ("freq_factors", f_0, ..., f_{R-1}): each inverse frequency divided by its f_i (the
+  # rope_freqs tensor of llama.cpp's GGUF files). See engine/positions.py.
+  rope_scaling: tuple | None = None
   # None: a token's position is its index in the text. Else a PositionScheme (hashable) that
   # computes positions from the tokens, a task's hook (see engine/positions.py).
   positions: Any = None
@@ -92,6 +97,12 @@ class ModelConfig:
     if unknown:
       raise ValueError(f"unknown lora_targets {sorted(unknown)}; known: "
                        f"{list(ATTENTION_KERNELS + MLP_KERNELS)}")
+    kinds = {"llama3": 5, "freq_factors": 1 + self.rope_dim // 2}
+    if self.rope_scaling is not None and (self.rope_scaling[0] not in kinds or
+                                          len(self.rope_scaling) != kinds[self.rope_scaling[0]]):
+      raise ValueError(f"rope_scaling must be ('llama3', factor, low_freq_factor, "
+                       f"high_freq_factor, original_max_position_embeddings) or ('freq_factors', "
+                       f"{self.rope_dim // 2} factors), got {self.rope_scaling!r}")
     if self.attention not in ATTENTION_PATHS:
       raise ValueError(f"attention must be one of {ATTENTION_PATHS}, got {self.attention!r}")
     if self.remat_policy not in REMAT_POLICIES:

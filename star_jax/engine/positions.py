@@ -22,6 +22,7 @@ from typing import Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class PositionScheme(Protocol):
@@ -42,7 +43,37 @@ def segment_starts(segment_ids_BxT: jax.Array) -> jax.Array:
   return segment_ids_BxT != prev_BxT
 
 
-def index_angles(positions_BxT: jax.Array, rope_dim: int, base: float) -> jax.Array:
+def index_angles(positions_BxT: jax.Array, rope_dim: int, base: float,
+                 scaling: tuple | None = None) -> jax.Array:
   """Standard RoPE: [B, T, rope_dim // 2] angles of the index positions."""
-  inv_freq_R = base ** (-jnp.arange(0, rope_dim, 2, dtype=jnp.float32) / rope_dim)
+  if scaling is None:
+    inv_freq_R = base ** (-jnp.arange(0, rope_dim, 2, dtype=jnp.float32) / rope_dim)
+  else:
+    inv_freq_R = jnp.asarray(inv_frequencies(rope_dim, base, scaling))
   return positions_BxT[..., None].astype(jnp.float32) * inv_freq_R
+
+
+def inv_frequencies(rope_dim: int, base: float, scaling: tuple | None = None) -> np.ndarray:
+  """RoPE's [rope_dim // 2] inverse frequencies, with ``ModelConfig.rope_scaling`` applied.
+
+  "llama3" is Llama 3.1's rule (transformers' ``_compute_llama3_parameters``): wavelengths
+  shorter than ``original / high_freq_factor`` stay, longer than ``original / low_freq_factor``
+  are slowed by ``factor``, and those between are interpolated. "freq_factors" divides each
+  frequency by its factor, as llama.cpp applies a GGUF's ``rope_freqs`` tensor.
+  """
+  inv_freq_R = (1.0 / (base ** (np.arange(0, rope_dim, 2, dtype=np.float32) / rope_dim))
+                ).astype(np.float32)
+  if scaling is None:
+    return inv_freq_R
+  kind, *args = scaling
+  if kind == "freq_factors":
+    return (inv_freq_R / np.asarray(args, np.float32)).astype(np.float32)
+  if kind != "llama3":
+    raise ValueError(f"unknown RoPE scaling {kind!r}")
+  factor, low, high, original = (float(a) for a in args)
+  wavelen_R = 2 * np.pi / inv_freq_R
+  slowed_R = np.where(wavelen_R > original / low, inv_freq_R / factor, inv_freq_R)
+  smooth_R = (original / wavelen_R - low) / (high - low)
+  smoothed_R = (1 - smooth_R) * slowed_R / factor + smooth_R * slowed_R
+  medium_R = ~(wavelen_R < original / high) & ~(wavelen_R > original / low)
+  return np.where(medium_R, smoothed_R, slowed_R).astype(np.float32)

@@ -97,7 +97,9 @@ def load_pretrained(name_or_path: str, mesh: Mesh, dtype: str | None = None,
   elif os.path.isfile(path) and path.endswith(".gguf"):
     reader = gguf.open_reader(path)
     cfg, graphdef, params = gguf.load(path, mesh, dtype, execution, reader=reader)
-    tokenizer = gguf_tokenizer.from_gguf(reader, where=path)
+    # A GGUF without tokenizer metadata (weights only) loads like a bare HF directory.
+    has_tokenizer = gguf.field(reader, "tokenizer.ggml.model") is not None
+    tokenizer = gguf_tokenizer.from_gguf(reader, where=path) if has_tokenizer else None
   else:
     raise CheckpointError(f"{path}: not a checkpoint: expected a directory with config.json and "
                           f"*.safetensors, or a .gguf file")

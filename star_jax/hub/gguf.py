@@ -49,10 +49,19 @@ def model_config(reader, dtype: str | None = None, where: str = "GGUF") -> Model
     return value
 
   scaling = get("rope.scaling.type", "none")
-  if scaling not in ("none", None) or "rope_freqs.weight" in _tensors(reader):
-    raise CheckpointError(f"{where}: RoPE scaling ({scaling!r} / rope_freqs) is not implemented")
+  if scaling not in ("none", None):
+    raise CheckpointError(f"{where}: RoPE scaling {scaling!r} is not implemented (implemented: "
+                          "none, and llama.cpp's rope_freqs factors, Llama 3.1's rule)")
   D, N = need("embedding_length"), need("attention.head_count")
   H = get("attention.key_length") or D // N
+  rope_scaling = None
+  freqs = _tensors(reader).get(ROPE_FREQS)
+  if freqs is not None:  # Llama 3.1/3.2: per-frequency divisors, written by the converter
+    factors = np.asarray(freqs.data, np.float32).reshape(-1)
+    if factors.size != H // 2:
+      raise CheckpointError(f"{where}: {ROPE_FREQS} has {factors.size} factors, expected "
+                            f"{H // 2} (head_dim / 2)")
+    rope_scaling = ("freq_factors", *(float(f) for f in factors))
   if get("rope.dimension_count", H) != H:
     raise CheckpointError(f"{where}: partial rotary ({get('rope.dimension_count')} of {H} dims) "
                           f"is not supported for llama")
@@ -65,7 +74,8 @@ def model_config(reader, dtype: str | None = None, where: str = "GGUF") -> Model
       vocab_size=int(vocab), d_model=D, num_layers=need("block_count"), num_heads=N,
       num_kv_heads=get("attention.head_count_kv") or N, head_dim=H,
       ffn_dim=need("feed_forward_length"), norm_eps=float(need("attention.layer_norm_rms_epsilon")),
-      rope_base=float(get("rope.freq_base", 10000.0)), max_seq_len=get("context_length", 2048),
+      rope_base=float(get("rope.freq_base", 10000.0)), rope_scaling=rope_scaling,
+      max_seq_len=get("context_length", 2048),
       tie_embeddings="output.weight" not in _tensors(reader), param_dtype=dtype, dtype=dtype)
 
 
@@ -100,6 +110,9 @@ def table(cfg: ModelConfig) -> dict[tuple, Entry]:
   return t
 
 
+ROPE_FREQS = "rope_freqs.weight"
+
+
 def _tensors(reader) -> dict:
   return {t.name: t for t in reader.tensors}
 
@@ -113,7 +126,7 @@ class GGUFSource:
     self._tensors = _tensors(reader)
 
   def keys(self):
-    return self._tensors.keys()
+    return [k for k in self._tensors if k != ROPE_FREQS]  # read into the config, not a weight
 
   def shape(self, key: str) -> tuple[int, ...]:
     return tuple(int(d) for d in reversed(self._tensors[key].shape))  # GGUF: fastest dim first

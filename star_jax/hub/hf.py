@@ -60,7 +60,7 @@ def _llama(hf: dict[str, Any], arch: str, where: str) -> dict[str, Any]:
   if arch != "Qwen2ForCausalLM":  # Qwen2 always has q/k/v biases and never an o bias
     require("attention_bias", (None, False), "Llama's attention_bias also biases o_proj")
   D, N = hf["hidden_size"], hf["num_attention_heads"]
-  rope_base = _rope_base(hf, where)
+  rope_base, rope_scaling = _rope(hf, where)
   max_len = hf.get("max_position_embeddings", 2048)
   # Sliding-window attention equals full attention on sequences no longer than the
   # window, so capping the length keeps the model exact instead of refusing it.
@@ -72,22 +72,36 @@ def _llama(hf: dict[str, Any], arch: str, where: str) -> dict[str, Any]:
   return dict(d_model=D, num_layers=hf["num_hidden_layers"], num_heads=N,
               num_kv_heads=hf.get("num_key_value_heads") or N,
               head_dim=hf.get("head_dim") or D // N, ffn_dim=hf["intermediate_size"],
-              norm_eps=hf.get("rms_norm_eps", 1e-6), rope_base=rope_base, max_seq_len=max_len,
+              norm_eps=hf.get("rms_norm_eps", 1e-6), rope_base=rope_base,
+              rope_scaling=rope_scaling, max_seq_len=max_len,
               qkv_bias=arch == "Qwen2ForCausalLM",
               tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
 
 
-def _rope_base(hf: dict[str, Any], where: str) -> float:
-  """RoPE theta from old (``rope_theta``/``rope_scaling``) or new (``rope_parameters``) keys."""
+ROPE_SCALINGS = ("default", "llama3")  # the rope_type values the decoder computes exactly
+
+
+def _rope(hf: dict[str, Any], where: str) -> tuple[float, tuple | None]:
+  """RoPE theta and scaling (``ModelConfig.rope_scaling``) from old (``rope_theta`` /
+  ``rope_scaling``) or new (``rope_parameters``) keys; a scaling not built is refused by name."""
   rp = dict(hf.get("rope_parameters") or {})
-  scaling = hf.get("rope_scaling") or rp
+  scaling = dict(hf.get("rope_scaling") or rp)
   kind = scaling.get("rope_type", scaling.get("type")) or "default"
-  if kind != "default":
-    raise CheckpointError(f"{where}: RoPE scaling {kind!r} is not implemented "
-                          f"(only unscaled RoPE); refusing rather than running a different model")
+  if kind not in ROPE_SCALINGS:
+    raise CheckpointError(f"{where}: RoPE scaling {kind!r} is not implemented (implemented: "
+                          f"{', '.join(ROPE_SCALINGS)}); refusing rather than running a "
+                          "different model")
   if (hf.get("partial_rotary_factor") or rp.get("partial_rotary_factor") or 1.0) != 1.0:
     raise CheckpointError(f"{where}: partial_rotary_factor is not supported for the Llama family")
-  return float(hf.get("rope_theta") or rp.get("rope_theta") or 10000.0)
+  base = float(hf.get("rope_theta") or rp.get("rope_theta") or 10000.0)
+  if kind == "default":
+    return base, None
+  keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+  missing = [k for k in keys if scaling.get(k) is None]
+  if missing:
+    raise CheckpointError(f"{where}: RoPE scaling 'llama3' needs {', '.join(missing)}")
+  return base, ("llama3", *(float(scaling[k]) for k in keys[:3]),
+                int(scaling["original_max_position_embeddings"]))
 
 
 def _gptj(hf: dict[str, Any], where: str) -> dict[str, Any]:

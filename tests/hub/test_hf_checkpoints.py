@@ -152,8 +152,8 @@ def test_wrong_shape_is_named(tmp_path, mesh1, tiny_llama):
 
 @pytest.mark.parametrize("changes,match", [
     (dict(architectures=["FalconForCausalLM"]), "unsupported architecture 'FalconForCausalLM'"),
-    (dict(rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}),
-     "RoPE scaling 'llama3' is not implemented"),
+    (dict(rope_parameters={"rope_type": "dynamic", "rope_theta": 5e5, "factor": 8.0}),
+     "RoPE scaling 'dynamic' is not implemented"),
     (dict(attention_bias=True), "attention_bias"),
     (dict(hidden_act="gelu"), "hidden_act"),
 ])
