@@ -20,7 +20,7 @@ from flax import nnx
 
 from star_jax.engine.kv_cache import Cache, LayerCache, StackedCache
 from star_jax.engine.model_config import ModelConfig
-from star_jax.engine.positions import index_angles
+from star_jax.engine.positions import rope
 from star_jax.engine.sharding import constrain
 
 
@@ -108,29 +108,11 @@ class Norm(nnx.Module):
     return y.astype(x_BxTxD.dtype)
 
 
-def rope(x_BxTxNxH: jax.Array, positions: jax.Array, cfg: ModelConfig) -> jax.Array:
-  """Rotary embedding on the first ``cfg.rope_dim`` dims (rotate-half or interleaved pairs).
-
-  ``positions`` are ``[B, T]`` indices, or ``[B, T, C]`` coordinates of the config's
-  position scheme, which then turns them into angles.
-  """
-  if not cfg.use_rope:  # NoPE: order comes from the causal mask alone
-    return x_BxTxNxH
-  rd = cfg.rope_dim
-  if cfg.positions is not None:
-    angle_BxTxR = cfg.positions.rotary_angles(positions, rd, cfg.rope_base)
-  else:
-    angle_BxTxR = index_angles(positions, rd, cfg.rope_base, cfg.rope_scaling)  # R = rd // 2
-  sin, cos = jnp.sin(angle_BxTxR)[:, :, None, :], jnp.cos(angle_BxTxR)[:, :, None, :]
+def head_rms_norm(x_BxTxNxH: jax.Array, scale_H: jax.Array, eps: float) -> jax.Array:
+  """RMSNorm of every head's vector (Qwen3's q/k norm), statistics in float32."""
   x = x_BxTxNxH.astype(jnp.float32)
-  rot, rest = x[..., :rd], x[..., rd:]
-  if cfg.rope_interleaved:
-    x1, x2 = rot[..., 0::2], rot[..., 1::2]
-    rot = jnp.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).reshape(rot.shape)
-  else:
-    x1, x2 = rot[..., : rd // 2], rot[..., rd // 2:]
-    rot = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-  return jnp.concatenate([rot, rest], axis=-1).astype(x_BxTxNxH.dtype)
+  x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
+  return (x * scale_H.astype(jnp.float32)).astype(x_BxTxNxH.dtype)
 
 
 def attention_path(choice: str, T: int) -> str:
@@ -182,6 +164,9 @@ class Attention(nnx.Module):
       self.q_bias = _param(rngs, zeros, (N, H), pd, ("heads", "head_dim"))
       self.k_bias = _param(rngs, zeros, (K, H), pd, ("kv_heads", "head_dim"))
       self.v_bias = _param(rngs, zeros, (K, H), pd, ("kv_heads", "head_dim"))
+    if cfg.qk_norm:
+      self.q_norm = nnx.Param(jnp.ones((H,), pd), axes=("norm",))
+      self.k_norm = nnx.Param(jnp.ones((H,), pd), axes=("norm",))
     _add_adapters(self, cfg, rngs, {"q": ("embed", "heads"), "k": ("embed", "kv_heads"),
                                     "v": ("embed", "kv_heads"), "o": ("heads", "embed")})
 
@@ -195,6 +180,9 @@ class Attention(nnx.Module):
       q_BxTxNxH += self.q_bias[...].astype(dt)
       k_BxTxKxH += self.k_bias[...].astype(dt)
       v_BxTxKxH += self.v_bias[...].astype(dt)
+    if cfg.qk_norm:
+      q_BxTxNxH = head_rms_norm(q_BxTxNxH, self.q_norm[...], cfg.norm_eps)
+      k_BxTxKxH = head_rms_norm(k_BxTxKxH, self.k_norm[...], cfg.norm_eps)
     q_BxTxNxH = rope(q_BxTxNxH, positions, cfg)
     k_BxTxKxH = rope(k_BxTxKxH, positions, cfg)
     # Keys/values live as [B, K, S, H]: batch and head lead, so the attention matmuls read

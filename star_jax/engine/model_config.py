@@ -59,6 +59,7 @@ class ModelConfig:
   # computes positions from the tokens, a task's hook (see engine/positions.py).
   positions: Any = None
   qkv_bias: bool = False  # Qwen2
+  qk_norm: bool = False  # Qwen3: RMSNorm over head_dim on each head's q and k, before RoPE
   tie_embeddings: bool = False  # SmolLM2, small Qwen2
   lm_head_bias: bool = False  # GPT-J
   param_dtype: str = "float32"

@@ -14,6 +14,8 @@ A scheme is a hashable object (it is part of `ModelConfig`, so of every compile 
   rotary_angles(positions, rope_dim, base)  [B, T, rope_dim // 2] rotation angles
 
 The trainer and the sampler call the same scheme, so both see exactly the same positions.
+``rope`` rotates queries and keys by the angles of either (index angles with the checkpoint's
+RoPE scaling: plain, Llama 3.1's rule, or llama.cpp's per-frequency factors).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from typing import Protocol
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from star_jax.engine.model_config import ModelConfig
 
 
 class PositionScheme(Protocol):
@@ -77,3 +81,28 @@ def inv_frequencies(rope_dim: int, base: float, scaling: tuple | None = None) ->
   smoothed_R = (1 - smooth_R) * slowed_R / factor + smooth_R * slowed_R
   medium_R = ~(wavelen_R < original / high) & ~(wavelen_R > original / low)
   return np.where(medium_R, smoothed_R, slowed_R).astype(np.float32)
+
+
+def rope(x_BxTxNxH: jax.Array, positions: jax.Array, cfg: ModelConfig) -> jax.Array:
+  """Rotary embedding on the first ``cfg.rope_dim`` dims (rotate-half or interleaved pairs).
+
+  ``positions`` are ``[B, T]`` indices, or ``[B, T, C]`` coordinates of the config's
+  position scheme, which then turns them into angles.
+  """
+  if not cfg.use_rope:  # NoPE: order comes from the causal mask alone
+    return x_BxTxNxH
+  rd = cfg.rope_dim
+  if cfg.positions is not None:
+    angle_BxTxR = cfg.positions.rotary_angles(positions, rd, cfg.rope_base)
+  else:
+    angle_BxTxR = index_angles(positions, rd, cfg.rope_base, cfg.rope_scaling)  # R = rd // 2
+  sin, cos = jnp.sin(angle_BxTxR)[:, :, None, :], jnp.cos(angle_BxTxR)[:, :, None, :]
+  x = x_BxTxNxH.astype(jnp.float32)
+  rot, rest = x[..., :rd], x[..., rd:]
+  if cfg.rope_interleaved:
+    x1, x2 = rot[..., 0::2], rot[..., 1::2]
+    rot = jnp.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).reshape(rot.shape)
+  else:
+    x1, x2 = rot[..., : rd // 2], rot[..., rd // 2:]
+    rot = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return jnp.concatenate([rot, rest], axis=-1).astype(x_BxTxNxH.dtype)

@@ -21,7 +21,8 @@ from star_jax.engine.model_config import ModelConfig
 from star_jax.hub.place import (CheckpointError, Entry, place, reshape, split_in, split_out,
                                 transpose)
 
-LLAMA_FAMILY = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+LLAMA_FAMILY = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
+                "Qwen3ForCausalLM")
 GPTJ = "GPTJForCausalLM"
 SUPPORTED = (*LLAMA_FAMILY, GPTJ)
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
@@ -74,7 +75,7 @@ def _llama(hf: dict[str, Any], arch: str, where: str) -> dict[str, Any]:
               head_dim=hf.get("head_dim") or D // N, ffn_dim=hf["intermediate_size"],
               norm_eps=hf.get("rms_norm_eps", 1e-6), rope_base=rope_base,
               rope_scaling=rope_scaling, max_seq_len=max_len,
-              qkv_bias=arch == "Qwen2ForCausalLM",
+              qkv_bias=arch == "Qwen2ForCausalLM", qk_norm=arch == "Qwen3ForCausalLM",
               tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
 
 
@@ -134,6 +135,9 @@ def llama_table(cfg: ModelConfig) -> dict[tuple, Entry]:
       t[a + ("q_bias",)] = Entry(p + "self_attn.q_proj.bias", (N * H,), reshape(N, H))
       t[a + ("k_bias",)] = Entry(p + "self_attn.k_proj.bias", (K * H,), reshape(K, H))
       t[a + ("v_bias",)] = Entry(p + "self_attn.v_proj.bias", (K * H,), reshape(K, H))
+    if cfg.qk_norm:
+      t[a + ("q_norm",)] = Entry(p + "self_attn.q_norm.weight", (H,))
+      t[a + ("k_norm",)] = Entry(p + "self_attn.k_norm.weight", (H,))
     t[("layers", i, "attn_norm", "scale")] = Entry(p + "input_layernorm.weight", (D,))
     t[("layers", i, "mlp_norm", "scale")] = Entry(p + "post_attention_layernorm.weight", (D,))
     t[("layers", i, "mlp", "gate")] = Entry(p + "mlp.gate_proj.weight", (F, D), transpose)

@@ -38,7 +38,7 @@ def hf_model(kind: str, **overrides):
   """A tiny random transformers model; weights far from their init so every term matters."""
   import torch
   import transformers
-  torch.manual_seed({"llama": 0, "qwen2": 1, "gptj": 2}[kind])
+  torch.manual_seed({"llama": 0, "qwen2": 1, "gptj": 2, "qwen3": 3}[kind])
   if kind == "llama":  # SmolLM2-like: tied embeddings, GQA, non-default theta
     cfg = transformers.LlamaConfig(**{**HF_COMMON, "tie_word_embeddings": True,
                                       "rope_theta": 500.0, "rms_norm_eps": 1e-5, **overrides})
@@ -46,6 +46,10 @@ def hf_model(kind: str, **overrides):
   elif kind == "qwen2":  # q/k/v biases, untied head
     cfg = transformers.Qwen2Config(**{**HF_COMMON, "tie_word_embeddings": False, **overrides})
     model = transformers.Qwen2ForCausalLM(cfg)
+  elif kind == "qwen3":  # q/k RMSNorm per head, a head_dim that is not d_model / heads
+    cfg = transformers.Qwen3Config(**{**HF_COMMON, "head_dim": 24, "tie_word_embeddings": False,
+                                      **overrides})
+    model = transformers.Qwen3ForCausalLM(cfg)
   else:  # parallel block, LayerNorm with bias, partial interleaved RoPE, biased head
     cfg = transformers.GPTJConfig(**{**dict(vocab_size=128, n_embd=64, n_layer=2, n_head=4,
                                             rotary_dim=8, n_positions=256), **overrides})

