@@ -14,7 +14,7 @@ import ml_collections
 
 from star_jax.config.schema import Config
 from star_jax.engine.model_config import EXECUTION_FIELDS, ModelConfig
-from star_jax.tasks import task_class
+from star_jax.tasks import make_options, task_class
 
 
 def model_overrides(**fields: Any) -> dict[str, Any]:
@@ -29,14 +29,10 @@ def model_overrides(**fields: Any) -> dict[str, Any]:
 
 def task_options(task: str, **options: Any) -> dict[str, Any]:
   """``task_options``: every option the task declares, at its default unless given, so each
-  one can be set from the command line (``--config.task_options.max_digits=3``)."""
-  fields = dataclasses.fields(task_class(task).Options)
-  out = {f.name: f.default for f in fields}
-  unknown = sorted(set(options) - set(out))
-  if unknown:
-    from star_jax.tasks import make_options
-    make_options(task_class(task), options)  # raises, naming the nearest option
-  return {k: list(v) if isinstance(v, tuple) else v for k, v in {**out, **options}.items()}
+  one can be set from the command line (``--config.task_options.max_digits=3``). An unknown
+  option is refused, naming the nearest."""
+  values = dataclasses.asdict(make_options(task_class(task), options))
+  return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
 def _as_dict(cls) -> dict[str, Any]:

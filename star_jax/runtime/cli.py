@@ -101,9 +101,6 @@ def message(e: BaseException, argv: list[str]) -> str:
                  if a.startswith("--") and re.search(rf"[.]{re.escape(name)}(=|$)", a)), None)
     hint = f" (did you mean {mean.group(1)!r}?)" if mean else ""
     return f"unknown config key {name!r}{f' in {flag}' if flag else ''}{hint}"
-  while isinstance(e.__cause__, Exception) and not isinstance(e, UserError) and not text:
-    e = e.__cause__
-    text = str(e)
   lines = [ln for ln in text.splitlines() if ln.strip()]
   if len(lines) > 12:
     lines = lines[:12] + [f"... ({len(lines) - 12} more lines)"]

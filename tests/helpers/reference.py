@@ -111,3 +111,22 @@ def train_tiny_tokenizer(directory: str) -> None:
   transformers.PreTrainedTokenizerFast(
       tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
       pad_token="<|endoftext|>").save_pretrained(directory)
+
+
+def hf_logits(model, tokens_BxT, mask_BxT):
+  """transformers' logits of left-padded rows, positions from the mask (as ``hf_forward``)."""
+  import torch
+  positions = np.maximum(np.cumsum(mask_BxT, -1) - 1, 0)
+  with torch.no_grad():
+    return model(input_ids=torch.tensor(tokens_BxT, dtype=torch.long),
+                 attention_mask=torch.tensor(mask_BxT),
+                 position_ids=torch.tensor(positions)).logits.float().numpy()
+
+
+def hf_greedy(model, prompt, new_tokens):
+  """transformers' greedy continuation of ``prompt`` (no end token: ``new_tokens`` of them)."""
+  import torch
+  with torch.no_grad():
+    ref = model.generate(torch.tensor([prompt]), max_new_tokens=new_tokens, do_sample=False,
+                         eos_token_id=None, pad_token_id=0)
+  return ref[0, len(prompt):].tolist()

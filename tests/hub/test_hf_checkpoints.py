@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from helpers.reference import hf_forward, hf_model, save_hf
+from helpers.reference import hf_forward, hf_greedy, hf_logits, hf_model, save_hf
 from star_jax.engine import params as params_lib
 from star_jax.engine.model_config import PRESETS
 from star_jax.hub import CheckpointError, hf, load_pretrained
@@ -29,14 +29,6 @@ def _batch():
   return tokens_BxT, mask_BxT
 
 
-def _reference_logits(model, tokens_BxT, mask_BxT):
-  positions = np.maximum(np.cumsum(mask_BxT, -1) - 1, 0)
-  with torch.no_grad():
-    out = model(input_ids=torch.tensor(tokens_BxT, dtype=torch.long),
-                attention_mask=torch.tensor(mask_BxT), position_ids=torch.tensor(positions))
-  return out.logits.float().numpy()
-
-
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "gptj"])
 def test_logits_match_transformers(tmp_path, mesh1, kind):
   model = hf_model(kind)
@@ -53,7 +45,7 @@ def test_logits_match_transformers(tmp_path, mesh1, kind):
     assert pre.model_cfg.head_dim == 24 != pre.model_cfg.d_model // pre.model_cfg.num_heads
   tokens_BxT, mask_BxT = _batch()
   ours_BxTxV = hf_forward(pre.graphdef, mesh1)(pre.params, tokens_BxT, mask_BxT)
-  ref_BxTxV = _reference_logits(model, tokens_BxT, mask_BxT)
+  ref_BxTxV = hf_logits(model, tokens_BxT, mask_BxT)
   real = mask_BxT.astype(bool)  # padded positions are garbage in both: compare real ones only
   assert np.abs(ref_BxTxV[real]).max() > 1.0  # logits with some spread, not a trivial zero
   np.testing.assert_allclose(ours_BxTxV[real], ref_BxTxV[real], atol=1e-4, rtol=0)
@@ -239,7 +231,4 @@ def test_greedy_continuation_matches_transformers(tmp_path, mesh1, kind):
   pre = load_pretrained(save_hf(model, tmp_path / kind), mesh1)
   prompt = np.random.default_rng(2).integers(1, 128, 12).tolist()
   out = Sampler(pre.model_cfg, pre.graphdef, mesh1, batch_size=1).sample(pre.params, [prompt], 24)
-  with torch.no_grad():
-    ref = model.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False,
-                         eos_token_id=None, pad_token_id=0)
-  assert out.sequences(0) == ref[0, len(prompt):].tolist()
+  assert out.sequences(0) == hf_greedy(model, prompt, 24)

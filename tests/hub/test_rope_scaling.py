@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from helpers.reference import hf_forward, hf_model, save_hf
+from helpers.reference import hf_forward, hf_greedy, hf_logits, hf_model, save_hf
 from star_jax.engine.positions import inv_frequencies
 from star_jax.hub import CheckpointError, load_pretrained
 from star_jax.sampling import Sampler
@@ -33,14 +33,6 @@ def _batch(T=48):
   return tokens_BxT, mask_BxT
 
 
-def _reference(model, tokens_BxT, mask_BxT):
-  positions = np.maximum(np.cumsum(mask_BxT, -1) - 1, 0)
-  with torch.no_grad():
-    return model(input_ids=torch.tensor(tokens_BxT, dtype=torch.long),
-                 attention_mask=torch.tensor(mask_BxT),
-                 position_ids=torch.tensor(positions)).logits.float().numpy()
-
-
 @pytest.fixture(scope="module")
 def llama3(tmp_path_factory):
   model = hf_model("llama", rope_parameters=LLAMA3)
@@ -54,10 +46,10 @@ def test_llama3_checkpoint_matches_transformers(llama3, mesh1, mesh8):
   tokens_BxT, mask_BxT = _batch()
   real = mask_BxT.astype(bool)
   ours = hf_forward(pre.graphdef, mesh1)(pre.params, tokens_BxT, mask_BxT)
-  ref = _reference(model, tokens_BxT, mask_BxT)
+  ref = hf_logits(model, tokens_BxT, mask_BxT)
   np.testing.assert_allclose(ours[real], ref[real], atol=1e-4, rtol=0)
   # The scaling is what makes them agree: the same weights unscaled are another model.
-  plain = _reference(hf_model("llama"), tokens_BxT, mask_BxT)
+  plain = hf_logits(hf_model("llama"), tokens_BxT, mask_BxT)
   assert np.abs(plain[real] - ref[real]).max() > 1e-2
   # Sharded over (2, 2, 2) as on one device.
   sharded = load_pretrained(path, mesh8)
@@ -72,10 +64,7 @@ def test_llama3_greedy_continuation_matches_transformers(llama3, mesh1):
   pre = load_pretrained(path, mesh1)
   prompt = np.random.default_rng(1).integers(1, 128, 20).tolist()
   out = Sampler(pre.model_cfg, pre.graphdef, mesh1, batch_size=1).sample(pre.params, [prompt], 40)
-  with torch.no_grad():
-    ref = model.generate(torch.tensor([prompt]), max_new_tokens=40, do_sample=False,
-                         eos_token_id=None, pad_token_id=0)
-  assert out.sequences(0) == ref[0, len(prompt):].tolist()
+  assert out.sequences(0) == hf_greedy(model, prompt, 40)
 
 
 def llama_cpp_rope_factors(head_dim, theta, factor, low, high, original):
@@ -150,7 +139,7 @@ def test_llama_cpp_rope_freqs_are_llama3s_rule(llama3, tmp_path, mesh1):
   real = mask_BxT.astype(bool)
   np.testing.assert_allclose(hf_forward(pre.graphdef, mesh1)(pre.params, tokens_BxT,
                                                             mask_BxT)[real],
-                             _reference(model, tokens_BxT, mask_BxT)[real], atol=1e-4, rtol=0)
+                             hf_logits(model, tokens_BxT, mask_BxT)[real], atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("rope,match", [
