@@ -15,10 +15,12 @@ import time
 from absl import flags, logging
 
 from star_jax.runtime import cli
+from star_jax.runtime.errors import CheckpointError
 
 _CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", None, "Checkpoint directory, .gguf file or known name (smollm2-135m-instruct).",
-    required=True)
+    "checkpoint", None, "A known name (smollm2-135m-instruct), a Hugging Face directory, a "
+    ".gguf file, or a star_jax run: WORKDIR, WORKDIR/checkpoints (latest iteration) or "
+    "WORKDIR/checkpoints/N.", required=True)
 _PROMPT = flags.DEFINE_string("prompt", None, "Text to continue.", required=True)
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "Tokens to generate at most.")
 _TEMPERATURE = flags.DEFINE_float("temperature", None, "Sampling temperature; unset: greedy.")
@@ -35,18 +37,19 @@ def generate(checkpoint: str, prompt: str, max_new_tokens: int, temperature: flo
              dtype: str | None = None) -> str:
   """The continuation of ``prompt`` (without the end token) as text."""
   from star_jax.engine import sharding
-  from star_jax.hub import load_pretrained
+  from star_jax.experiment.models import load_model
   from star_jax.sampling import sampler as S
   from star_jax.tokenizer import hf_tokenizer
 
   # One prompt: split the weights over every device (tensor axis), not the batch.
   mesh = sharding.make_mesh((1, 1, -1))
   start = time.perf_counter()
-  pre = load_pretrained(checkpoint, mesh, dtype=dtype)
+  pre = load_model(checkpoint, mesh, dtype=dtype)
   loaded = time.perf_counter()
   tok = pre.tokenizer
   if tok is None:
-    raise ValueError(f"{checkpoint} has no tokenizer (tokenizer.json); cannot encode a prompt")
+    raise CheckpointError(f"{checkpoint} has no tokenizer (tokenizer.json); cannot encode a "
+                          "prompt")
   # The rendered template places its own special tokens (as transformers' apply_chat_template).
   ids = tok.encode(hf_tokenizer.chat_prompt(tok, prompt)) if chat else tok.encode_prompt(prompt)
   sampler = S.Sampler(pre.model_cfg, pre.graphdef, mesh, end_ids=tok.end_ids, pad_id=tok.pad_id,

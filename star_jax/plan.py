@@ -48,8 +48,8 @@ from star_jax import config as config_lib  # noqa: E402
 from star_jax.config import Config  # noqa: E402
 from star_jax.engine import model_config, sharding  # noqa: E402
 from star_jax.engine.memory import GIB, abstract_params, plan_train_step  # noqa: E402
-from star_jax.experiment.build import make_task  # noqa: E402
-from star_jax.hub.checkpointer import is_star_jax_checkpoint  # noqa: E402
+from star_jax.experiment.build import is_bare_orbax, make_task  # noqa: E402
+from star_jax.experiment.models import model_config_of as from_checkpoint  # noqa: E402
 from star_jax.runtime import cli  # noqa: E402
 from star_jax.runtime.errors import ConfigError  # noqa: E402
 from star_jax.sampling import Sampler  # noqa: E402
@@ -68,9 +68,10 @@ def model_config_of(config: Config) -> tuple[str, model_config.ModelConfig]:
   ``tokenizer.vocab_size`` ids would ask for (as ``experiment.build_model_config`` does);
   with ``model.lora_rank``, its adapters."""
   ckpt = config.model.checkpoint
-  if ckpt and not is_star_jax_checkpoint(ckpt):
-    from star_jax.hub import model_config_of as from_checkpoint  # tokenizers/gguf: when needed
+  if ckpt and not is_bare_orbax(ckpt):
+    # A pre-trained checkpoint or an earlier run (experiment.models resolves every name).
     name, cfg = ckpt, from_checkpoint(ckpt, dtype=config.model.dtype or None)
+    cfg = cfg.replace(lora_rank=0)
     # As a run loads it (experiment/build.py): the overrides may say how it runs, no more.
     cfg = cfg.replace(**model_config.execution_of(config.model.overrides))
   else:

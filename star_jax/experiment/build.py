@@ -109,6 +109,14 @@ def _round_up(n: int, k: int) -> int:
   return -(-n // k) * k
 
 
+def is_bare_orbax(checkpoint: str) -> bool:
+  """An orbax directory of numbered steps outside a run's workdir (``pretrain_ckpt``, a copied
+  ``checkpoints``): it holds weights only, so the config's own preset says what they are.
+  Everything else a checkpoint may be named by is resolved by ``experiment.models``."""
+  from star_jax.experiment.models import is_run_checkpoint
+  return is_star_jax_checkpoint(checkpoint) and not is_run_checkpoint(checkpoint)
+
+
 def make_task(config: Config) -> Task:
   """The configured task with its (validated) options."""
   return task_class(config.task)(config.task_options, config.star.max_new_tokens or None)
@@ -121,7 +129,7 @@ def check(config: Config) -> None:
   if source is not None:
     source_paths(source, config.data)
   ckpt = config.model.checkpoint
-  if ckpt and not is_star_jax_checkpoint(ckpt):
+  if ckpt and not is_bare_orbax(ckpt):
     from star_jax.hub import resolve  # imports tokenizers/gguf only when needed
     resolve(ckpt)
   elif ckpt and not epath.Path(ckpt).exists():
@@ -140,13 +148,14 @@ def build(config: Config, workdir: epath.PathLike) -> Experiment:
     raise ConfigError(f"task {config.task!r} has an empty eval set (data: {config.data})")
   mesh = sharding.make_mesh(dataclasses.asdict(config.mesh))
   ckpt = config.model.checkpoint
-  if ckpt and not is_star_jax_checkpoint(ckpt):
-    # A pre-trained model (HF directory, GGUF file or a known name) brings its own tokenizer.
-    from star_jax.hub import load_pretrained  # imports tokenizers/gguf only when needed
+  if ckpt and not is_bare_orbax(ckpt):
+    # A pre-trained model (HF directory, GGUF file, a known name, or an earlier run's
+    # workdir / checkpoints / iteration) brings its own architecture and tokenizer.
+    from star_jax.experiment.models import load_model  # tokenizers/gguf: only when needed
 
     # A checkpoint fixes the architecture; the overrides may still say how it runs.
-    pre = load_pretrained(ckpt, mesh, dtype=config.model.dtype or None,
-                          **model_config.execution_of(config.model.overrides))
+    pre = load_model(ckpt, mesh, dtype=config.model.dtype or None,
+                     **model_config.execution_of(config.model.overrides))
     tokenizer = load_tokenizer(config.tokenizer.path) if config.tokenizer.path else pre.tokenizer
     if tokenizer is None:
       raise CheckpointError(f"checkpoint {ckpt!r} has no tokenizer.json: set tokenizer.path")

@@ -24,7 +24,7 @@ from star_jax.hub.place import CheckpointError
 from star_jax.tokenizer import Tokenizer
 
 __all__ = ["CheckpointError", "KNOWN", "Pretrained", "load_pretrained", "model_config_of",
-           "resolve"]
+           "resolve", "tokenizer_of"]
 
 # name -> (pip package, distribution to install, file inside the package)
 KNOWN = {
@@ -67,7 +67,7 @@ def model_config_of(name_or_path: str, dtype: str | None = None) -> ModelConfig:
     where = os.path.join(path, "config.json")
     with open(where) as f:
       return hf.model_config(json.load(f), dtype, where=where)
-  if os.path.isfile(path) and path.endswith(".gguf"):
+  if _is_gguf(path):
     return gguf.model_config(gguf.open_reader(path), dtype, where=path)
   raise CheckpointError(f"{path}: not a checkpoint: expected a directory with config.json and "
                         f"*.safetensors, or a .gguf file")
@@ -86,26 +86,44 @@ def load_pretrained(name_or_path: str, mesh: Mesh, dtype: str | None = None,
   if unknown:
     raise ValueError(f"{sorted(unknown)} cannot be set on a pre-trained checkpoint (its file "
                      f"fixes the architecture); settable: {list(EXECUTION_FIELDS)}")
-  from star_jax.hub import gguf_tokenizer  # these need the tokenizers package
-  from star_jax.tokenizer import hf_tokenizer
   path = resolve(name_or_path)
   start = time.perf_counter()
+  reader = None
   if hf.is_checkpoint_dir(path):
     cfg, graphdef, params = hf.load(path, mesh, dtype, execution)
-    has_tokenizer = os.path.exists(os.path.join(path, "tokenizer.json"))
-    tokenizer = hf_tokenizer.from_pretrained_dir(path) if has_tokenizer else None
-  elif os.path.isfile(path) and path.endswith(".gguf"):
+  elif _is_gguf(path):
     reader = gguf.open_reader(path)
     cfg, graphdef, params = gguf.load(path, mesh, dtype, execution, reader=reader)
-    # A GGUF without tokenizer metadata (weights only) loads like a bare HF directory.
-    has_tokenizer = gguf.field(reader, "tokenizer.ggml.model") is not None
-    tokenizer = gguf_tokenizer.from_gguf(reader, where=path) if has_tokenizer else None
   else:
     raise CheckpointError(f"{path}: not a checkpoint: expected a directory with config.json and "
                           f"*.safetensors, or a .gguf file")
+  tokenizer = tokenizer_of(path, reader)
   if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
     raise CheckpointError(f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the model "
                           f"only {cfg.vocab_size}")
   logging.info("loaded %s (%s, %d layers, d_model %d) in %.1f s", path, cfg.block_type,
                cfg.num_layers, cfg.d_model, time.perf_counter() - start)
   return Pretrained(cfg, graphdef, params, tokenizer)
+
+
+def _is_gguf(path: str) -> bool:
+  return os.path.isfile(path) and path.endswith(".gguf")
+
+
+def tokenizer_of(name_or_path: str, reader=None) -> Tokenizer | None:
+  """The tokenizer a checkpoint directory, GGUF file or name carries; None for a directory
+  without tokenizer.json or a GGUF without tokenizer metadata (weights only). ``reader``: the
+  GGUF file already opened."""
+  from star_jax.hub import gguf_tokenizer  # these need the tokenizers package
+  from star_jax.tokenizer import hf_tokenizer
+  path = resolve(name_or_path)
+  if hf.is_checkpoint_dir(path):
+    has_tokenizer = os.path.exists(os.path.join(path, "tokenizer.json"))
+    return hf_tokenizer.from_pretrained_dir(path) if has_tokenizer else None
+  if _is_gguf(path):
+    reader = reader if reader is not None else gguf.open_reader(path)
+    if gguf.field(reader, "tokenizer.ggml.model") is None:
+      return None
+    return gguf_tokenizer.from_gguf(reader, where=path)
+  raise CheckpointError(f"{path}: not a checkpoint: expected a directory with config.json and "
+                        f"*.safetensors, or a .gguf file")

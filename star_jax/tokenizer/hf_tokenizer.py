@@ -51,6 +51,10 @@ class HFTokenizer(SubwordTokenizer):
   def id_to_piece(self, i: int) -> str | None:
     return self._tok.id_to_token(i)
 
+  def to_json(self) -> str:
+    """The ``tokenizer.json`` text of the underlying ``tokenizers.Tokenizer``."""
+    return self._tok.to_str()
+
   def save(self, path: str) -> None:
     data = {"type": _FORMAT, "tokenizer": json.loads(self._tok.to_str()), "bos_id": self.bos_id,
             "eos_id": self.eos_id, "pad_id": self.pad_id, "end_ids": list(self.end_ids),

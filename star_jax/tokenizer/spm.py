@@ -87,6 +87,11 @@ class SentencePieceTokenizer(SubwordTokenizer):
     spm.SentencePieceTrainer.train(**kwargs)
     return cls(model.getvalue())
 
+  @property
+  def model_proto(self) -> bytes:
+    """The serialized SentencePiece model (what a ``.model`` file holds)."""
+    return self._proto
+
   def _encode_text(self, text: str) -> list[int]:
     return list(self._sp.encode(text))
 
