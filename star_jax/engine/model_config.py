@@ -1,7 +1,7 @@
 """Model hyper-parameters and named presets.
 
 One frozen dataclass describes every decoder star_jax builds: the Llama family
-(Llama, SmolLM2, Mistral, Qwen2) and the GPT-J block used by the STaR paper.
+(Llama, SmolLM2, Mistral, Qwen2, Qwen3), Gemma 2/3 and the GPT-J block used by the STaR paper.
 Letters in comments follow the shape suffixes used in array names:
 B batch, T query length, S key/cache length, D model width, N query heads,
 K key/value heads, H head dim, F MLP width, V vocabulary.
@@ -14,7 +14,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
-BLOCK_TYPES = ("llama", "gptj")
+BLOCK_TYPES = ("llama", "gptj", "gemma")
+LAYER_TYPES = ("full_attention", "sliding_attention")  # transformers' names
 ATTENTION_PATHS = ("auto", "einsum", "dot_product")
 # Fields that set how a model runs, not what it computes: settable on a loaded checkpoint.
 EXECUTION_FIELDS = ("remat", "remat_policy", "scan_layers", "attention")
@@ -44,6 +45,8 @@ class ModelConfig:
   head_dim: int  # H
   ffn_dim: int  # F
   block_type: str = "llama"  # "llama": pre-norm RMSNorm + SwiGLU; "gptj": parallel attn+MLP
+  # "gemma": RMSNorm before and after both attention and MLP, GeGLU (tanh GELU), token
+  # embeddings scaled by sqrt(d_model)
   max_seq_len: int = 2048
   norm_eps: float = 1e-5
   rope_base: float = 10000.0
@@ -59,7 +62,20 @@ class ModelConfig:
   # computes positions from the tokens, a task's hook (see engine/positions.py).
   positions: Any = None
   qkv_bias: bool = False  # Qwen2
-  qk_norm: bool = False  # Qwen3: RMSNorm over head_dim on each head's q and k, before RoPE
+  qk_norm: bool = False  # Qwen3, Gemma 3: RMSNorm over head_dim on each head's q and k, before RoPE
+  # True: every RMSNorm scales by 1 + w (Gemma's safetensors store w); False: by w (llama.cpp's
+  # Gemma files store 1 + w). Either way the parameter holds the file's number.
+  norm_plus_one: bool = False
+  # Attention scores are q.k / sqrt(query_pre_attn_scalar) (Gemma); None: / sqrt(head_dim).
+  query_pre_attn_scalar: float | None = None
+  attn_softcap: float | None = None  # Gemma 2: scores -> cap * tanh(scores / cap)
+  final_softcap: float | None = None  # Gemma 2: logits -> cap * tanh(logits / cap)
+  # Per layer "full_attention" or "sliding_attention" (keys within the last sliding_window
+  # tokens, the query included); () = all full. Sliding layers rotate with local_rope_base (None:
+  # rope_base) and no rope_scaling.
+  layer_types: tuple[str, ...] = ()
+  sliding_window: int | None = None
+  local_rope_base: float | None = None
   tie_embeddings: bool = False  # SmolLM2, small Qwen2
   lm_head_bias: bool = False  # GPT-J
   param_dtype: str = "float32"
@@ -98,12 +114,25 @@ class ModelConfig:
     if unknown:
       raise ValueError(f"unknown lora_targets {sorted(unknown)}; known: "
                        f"{list(ATTENTION_KERNELS + MLP_KERNELS)}")
-    kinds = {"llama3": 5, "freq_factors": 1 + self.rope_dim // 2}
+    kinds = {"llama3": 5, "freq_factors": 1 + self.rope_dim // 2, "linear": 2}
     if self.rope_scaling is not None and (self.rope_scaling[0] not in kinds or
                                           len(self.rope_scaling) != kinds[self.rope_scaling[0]]):
       raise ValueError(f"rope_scaling must be ('llama3', factor, low_freq_factor, "
-                       f"high_freq_factor, original_max_position_embeddings) or ('freq_factors', "
-                       f"{self.rope_dim // 2} factors), got {self.rope_scaling!r}")
+                       f"high_freq_factor, original_max_position_embeddings), ('freq_factors', "
+                       f"{self.rope_dim // 2} factors) or ('linear', factor), got "
+                       f"{self.rope_scaling!r}")
+    if self.layer_types:
+      if not isinstance(self.layer_types, tuple) or len(self.layer_types) != self.num_layers:
+        raise ValueError(f"layer_types must be a tuple of num_layers ({self.num_layers}) "
+                         f"entries, got {self.layer_types!r}")
+      if set(self.layer_types) - set(LAYER_TYPES):
+        raise ValueError(f"layer_types must be among {LAYER_TYPES}, got {self.layer_types!r}")
+    if "sliding_attention" in self.layer_types and not (self.sliding_window or 0) > 0:
+      raise ValueError(f"sliding_attention layers need a sliding_window > 0, got "
+                       f"{self.sliding_window!r}")
+    for name in ("query_pre_attn_scalar", "attn_softcap", "final_softcap", "local_rope_base"):
+      if getattr(self, name) is not None and not getattr(self, name) > 0:
+        raise ValueError(f"{name} must be None or > 0, got {getattr(self, name)!r}")
     if self.attention not in ATTENTION_PATHS:
       raise ValueError(f"attention must be one of {ATTENTION_PATHS}, got {self.attention!r}")
     if self.remat_policy not in REMAT_POLICIES:
@@ -111,6 +140,12 @@ class ModelConfig:
     for name in ("param_dtype", "dtype"):
       if getattr(self, name) not in _DTYPES:
         raise ValueError(f"{name} must be one of {sorted(_DTYPES)}, got {getattr(self, name)!r}")
+
+  @property
+  def sliding_layers(self) -> tuple[bool, ...]:
+    """Per layer: does it attend within ``sliding_window`` only?"""
+    return tuple(t == "sliding_attention" for t in self.layer_types or
+                 ("full_attention",) * self.num_layers)
 
   @property
   def rope_dim(self) -> int:
@@ -136,12 +171,13 @@ class ModelConfig:
     D, N, K, H, F, V = (self.d_model, self.num_heads, self.num_kv_heads, self.head_dim,
                         self.ffn_dim, self.vocab_size)
     attn = D * N * H * 2 + D * K * H * 2 + (N * H + 2 * K * H if self.qkv_bias else 0)
-    if self.block_type == "llama":
-      mlp, norms = 3 * D * F, 2 * D
-    else:
+    attn += 2 * H if self.qk_norm else 0
+    if self.block_type == "gptj":
       mlp, norms = 2 * D * F + F + D, 2 * D
+    else:  # gemma: a norm before and after attention and MLP
+      mlp, norms = 3 * D * F, (4 if self.block_type == "gemma" else 2) * D
     total = self.num_layers * (attn + mlp + norms)
-    total += D if self.block_type == "llama" else 2 * D  # final norm
+    total += 2 * D if self.block_type == "gptj" else D  # final norm
     emb = V * D
     head = 0 if self.tie_embeddings else V * D
     head += V if self.lm_head_bias else 0
@@ -153,10 +189,10 @@ class ModelConfig:
       return {}
     D, NH, KH, F = (self.d_model, self.num_heads * self.head_dim,
                     self.num_kv_heads * self.head_dim, self.ffn_dim)
-    if self.block_type == "llama":
-      mlp = (("gate", (D, F)), ("up", (D, F)), ("down", (F, D)))
-    else:
+    if self.block_type == "gptj":
       mlp = (("fc_in", (D, F)), ("fc_out", (F, D)))
+    else:
+      mlp = (("gate", (D, F)), ("up", (D, F)), ("down", (F, D)))
     kernels = dict((("q", (D, NH)), ("k", (D, KH)), ("v", (D, KH)), ("o", (NH, D))) + mlp)
     return {k: v for k, v in kernels.items() if k in self.lora_targets}
 
@@ -169,7 +205,10 @@ class ModelConfig:
     matmul_params = self.num_params(include_embedding=False)
     if self.tie_embeddings:
       matmul_params += self.vocab_size * self.d_model
-    attn = 12 * self.num_layers * self.num_heads * self.head_dim * seq_len / 2  # causal: half
+    # causal: half the keys on average; a sliding layer at most its window
+    keys = [min(seq_len / 2, self.sliding_window or seq_len) if s else seq_len / 2
+            for s in self.sliding_layers]
+    attn = 12 * self.num_heads * self.head_dim * sum(keys)
     return 6 * matmul_params + attn
 
 

@@ -15,7 +15,7 @@ A scheme is a hashable object (it is part of `ModelConfig`, so of every compile 
 
 The trainer and the sampler call the same scheme, so both see exactly the same positions.
 ``rope`` rotates queries and keys by the angles of either (index angles with the checkpoint's
-RoPE scaling: plain, Llama 3.1's rule, or llama.cpp's per-frequency factors).
+RoPE scaling: plain, linear, Llama 3.1's rule, or llama.cpp's per-frequency factors).
 """
 
 from __future__ import annotations
@@ -70,6 +70,8 @@ def inv_frequencies(rope_dim: int, base: float, scaling: tuple | None = None) ->
   if scaling is None:
     return inv_freq_R
   kind, *args = scaling
+  if kind == "linear":  # positions divided by the factor (Gemma 3's full-attention layers)
+    return (inv_freq_R / np.float32(args[0])).astype(np.float32)
   if kind == "freq_factors":
     return (inv_freq_R / np.asarray(args, np.float32)).astype(np.float32)
   if kind != "llama3":
@@ -83,26 +85,46 @@ def inv_frequencies(rope_dim: int, base: float, scaling: tuple | None = None) ->
   return np.where(medium_R, smoothed_R, slowed_R).astype(np.float32)
 
 
-def rope(x_BxTxNxH: jax.Array, positions: jax.Array, cfg: ModelConfig) -> jax.Array:
-  """Rotary embedding on the first ``cfg.rope_dim`` dims (rotate-half or interleaved pairs).
+def rotary(positions: jax.Array, cfg: ModelConfig, local: bool = False
+           ) -> tuple[jax.Array, jax.Array] | None:
+  """(sin, cos) ``[B, T, 1, R]`` tables (R = rope_dim // 2) of ``positions``, computed once per
+  forward and shared by every layer; None without RoPE (NoPE).
 
   ``positions`` are ``[B, T]`` indices, or ``[B, T, C]`` coordinates of the config's
-  position scheme, which then turns them into angles.
+  position scheme, which then turns them into angles. ``local``: a sliding-window layer's
+  table (Gemma 3: its own base ``cfg.local_rope_base`` and no scaling; ``cfg.rope_scaling``
+  belongs to the full-attention layers).
   """
   if not cfg.use_rope:  # NoPE: order comes from the causal mask alone
-    return x_BxTxNxH
+    return None
   rd = cfg.rope_dim
+  base = (cfg.local_rope_base or cfg.rope_base) if local else cfg.rope_base
+  scaling = None if local else cfg.rope_scaling
   if cfg.positions is not None:
-    angle_BxTxR = cfg.positions.rotary_angles(positions, rd, cfg.rope_base)
+    angle_BxTxR = cfg.positions.rotary_angles(positions, rd, base)
   else:
-    angle_BxTxR = index_angles(positions, rd, cfg.rope_base, cfg.rope_scaling)  # R = rd // 2
-  sin, cos = jnp.sin(angle_BxTxR)[:, :, None, :], jnp.cos(angle_BxTxR)[:, :, None, :]
+    angle_BxTxR = index_angles(positions, rd, base, scaling)  # R = rd // 2
+  return jnp.sin(angle_BxTxR)[:, :, None, :], jnp.cos(angle_BxTxR)[:, :, None, :]
+
+
+def apply_rotary(x_BxTxNxH: jax.Array, rot: tuple[jax.Array, jax.Array] | None,
+                 cfg: ModelConfig) -> jax.Array:
+  """Rotary embedding on the first ``cfg.rope_dim`` dims (rotate-half or interleaved pairs)."""
+  if rot is None:
+    return x_BxTxNxH
+  sin, cos = rot
+  rd = cfg.rope_dim
   x = x_BxTxNxH.astype(jnp.float32)
-  rot, rest = x[..., :rd], x[..., rd:]
+  rot_, rest = x[..., :rd], x[..., rd:]
   if cfg.rope_interleaved:
-    x1, x2 = rot[..., 0::2], rot[..., 1::2]
-    rot = jnp.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).reshape(rot.shape)
+    x1, x2 = rot_[..., 0::2], rot_[..., 1::2]
+    rot_ = jnp.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).reshape(rot_.shape)
   else:
-    x1, x2 = rot[..., : rd // 2], rot[..., rd // 2:]
-    rot = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-  return jnp.concatenate([rot, rest], axis=-1).astype(x_BxTxNxH.dtype)
+    x1, x2 = rot_[..., : rd // 2], rot_[..., rd // 2:]
+    rot_ = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return jnp.concatenate([rot_, rest], axis=-1).astype(x_BxTxNxH.dtype)
+
+
+def rope(x_BxTxNxH: jax.Array, positions: jax.Array, cfg: ModelConfig) -> jax.Array:
+  """``x`` rotated by the (full-attention) angles of ``positions``."""
+  return apply_rotary(x_BxTxNxH, rotary(positions, cfg), cfg)

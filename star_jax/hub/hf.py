@@ -1,7 +1,9 @@
 """Hugging Face checkpoints: a directory with ``config.json`` and ``*.safetensors``.
 
 Supported: the Llama family (LlamaForCausalLM, MistralForCausalLM,
-Qwen2ForCausalLM; SmolLM2 is Llama with tied embeddings) and GPTJForCausalLM.
+Qwen2ForCausalLM, Qwen3ForCausalLM; SmolLM2 is Llama with tied embeddings), Gemma 2 and 3
+(Gemma2ForCausalLM, Gemma3ForCausalLM, and the language model of
+Gemma3ForConditionalGeneration, whose vision tower is left unread) and GPTJForCausalLM.
 PyTorch ``Linear`` weights are ``[out, in]``; ours are ``[in, ..., out]``, so
 every kernel is transposed (and q/k/v/o split into heads) once, at load time.
 """
@@ -24,7 +26,16 @@ from star_jax.hub.place import (CheckpointError, Entry, place, reshape, split_in
 LLAMA_FAMILY = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
                 "Qwen3ForCausalLM")
 GPTJ = "GPTJForCausalLM"
-SUPPORTED = (*LLAMA_FAMILY, GPTJ)
+GEMMA3_MULTIMODAL = "Gemma3ForConditionalGeneration"
+GEMMA = ("Gemma2ForCausalLM", "Gemma3ForCausalLM", GEMMA3_MULTIMODAL)
+# transformers' Gemma3TextConfig defaults, which a multimodal file's text_config relies on.
+GEMMA3_TEXT_DEFAULTS = dict(vocab_size=262_208, hidden_size=2304, intermediate_size=9216,
+                            num_hidden_layers=26, num_attention_heads=8, num_key_value_heads=4,
+                            head_dim=256, hidden_activation="gelu_pytorch_tanh",
+                            max_position_embeddings=131_072, rms_norm_eps=1e-6,
+                            query_pre_attn_scalar=256, sliding_window=4096,
+                            tie_word_embeddings=True)
+SUPPORTED = (*LLAMA_FAMILY, *GEMMA, GPTJ)
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
@@ -39,6 +50,12 @@ def model_config(hf: dict[str, Any], dtype: str | None = None, where: str = "con
   arch = archs[0] if archs else hf.get("model_type")
   if arch not in SUPPORTED:
     raise CheckpointError(f"{where}: unsupported architecture {arch!r}; supported: {SUPPORTED}")
+  if arch == GEMMA3_MULTIMODAL:  # the language model's config is nested
+    if not isinstance(hf.get("text_config"), dict):
+      raise CheckpointError(f"{where}: no 'text_config', which a {arch} config needs")
+    # Published files write only what differs from Gemma3TextConfig's defaults there.
+    hf = {"torch_dtype": hf.get("torch_dtype"), "dtype": hf.get("dtype"), **GEMMA3_TEXT_DEFAULTS,
+          **{k: v for k, v in hf["text_config"].items() if v is not None}}
   if dtype is None:
     dtype = hf.get("torch_dtype") or hf.get("dtype") or "float32"
     if dtype not in _DTYPES:
@@ -46,7 +63,9 @@ def model_config(hf: dict[str, Any], dtype: str | None = None, where: str = "con
                             f"pass dtype= to load it as one of those")
   try:
     kw = dict(param_dtype=dtype, dtype=dtype, vocab_size=hf["vocab_size"])
-    return ModelConfig(**kw, **(_gptj(hf, where) if arch == GPTJ else _llama(hf, arch, where)))
+    fields = (_gptj(hf, where) if arch == GPTJ else _gemma(hf, arch, where) if arch in GEMMA
+              else _llama(hf, arch, where))
+    return ModelConfig(**kw, **fields)
   except KeyError as e:
     raise CheckpointError(f"{where}: no {e.args[0]!r}, which a {arch} config needs") from None
 
@@ -77,6 +96,70 @@ def _llama(hf: dict[str, Any], arch: str, where: str) -> dict[str, Any]:
               rope_scaling=rope_scaling, max_seq_len=max_len,
               qkv_bias=arch == "Qwen2ForCausalLM", qk_norm=arch == "Qwen3ForCausalLM",
               tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
+
+
+def _gemma(hf: dict[str, Any], arch: str, where: str) -> dict[str, Any]:
+  """Gemma 2 / 3: sandwich norms (1 + w), GeGLU, scaled embeddings, sliding-window layers."""
+  gemma3 = arch != "Gemma2ForCausalLM"
+  act = hf.get("hidden_activation") or hf.get("hidden_act")
+  if act != "gelu_pytorch_tanh":
+    raise CheckpointError(f"{where}: hidden_activation={act!r} is not supported (Gemma's MLP "
+                          f"here is GeGLU with tanh GELU, gelu_pytorch_tanh)")
+  for key in ("attention_bias", "use_bidirectional_attention"):
+    if hf.get(key):
+      raise CheckpointError(f"{where}: {key}={hf[key]!r} is not supported")
+  L = hf["num_hidden_layers"]
+  types = hf.get("layer_types")
+  if types is None:  # older configs: every n-th layer is global (Gemma 3: 6, Gemma 2: 2)
+    n = hf.get("sliding_window_pattern") or hf.get("_sliding_window_pattern") or (6 if gemma3
+                                                                                    else 2)
+    types = ["sliding_attention" if (i + 1) % n else "full_attention" for i in range(L)]
+  if len(types) != L or set(types) - {"sliding_attention", "full_attention"}:
+    raise CheckpointError(f"{where}: layer_types={types!r} is not {L} of 'sliding_attention' / "
+                          f"'full_attention'")
+  sliding = "sliding_attention" in types
+  base, scaling, local_base = _gemma_rope(hf, gemma3, where)
+  return dict(block_type="gemma", d_model=hf["hidden_size"], num_layers=L,
+              num_heads=hf["num_attention_heads"],
+              num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+              head_dim=hf["head_dim"], ffn_dim=hf["intermediate_size"],
+              norm_eps=hf.get("rms_norm_eps", 1e-6), rope_base=base, rope_scaling=scaling,
+              local_rope_base=local_base if sliding else None, qk_norm=gemma3,
+              norm_plus_one=True, query_pre_attn_scalar=float(hf["query_pre_attn_scalar"]),
+              attn_softcap=hf.get("attn_logit_softcapping"),
+              final_softcap=hf.get("final_logit_softcapping"), layer_types=tuple(types),
+              sliding_window=hf["sliding_window"] if sliding else None,
+              max_seq_len=hf.get("max_position_embeddings", 8192),
+              tie_embeddings=bool(hf.get("tie_word_embeddings", True)))
+
+
+def _gemma_rope(hf: dict[str, Any], gemma3: bool, where: str
+                ) -> tuple[float, tuple | None, float]:
+  """(full layers' theta, their scaling, sliding layers' theta). transformers 5 writes
+  ``rope_parameters`` per layer type; older files ``rope_theta``, ``rope_local_base_freq``
+  and ``rope_scaling``. Gemma 3's full layers may scale linearly (4B and up: factor 8)."""
+  rp = dict(hf.get("rope_parameters") or {})
+  if "full_attention" in rp or "sliding_attention" in rp:
+    full, local = dict(rp.get("full_attention") or {}), dict(rp.get("sliding_attention") or {})
+  else:
+    full = {**rp, **dict(hf.get("rope_scaling") or {})}
+    full.setdefault("rope_theta", hf.get("rope_theta"))
+    local = {"rope_theta": hf.get("rope_local_base_freq")}
+  default_full, default_local = (1e6, 1e4) if gemma3 else (1e4, None)
+  base = float(full.get("rope_theta") or default_full)
+  local_base = float(local.get("rope_theta") or default_local or base)
+  for name, params, ok in (("full_attention", full, ("default", "linear")),
+                           ("sliding_attention", local, ("default",))):
+    kind = params.get("rope_type", params.get("type")) or "default"
+    if kind not in ok:
+      raise CheckpointError(f"{where}: RoPE scaling {kind!r} of the {name} layers is not "
+                            f"implemented (implemented: {', '.join(ok)}); refusing rather than "
+                            f"running a different model")
+  if (full.get("rope_type", full.get("type")) or "default") == "default":
+    return base, None, local_base
+  if full.get("factor") is None:
+    raise CheckpointError(f"{where}: RoPE scaling 'linear' needs factor")
+  return base, ("linear", float(full["factor"])), local_base
 
 
 ROPE_SCALINGS = ("default", "llama3")  # the rope_type values the decoder computes exactly
@@ -144,6 +227,41 @@ def llama_table(cfg: ModelConfig) -> dict[tuple, Entry]:
     t[("layers", i, "mlp", "up")] = Entry(p + "mlp.up_proj.weight", (F, D), transpose)
     t[("layers", i, "mlp", "down")] = Entry(p + "mlp.down_proj.weight", (D, F), transpose)
   return t
+
+
+def gemma_table(cfg: ModelConfig, prefix: str = "model.") -> dict[tuple, Entry]:
+  """Gemma 2/3 under ``prefix`` (``model.``, or a multimodal file's language model's);
+  norms keep the file's w (the decoder scales by 1 + w, ``cfg.norm_plus_one``)."""
+  D, N, K, H, F, V = (cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.ffn_dim,
+                      cfg.vocab_size)
+  t = {("embed",): Entry(prefix + "embed_tokens.weight", (V, D)),
+       ("final_norm", "scale"): Entry(prefix + "norm.weight", (D,))}
+  if not cfg.tie_embeddings:
+    t[("lm_head",)] = Entry("lm_head.weight", (V, D), transpose)
+  for i in range(cfg.num_layers):
+    p, a, b = f"{prefix}layers.{i}.", ("layers", i, "attn"), ("layers", i)
+    t[a + ("q",)] = Entry(p + "self_attn.q_proj.weight", (N * H, D), split_out(N, H))
+    t[a + ("k",)] = Entry(p + "self_attn.k_proj.weight", (K * H, D), split_out(K, H))
+    t[a + ("v",)] = Entry(p + "self_attn.v_proj.weight", (K * H, D), split_out(K, H))
+    t[a + ("o",)] = Entry(p + "self_attn.o_proj.weight", (D, N * H), split_in(N, H))
+    if cfg.qk_norm:
+      t[a + ("q_norm",)] = Entry(p + "self_attn.q_norm.weight", (H,))
+      t[a + ("k_norm",)] = Entry(p + "self_attn.k_norm.weight", (H,))
+    for ours, theirs in (("attn_norm", "input_layernorm"),
+                         ("post_attn_norm", "post_attention_layernorm"),
+                         ("mlp_norm", "pre_feedforward_layernorm"),
+                         ("post_mlp_norm", "post_feedforward_layernorm")):
+      t[b + (ours, "scale")] = Entry(f"{p}{theirs}.weight", (D,))
+    t[b + ("mlp", "gate")] = Entry(p + "mlp.gate_proj.weight", (F, D), transpose)
+    t[b + ("mlp", "up")] = Entry(p + "mlp.up_proj.weight", (F, D), transpose)
+    t[b + ("mlp", "down")] = Entry(p + "mlp.down_proj.weight", (D, F), transpose)
+  return t
+
+
+# Where a Gemma3ForConditionalGeneration file keeps its language model: the Hub's layout (also
+# what transformers 5 writes), or the module names transformers 4.5x saved.
+GEMMA3_TEXT_PREFIXES = ("language_model.model.", "model.language_model.")
+_VISION = re.compile(r"^(model\.)?(vision_tower|multi_modal_projector)\.")
 
 
 def gptj_table(cfg: ModelConfig) -> dict[tuple, Entry]:
@@ -225,10 +343,20 @@ def load(directory: str, mesh: Mesh, dtype: str | None = None, execution: dict |
     hf = json.load(f)
   cfg = model_config(hf, dtype, where=os.path.join(directory, "config.json"))
   cfg = cfg.replace(**(execution or {}))
-  table = gptj_table(cfg) if cfg.block_type == "gptj" else llama_table(cfg)
+  source = SafetensorsSource(directory)
+  multimodal = (hf.get("architectures") or [None])[0] == GEMMA3_MULTIMODAL
+  if cfg.block_type == "gemma":
+    keys = set(source.keys())
+    prefix = next((p for p in GEMMA3_TEXT_PREFIXES if p + "embed_tokens.weight" in keys),
+                  GEMMA3_TEXT_PREFIXES[0]) if multimodal else "model."
+    table = gemma_table(cfg, prefix)
+  else:
+    table = gptj_table(cfg) if cfg.block_type == "gptj" else llama_table(cfg)
+  heads = ("lm_head.weight", "language_model.lm_head.weight")
 
   def ignore(key: str) -> bool:  # a tied head may still be saved as its own tensor
-    return bool(_BUFFERS.search(key)) or (cfg.tie_embeddings and key == "lm_head.weight")
+    return (bool(_BUFFERS.search(key)) or (cfg.tie_embeddings and key in heads)
+            or (multimodal and bool(_VISION.match(key))))  # the vision tower: not read
 
-  graphdef, params = place(cfg, mesh, table, SafetensorsSource(directory), directory, ignore)
+  graphdef, params = place(cfg, mesh, table, source, directory, ignore)
   return cfg, graphdef, params

@@ -38,7 +38,8 @@ def hf_model(kind: str, **overrides):
   """A tiny random transformers model; weights far from their init so every term matters."""
   import torch
   import transformers
-  torch.manual_seed({"llama": 0, "qwen2": 1, "gptj": 2, "qwen3": 3}[kind])
+  torch.manual_seed({"llama": 0, "qwen2": 1, "gptj": 2, "qwen3": 3, "gemma3": 4,
+                     "gemma2": 5}[kind])
   if kind == "llama":  # SmolLM2-like: tied embeddings, GQA, non-default theta
     cfg = transformers.LlamaConfig(**{**HF_COMMON, "tie_word_embeddings": True,
                                       "rope_theta": 500.0, "rms_norm_eps": 1e-5, **overrides})
@@ -50,15 +51,41 @@ def hf_model(kind: str, **overrides):
     cfg = transformers.Qwen3Config(**{**HF_COMMON, "head_dim": 24, "tie_word_embeddings": False,
                                       **overrides})
     model = transformers.Qwen3ForCausalLM(cfg)
+  elif kind == "gemma3":  # sliding layers (window 8) among full ones, each with its own RoPE
+    cfg = transformers.Gemma3TextConfig(**{**HF_COMMON, **GEMMA3, **overrides})
+    model = transformers.Gemma3ForCausalLM(cfg)
+  elif kind == "gemma2":  # soft-capped scores and logits, alternating sliding / full layers
+    cfg = transformers.Gemma2Config(**{**HF_COMMON, "num_hidden_layers": 4, "head_dim": 16,
+                                       "query_pre_attn_scalar": 24, "sliding_window": 8,
+                                       "attn_logit_softcapping": 2.0,
+                                       "final_logit_softcapping": 5.0, **overrides})
+    model = transformers.Gemma2ForCausalLM(cfg)
   else:  # parallel block, LayerNorm with bias, partial interleaved RoPE, biased head
     cfg = transformers.GPTJConfig(**{**dict(vocab_size=128, n_embd=64, n_layer=2, n_head=4,
                                             rotary_dim=8, n_positions=256), **overrides})
     model = transformers.GPTJForCausalLM(cfg)
+  randomise(model, norm_one=0.0 if kind.startswith("gemma") else 1.0)
+  return model.eval()
+
+
+# Gemma 3 small enough to test, every feature switched on: 4 layers (sliding, full, sliding,
+# sliding), window 8, a query scale that is not head_dim, linear scaling on the full layers.
+GEMMA3 = dict(num_hidden_layers=4, head_dim=16, query_pre_attn_scalar=24, sliding_window=8,
+              layer_types=["sliding_attention", "full_attention", "sliding_attention",
+                           "sliding_attention"],
+              rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+                               "full_attention": {"rope_type": "linear", "factor": 4.0,
+                                                  "rope_theta": 1000.0}})
+
+
+def randomise(model, norm_one: float = 1.0):
+  """Weights far from their init so every term matters: norm scales norm_one + noise (Gemma's
+  store w of 1 + w: norm_one 0), everything else noise."""
+  import torch
   with torch.no_grad():
     for name, p in model.named_parameters():
       is_norm_scale = p.ndim == 1 and name.endswith("weight")
-      p.copy_(1 + 0.2 * torch.randn_like(p) if is_norm_scale else 0.2 * torch.randn_like(p))
-  return model.eval()
+      p.copy_(norm_one + 0.2 * torch.randn_like(p) if is_norm_scale else 0.2 * torch.randn_like(p))
 
 
 def save_hf(model, path, **kwargs) -> str:
