@@ -53,7 +53,8 @@ def loss_sums(model, micro: dict[str, jax.Array],
                                               segment_starts(micro["segment_ids"]), key)
   h_BxLxD, _ = model(micro["tokens"], positions, mask_BxLxL)
   weight_BxL = micro["loss_mask"].astype(jnp.float32)
-  total = xent_sum(h_BxLxD, *model.head(h_BxLxD.dtype), micro["targets"], weight_BxL)
+  total = xent_sum(h_BxLxD, *model.head(h_BxLxD.dtype), micro["targets"], weight_BxL,
+                   softcap=model.cfg.final_softcap)
   return total, jnp.sum(weight_BxL)
 
 
@@ -61,23 +62,24 @@ def loss_sums(model, micro: dict[str, jax.Array],
 LOGITS_CHUNK_ELEMENTS = 1 << 24
 
 
-def _xent(h_BxCxD, w_DxV, bias_V, targets_BxC, weight_BxC) -> jax.Array:
-  logits_BxCxV = head_logits(h_BxCxD, w_DxV, bias_V)
+def _xent(h_BxCxD, w_DxV, bias_V, targets_BxC, weight_BxC, softcap=None) -> jax.Array:
+  logits_BxCxV = head_logits(h_BxCxD, w_DxV, bias_V, softcap)
   xent_BxC = optax.softmax_cross_entropy_with_integer_labels(logits_BxCxV, targets_BxC)
   return jnp.sum(xent_BxC * weight_BxC)
 
 
-def xent_sum(h_BxLxD, w_DxV, bias_V, targets_BxL, weight_BxL) -> jax.Array:
+def xent_sum(h_BxLxD, w_DxV, bias_V, targets_BxL, weight_BxL, softcap=None) -> jax.Array:
   """Summed weighted cross-entropy of the head's logits, never a ``[B, L, V]`` float32 buffer
   above ``LOGITS_CHUNK_ELEMENTS``: the sequence is cut in chunks, each chunk's logits made
   (and, under ``jax.checkpoint``, remade in the backward pass) one chunk at a time."""
   B, L = targets_BxL.shape
   need = -(-B * L * w_DxV.shape[1] // LOGITS_CHUNK_ELEMENTS)
   if need <= 1:
-    return _xent(h_BxLxD, w_DxV, bias_V, targets_BxL, weight_BxL)
+    return _xent(h_BxLxD, w_DxV, bias_V, targets_BxL, weight_BxL, softcap)
   n = next(k for k in range(need, L + 1) if L % k == 0)  # chunks that tile the sequence
   split = lambda x: jnp.moveaxis(x.reshape(B, n, L // n, *x.shape[2:]), 1, 0)
-  body = jax.checkpoint(lambda total, xs: (total + _xent(xs[0], w_DxV, bias_V, *xs[1:]), None))
+  body = jax.checkpoint(lambda total, xs: (total + _xent(xs[0], w_DxV, bias_V, *xs[1:],
+                                                         softcap=softcap), None))
   total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32),
                           (split(h_BxLxD), split(targets_BxL), split(weight_BxL)))
   return total
