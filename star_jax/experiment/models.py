@@ -44,15 +44,15 @@ def find_run(name_or_path: str) -> RunCheckpoint | None:
   if not name_or_path:
     return None
   path = epath.Path(name_or_path)
+  if (path.name.isdigit() and path.parent.name == "checkpoints"
+      and (path.parent.parent / "config.json").exists()):
+    return RunCheckpoint(path.parent.parent, int(path.name))  # an iteration, saved or not
   if not path.exists():
     return None
   if path.is_dir() and (path / "config.json").exists() and (path / "checkpoints").is_dir():
     return RunCheckpoint(path, None)
   if path.name == "checkpoints" and (path.parent / "config.json").exists():
     return RunCheckpoint(path.parent, None)
-  if (path.name.isdigit() and path.parent.name == "checkpoints"
-      and (path.parent.parent / "config.json").exists()):
-    return RunCheckpoint(path.parent.parent, int(path.name))
   return None
 
 
@@ -140,7 +140,7 @@ def load_model(name_or_path: str, mesh: Mesh, dtype: str | None = None, **execut
     step = max(steps, default=None) if run.step is None else run.step
     if step is None or step not in steps:
       raise CheckpointError(f"{run.workdir / 'checkpoints'}: no iteration "
-                            f"{'saved' if step is None else step} (saved: {steps})")
+                            f"{'saved yet' if step is None else step} (saved: {steps})")
     meta = ckpt.meta(step)
     lora_run = bool(meta.get("adapters_on") is not None or meta.get("lora_base"))
     if lora_run:
