@@ -242,6 +242,37 @@ PRESETS: dict[str, ModelConfig] = {
 PRESETS["llama-3-8b"] = PRESETS["llama3-8b"]  # Meta-Llama-3-8B, under Meta's own spelling too
 
 
+def _llama32(d_model: int, num_layers: int, num_heads: int, head_dim: int) -> ModelConfig:
+  """Llama 3.2 (1B, 3B): tied embeddings, 8 kv heads, RoPE scaled by 32 (Llama 3.1's rule)."""
+  return ModelConfig(vocab_size=128256, d_model=d_model, num_layers=num_layers,
+                     num_heads=num_heads, num_kv_heads=8, head_dim=head_dim, ffn_dim=8192,
+                     rope_base=500000.0, rope_scaling=("llama3", 32.0, 1.0, 4.0, 8192),
+                     tie_embeddings=True, max_seq_len=131072, param_dtype="bfloat16",
+                     dtype="bfloat16")
+
+
+def _qwen3(d_model: int, num_layers: int, num_heads: int, ffn_dim: int,
+           tie: bool) -> ModelConfig:
+  """Qwen3 dense models: head_dim 128 whatever the width, q/k norms, 8 kv heads."""
+  return ModelConfig(vocab_size=151936, d_model=d_model, num_layers=num_layers,
+                     num_heads=num_heads, num_kv_heads=8, head_dim=128, ffn_dim=ffn_dim,
+                     rope_base=1000000.0, qk_norm=True, norm_eps=1e-6, tie_embeddings=tie,
+                     max_seq_len=40960, param_dtype="bfloat16", dtype="bfloat16")
+
+
+# The published config.json of each (Hugging Face hub, 2026): plans without the weights.
+PRESETS.update({
+    "llama-3.2-1b": _llama32(2048, 16, 32, 64),
+    "llama-3.2-3b": _llama32(3072, 28, 24, 128),
+    "llama-3.1-8b": PRESETS["llama3-8b"].replace(
+        rope_scaling=("llama3", 8.0, 1.0, 4.0, 8192), max_seq_len=131072),
+    "qwen3-0.6b": _qwen3(1024, 28, 16, 3072, tie=True),
+    "qwen3-1.7b": _qwen3(2048, 28, 16, 6144, tie=True),
+    "qwen3-4b": _qwen3(2560, 36, 32, 9728, tie=True),
+    "qwen3-8b": _qwen3(4096, 36, 32, 12288, tie=False),
+})
+
+
 def lora_targets(spec: str) -> tuple[str, ...]:
   """Kernel names from a comma-separated list; "attention" and "mlp" name their groups."""
   groups = {"attention": ATTENTION_KERNELS, "mlp": MLP_KERNELS}

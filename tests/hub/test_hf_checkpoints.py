@@ -192,6 +192,37 @@ def test_config_mapping_of_published_shapes():
   assert qwen == PRESETS["qwen2-0.5b"]
 
 
+LLAMA_32_1B = {  # meta-llama/Llama-3.2-1B's config.json (the keys the loader reads)
+    "architectures": ["LlamaForCausalLM"], "vocab_size": 128256, "hidden_size": 2048,
+    "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+    "num_key_value_heads": 8, "head_dim": 64, "hidden_act": "silu",
+    "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+    "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                     "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+    "tie_word_embeddings": True, "attention_bias": False, "mlp_bias": False,
+    "torch_dtype": "bfloat16"}
+QWEN3_8B = {  # Qwen/Qwen3-8B's config.json
+    "architectures": ["Qwen3ForCausalLM"], "vocab_size": 151936, "hidden_size": 4096,
+    "intermediate_size": 12288, "num_hidden_layers": 36, "num_attention_heads": 32,
+    "num_key_value_heads": 8, "head_dim": 128, "hidden_act": "silu",
+    "max_position_embeddings": 40960, "rms_norm_eps": 1e-6, "rope_theta": 1000000,
+    "rope_scaling": None, "tie_word_embeddings": False, "attention_bias": False,
+    "sliding_window": None, "use_sliding_window": False, "max_window_layers": 36,
+    "torch_dtype": "bfloat16"}
+
+
+def test_the_new_families_presets_are_their_published_configs():
+  assert hf.model_config(LLAMA_32_1B) == PRESETS["llama-3.2-1b"]
+  assert hf.model_config(QWEN3_8B) == PRESETS["qwen3-8b"]
+  # Parameter counts as published (model cards; Llama's exact, from its safetensors index).
+  assert PRESETS["llama-3.2-1b"].num_params() == 1_235_814_400
+  assert PRESETS["llama-3.2-3b"].num_params() == 3_212_749_824
+  assert PRESETS["llama-3.1-8b"].num_params() == 8_030_261_248
+  for name, billions in (("qwen3-0.6b", 0.6), ("qwen3-1.7b", 1.7), ("qwen3-4b", 4.0),
+                         ("qwen3-8b", 8.2)):
+    assert abs(PRESETS[name].num_params() / 1e9 - billions) / billions < 0.02, name
+
+
 def test_unsupported_gguf_architecture(tmp_path, mesh1):
   gguf = pytest.importorskip("gguf")
   w = gguf.GGUFWriter(str(tmp_path / "falcon.gguf"), "falcon")
