@@ -273,6 +273,32 @@ PRESETS.update({
 })
 
 
+
+def _gemma3(vocab: int, d_model: int, num_layers: int, num_heads: int, num_kv_heads: int,
+            ffn_dim: int, window: int, max_len: int, scaling: tuple | None = None,
+            dtype: str = "bfloat16") -> ModelConfig:
+  """Gemma 3 (text): head_dim 256, every 6th layer global (theta 1e6, the 4B and up scaled
+  linearly by 8), the others within a sliding window (theta 1e4); norms as 1 + w."""
+  types = tuple("sliding_attention" if (i + 1) % 6 else "full_attention"
+                for i in range(num_layers))
+  return ModelConfig(vocab_size=vocab, d_model=d_model, num_layers=num_layers,
+                     num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=256,
+                     ffn_dim=ffn_dim, block_type="gemma", norm_eps=1e-6, rope_base=1e6,
+                     rope_scaling=scaling, local_rope_base=1e4, qk_norm=True,
+                     norm_plus_one=True, query_pre_attn_scalar=256.0, layer_types=types,
+                     sliding_window=window, tie_embeddings=True, max_seq_len=max_len,
+                     param_dtype=dtype, dtype=dtype)
+
+
+# Gemma 3's published config.json (google/gemma-3-*; the 4B's text_config over transformers'
+# Gemma3TextConfig defaults).
+PRESETS.update({
+    "gemma-3-270m": _gemma3(262144, 640, 18, 4, 1, 2048, 512, 32768, dtype="float32"),
+    "gemma-3-1b": _gemma3(262144, 1152, 26, 4, 1, 6912, 512, 32768),
+    "gemma-3-4b": _gemma3(262208, 2560, 34, 8, 4, 10240, 1024, 131072, ("linear", 8.0)),
+})
+
+
 def lora_targets(spec: str) -> tuple[str, ...]:
   """Kernel names from a comma-separated list; "attention" and "mlp" name their groups."""
   groups = {"attention": ATTENTION_KERNELS, "mlp": MLP_KERNELS}

