@@ -96,6 +96,8 @@ def architecture(cfg: ModelConfig) -> str:
                           "Llama-family architecture computes")
   if cfg.block_type == "gptj":
     return hf.GPTJ
+  if cfg.block_type == "gemma":  # Gemma 3 added q/k norms to Gemma 2's block
+    return "Gemma3ForCausalLM" if cfg.qk_norm else "Gemma2ForCausalLM"
   if cfg.block_type != "llama":
     raise CheckpointError(f"export of block type {cfg.block_type!r} is not built")
   if cfg.qk_norm and cfg.qkv_bias:
@@ -122,6 +124,8 @@ def hf_config(cfg: ModelConfig, tokenizer: Tokenizer | None = None,
                 n_head=cfg.num_heads, n_inner=cfg.ffn_dim, rotary_dim=cfg.rope_dim,
                 n_positions=cfg.max_seq_len, layer_norm_epsilon=cfg.norm_eps,
                 activation_function="gelu_new")
+  if arch in hf.GEMMA:
+    return _gemma_config(cfg, arch, common)
   model_type = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2",
                 "Qwen3ForCausalLM": "qwen3"}[arch]
   out = dict(common, model_type=model_type, hidden_size=cfg.d_model,
@@ -138,6 +142,37 @@ def hf_config(cfg: ModelConfig, tokenizer: Tokenizer | None = None,
   if scaling is not None:
     out["rope_scaling"] = scaling
   return out
+
+
+def _gemma_config(cfg: ModelConfig, arch: str, common: dict[str, Any]) -> dict[str, Any]:
+  """Gemma 2 / 3 (text): the keys ``hf._gemma`` reads, in the older spelling transformers 4.5x
+  and llama.cpp's converter read too (``rope_theta``, ``rope_local_base_freq``)."""
+  gemma3 = arch == "Gemma3ForCausalLM"
+  types = list(cfg.layer_types or ("full_attention",) * cfg.num_layers)
+  out = dict(common, model_type="gemma3_text" if gemma3 else "gemma2",
+             hidden_size=cfg.d_model, intermediate_size=cfg.ffn_dim,
+             num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+             num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
+             hidden_activation="gelu_pytorch_tanh", max_position_embeddings=cfg.max_seq_len,
+             rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_base,
+             query_pre_attn_scalar=_int_if_whole(cfg.query_pre_attn_scalar or cfg.head_dim),
+             sliding_window=cfg.sliding_window or cfg.max_seq_len, layer_types=types,
+             attn_logit_softcapping=cfg.attn_softcap, final_logit_softcapping=cfg.final_softcap,
+             attention_bias=False)
+  if gemma3:
+    out["rope_local_base_freq"] = cfg.local_rope_base or cfg.rope_base
+    out["rope_scaling"] = None
+    if cfg.rope_scaling is not None:
+      kind, factor = cfg.rope_scaling
+      out["rope_scaling"] = {"rope_type": kind, "factor": float(factor)}
+  elif cfg.local_rope_base not in (None, cfg.rope_base) or cfg.rope_scaling is not None:
+    raise CheckpointError("Gemma 2 has one RoPE base and no scaling")
+  return out
+
+
+def _int_if_whole(x: float) -> float | int:
+  """transformers' Gemma configs validate query_pre_attn_scalar as an int (the published 256)."""
+  return int(x) if float(x).is_integer() else x
 
 
 def _rope_scaling(cfg: ModelConfig) -> dict[str, Any] | None:
@@ -181,6 +216,8 @@ def _generation_config(tokenizer: Tokenizer | None) -> dict[str, Any]:
 
 def hf_table(cfg: ModelConfig) -> dict[tuple, Entry]:
   """The loader's table for ``cfg``'s architecture (our path -> file name, shape, convert)."""
+  if cfg.block_type == "gemma":
+    return hf.gemma_table(cfg)
   return hf.gptj_table(cfg) if cfg.block_type == "gptj" else hf.llama_table(cfg)
 
 

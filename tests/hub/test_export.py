@@ -22,7 +22,7 @@ transformers = pytest.importorskip("transformers")
 
 LLAMA3 = {"rope_type": "llama3", "rope_theta": 500.0, "factor": 8.0, "low_freq_factor": 1.0,
           "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
-FAMILIES = {"llama": {}, "qwen2": {}, "qwen3": {}, "gptj": {},
+FAMILIES = {"llama": {}, "qwen2": {}, "qwen3": {}, "gptj": {}, "gemma3": {}, "gemma2": {},
             "llama3": {"rope_parameters": LLAMA3}}
 
 
