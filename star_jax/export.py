@@ -24,7 +24,7 @@ def export(checkpoint: str, out: str, dtype: str | None = None,
   """Loads ``checkpoint`` and writes it to ``out``; returns the files written."""
   from star_jax.engine import sharding
   from star_jax.experiment.models import load_model
-  from star_jax.hub import export as export_lib
+  from star_jax.hub import hf_export as export_lib
 
   mesh = sharding.make_mesh((1, 1, -1))
   pre = load_model(checkpoint, mesh)

@@ -48,7 +48,7 @@ from star_jax import config as config_lib  # noqa: E402
 from star_jax.config import Config  # noqa: E402
 from star_jax.engine import model_config, sharding  # noqa: E402
 from star_jax.engine.memory import GIB, abstract_params, plan_train_step  # noqa: E402
-from star_jax.experiment.build import is_bare_orbax, make_task  # noqa: E402
+from star_jax.experiment.models import is_bare_orbax, make_task  # noqa: E402
 from star_jax.experiment.models import model_config_of as from_checkpoint  # noqa: E402
 from star_jax.runtime import cli  # noqa: E402
 from star_jax.runtime.errors import ConfigError  # noqa: E402

@@ -1,7 +1,7 @@
 """The package's layout rules, read from the source: rooms import only rooms below them.
 
   runtime  <  engine, tokenizer, data  <  sampling, tasks  <  hub  <  config  <  experiment
-           <  star  <  the command-line tools (main, preflight, plan, generate)
+           <  star  <  the command-line tools (main, preflight, plan, generate, export)
 
 Benchmarks live outside the package (top-level ``benchmarks/``) and nothing in it imports them.
 
@@ -33,7 +33,8 @@ ALLOWED = {
     "main": {"star"},
     "preflight": {"config", "experiment", "sampling", "star", "tasks"},
     "plan": {"config", "engine", "experiment", "hub", "sampling", "star"},
-    "generate": {"engine", "sampling", "tokenizer", "hub"},
+    "generate": {"engine", "experiment", "sampling", "tokenizer", "hub"},
+    "export": {"engine", "experiment", "hub"},
 }
 TASK_NAMES = ("arithmetic", "cqa", "gsm8k", "digits", "scratchpad")
 

@@ -19,9 +19,11 @@ from star_jax.config import Config, TokenizerConfig
 from star_jax.data import source_paths
 from star_jax.engine import lora, model_config, params as params_lib, sharding
 from star_jax.engine.trainer import as_masters, cast_leaves, dtype_names
-from star_jax.hub.checkpointer import is_star_jax_checkpoint, load_params
+from star_jax.hub.checkpointer import load_params
 from star_jax.runtime.distributed import barrier, is_primary
 from star_jax.runtime.errors import CheckpointError, ConfigError, MissingFileError
+from star_jax.experiment.models import (build_model_config, is_bare_orbax, load_model,
+                                        make_task)
 from star_jax.sampling import Sampler
 from star_jax.tasks import Example, Task, task_class
 from star_jax.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer, load_tokenizer
@@ -91,37 +93,6 @@ def tokenizer_texts(task: Task, examples: list[Example]) -> list[str]:
   return texts
 
 
-def build_model_config(config: Config, task: Task, tokenizer: Tokenizer
-                       ) -> model_config.ModelConfig:
-  cfg = model_config.get_preset(config.model.preset, **config.model.overrides)
-  scheme = task.positions(tokenizer)
-  if scheme is not None:
-    cfg = cfg.replace(positions=scheme)
-  if cfg.vocab_size < tokenizer.vocab_size:
-    if config.model.checkpoint:
-      raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the model's vocabulary "
-                       f"is {cfg.vocab_size}: they do not belong together")
-    cfg = cfg.replace(vocab_size=_round_up(tokenizer.vocab_size, 128))
-  return cfg
-
-
-def _round_up(n: int, k: int) -> int:
-  return -(-n // k) * k
-
-
-def is_bare_orbax(checkpoint: str) -> bool:
-  """An orbax directory of numbered steps outside a run's workdir (``pretrain_ckpt``, a copied
-  ``checkpoints``): it holds weights only, so the config's own preset says what they are.
-  Everything else a checkpoint may be named by is resolved by ``experiment.models``."""
-  from star_jax.experiment.models import is_run_checkpoint
-  return is_star_jax_checkpoint(checkpoint) and not is_run_checkpoint(checkpoint)
-
-
-def make_task(config: Config) -> Task:
-  """The configured task with its (validated) options."""
-  return task_class(config.task)(config.task_options, config.star.max_new_tokens or None)
-
-
 def check(config: Config) -> None:
   """What can fail on a path the config names, asked before anything is built or written:
   the official data files (text tasks) and the model checkpoint exist."""
@@ -151,8 +122,6 @@ def build(config: Config, workdir: epath.PathLike) -> Experiment:
   if ckpt and not is_bare_orbax(ckpt):
     # A pre-trained model (HF directory, GGUF file, a known name, or an earlier run's
     # workdir / checkpoints / iteration) brings its own architecture and tokenizer.
-    from star_jax.experiment.models import load_model  # tokenizers/gguf: only when needed
-
     # A checkpoint fixes the architecture; the overrides may still say how it runs.
     pre = load_model(ckpt, mesh, dtype=config.model.dtype or None,
                      **model_config.execution_of(config.model.overrides))

@@ -1,4 +1,4 @@
-"""Every name a model goes by, resolved to a loaded model: one resolver for the whole library.
+"""What a config or a checkpoint name says the model is: one resolver for the whole library.
 
 ``model.checkpoint``, ``generate --checkpoint``, ``export --checkpoint``, the pre-flight and
 the plan all accept
@@ -26,9 +26,9 @@ from jax.sharding import Mesh
 
 from star_jax import config as config_lib
 from star_jax.engine import lora, model_config, params as params_lib
-from star_jax.experiment.build import build_model_config, make_task
-from star_jax.hub.checkpointer import Checkpointer
+from star_jax.hub.checkpointer import Checkpointer, is_star_jax_checkpoint
 from star_jax.runtime.errors import CheckpointError, MissingFileError
+from star_jax.tasks import Task, task_class
 from star_jax.tokenizer import Tokenizer, load_tokenizer
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")  # what experiment.build saves
@@ -37,6 +37,38 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")  # what experiment.build
 class RunCheckpoint(NamedTuple):
   workdir: epath.Path
   step: int | None  # None: the latest
+
+
+def build_model_config(config: config_lib.Config, task: Task, tokenizer: Tokenizer
+                       ) -> model_config.ModelConfig:
+  """A config's preset with its overrides, the task's position scheme and a vocabulary that
+  holds the tokenizer's ids."""
+  cfg = model_config.get_preset(config.model.preset, **config.model.overrides)
+  scheme = task.positions(tokenizer)
+  if scheme is not None:
+    cfg = cfg.replace(positions=scheme)
+  if cfg.vocab_size < tokenizer.vocab_size:
+    if config.model.checkpoint:
+      raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the model's vocabulary "
+                       f"is {cfg.vocab_size}: they do not belong together")
+    cfg = cfg.replace(vocab_size=_round_up(tokenizer.vocab_size, 128))
+  return cfg
+
+
+def _round_up(n: int, k: int) -> int:
+  return -(-n // k) * k
+
+
+def is_bare_orbax(checkpoint: str) -> bool:
+  """An orbax directory of numbered steps outside a run's workdir (``pretrain_ckpt``, a copied
+  ``checkpoints``): it holds weights only, so the config's own preset says what they are.
+  Everything else a checkpoint may be named by is resolved by ``experiment.models``."""
+  return is_star_jax_checkpoint(checkpoint) and not is_run_checkpoint(checkpoint)
+
+
+def make_task(config: config_lib.Config) -> Task:
+  """The configured task with its (validated) options."""
+  return task_class(config.task)(config.task_options, config.star.max_new_tokens or None)
 
 
 def find_run(name_or_path: str) -> RunCheckpoint | None:

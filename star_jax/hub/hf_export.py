@@ -237,9 +237,14 @@ def invert(entry: Entry, ours: np.ndarray) -> np.ndarray:
 def hf_tensors(cfg: ModelConfig, params: nnx.State, np_dtype) -> dict[str, np.ndarray]:
   """Every parameter under its file name, in the file's layout and ``np_dtype``."""
   table = hf_table(cfg)
+  # A Gemma from a GGUF file holds its norms as llama.cpp stores them, 1 + w (the decoder then
+  # scales by the weight itself, norm_plus_one=False); Hugging Face files hold w.
+  plus_one = cfg.block_type == "gemma" and not cfg.norm_plus_one
   out = {}
   for path, var in nnx.to_flat_state(params):
     value = np.asarray(jax.device_get(var.get_value()))
+    if plus_one and (path[-1] == "scale" or path[-1] in ("q_norm", "k_norm")):
+      value = (value.astype(np.float32) - 1).astype(value.dtype)
     layers = range(cfg.num_layers) if cfg.scan_layers and path[0] == "layers" else [None]
     for i in layers:  # a scanned model's stacked tensors, one layer at a time
       key = path if i is None else ("layers", i) + tuple(path[1:])

@@ -14,7 +14,7 @@ from helpers.reference import hf_forward, hf_logits, hf_model, save_hf, train_ti
 from star_jax.engine.model_config import ModelConfig
 from star_jax.engine.positions import inv_frequencies
 from star_jax.hub import CheckpointError, load_pretrained
-from star_jax.hub import export as export_lib
+from star_jax.hub import hf_export as export_lib
 from star_jax.runtime.errors import UserError
 
 torch = pytest.importorskip("torch")
@@ -72,6 +72,22 @@ def test_a_loaded_checkpoint_exports_as_the_file_it_came_from(tmp_path, mesh1, f
   ours = hf_forward(pre.graphdef, mesh1)(pre.params, tokens_BxT, mask_BxT)
   np.testing.assert_allclose(hf_logits(reloaded.eval(), tokens_BxT, mask_BxT)[real], ours[real],
                              atol=1e-4, rtol=0)
+
+
+def test_a_gemma_from_gguf_exports_its_norms_as_hugging_face_stores_them(tmp_path, mesh1):
+  """llama.cpp stores Gemma's norms as 1 + w, and star_jax keeps them so (norm_plus_one=False);
+  the export writes w, as transformers' files hold it."""
+  src = save_hf(hf_model("gemma3"), tmp_path / "src")
+  pre = load_pretrained(src, mesh1)
+  from flax import nnx
+  as_gguf = nnx.from_flat_state([
+      (path, var.replace(var.get_value() + 1) if path[-1] in ("scale", "q_norm", "k_norm")
+       else var) for path, var in nnx.to_flat_state(pre.params)])
+  export_lib.export(pre.model_cfg.replace(norm_plus_one=False), as_gguf, None,
+                    str(tmp_path / "out"))
+  original = _tensors(src)
+  for key, value in _tensors(tmp_path / "out").items():
+    np.testing.assert_allclose(value, original[key], atol=1e-6, rtol=0, err_msg=key)
 
 
 def test_scanned_sharded_bfloat16_export_in_shards(tmp_path, mesh8):
