@@ -52,8 +52,8 @@ class MeshConfig:
 @dataclasses.dataclass(frozen=True)
 class StarConfig:
   method: str = key("star", "star | direct (fine-tune on bare answers) | seed_only (train on "
-                            "the seed set P) | a registered method (star/methods.py): the "
-                            "controls run STaR's budget")
+                            "the seed set P) | rest_em | rft | bstar | a registered method "
+                            "(star/methods.py, docs/variants.md): all run STaR's budget")
   iterations: int = key(10, "outer-loop iterations N")
   rationalize: bool = key(True, "give failures a second try with the answer as a hint")
   p_rationalization: float = key(1.0, "share of failures given the hinted try")
@@ -78,6 +78,12 @@ class StarConfig:
   top_k: int = key(0, "sample from the k likeliest tokens (0 = all)")
   top_p: float = key(1.0, "nucleus sampling mass (1 = off)")
   max_new_tokens: int = key(0, "tokens a completion may take (0 = the task's default)")
+  bstar_probe_questions: int = key(64, "bstar: questions of the iteration's sample that probe "
+                                       "each candidate temperature")
+  bstar_temperatures: tuple = key((0.5, 0.7, 0.9, 1.1), "bstar: the candidate sampling "
+                                                       "temperatures, scored on the probe")
+  bstar_n0: int = key(4, "bstar: distinct correct paths per question that count as full "
+                         "exploration (the balance score's n0)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +125,13 @@ class SampleConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  samples: int = key(0, "k sampled answers per held-out question besides the greedy one: "
+                        "pass@k and majority-vote accuracy (0 = greedy only)")
+  temperature: float = key(0.7, "temperature of those k samples (self-consistency: 0.5-0.7)")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
   """A whole run. ``task_options`` is the task's own ``Options`` once loaded."""
   task: str = key("arithmetic", "cqa | gsm8k | arithmetic | \"module.path:TaskClass\"")
@@ -134,6 +147,7 @@ class Config:
   pretrain: PretrainConfig = group(PretrainConfig, "the seed set P: warm start of M_0")
   train: TrainConfig = group(TrainConfig, "fine-tuning")
   sample: SampleConfig = group(SampleConfig, "the sampler")
+  eval: EvalConfig = group(EvalConfig, "evaluation beyond greedy: self-consistency, pass@k")
 
 
 # Keys that change how a run is executed but not its results: free to differ on resume.

@@ -7,6 +7,12 @@ from typing import Any
 
 def summary_line(m: dict[str, Any]) -> str:
   parts = [f"iter {m['iteration']}", f"eval acc {m['eval_accuracy']:.3f} (n={m['eval_n']})"]
+  if "eval_majority_accuracy" in m:
+    k = m["eval_samples"]
+    parts.append(f"maj@{k} {m['eval_majority_accuracy']:.3f} pass@{k} "
+                 f"{m['eval_pass_at'][str(k)]:.3f}")
+  if "bstar_temperature" in m:
+    parts.append(f"B-STaR T={m['bstar_temperature']:g} (score {m['bstar_score']:.3f})")
   if m["iteration"] > 0:
     loss = m["train_loss"] if m.get("train_loss") is not None else float("nan")
     parts += [f"kept {m['kept']}/{m['train_questions']} "

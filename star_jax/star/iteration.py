@@ -10,8 +10,8 @@
 
 ``Method`` holds what the steps share (the task, tokenizer, sampler, workdir) and the steps
 every method uses (sampling, fine-tuning, evaluation); ``Star`` is the paper's iteration.
-Other methods (the controls in ``methods.py``; ReST-EM, RFT, ...) are subclasses with their
-own ``iteration``. Every step resumes from what a killed process left in the workdir.
+Other methods (in ``methods.py``: the controls; ReST-EM, RFT and B-STaR) are subclasses with
+their own ``iteration``. Every step resumes from what a killed process left in the workdir.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ class IterationResult:
   sample_seconds: float = 0.0
   rationalize_seconds: float = 0.0
   train_seconds: float = 0.0
+  extra: dict = dataclasses.field(default_factory=dict)  # a method's own metrics (B-STaR's)
 
 
 class Method:
@@ -73,14 +74,19 @@ class Method:
   def sample(self, n: int, model, questions: list[Example], *, hint: bool, phase: str,
              few_shot: bool, seed: int) -> tuple[list[rollout.Generation], int]:
     """``star.samples_per_question`` completions per question, at the configured temperature."""
-    star = self.star
     return rollout.generate(self.task, self.tokenizer, self.sampler,
                             self.exp.sampling_copy(model), questions, hint=hint,
-                            few_shot=few_shot,
-                            sampling=SamplingParams(star.temperature, star.top_k, star.top_p),
-                            n=star.samples_per_question, seed=seed, desc=f"iter {n} {phase}",
+                            few_shot=few_shot, sampling=self.sampling(),
+                            n=self.star.samples_per_question, seed=seed,
+                            desc=f"iter {n} {phase}",
                             shard_dir=wd.iteration_dir(self.workdir, n, f"{phase}_shards"),
                             shard_size=self.config.sample.shard_size)
+
+  def sampling(self, temperature: float | None = None) -> SamplingParams:
+    """The configured sampling, at ``temperature`` if given (else ``star.temperature``)."""
+    star = self.star
+    return SamplingParams(star.temperature if temperature is None else temperature,
+                          star.top_k, star.top_p)
 
   def fine_tune(self, n: int, start, examples: list[TrainExample], desc: str
                 ) -> tuple[object, ft.FinetuneStats]:
@@ -97,7 +103,9 @@ class Method:
                        keep_masters=not self.star.restart_from_base)
 
   def evaluate(self, n: int, model, few_shot: bool) -> rollout.EvalResult:
-    """Greedy accuracy of ``model`` on the eval set (and the choices' log-likelihood)."""
+    """Greedy accuracy of ``model`` on the eval set (and the choices' log-likelihood); with
+    ``eval.samples`` = k also pass@k and majority-vote accuracy of k samples
+    (``rollout.sampled_eval``)."""
     logging.info("iteration %d: evaluating on %d questions", n, len(self.exp.eval_set))
     t0 = time.time()
     params = self.exp.sampling_copy(model)
@@ -108,6 +116,17 @@ class Method:
     result.choice_loglik = rollout.choice_loglik_accuracy(self.task, self.tokenizer,
                                                           self.sampler, params,
                                                           self.exp.eval_set)
+    k = self.config.eval.samples
+    if k > 0:
+      temperature = self.config.eval.temperature
+      gens, _ = rollout.generate(self.task, self.tokenizer, self.sampler, params,
+                                 self.exp.eval_set, hint=False, few_shot=few_shot,
+                                 sampling=SamplingParams(temperature), n=k,
+                                 seed=self.config.seed * 1000 + 900 + n,
+                                 desc=f"evaluate {k} samples",
+                                 shard_dir=wd.iteration_dir(self.workdir, n, "eval_k_shards"),
+                                 shard_size=self.config.sample.shard_size)
+      result.sampled = rollout.sampled_eval(self.task, gens, self.exp.eval_set, k, temperature)
     result.seconds = time.time() - t0
     return result
 
@@ -116,6 +135,7 @@ class Star(Method):
   """The paper's iteration (Algorithm 1)."""
 
   name = "star"
+  distinct = "text"  # what makes two kept rationales of a question the same (keep.DISTINCT)
 
   def iteration(self, n: int, base, model) -> IterationResult:
     star, seed = self.star, self.config.seed * 1000 + n
@@ -154,7 +174,7 @@ class Star(Method):
   def filter(self, samples: list[rollout.Generation], source: str) -> keep_lib.Kept:
     """The right answers whose rationale holds, at most ``max_kept_per_question`` each."""
     return keep_lib.keep(self.task, samples, source, self.star.max_kept_per_question,
-                         self.star.require_supported)
+                         self.star.require_supported, self.distinct)
 
   def rationalize(self, n: int, model, failed: list[Example], rng: np.random.Generator,
                   seed: int) -> tuple[list[rollout.Generation], int]:

@@ -4,8 +4,11 @@ A sample is kept when the task reads the gold answer out of it and, with
 ``require_supported``, its rationale itself reaches that answer (arithmetic: the
 last scratch line; GSM8K: the rationale's last result), so a hint copied into
 the answer line after a wrong rationale is not trained on. Duplicates of one
-question's rationale count once. Kept records never carry the hint: the task
-splits the rationale out of the generated text and strips hint markers.
+question's rationale count once: the same text (``distinct="text"``, STaR's), or, for RFT,
+the same reasoning path (``"path"``: ``Task.path_key``, e.g. arithmetic's scratch lines
+whatever their spacing); ReST-EM keeps every right sample up to its cap (``"sample"``).
+Kept records never carry the hint: the task splits the rationale out of the generated text
+and strips hint markers.
 """
 
 from __future__ import annotations
@@ -19,11 +22,14 @@ from star_jax.star.rollout import Generation
 from star_jax.tasks import Example, Task
 
 
-def unique_rationales(task: Task, g: Generation, limit: int, require_supported: bool = False
-                      ) -> tuple[list[str], int]:
-  """The distinct rationales of ``g``'s correct samples, at most ``limit`` (at least 1), and
-  how many correct samples had a rationale that does not itself reach the answer (not kept
-  with ``require_supported``)."""
+DISTINCT = ("sample", "text", "path")
+
+
+def selected(task: Task, g: Generation, require_supported: bool = False
+             ) -> tuple[list[str], int]:
+  """The rationales of ``g``'s correct samples the rule selects, in sample order with
+  repeats, and how many correct samples had a rationale that does not itself reach the
+  answer (not selected with ``require_supported``)."""
   out, unsupported = [], 0
   for text, ok in zip(g.texts, g.correct):
     if ok:
@@ -32,9 +38,48 @@ def unique_rationales(task: Task, g: Generation, limit: int, require_supported: 
         unsupported += 1
         if require_supported:
           continue
-      if r not in out:
-        out.append(r)
-  return out[:max(limit, 1)], unsupported
+      out.append(r)
+  return out, unsupported
+
+
+def distinct(task: Task, rationales: list[str], by: str = "text") -> list[str]:
+  """The first rationale of each text (``by="text"``) or path (``"path"``), in order; with
+  ``"sample"`` every one, repeats included."""
+  if by not in DISTINCT:
+    raise ValueError(f"distinct must be one of {DISTINCT}, got {by!r}")
+  if by == "sample":
+    return list(rationales)
+  seen, out = set(), []
+  for r in rationales:
+    key = r if by == "text" else task.path_key(r)
+    if key not in seen:
+      seen.add(key)
+      out.append(r)
+  return out
+
+
+def unique_rationales(task: Task, g: Generation, limit: int, require_supported: bool = False,
+                      by: str = "text") -> tuple[list[str], int]:
+  """The distinct rationales of ``g``'s correct samples, at most ``limit`` (at least 1), and
+  how many correct samples had a rationale that does not itself reach the answer (not kept
+  with ``require_supported``)."""
+  out, unsupported = selected(task, g, require_supported)
+  return distinct(task, out, by)[:max(limit, 1)], unsupported
+
+
+def balance_score(task: Task, gens: list[Generation], n0: int,
+                  require_supported: bool = False) -> float:
+  """B-STaR's balance score: the mean over questions of min(n_correct / n0, 1) * n_correct /
+  n_selected (0 where nothing is selected). n_selected: the distinct paths the keep rule
+  selects; n_correct: those whose every step is right, for tasks that know their steps
+  (``Task.step_correct``), else all of them (the answer is the only check)."""
+  scores = []
+  for g in gens:
+    paths = distinct(task, selected(task, g, require_supported)[0], "path")
+    steps = [task.step_correct(r, g.example) for r in paths]
+    right = sum(s is None or all(s) for s in steps)
+    scores.append(min(right / n0, 1.0) * right / len(paths) if paths else 0.0)
+  return float(np.mean(scores)) if scores else 0.0
 
 
 SOURCES = ("generation", "rationalization")
@@ -51,14 +96,19 @@ class Kept(NamedTuple):
   solved: set[str]  # ids of the questions with a kept rationale
   failed: list[Example]  # the questions without one (rationalization's candidates)
   unsupported: int  # correct answers whose rationale does not reach them
+  paths: list[int] | tuple = ()  # per question: distinct paths (Task.path_key) the rule selects
 
 
 def keep(task: Task, gens: list[Generation], source: str, limit: int,
-         require_supported: bool = False) -> Kept:
-  out = Kept([], set(), [], 0)
+         require_supported: bool = False, by: str = "text") -> Kept:
+  """What the rule keeps of ``gens``: per question the distinct (``by``) selected rationales,
+  at most ``limit``."""
+  out = Kept([], set(), [], 0, [])
   unsupported = 0
   for g in gens:
-    rationales, bad = unique_rationales(task, g, limit, require_supported)
+    chosen, bad = selected(task, g, require_supported)
+    out.paths.append(len(distinct(task, chosen, "path")))
+    rationales = distinct(task, chosen, by)[:max(limit, 1)]
     unsupported += bad
     out.records.extend(kept_record(g.example, r, source) for r in rationales)
     if rationales:

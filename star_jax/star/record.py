@@ -2,14 +2,18 @@
 what was sampled and kept (``IterationResult``), how training went, and the evaluation.
 
 Keys (present where they apply):
-  iteration, method (controls), train_questions, kept_by_<difficulty>, solved_by_generation,
-  solved_by_rationalization, kept, train_examples (controls), train_steps, train_loss,
+  iteration, method (all but star), train_questions, kept_by_<difficulty>,
+  solved_by_generation, solved_by_rationalization, kept, distinct_paths_per_question,
+  train_examples (controls), train_steps, train_loss,
   train_examples_too_long, prompts_skipped_too_long, train_pass_at_1, kept_wrong_step_share,
   kept_wrong_step_share_by_source, unsupported_by_source, sample_seconds,
-  rationalize_seconds, train_seconds; iteration 0: pretrain_examples, pretrain_steps,
+  rationalize_seconds, train_seconds, bstar_* (B-STaR's probe: methods.py); iteration 0:
+  pretrain_examples, pretrain_steps,
   pretrain_loss, pretrain_seconds; every iteration: eval_accuracy, eval_n, eval_seconds,
   eval_skipped_too_long, eval_step_accuracy, accuracy_by_<difficulty>, eval_label_shares,
-  eval_choice_loglik_accuracy, rl_star_by_<difficulty>.
+  eval_choice_loglik_accuracy, rl_star_by_<difficulty>; with eval.samples = k:
+  eval_samples, eval_temperature, eval_pass_at (pass@j, j = 1, 2, 4, .., k),
+  eval_majority_accuracy, pass_at_k_by_<difficulty>, majority_accuracy_by_<difficulty>.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ def iteration_record(n: int, task: Task, result: IterationResult | None,
   instead: its warm start's) and the evaluation's."""
   record = {"iteration": n}
   if result is not None:
-    record.update(star_fields(task, result) if result.method == "star"
+    record.update(star_fields(task, result) if result.generation is not None
                   else control_fields(result))
   record.update(base_fields or {})
   record.update(eval_fields(task, evaluation))
@@ -39,12 +43,16 @@ def star_fields(task: Task, r: IterationResult) -> dict:
   rat = r.rationalization or keep_lib.Kept([], set(), [], 0)
   by_id = {ex.id: ex for ex in r.questions}
   stats = r.train
+  method = {} if r.method == "star" else {"method": r.method}
   return {
-      "train_questions": len(r.questions),
+      **method, "train_questions": len(r.questions),
       f"kept_by_{task.difficulty_name}": keep_lib.solved_by_difficulty(task, r.questions,
                                                                        gen.solved, rat.solved),
       "solved_by_generation": len(gen.solved), "solved_by_rationalization": len(rat.solved),
-      "kept": len(r.kept), "train_steps": stats.steps if stats else 0,
+      "kept": len(r.kept),
+      # distinct reasoning paths (Task.path_key) the keep rule selects, per question sampled
+      "distinct_paths_per_question": float(np.mean(gen.paths)) if len(gen.paths) else 0.0,
+      "train_steps": stats.steps if stats else 0,
       "train_loss": stats.final_loss if stats else None,
       "train_examples_too_long": stats.too_long if stats else 0,
       "prompts_skipped_too_long": r.skipped,
@@ -57,7 +65,7 @@ def star_fields(task: Task, r: IterationResult) -> dict:
       "unsupported_by_source": {"generation": gen.unsupported,
                                 "rationalization": rat.unsupported},
       "sample_seconds": r.sample_seconds, "rationalize_seconds": r.rationalize_seconds,
-      "train_seconds": r.train_seconds,
+      "train_seconds": r.train_seconds, **r.extra,
   }
 
 
@@ -87,6 +95,15 @@ def eval_fields(task: Task, result: rollout.EvalResult) -> dict:
     out["eval_label_shares"] = shares
   if result.choice_loglik is not None:
     out["eval_choice_loglik_accuracy"] = result.choice_loglik
+  if result.sampled is not None:
+    s = result.sampled
+    out.update({"eval_samples": s["samples"], "eval_temperature": s["temperature"],
+                "eval_pass_at": s["pass_at"], "eval_majority_accuracy": s["majority_accuracy"]})
+    if s["by_difficulty"]:
+      name = task.difficulty_name
+      out[f"pass_at_k_by_{name}"] = {b: v["pass_at_k"] for b, v in s["by_difficulty"].items()}
+      out[f"majority_accuracy_by_{name}"] = {b: v["majority"]
+                                             for b, v in s["by_difficulty"].items()}
   rl_star = diagnostics.rl_star(task, result.records)
   if rl_star:
     out[f"rl_star_by_{task.difficulty_name}"] = rl_star

@@ -1,9 +1,21 @@
-"""Running the model over questions: rationale generation, rationalization, evaluation."""
+"""Running the model over questions: rationale generation, rationalization, evaluation.
+
+Evaluation beyond greedy: k sampled answers per held-out question (``eval.samples`` at
+``eval.temperature``) scored as pass@j and as a majority vote (self-consistency, Wang et al.
+2022, arXiv 2203.11171), overall and per difficulty bucket (``sampled_eval``):
+
+  pass@j        the unbiased estimator of Chen et al. (2021) from the k samples, c of them
+                right: 1 - C(k - c, j) / C(k, j), for j = 1, 2, 4, ... and k itself
+  majority      the answer most samples give (unanswered samples do not vote) is right;
+                ties go to the tied answer that appears first in sample order; a question
+                whose samples give no answer counts as wrong
+"""
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 from typing import Sequence
 
 import numpy as np
@@ -84,6 +96,7 @@ class EvalResult:
   skipped_too_long: int
   seconds: float = 0.0
   choice_loglik: dict[str, float] | None = None  # multiple choice: see choice_loglik_accuracy
+  sampled: dict | None = None  # eval.samples > 0: pass@k and majority vote (sampled_eval)
 
 
 def evaluate(task: Task, tokenizer: Tokenizer, sampler: Sampler, params,
@@ -150,3 +163,56 @@ def choice_loglik_accuracy(task: Task, tokenizer: Tokenizer, sampler: Sampler, p
     acc += int(np.argmax(s)) == gold
     acc_norm += int(np.argmax(s / np.asarray(chars))) == gold
   return {"acc": acc / len(spans), "acc_norm": acc_norm / len(spans)}
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+  """The unbiased pass@k of ``n`` samples with ``c`` right: the chance that ``k`` of them,
+  drawn without replacement, hold a right one."""
+  if not 0 <= c <= n or not 1 <= k <= n:
+    raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+  if n - c < k:
+    return 1.0
+  return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def majority_vote(predictions: Sequence[str | None]) -> str | None:
+  """The most frequent answer (None never votes); a tie goes to the answer seen first."""
+  counts = collections.Counter(p for p in predictions if p is not None)
+  if not counts:
+    return None
+  top = max(counts.values())
+  return next(p for p in predictions if p is not None and counts[p] == top)
+
+
+def ks(n: int) -> list[int]:
+  """The j of pass@j reported for n samples: powers of two below n, and n."""
+  return sorted({2 ** i for i in range(n.bit_length()) if 2 ** i < n} | {n})
+
+
+def sampled_eval(task: Task, gens: Sequence[Generation], examples: Sequence[Example], k: int,
+                 temperature: float) -> dict:
+  """pass@j and majority accuracy over ``examples`` (those without a generation: a prompt too
+  long for the context, count as wrong), overall and per difficulty bucket."""
+  by_id = {g.example.id: g for g in gens}
+  rows = []  # (bucket, right samples, majority right)
+  for ex in examples:
+    g = by_id.get(ex.id)
+    c = sum(g.correct) if g else 0
+    vote = majority_vote(g.predictions) if g else None
+    d = task.difficulty(ex)
+    rows.append((None if d is None else str(d), c, vote is not None and task.is_correct(vote, ex)))
+  js = ks(k)
+  out = {"samples": k, "temperature": temperature,
+         "pass_at": {str(j): _mean([pass_at_k(k, c, j) for _, c, _ in rows]) for j in js},
+         "majority_accuracy": _mean([m for _, _, m in rows]),
+         "by_difficulty": {}}
+  buckets = sorted({b for b, _, _ in rows if b is not None}, key=bucket_key)
+  for b in buckets:
+    mine = [(c, m) for bb, c, m in rows if bb == b]
+    out["by_difficulty"][b] = {"pass_at_k": _mean([pass_at_k(k, c, k) for c, _ in mine]),
+                               "majority": _mean([m for _, m in mine])}
+  return out
+
+
+def _mean(values) -> float:
+  return float(np.mean(values)) if len(values) else 0.0

@@ -332,6 +332,10 @@ class ArithmeticTask(Task):
   def step_correct(self, rationale: str, ex: Example) -> list[bool]:
     return step_correct(rationale, ex, self.end_marker)
 
+  def path_key(self, rationale: str) -> str:
+    """The sequence of scratch lines, each with its spacing collapsed."""
+    return "\n".join(" ".join(l.split()) for l in scratch_lines(rationale, self.end_marker))
+
 
 def scratch_body(text: str, end_marker: str = "\n\n") -> str:
   """The lines between <scratch> and </scratch> (to the end if unclosed); "" if none."""

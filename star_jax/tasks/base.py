@@ -138,6 +138,12 @@ class Task:
     """
     return has_words(rationale)
 
+  def path_key(self, rationale: str) -> str:
+    """What makes two reasoning paths the same (RFT keeps one rationale per key): by default
+    the text, lower-cased with its whitespace collapsed. Tasks with structured steps say
+    which steps define a path (arithmetic: the scratch lines; GSM8K: the equations)."""
+    return " ".join(str(rationale).lower().split())
+
   def step_correct(self, rationale: str, ex: Example) -> list[bool] | None:
     """Per step of `rationale` (a generation or a kept rationale): is it the true step?
 

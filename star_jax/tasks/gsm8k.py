@@ -161,6 +161,25 @@ def false_equations(rationale: str) -> list[str]:
   return out
 
 
+def equations(rationale: str) -> list[str]:
+  """The rationale's equations in order, spaces, "$" and thousands commas dropped ("48 / 2 =
+  24 clips" -> "48/2=24"): RFT's reasoning path. Sides are the arithmetic characters around
+  each "=", as ``false_equations`` reads them; an equation without digits on both sides is
+  no step of the computation."""
+  out, text = [], str(rationale)
+  for i in (i for i, c in enumerate(text) if c == "="):
+    start, end = i, i + 1
+    while start and text[start - 1] in _SIDE:
+      start -= 1
+    while end < len(text) and text[end] in _SIDE:
+      end += 1
+    sides = [re.sub(r"[\s$]|(?<=\d),(?=\d{3})", "", t).strip(".,")
+             for t in (text[start:i], text[i + 1:end])]
+    if all(re.search(r"\d", t) for t in sides):
+      out.append("=".join(sides))
+  return out
+
+
 def _number_value(m: re.Match) -> str | None:
   sign, whole, frac = m.group(1), m.group(2), m.group(3)
   return normalize_number(("-" if sign or m.group(0).startswith("$-") else "")
@@ -231,6 +250,11 @@ class Gsm8kTask(Task):
     m = last_match(_ANSWER_RE, block)
     # A rationale written under a hint must not carry the hint into training data.
     return _HINT_RE.sub("", block[:m.start()] if m else block).strip()
+
+  def path_key(self, rationale: str) -> str:
+    """The sequence of equations (RFT's path); a rationale with none: its normalised text."""
+    eqs = equations(rationale)
+    return " ; ".join(eqs) if eqs else super().path_key(rationale)
 
   def rationale_supports(self, rationale: str, ex: Example) -> bool:
     """The rationale's own final result is the gold answer: the number its last "=" gives, or

@@ -2,12 +2,15 @@
 and an ``Experiment`` around them, so an iteration's logic runs in milliseconds.
 
 ``ScriptedSampler(task, examples, script)`` answers each prompt with ``script(ex, hint)``
-(the completion text for question ``ex``, asked with or without the hint) and records every
-call: which params it sampled with and which (question, hint) pairs it was asked. A problem
+(the completion text for question ``ex``, asked with or without the hint; a list: one text
+per sample, n of them) and records every call: which params and sampling it sampled with
+and which (question, hint) pairs it was asked. A script with a third argument also gets the
+call's temperature. A problem
 that is in ``examples`` twice (arithmetic's train sets repeat some) is recorded as one of them.
 """
 
 import dataclasses
+import inspect
 import types
 from typing import Callable
 
@@ -33,6 +36,8 @@ class CharTokenizer:
 class Call:
   params: object  # what the sampler was given: the sampled model
   asked: list[tuple[Example, bool]]  # (question, hint) per prompt, in order
+  sampling: object = None  # the SamplingParams of the call
+  n: int = 1  # samples per prompt
 
 
 class _Output:
@@ -50,16 +55,21 @@ class ScriptedSampler:
                script: Callable[[Example, bool], str]):
     self.cfg = types.SimpleNamespace(max_seq_len=1 << 16)
     self.script, self.calls = script, []
+    self._temperature = len(inspect.signature(script).parameters) > 2
     self._asked = {task.prompt(ex, hint=hint, few_shot=few_shot): (ex, hint)
                    for ex in examples for hint in (False, True) for few_shot in (False, True)}
 
   def sample(self, params, prompts, max_new_tokens, sampling, n=1, seed=0, stop_strings=(),
              decode_fn=None, progress=None, first_index=0) -> _Output:
     asked = [self._asked[decode_fn(p)] for p in prompts]
-    self.calls.append(Call(params, asked))
+    self.calls.append(Call(params, asked, sampling, n))
     if progress is not None:
       progress(len(prompts) * n)
-    return _Output([[self.script(ex, hint)] * n for ex, hint in asked])
+    extra = (sampling.temperature,) if self._temperature else ()
+    outs = [self.script(ex, hint, *extra) for ex, hint in asked]
+    outs = [list(o) if isinstance(o, (list, tuple)) else [o] * n for o in outs]
+    assert all(len(o) == n for o in outs), "a script's list must hold n texts"
+    return _Output(outs)
 
 
 def experiment(task: Task, train: list[Example], evals: list[Example] = ()) -> Experiment:
