@@ -41,6 +41,9 @@ EXTRAS_REQUIRE = {
         "nbformat==5.11.1",
         "ipykernel==7.4.0",
     ],
+    # The TPU compiler, to plan TPU slices on any host (python -m star_jax.plan --topology=...):
+    # jax[tpu]'s libtpu for the pinned jax. On a TPU VM, `pip install "jax[tpu]==0.10.2"`.
+    "tpu": ["libtpu==0.0.42.1"],
     # gs:// workdirs: etils.epath's GCS backend (gcsfs) and tensorboardX's event uploads
     # (google-cloud-storage); orbax writes checkpoints through tensorstore's own GCS driver.
     # Not pinned: no test here reaches GCS.

@@ -23,8 +23,11 @@ import sys
 
 
 def _fake_devices(argv) -> None:
-  """N CPU devices for the mesh: XLA reads the flag when jax starts, so before any import."""
+  """N CPU devices for the mesh: XLA reads the flag when jax starts, so before any import.
+  With --topology the devices are the TPU topology's (abstract), and the host keeps one."""
   n = next((a.split("=", 1)[1] for a in argv if a.startswith("--devices=")), "8")
+  if any(a.startswith("--topology=") and a != "--topology=" for a in argv):
+    n = "1"
   flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
            if not f.startswith("--xla_force_host_platform_device_count")]
   os.environ["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={n}"])
@@ -46,11 +49,12 @@ from ml_collections import config_flags  # noqa: E402
 
 from star_jax import config as config_lib  # noqa: E402
 from star_jax.config import Config  # noqa: E402
-from star_jax.engine import model_config, sharding  # noqa: E402
+from star_jax.engine import chips, model_config, sharding  # noqa: E402
 from star_jax.engine.memory import GIB, abstract_params, plan_train_step  # noqa: E402
 from star_jax.experiment.models import is_bare_orbax, make_task  # noqa: E402
 from star_jax.experiment.models import model_config_of as from_checkpoint  # noqa: E402
 from star_jax.runtime import cli  # noqa: E402
+from star_jax.runtime.compiling import compiling_for  # noqa: E402
 from star_jax.runtime.errors import ConfigError  # noqa: E402
 from star_jax.sampling import Sampler  # noqa: E402
 from star_jax.sampling.sampling_params import SamplingParams  # noqa: E402
@@ -97,13 +101,45 @@ def estimated_prompt_len(config: Config, task) -> int:
   return math.ceil(len(text) / CHARS_PER_TOKEN)
 
 
-def plan(config: Any, device_memory_gib: float, prompt_len: int = 0,
-         new_tokens: int = 0) -> dict[str, Any]:
+def plan(config: Any, device_memory_gib: float | None, prompt_len: int = 0,
+         new_tokens: int = 0, topology: str = "") -> dict[str, Any]:
   """The report: model, mesh, shapes, every program's figures and parts, and the verdict;
-  ``config`` a ConfigDict or a ``config.Config``."""
+  ``config`` a ConfigDict or a ``config.Config``. With ``topology`` (``v5e:2x4``, ``v4-8``)
+  the programs are compiled by the TPU compiler for that slice's chips (budget: a chip's HBM
+  unless ``device_memory_gib`` says otherwise), with roofline times; else by XLA:CPU for this
+  host's (fake) devices."""
   config = config_lib.load(config)
+  if topology:
+    try:
+      chip, devices = chips.topology_devices(topology)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+    device_memory_gib = device_memory_gib or chip.hbm_gib
+    with compiling_for("tpu"):
+      report = _plan(config, devices, device_memory_gib, prompt_len, new_tokens, chip)
+    report["compiler"] = (f"TPU compiler (libtpu {_version('libtpu')}) for {topology}: "
+                          f"{len(devices)} x {chip.device_kind}")
+    report["chip"] = dataclasses.asdict(chip)
+    return report
+  if device_memory_gib is None:
+    raise ConfigError("give --device_memory_gib (or --topology for a TPU slice)")
+  report = _plan(config, jax.devices(), device_memory_gib, prompt_len, new_tokens, None)
+  report["compiler"] = (f"XLA:CPU for {jax.device_count()} fake CPU devices (activations are "
+                        "XLA:CPU's; check them on the device, or plan with --topology)")
+  return report
+
+
+def _version(dist: str) -> str:
+  import importlib.metadata
+  try:
+    return importlib.metadata.version(dist)
+  except importlib.metadata.PackageNotFoundError:
+    return "?"
+
+
+def _plan(config: Config, devices, device_memory_gib: float, prompt_len: int, new_tokens: int,
+          chip: chips.Chip | None) -> dict[str, Any]:
   name, cfg = model_config_of(config)
-  devices = jax.devices()
   try:
     mesh = sharding.make_mesh(dataclasses.asdict(config.mesh), devices=devices)
   except ValueError as e:
@@ -120,23 +156,31 @@ def plan(config: Any, device_memory_gib: float, prompt_len: int = 0,
   std_logging.info("planning %s (%.2fB params) on mesh %s", name, cfg.num_params() / 1e9,
                sharding.describe(mesh))
   programs = [plan_train_step(graphdef, params, mesh, optim_config(tc, 1), shape,
-                              master_dtype=tc.master_dtype)]
+                              master_dtype=tc.master_dtype, cost=chip is not None)]
   sampler = Sampler(cfg, graphdef, mesh, batch_size=config.sample.batch_size,
                     layout=config.sample.layout)
   sp = SamplingParams(config.star.temperature, config.star.top_k, config.star.top_p)
   programs += plan_sampler(sampler, params, prompt_len, new_tokens,
                            config.star.samples_per_question, sp)
-  return {"model": name, "num_params": cfg.num_params(), "param_dtype": cfg.param_dtype,
-          "devices": len(devices), "mesh": dict(mesh.shape), "device_memory_gib": device_memory_gib,
-          "train_shape": list(shape), "prompt_len": prompt_len, "new_tokens": new_tokens,
-          "programs": [p.as_dict(budget) for p in programs],
-          "fits": all(p.overshoot(budget) <= 0 for p in programs)}
+  report = {"model": name, "num_params": cfg.num_params(), "param_dtype": cfg.param_dtype,
+            "devices": len(devices), "mesh": dict(mesh.shape),
+            "device_memory_gib": device_memory_gib, "train_shape": list(shape),
+            "prompt_len": prompt_len, "new_tokens": new_tokens,
+            "programs": [p.as_dict(budget) for p in programs],
+            "fits": all(p.overshoot(budget) <= 0 for p in programs)}
+  if chip is not None:
+    rows = config.sample.batch_size
+    for p in report["programs"]:
+      p["roofline"] = chips.speeds(p, chip, cfg, len(devices), shape, rows, prompt_len,
+                                   config.star.samples_per_question)
+  return report
 
 
 def format_report(r: dict[str, Any]) -> str:
   mesh = ", ".join(f"{k}={v}" for k, v in r["mesh"].items())
   lines = [f"{r['model']}: {r['num_params'] / 1e9:.2f}B parameters ({r['param_dtype']}) on "
            f"{r['devices']} devices ({mesh}) of {r['device_memory_gib']:g} GiB each",
+           f"compiled by: {r.get('compiler', 'XLA')}",
            f"per device, GiB: {'arguments':>9} {'outputs':>8} {'temps':>8} {'total':>8}  compile"]
   for p in r["programs"]:
     lines.append(f"  {p['what']}")
@@ -147,6 +191,14 @@ def format_report(r: dict[str, Any]) -> str:
     if any(p["collectives"].values()):
       lines.append(f"  {'':14}collectives: " + ", ".join(
           f"{v:.2f} {k}" for k, v in p["collectives"].items()) + " (GiB received per device)")
+    roof = p.get("roofline") or {}
+    if "unit_seconds" in roof:
+      lines.append(f"  {'':14}roofline: {roof['unit_seconds'] * 1e3:.2f} ms per {roof['unit']} "
+                   f"({roof['bound']}-bound; {p['cost']['flops'] / 1e12:.3f} TFLOP, "
+                   f"{p['cost'].get('bytes accessed', 0) / 1e9:.2f} GB per device) -> at most "
+                   f"{roof['tokens_per_s']:,.0f} tokens/s, MFU <= {roof['mfu_bound']:.0%}")
+    elif roof:
+      lines.append(f"  {'':14}roofline: {roof['note']}")
     if p["fits"]:
       lines.append(f"  {'':14}fits: {r['device_memory_gib'] - p['total']:.2f} GiB to spare")
     else:
@@ -170,14 +222,18 @@ def define_flags() -> dict:
                                                 lock_config=True),
       "devices": flags.DEFINE_integer("devices", 8, "Devices to plan for (made as fake CPU "
                                       "devices)."),
-      "memory": flags.DEFINE_float("device_memory_gib", None, "Memory of one device, GiB."),
+      "memory": flags.DEFINE_float("device_memory_gib", None, "Memory of one device, GiB "
+                                   "(with --topology: default the chip's HBM)."),
+      "topology": flags.DEFINE_string("topology", "", "Compile with the TPU compiler for this "
+                                      "TPU slice (v5e:2x4, v4-8, ...; needs libtpu: pip install "
+                                      "-e '.[tpu]'), with roofline times; no TPU needed."),
       "prompt_len": flags.DEFINE_integer("prompt_len", 0, "Prompt tokens per sampled row (0: "
                                          "the task's few-shot prompt, estimated at 3 characters "
                                          "a token)."),
       "new_tokens": flags.DEFINE_integer("new_tokens", 0, "New tokens per row (0: "
                                          "star.max_new_tokens, else the task's default)."),
   }
-  flags.mark_flags_as_required(["config", "device_memory_gib"])
+  flags.mark_flags_as_required(["config"])
   return out
 
 
@@ -188,12 +244,13 @@ def main(argv):
   if len(argv) > 1:
     raise cli.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
-  if jax.device_count() != FLAGS["devices"].value:
+  topology = FLAGS["topology"].value
+  if not topology and jax.device_count() != FLAGS["devices"].value:
     sys.exit(f"plan: jax has {jax.device_count()} devices, not --devices={FLAGS['devices'].value} "
              "(was jax started before the flag was set?)")
   try:
     report = plan(FLAGS["config"].value, FLAGS["memory"].value, FLAGS["prompt_len"].value,
-                  FLAGS["new_tokens"].value)
+                  FLAGS["new_tokens"].value, topology)
   except ValueError as e:
     print(f"plan: {e}", file=sys.stderr)
     sys.exit(2)

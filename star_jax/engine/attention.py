@@ -18,13 +18,14 @@ from star_jax.engine.layers import add_adapters, norm_scale, normal, param, proj
 from star_jax.engine.model_config import ModelConfig
 from star_jax.engine.positions import apply_rotary
 from star_jax.engine.sharding import constrain
+from star_jax.runtime.compiling import target_platform
 
 
 def attention_path(choice: str, T: int, softcap: float | None = None) -> str:
   """How T query tokens attend: "dot_product" (jax.nn.dot_product_attention), "einsum", or
   "einsum_cpu" (one grouped-query token as multiply-and-reduce, for XLA:CPU). Soft-capped
   scores (Gemma 2) always take the einsum path: the fused kernel has no cap."""
-  cpu = jax.default_backend() == "cpu"
+  cpu = target_platform() == "cpu"
   if choice == "dot_product" and T > 1 and softcap is None:
     return "dot_product"
   if choice == "auto" and T > 1 and not cpu and softcap is None:

@@ -40,6 +40,10 @@ class ProgramPlan:
   # Bytes one device receives from collectives (all-gather, all-reduce, ...): "once" in the
   # program's entry, "per loop iteration" in its loop bodies (a decode step, a micro-batch).
   collectives: dict[str, int] = dataclasses.field(default_factory=dict)
+  # The compiler's cost analysis, per device: {"flops", "bytes accessed"} of one pass of the
+  # work ``cost_unit`` names (XLA counts a loop body once, so a loop's figures are one step's).
+  cost: dict[str, float] = dataclasses.field(default_factory=dict)
+  cost_unit: str = ""
 
   def dominant(self) -> str:
     return max(self.parts, key=self.parts.get)
@@ -54,7 +58,8 @@ class ProgramPlan:
             "parts": {k: _gib(v) for k, v in self.parts.items()}, "derived": self.derived,
             "fits": self.overshoot(budget) <= 0, "overshoot": _gib(max(self.overshoot(budget), 0)),
             "dominant": self.dominant(),
-            "collectives": {k: _gib(v) for k, v in self.collectives.items()}}
+            "collectives": {k: _gib(v) for k, v in self.collectives.items()},
+            "cost": dict(self.cost), "cost_unit": self.cost_unit}
 
 
 def _gib(n: int) -> float:
@@ -119,8 +124,19 @@ def compile_program(jitted, args, what: str, mesh: Mesh) -> tuple[Any, float, di
   return exe, seconds, need
 
 
+def cost_of(exe) -> dict[str, float]:
+  """FLOPs and bytes accessed per device from the compiler's cost analysis ({} if it has none)."""
+  try:
+    cost = exe.cost_analysis()
+  except Exception:  # some backends do not implement it
+    return {}
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return {k: float(cost[k]) for k in ("flops", "bytes accessed") if cost and k in cost}
+
+
 def plan_train_step(graphdef: nnx.GraphDef, params: nnx.State, mesh: Mesh, optim: OptimConfig,
-                    shape: tuple[int, int, int], master_dtype: str = "float32") -> ProgramPlan:
+                    shape: tuple[int, int, int], master_dtype: str = "float32",
+                    cost: bool = False) -> ProgramPlan:
   """The train step (``shape`` = micro-batches, rows, tokens) of the trainer the loop uses.
 
   Parameters (the trained ones' masters, in ``master_dtype``, and any frozen rest) and
@@ -144,8 +160,40 @@ def plan_train_step(graphdef: nnx.GraphDef, params: nnx.State, mesh: Mesh, optim
   parts = {"parameters": tree_bytes(trained) + tree_bytes(trainer.frozen),
            "optimizer state": tree_bytes(state.opt_state),
            "gradients": grads, "activations": max(need["temporaries"] - grads, 0)}
-  return ProgramPlan(what, seconds, need, parts,
+  plan = ProgramPlan(what, seconds, need, parts,
                      "gradients = one micro-batch's gradients (+ a float32 accumulator over "
                      "several; parameter shapes and shardings); activations = temporaries - "
                      "gradients",
                      collective_bytes(exe.as_text()))
+  if cost:
+    plan.cost, plan.cost_unit = micro_batch_cost(graphdef, params, mesh, optim, shape,
+                                                 master_dtype), "micro-batch"
+  return plan
+
+
+def micro_batch_cost(graphdef: nnx.GraphDef, params: nnx.State, mesh: Mesh, optim: OptimConfig,
+                     shape: tuple[int, int, int], master_dtype: str) -> dict[str, float]:
+  """The compiler's FLOPs and bytes of one micro-batch's step, from a loop-free compile.
+
+  XLA's cost analysis counts a loop body once, so the step is compiled again without loops:
+  one micro-batch (every one does the same work), layers unrolled (``scan_layers`` off) and the
+  loss's logits in one piece (no chunk loop). Its memory is not the run's; its work is.
+  """
+  from star_jax.engine import trainer as trainer_lib
+  cfg = params_lib.merge(graphdef, params).cfg  # abstract leaves: nothing is allocated
+  if cfg.scan_layers:
+    graphdef, params = abstract_params(cfg.replace(scan_layers=False), mesh)
+  chunk, trainer_lib.LOGITS_CHUNK_ELEMENTS = trainer_lib.LOGITS_CHUNK_ELEMENTS, 1 << 62
+  try:
+    trainer = Trainer(graphdef, mesh, optim, master_dtype=master_dtype)
+    state = trainer.abstract_state(params)
+    one = (1, *shape[1:])
+    jitted = trainer.jitted_step(params_lib.shardings_of(state), one)
+    batch = {k: jax.ShapeDtypeStruct(one, np.int32, sharding=trainer.batch_sharding(one))
+             for k in BATCH_KEYS}
+    sched = {k: jax.ShapeDtypeStruct((), np.float32) for k in optim.schedule_args()}
+    exe, _, _ = compile_program(jitted, (state, trainer.frozen, batch, sched),
+                                "train step (cost)", mesh)
+  finally:
+    trainer_lib.LOGITS_CHUNK_ELEMENTS = chunk
+  return cost_of(exe)

@@ -243,8 +243,10 @@ class Trainer:
     """The shapes and shardings ``init`` would give for (abstract) ``params``, allocating
     nothing: the optimizer's init is compiled, not run, and its output layout read off."""
     _, masters = self._masters(params)
+    # Outside the mesh: optax builds its state's layout by calling init eagerly, which would
+    # run on the mesh's devices (a TPU topology's, when planning for one, cannot run anything).
+    init = _opt_init(self.optim, masters)
     with jax.set_mesh(self.mesh):
-      init = _opt_init(self.optim, masters)
       opt_state = jax.tree.map(
           lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
           jax.eval_shape(init, masters), init.lower(masters).compile().output_shardings)

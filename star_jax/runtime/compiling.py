@@ -10,6 +10,8 @@ it runs, instead of with an allocator trace halfway through.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import os
 import time
@@ -19,6 +21,26 @@ import jax
 LONG_COMPILE_S = 10.0
 _GIB = 2 ** 30
 COMPILED: list[tuple[str, float]] = []  # (what, seconds) of every compile, in order
+
+
+_TARGET = contextvars.ContextVar("star_jax_compile_target", default=None)
+
+
+def target_platform() -> str:
+  """The platform programs are traced for: this process's backend, or the one a plan compiles
+  for (``compiling_for``), so code paths chosen per platform are the target's."""
+  return _TARGET.get() or jax.default_backend()
+
+
+@contextlib.contextmanager
+def compiling_for(platform: str):
+  """Trace (and so lower) for ``platform`` ("tpu", "gpu", "cpu") inside the block: a TPU plan
+  made on a CPU host compiles the attention path a TPU would run, not XLA:CPU's."""
+  token = _TARGET.set(platform)
+  try:
+    yield
+  finally:
+    _TARGET.reset(token)
 
 
 def device_memory_bytes(device=None) -> int | None:

@@ -12,7 +12,8 @@ import numpy as np
 from flax import nnx
 
 from star_jax.engine.kv_cache import init_cache
-from star_jax.engine.memory import ProgramPlan, collective_bytes, compile_program, tree_bytes
+from star_jax.engine.memory import (ProgramPlan, collective_bytes, compile_program, cost_of,
+                                   tree_bytes)
 from star_jax.engine.params import abstract_like, shardings_of
 from star_jax.sampling.sampler import NEW_TOKENS_BUCKET, Sampler
 from star_jax.sampling.sampling_params import SamplingParams
@@ -53,9 +54,13 @@ def plan_sampler(sampler: Sampler, params: nnx.State, prompt_len: int, max_new_t
     exe, seconds, need = compile_program(jitted, args, what, sampler.mesh)
     parts = {"parameters": tree_bytes(params), "KV cache": kv_cache_bytes(sampler, B, S, N),
              "activations": need["temporaries"]}
+    # XLA counts the decode loop's body once: its cost is one decode step's (and the loop's
+    # setup). With scanned layers it is one layer's: the roofline needs scan_layers off.
+    unit = "decode step" if jitted is dec else "prefill"
     plans.append(ProgramPlan(what, seconds, need, parts,
                              "KV cache from its shape and sharding; activations = temporaries",
-                             collective_bytes(exe.as_text())))
+                             collective_bytes(exe.as_text()), cost_of(exe),
+                             unit if not cfg.scan_layers else ""))
   return plans
 
 

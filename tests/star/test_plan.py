@@ -125,3 +125,33 @@ def test_the_command_line_makes_its_own_devices_and_exits_1_when_it_does_not_fit
   bad = subprocess.run(cmd[:-2] + ["--config.mesh.data=3"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=600)
   assert bad.returncode == 2 and "does not fit 4 devices" in bad.stderr
+
+
+def _has_libtpu():
+  import importlib.util
+  return importlib.util.find_spec("libtpu") is not None
+
+
+@pytest.mark.skipif(not _has_libtpu(), reason="needs libtpu (pip install -e '.[tpu]'; .ci/run "
+                    "installs it): the TPU compiler runs on this CPU, no TPU needed")
+def test_the_tpu_compiler_plans_scanned_remat_lora_and_tensor_parallel_sampling():
+  """A tiny config compiled for v5e:2x2 by libtpu, with the TPU code paths: scanned layers
+  with remat, LoRA adapters, the tensor-parallel sampling layout. Every program has the
+  compiler's memory and cost; a budget it overflows is named with its dominant part."""
+  c = _config(data=1, fsdp=2, tensor=2)
+  c.model.overrides = dict(c.model.overrides, scan_layers=True, remat=True)
+  c.model.lora_rank = 4
+  c.sample.layout = "tensor"
+  r = plan.plan(c, device_memory_gib=1e-4, prompt_len=40, new_tokens=16, topology="v5e:2x2")
+  assert r["compiler"].startswith("TPU compiler (libtpu") and "4 x TPU v5 lite" in r["compiler"]
+  assert r["devices"] == 4 and r["chip"]["hbm_gib"] == 16
+  train = _program(r, "train step")
+  assert train["cost"]["flops"] > 0 and train["roofline"]["unit"] == "micro-batch"
+  roof = train["roofline"]
+  assert roof["step_seconds"] == pytest.approx(roof["unit_seconds"] * r["train_shape"][0])
+  # The budget of 1e-4 GiB overflows: each program says by how much and what dominates.
+  assert not r["fits"] and all(p["overshoot"] > 0 for p in r["programs"])
+  text = plan.format_report(r)
+  assert "DOES NOT FIT" in text and "compiled by: TPU compiler" in text
+  assert "roofline:" in text  # the sampler's: scanned layers say why there is no figure
+  assert "no cost analysis" in _program(r, "sampler decode")["roofline"]["note"]
