@@ -13,6 +13,7 @@ bytes / bandwidth: no program runs faster, so speeds derived from it are upper b
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import os
 import re
@@ -68,11 +69,9 @@ def parse_topology(name: str) -> tuple[Chip, str, int]:
 def topology_devices(name: str) -> tuple[Chip, list]:
   """The chip and the abstract devices of a TPU topology (compile only, never run)."""
   chip, topology, chips = parse_topology(name)
-  try:
-    import libtpu  # noqa: F401, pylint: disable=unused-import  (the TPU compiler)
-  except ImportError:
+  if importlib.util.find_spec("libtpu") is None:  # the TPU compiler: jax finds it there
     raise ImportError("compiling for a TPU topology needs libtpu: pip install -e \".[tpu]\" "
-                      "(no TPU needed; plans without --topology use XLA:CPU)") from None
+                      "(no TPU needed; plans without --topology use XLA:CPU)")
   from jax.experimental import topologies
   # libtpu reads these at start-up; without them it logs errors about the host it runs on.
   count = chips * (2 if chip.accelerator in ("v4", "v5p") else 1)
