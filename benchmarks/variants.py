@@ -43,14 +43,20 @@ def accuracy_table(runs: dict[str, list[dict]]) -> str:
 def keep_table(runs: dict[str, list[dict]], digits: str = "5") -> str:
   """Per method and iteration: pass@1 of the train samples, kept, distinct paths a question,
   wrong-step share of the kept, 5-digit δ, and B-STaR's temperature."""
-  rows = ["| method | iter | train pass@1 | kept | paths / question | wrong-step share | "
-          f"δ {digits}d | B-STaR T (score) |", "| --- " * 8 + "|"]
+  rows = ["| method | iter | train pass@1 | solved (gen + rat) / asked | 4d / 5d solved | kept | "
+          f"paths / question | wrong-step share | δ {digits}d | B-STaR T (score) |",
+          "| --- " * 10 + "|"]
   for name, ms in runs.items():
     for m in ms[1:]:
       delta = m.get("rl_star_by_digits", {}).get(digits, {}).get("delta")
       t = (f"{m['bstar_temperature']:g} ({m['bstar_score']:.3f})"
            if "bstar_temperature" in m else "")
+      by = m.get("kept_by_digits", {})
+      long = " / ".join(f"{by[d]['generation'] + by[d]['rationalization']}/{by[d]['questions']}"
+                        if d in by else "—" for d in ("4", "5"))
       rows.append(f"| {name} | {m['iteration']} | {pct(m.get('train_pass_at_1'))} | "
+                  f"{m['solved_by_generation']} + {m['solved_by_rationalization']} / "
+                  f"{m['train_questions']} | {long} | "
                   f"{m['kept']} | {m.get('distinct_paths_per_question', 0):.2f} | "
                   f"{pct(m.get('kept_wrong_step_share'))} | "
                   f"{'—' if delta is None else f'{delta:.3f}'} | {t} |")
