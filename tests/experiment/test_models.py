@@ -90,15 +90,17 @@ def test_an_iteration_never_saved_is_named(run, mesh1):
   assert find_run(os.path.join(workdir, "iter_001")) is None
 
 
-def test_generate_continues_from_a_run_iteration(run):
+def test_generate_continues_from_a_run_iteration(run, mesh1):
+  """``generate`` from an iteration (its command line is tests/test_generate.py's)."""
   from star_jax.generate import generate
+  from star_jax.sampling import Sampler
   _, workdir = run
-  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, "-m", "star_jax.generate",
-                        f"--checkpoint={workdir}/checkpoints/1", "--prompt=Where would you",
-                        "--max_new_tokens=8"], capture_output=True, env=env, timeout=180)
-  assert out.returncode == 0, out.stderr.decode()[-2000:]
-  assert out.stdout.decode() == generate(workdir, "Where would you", 8) + "\n"
+  text = generate(f"{workdir}/checkpoints/1", "Where would you", 8)
+  pre = load_model(workdir, mesh1)
+  tok = pre.tokenizer
+  sampler = Sampler(pre.model_cfg, pre.graphdef, mesh1, end_ids=tok.end_ids, pad_id=tok.pad_id)
+  new = sampler.sample(pre.params, [tok.encode_prompt("Where would you")], 8).sequences(0)
+  assert text == tok.decode(new[:-1] if new and new[-1] in tok.end_ids else new)
 
 
 def test_a_new_run_and_the_plan_start_from_an_earlier_runs_iteration(run, tmp_path, mesh1):
