@@ -73,11 +73,12 @@ def plot(runs: dict[str, list[dict]], path: str) -> None:
     for name, ms in runs.items():
       pts = [(m["iteration"], 100 * m[key]) for m in ms if key in m]
       ax.plot(*zip(*pts), marker="o", label=name)
+    ax.set_xticks(range(max(len(ms) for ms in runs.values())))
     ax.set_title(f"held-out accuracy, {title}")
     ax.set_xlabel("iteration (150 steps x 32 rows each)")
     ax.grid(alpha=0.3)
   axes[0].set_ylabel("%")
-  axes[1].legend(loc="lower right")
+  axes[0].legend(loc="upper left")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
 
