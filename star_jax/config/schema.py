@@ -114,6 +114,10 @@ class TrainConfig:
   master_dtype: str = key("float32", "dtype of the weights and Adam moments training holds "
                                      "(\"\" = the model's; bf16 masters lose small updates)",
                           choices=("",) + DTYPES)
+  rounding: str = key("stochastic", "how the masters become the model's dtype (bfloat16) for "
+                                    "sampling and saving: stochastic (updates below its spacing "
+                                    "survive in expectation) | nearest (they are rounded away)",
+                      choices=("stochastic", "nearest"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,6 +28,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from star_jax.engine import lora, sharding
+from star_jax.engine.precision import as_masters, cast_leaves, dtype_names
 from star_jax.engine.decoder import causal_mask, head_logits
 from star_jax.engine.optim import OptimConfig, learning_rate, make_optimizer
 from star_jax.engine.params import merge, shardings_of
@@ -83,34 +84,6 @@ def xent_sum(h_BxLxD, w_DxV, bias_V, targets_BxL, weight_BxL, softcap=None) -> j
   total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32),
                           (split(h_BxLxD), split(targets_BxL), split(weight_BxL)))
   return total
-
-
-def cast_leaves(tree, dtypes: tuple[str, ...] | None):
-  """``tree`` with leaf i cast to ``dtypes[i]`` (None: unchanged); leaves already of their
-  dtype are kept as they are (no copy)."""
-  if dtypes is None:
-    return tree
-  leaves, treedef = jax.tree.flatten(tree)
-
-  def cast(x, d):
-    if x.dtype == d:
-      return x
-    if isinstance(x, jax.ShapeDtypeStruct):  # an abstract state (memory plans)
-      return jax.ShapeDtypeStruct(x.shape, d, sharding=x.sharding)
-    return x.astype(d)
-  return jax.tree.unflatten(treedef, [cast(x, d) for x, d in zip(leaves, dtypes)])
-
-
-def dtype_names(tree) -> tuple[str, ...]:
-  return tuple(str(x.dtype) for x in jax.tree.leaves(tree))
-
-
-def as_masters(tree, master_dtype: str):
-  """``tree``'s floating leaves cast to ``master_dtype`` ("" = unchanged)."""
-  if not master_dtype:
-    return tree
-  return cast_leaves(tree, tuple(master_dtype if jnp.issubdtype(d, jnp.floating) else d
-                                 for d in dtype_names(tree)))
 
 
 def train_step(graphdef, optim: OptimConfig, compute_dtypes: tuple[str, ...] | None,
@@ -194,13 +167,18 @@ class Trainer:
 
   ``master_dtype`` ("float32", "bfloat16", "float16"; "" = the parameters' own) is the dtype
   of the weights and Adam moments the train state holds; the model computes in the dtype of
-  the parameters given to ``init``.
+  the parameters given to ``init``, and ``model_params`` hands the masters back in it,
+  rounded as ``rounding`` says ("stochastic" from ``rounding_seed``, or "nearest").
   """
 
   def __init__(self, graphdef: nnx.GraphDef, mesh: Mesh, optim: OptimConfig,
-               master_dtype: str = "float32"):
+               master_dtype: str = "float32", rounding: str = "stochastic",
+               rounding_seed: int = 0):
     self.graphdef, self.mesh, self.optim = graphdef, mesh, optim
     self.master_dtype = master_dtype
+    # How the masters become the model's own dtype when training hands the model back
+    # (precision.cast_leaves); each step's forward pass casts to the nearest value.
+    self.rounding, self.rounding_seed = rounding, rounding_seed
     self.compute_dtypes: tuple[str, ...] | None = None  # set by init: None = the state's own
     self.frozen = nnx.State({})  # what init found not to train (LoRA: the base model)
 
@@ -230,7 +208,8 @@ class Trainer:
   def model_params(self, state: TrainState, masters: bool = False) -> nnx.State:
     """The whole model: the trained weights in the model's own dtypes (the sampler's copy),
     or as the masters they are, with the frozen rest."""
-    params = state.params if masters else cast_leaves(state.params, self.compute_dtypes)
+    params = state.params if masters else cast_leaves(state.params, self.compute_dtypes,
+                                                      self.rounding, self.rounding_seed)
     return lora.join(params, self.frozen) if jax.tree.leaves(self.frozen) else params
 
   def state_shardings(self, state: TrainState) -> TrainState:

@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 from star_jax.config import Config, TokenizerConfig
 from star_jax.data import source_paths
 from star_jax.engine import lora, model_config, params as params_lib, sharding
-from star_jax.engine.trainer import as_masters, cast_leaves, dtype_names
+from star_jax.engine.precision import as_masters, cast_leaves, dtype_names
 from star_jax.hub.checkpointer import load_params
 from star_jax.runtime.distributed import barrier, is_primary
 from star_jax.runtime.errors import CheckpointError, ConfigError, MissingFileError
@@ -40,6 +40,8 @@ class Experiment:
   graphdef: nnx.GraphDef
   params: nnx.State  # the base model as built or loaded (before any warm start)
   master_dtype: str = "float32"  # what training holds the weights in (train.master_dtype)
+  rounding: str = "stochastic"  # how masters become the model's dtype (train.rounding)
+  rounding_seed: int = 0  # its fixed key: the same masters always give the same copy
 
   # Which weights a run holds: a model a later fine-tune starts from (a pretrained M_0; M_n
   # without star.restart_from_base) keeps the trainer's master weights, or updates below the
@@ -47,7 +49,7 @@ class Experiment:
   # sampled from is held as the sampler's copy, in the model's dtype.
   def sampling_copy(self, params):
     """``params`` in the model's own dtypes: what the sampler computes with."""
-    return cast_leaves(params, dtype_names(self.params))
+    return cast_leaves(params, dtype_names(self.params), self.rounding, self.rounding_seed)
 
   def restore_target(self, masters: bool):
     """Restore target of a saved model: the base model's layout, in the master dtype when
@@ -147,7 +149,7 @@ def build(config: Config, workdir: epath.PathLike) -> Experiment:
                f"{params_lib.count(lora.split(params)[0]) / 1e6:.3f}M trained"
                if cfg.lora_rank else "")
   return Experiment(task, train_set, eval_set, tokenizer, mesh, cfg, graphdef, params,
-                    config.train.master_dtype)
+                    config.train.master_dtype, config.train.rounding, config.seed)
 
 
 def make_sampler(exp: Experiment, config: Config) -> Sampler:

@@ -12,7 +12,7 @@ import numpy as np
 from etils import epath
 
 from star_jax.config import StarConfig, TrainConfig
-from star_jax.engine import batching, sharding
+from star_jax.engine import batching, lora, precision, sharding
 from star_jax.hub.checkpointer import Checkpointer
 from star_jax.engine.optim import OptimConfig
 from star_jax.engine.trainer import Trainer
@@ -46,6 +46,29 @@ def steps_for_iteration(star_cfg: StarConfig, iteration: int) -> int:
                    f"{star_cfg.steps_schedule!r}")
 
 
+def update_reach_check(exp, train_cfg: TrainConfig, steps: int) -> str | None:
+  """A warning when the sampled model would not carry a fine-tune of ``steps`` steps: Adam
+  moves a weight by at most ~lr a step, and with ``train.rounding=nearest`` a weight whose
+  half-spacing in the model's dtype exceeds lr x steps is sampled exactly as before (the
+  paper's lr 1e-6 in bfloat16: most of them). None when the masters are the model's dtype,
+  or rounding is stochastic (which carries such updates in expectation)."""
+  trained, _ = lora.partition(exp.params)
+  dtypes = {d for d in precision.dtype_names(trained)}
+  master = train_cfg.master_dtype
+  narrow = sorted(d for d in dtypes if master and precision.narrows(master, d))
+  if not narrow or train_cfg.rounding != "nearest":
+    return None
+  reach = train_cfg.learning_rate * steps
+  share = precision.share_below_spacing(trained, narrow[0], reach)
+  if share < 0.5:
+    return None
+  return (f"train.learning_rate={train_cfg.learning_rate:g} x {steps} steps moves a weight by at "
+          f"most ~{reach:.1e}, below half of {narrow[0]}'s spacing for {share:.0%} of the "
+          f"trained weights: with train.rounding=nearest the sampled M_n keeps them exactly as "
+          f"M_0 had them. Use train.rounding=stochastic (the default), model.dtype=float32 or "
+          f"a larger rate.")
+
+
 def optim_config(train_cfg: TrainConfig, total_steps: int) -> OptimConfig:
   # The horizon (and the rate) are arguments of the compiled step: every iteration reuses it.
   return OptimConfig(learning_rate=train_cfg.learning_rate, warmup_steps=train_cfg.warmup_steps,
@@ -57,7 +80,8 @@ def optim_config(train_cfg: TrainConfig, total_steps: int) -> OptimConfig:
 def make_trainer(exp, train_cfg: TrainConfig, steps: int) -> Trainer:
   """A trainer for ``exp``'s model (an ``experiment.Experiment``) and ``steps`` steps."""
   return Trainer(exp.graphdef, exp.mesh, optim_config(train_cfg, steps),
-                 master_dtype=train_cfg.master_dtype)
+                 master_dtype=train_cfg.master_dtype, rounding=exp.rounding,
+                 rounding_seed=exp.rounding_seed)
 
 
 def micro_batching(batch_size: int, grad_accum: int, shards: int) -> tuple[int, int]:

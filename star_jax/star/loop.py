@@ -30,7 +30,7 @@ from star_jax.experiment.board import Board
 from star_jax.experiment.build import build, check, make_sampler
 from star_jax.hub.checkpointer import Checkpointer
 from star_jax.runtime.files import read_jsonl
-from star_jax.star import seed
+from star_jax.star import finetune as ft, seed
 from star_jax.star.methods import get_method
 from star_jax.star.record import iteration_record
 
@@ -58,6 +58,9 @@ def run(config: Any, workdir: epath.PathLike, overwrite: bool = False) -> list[d
     wd.clear(workdir)  # debris of a start that failed before recording its config
   t0 = time.time()
   exp = build(cfg, workdir)
+  warning = ft.update_reach_check(exp, cfg.train, ft.steps_for_iteration(cfg.star, 1))
+  if warning:
+    logging.warning("%s", warning)
   wd.record_config(cfg, workdir)
   ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=None)
   board = Board(workdir)

@@ -229,3 +229,55 @@ def test_bfloat16_run_keeps_float32_masters_of_the_models_it_trains_on(tmp_path)
   assert [m["train_steps"] for m in metrics[1:]] == steps
   for n in (0, 1, 2):
     assert _saved_dtypes(workdir, n) == {"float32"}
+
+
+def test_a_bfloat16_run_at_the_papers_rate_samples_an_m1_that_moved(tmp_path, mesh1):
+  """The TPU recipe's setting (bfloat16, lr 1e-6, M_n fine-tuned from M_0 and saved in
+  bfloat16 for sampling): the saved M_1 differs from M_0 well beyond the few weights near
+  zero that nearest rounding lets move (how closely it follows the float32 masters:
+  tests/engine/test_mixed_precision.py)."""
+  import jax
+  import jax.numpy as jnp
+  from star_jax.engine import precision
+  from star_jax.experiment.models import load_model
+  config = load_config("arithmetic")
+  config.model.overrides = {**dict(config.model.overrides), "param_dtype": "bfloat16",
+                            "dtype": "bfloat16"}
+  config.star.method = "seed_only"  # trains every iteration, whatever the samples
+  config.star.restart_from_base = True  # the paper's protocol: M_n is only sampled
+  config.train.learning_rate, config.train.warmup_steps = 1e-6, 0
+  config.star.iterations, config.star.base_steps, config.pretrain.steps = 1, 10, 0
+  workdir = str(tmp_path / "run")
+  star.run(config, workdir)
+  m0, m1 = (jax.tree.leaves(load_model(f"{workdir}/checkpoints/{n}", mesh1).params)
+            for n in (0, 1))
+  assert {str(x.dtype) for x in m1} == {"bfloat16"}
+  # Adam moves a weight by ~lr a step: 10 steps reach ~1e-5. Rounded to the nearest
+  # bfloat16, only a weight whose half-spacing is below that can move; rounded
+  # stochastically, a weight far from zero moves too, with probability |update| / spacing.
+  reach = 10 * 1e-6
+  far_moved = total = 0
+  for a, b in zip(m0, m1):
+    far = np.asarray(precision.half_spacing(a, jnp.bfloat16)) > 4 * reach
+    far_moved += int(np.sum(far & (np.asarray(a, np.float32) != np.asarray(b, np.float32))))
+    total += a.size
+  assert far_moved > 0.005 * total  # measured: 1.65% (with train.rounding=nearest: 0)
+
+
+def test_the_run_warns_when_nearest_rounding_would_drop_the_fine_tune(mesh1):
+  import types
+  import jax
+  import jax.numpy as jnp
+  from star_jax.engine import params as params_lib
+  from star_jax.engine.model_config import get_preset
+  _, p32 = params_lib.init_params(get_preset("tiny"), mesh1, seed=0)
+  exp = types.SimpleNamespace(params=jax.tree.map(lambda x: x.astype(jnp.bfloat16), p32))
+  train = load(base_config()).train  # lr 1e-6, float32 masters, stochastic rounding
+  assert ft.update_reach_check(exp, train, 40) is None
+  nearest = dataclasses.replace(train, rounding="nearest")
+  warning = ft.update_reach_check(exp, nearest, 40)
+  assert "train.learning_rate=1e-06 x 40 steps" in warning
+  assert "train.rounding=stochastic" in warning
+  assert ft.update_reach_check(exp, dataclasses.replace(nearest, learning_rate=1e-2), 40) is None
+  exp32 = types.SimpleNamespace(params=p32)  # a float32 model: nothing to round
+  assert ft.update_reach_check(exp32, nearest, 40) is None
