@@ -197,6 +197,10 @@ def load_model(name_or_path: str, mesh: Mesh, dtype: str | None = None, **execut
     params = lora.fold(graphdef, params)
     cfg = cfg.replace(lora_rank=0)
     graphdef = params_lib.abstract_model(cfg)[0]
+  if dtype:  # as for any checkpoint: the dtype asked for, parameters and compute
+    cfg = cfg.replace(param_dtype=dtype, dtype=dtype)
+    graphdef = params_lib.abstract_model(cfg)[0]
+    params = _cast(params, cfg)
   return Pretrained(cfg, graphdef, params, tokenizer)
 
 

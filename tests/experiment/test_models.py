@@ -78,6 +78,11 @@ def test_a_run_iteration_and_its_latest_load_as_the_model_it_saved(run, mesh1):
   for pre in latest:
     for a, b in zip(_leaves(pre.params), expected):
       np.testing.assert_array_equal(a, b)
+  # A dtype asked for applies to a run's model as to any checkpoint (model.dtype).
+  half = load_model(workdir, mesh1, dtype="bfloat16")
+  assert (half.model_cfg.param_dtype, half.model_cfg.dtype) == ("bfloat16", "bfloat16")
+  for a, b in zip(_leaves(half.params), expected):
+    np.testing.assert_array_equal(a, b.astype(jax.numpy.bfloat16))
   # M_0 is another model (the iteration trained its adapters).
   assert any(not np.array_equal(a, b) for a, b in zip(_leaves(first.params), expected))
   assert latest[0].tokenizer.encode("a river") == first.tokenizer.encode("a river")

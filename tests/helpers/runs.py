@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORDS = ["river", "ocean", "house", "garden", "school", "market", "forest", "kitchen", "office",
@@ -109,3 +110,44 @@ def checksums(directory):
       with open(path, "rb") as fh:
         out[os.path.relpath(path, directory)] = hashlib.sha256(fh.read()).hexdigest()
   return out
+
+
+ITER_KEYS = {"iteration", "eval_accuracy", "eval_n", "train_questions", "solved_by_generation",
+             "solved_by_rationalization", "kept", "train_steps", "sample_seconds",
+             "rationalize_seconds", "train_seconds", "eval_seconds"}
+
+
+def check_artifacts(workdir, config, n_eval, hint_markers):
+  """A finished run's metrics, eval and kept files agree with each other and its config;
+  returns (metrics, every kept record)."""
+  from star_jax.config import load
+  from star_jax.star import finetune as ft
+  star_cfg = load(config).star
+  metrics = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [m["iteration"] for m in metrics] == list(range(config.star.iterations + 1))
+  assert {"iteration", "eval_accuracy", "eval_n"} <= set(metrics[0])
+  for m in metrics[1:]:
+    assert ITER_KEYS <= set(m), ITER_KEYS - set(m)
+    assert m["train_steps"] in (0, ft.steps_for_iteration(star_cfg, m["iteration"]))
+  for m in metrics:
+    assert m["eval_n"] == n_eval  # every eval question scored, remainder batch included
+    ev = [json.loads(l) for l in open(os.path.join(workdir, f"iter_{m['iteration']:03d}",
+                                                   "eval.jsonl"))]
+    assert len(ev) == n_eval == len({r["id"] for r in ev})
+    assert {"id", "prediction", "gold", "correct", "text"} <= set(ev[0])
+    assert m["eval_accuracy"] == pytest.approx(np.mean([r["correct"] for r in ev]))
+  kept_all = []
+  for m in metrics[1:]:
+    kept = [json.loads(l) for l in open(os.path.join(workdir, f"iter_{m['iteration']:03d}",
+                                                     "kept.jsonl"))]
+    assert len(kept) == m["kept"]
+    for k in kept:
+      assert set(k) == {"id", "question", "rationale", "answer", "source"}
+      assert k["source"] in ("generation", "rationalization")
+      assert not any(h in k["rationale"] for h in hint_markers), k
+    kept_all += kept
+  with open(os.path.join(workdir, "accuracy.png"), "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert json.load(open(os.path.join(workdir, "config.json")))["task"] == config.task
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", str(config.star.iterations)))
+  return metrics, kept_all

@@ -10,8 +10,10 @@ import pytest
 
 from helpers.runs import ROOT
 
+# One STaR iteration (generation, rationalization, training, evaluation) is every collective
+# the loop has; a second would repeat them.
 CMD = [sys.executable, "-m", "star_jax.main", "--config=configs/arithmetic.py:smoke",
-       "--config.pretrain.steps=100"]
+       "--config.pretrain.steps=100", "--config.star.iterations=1"]
 
 
 def _env(devices):

@@ -1,4 +1,5 @@
-"""Kill the arithmetic :smoke run with SIGKILL at several points, rerun, compare with a clean run."""
+"""The arithmetic :smoke run from the command line, as a newcomer runs it; killed with SIGKILL
+at several points, rerun, compared with the clean run."""
 
 import json
 import os
@@ -8,8 +9,10 @@ import sys
 
 import pytest
 
-from helpers.runs import ROOT, load_config, run_results
-from star_jax import star
+from helpers.runs import (ROOT, check_artifacts, checksums, command, load_config, read_events,
+                          run_results)
+from star_jax import star, tasks
+from star_jax.data import DataConfig
 from star_jax.experiment import workdir as wd
 from star_jax.runtime.errors import CheckpointError, ConfigError, WorkdirMismatchError
 
@@ -28,9 +31,63 @@ def _run(workdir, failpoint=None, *args):
                         text=True, timeout=600)
 
 
-def test_killed_run_resumes_to_the_samerun_results(tmp_path):
-  clean = tmp_path / "clean"
-  proc = _run(clean)
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+  """(workdir, process) of the :smoke run from the command line, uninterrupted."""
+  workdir = tmp_path_factory.mktemp("smoke") / "run"
+  return workdir, _run(workdir)
+
+
+def test_arithmetic_smoke_from_the_command_line(tmp_path, smoke_run):
+  """As a newcomer runs it: a start that fails (a wrong checkpoint path) leaves nothing, the
+  corrected command runs and says where it stands, and a re-run finds nothing to do."""
+  config = load_config("arithmetic")
+  smoke = f"--config={ROOT}/configs/arithmetic.py:smoke"
+  failed = str(tmp_path / "run")
+  code, _, err = command("main", smoke, f"--workdir={failed}",
+                         "--config.model.checkpoint=/no/such/checkpoint", cwd=tmp_path)
+  assert code == 2 and "/no/such/checkpoint" in err and "Traceback" not in err
+  assert not os.path.exists(failed) and os.listdir(tmp_path) == []
+
+  workdir, proc = smoke_run
+  workdir, err = str(workdir), proc.stderr
+  assert proc.returncode == 0, err[-3000:]
+  log = err.strip().splitlines()
+  assert "pretraining M_0 on the seed set" in err and "iteration 1: sampling rationales" in err
+  assert "iter 1 generate: " in err  # progress lines in a log file, not a TTY bar
+  assert "finished: 2 iterations" in log[-2] and f"results in {workdir}" in log[-1]
+  assert "metrics.jsonl" in log[-1] and "tensorboard" in log[-1]
+  # Distinct held-out problems: fewer than max_eval where the one-digit ones run out.
+  task = tasks.get_task("arithmetic", **config.task_options.to_dict())
+  n_eval = len(task.load("eval", DataConfig(**config.data.to_dict())))
+  assert 0 < n_eval <= config.data.max_eval
+  metrics, kept = check_artifacts(workdir, config, n_eval, ["Hint"])
+  digits = [str(d) for d in range(1, config.task_options.eval_max_digits + 1)]
+  for m in metrics:
+    assert sorted(m["accuracy_by_digits"]) == digits
+  with open(os.path.join(workdir, "accuracy_by_digits.png"), "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert kept, "the warm-started smoke model should solve some problems"
+  assert metrics[1]["train_steps"] > 0
+  # TensorBoard: every training step of the run on one axis, every iteration's metrics.
+  events = read_events(os.path.join(workdir, "tensorboard"))
+  total = metrics[0]["pretrain_steps"] + sum(m["train_steps"] for m in metrics[1:])
+  assert [s for s, _ in events["train/loss"]] == list(range(1, total + 1))
+  assert {"train/learning_rate", "train/tokens_per_s", "train/grad_norm"} <= set(events)
+  assert [v for _, v in events["eval/eval_accuracy"]] == pytest.approx(
+      [m["eval_accuracy"] for m in metrics])
+  assert [s for s, _ in events["eval/accuracy_by_digits/1"]] == [0, 1, 2]
+  text = dict(events["kept/examples/text_summary"])[1]
+  assert kept[0]["question"] in text and "| source | question |" in text
+
+  before = checksums(workdir)
+  proc = _run(workdir)
+  assert proc.returncode == 0 and "nothing to do" in proc.stderr
+  assert checksums(workdir) == before
+
+
+def test_killed_run_resumes_to_the_samerun_results(tmp_path, smoke_run):
+  clean, proc = smoke_run
   assert proc.returncode == 0, proc.stderr[-3000:]
   expected = run_results(clean)
 
