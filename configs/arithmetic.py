@@ -70,7 +70,7 @@ def get_config(variant: str = ""):
     c.train.learning_rate = 3e-3
     c.sample.batch_size = 64
     c.sample.shard_size = 32  # several shards, so the kill-and-resume test has some to lose
-    c.checkpoint_every = 4
+    c.checkpoint_every = 50  # the kill-and-resume test checkpoints every 4 steps
   elif variant == "learn":
     # The suite's learning test (~1 minute): a tiny model pretrained on a thin seed of 250
     # two-digit problems starts weak on held-out 2-digit problems, and three STaR iterations

@@ -20,6 +20,7 @@ CMD = [sys.executable, "-m", "star_jax.main", "--config=configs/arithmetic.py:sm
 
 
 def _run(workdir, failpoint=None, *args):
+  """The smoke run; killed at ``failpoint`` if given."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)  # one device, as a user would run it
   # (The runs compile the same programs; the session's persistent compilation cache, which
@@ -93,12 +94,14 @@ def test_killed_run_resumes_to_the_samerun_results(tmp_path, smoke_run):
 
   killed = tmp_path / "killed"
   # Each rerun starts counting afresh; together they cut the run at every phase.
+  # The killed runs checkpoint every 4 steps (the clean one, as configured, every 50): the
+  # kills land between checkpoints, and how often a run saves does not change its results.
   for failpoint, where in [("train_step:50", "pretraining, after its step-48 checkpoint"),
                            ("sample_shard:2", "iteration 0 evaluation, after its last shard"),
                            ("sample_shard:1", "iteration 1 generation, after one of two shards"),
                            ("train_step:5", "iteration 1 training, after its step-4 checkpoint"),
                            ("before_metrics:1", "between iteration 1's checkpoint and metrics")]:
-    proc = _run(killed, failpoint)
+    proc = _run(killed, failpoint, "--config.checkpoint_every=4")
     assert proc.returncode == -signal.SIGKILL, (where, proc.returncode, proc.stderr[-3000:])
     for path, _, names in os.walk(killed):  # atomic writes: no partial line anywhere
       for name in names:
