@@ -161,7 +161,7 @@ def _plan(config: Config, devices, device_memory_gib: float, prompt_len: int, ne
                     layout=config.sample.layout)
   sp = SamplingParams(config.star.temperature, config.star.top_k, config.star.top_p)
   programs += plan_sampler(sampler, params, prompt_len, new_tokens,
-                           config.star.samples_per_question, sp)
+                           config.star.samples_per_question, sp, cost=chip is not None)
   report = {"model": name, "num_params": cfg.num_params(), "param_dtype": cfg.param_dtype,
             "devices": len(devices), "mesh": dict(mesh.shape),
             "device_memory_gib": device_memory_gib, "train_shape": list(shape),

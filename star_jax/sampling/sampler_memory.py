@@ -12,15 +12,15 @@ import numpy as np
 from flax import nnx
 
 from star_jax.engine.kv_cache import init_cache
-from star_jax.engine.memory import (ProgramPlan, collective_bytes, compile_program, cost_of,
-                                   tree_bytes)
+from star_jax.engine.memory import (ProgramPlan, abstract_params, collective_bytes,
+                                   compile_program, cost_of, tree_bytes)
 from star_jax.engine.params import abstract_like, shardings_of
 from star_jax.sampling.sampler import NEW_TOKENS_BUCKET, Sampler
 from star_jax.sampling.sampling_params import SamplingParams
 
 
 def plan_sampler(sampler: Sampler, params: nnx.State, prompt_len: int, max_new_tokens: int,
-                 samples: int = 1, sp: SamplingParams = SamplingParams()
+                 samples: int = 1, sp: SamplingParams = SamplingParams(), cost: bool = False
                  ) -> list[ProgramPlan]:
   """Plans of the prefill and the decode loop for one full batch (``sampler.batch_size``
   rows) of prompts of ``prompt_len`` tokens, ``samples`` rows per prompt.
@@ -28,7 +28,39 @@ def plan_sampler(sampler: Sampler, params: nnx.State, prompt_len: int, max_new_t
   The KV cache is read off the decode state's shapes and shardings; activations are the
   temporaries (the cache itself is an output of the prefill and the decode loop's donated
   argument, so it is never among them unless XLA copies it).
+
+  XLA counts a loop body once, so with scanned layers the programs' cost is one layer's: with
+  ``cost`` the two programs are compiled again with the layers unrolled, for their work only
+  (the decode loop's is then one decode step's, as without scanning).
   """
+  compiled = _compile(sampler, params, prompt_len, max_new_tokens, samples, sp)
+  costs = None
+  if cost and sampler.cfg.scan_layers:
+    cfg = sampler.cfg.replace(scan_layers=False)
+    graphdef, unrolled = abstract_params(cfg, sampler.mesh)
+    twin = Sampler(cfg, graphdef, sampler.mesh, batch_size=sampler.batch_size,
+                   layout=sampler.layout)
+    costs = [cost_of(exe) for _, exe, _, _, _ in _compile(twin, unrolled, prompt_len,
+                                                          max_new_tokens, samples, sp)]
+  plans = []
+  for i, (what, exe, seconds, need, parts) in enumerate(compiled):
+    unit = "decode step" if "decode" in what else "prefill"
+    if costs is not None:
+      program_cost = costs[i]
+    elif sampler.cfg.scan_layers:  # one layer's work: no roofline from it
+      program_cost, unit = cost_of(exe), ""
+    else:
+      program_cost = cost_of(exe)
+    plans.append(ProgramPlan(what, seconds, need, parts,
+                             "KV cache from its shape and sharding; activations = temporaries",
+                             collective_bytes(exe.as_text()), program_cost, unit))
+  return plans
+
+
+def _compile(sampler: Sampler, params: nnx.State, prompt_len: int, max_new_tokens: int,
+             samples: int, sp: SamplingParams) -> list[tuple]:
+  """(what, executable, compile seconds, memory need, parts) of the prefill and the decode
+  loop."""
   cfg = sampler.cfg
   N = -(-max_new_tokens // NEW_TOKENS_BUCKET) * NEW_TOKENS_BUCKET
   P = sampler.padded_prompt_len(prompt_len, N)
@@ -48,20 +80,14 @@ def plan_sampler(sampler: Sampler, params: nnx.State, prompt_len: int, max_new_t
   with jax.set_mesh(sampler.mesh):
     state = jax.eval_shape(pre, *pre_args)
   shape = f"{Q} prompts x {samples} of {P} tokens, {N} new: cache {B} x {S}"
-  plans = []
+  out = []
   for jitted, args, what in ((pre, pre_args, f"sampler prefill ({shape})"),
                              (dec, (params, state, i32()), f"sampler decode loop ({shape})")):
     exe, seconds, need = compile_program(jitted, args, what, sampler.mesh)
     parts = {"parameters": tree_bytes(params), "KV cache": kv_cache_bytes(sampler, B, S, N),
              "activations": need["temporaries"]}
-    # XLA counts the decode loop's body once: its cost is one decode step's (and the loop's
-    # setup). With scanned layers it is one layer's: the roofline needs scan_layers off.
-    unit = "decode step" if jitted is dec else "prefill"
-    plans.append(ProgramPlan(what, seconds, need, parts,
-                             "KV cache from its shape and sharding; activations = temporaries",
-                             collective_bytes(exe.as_text()), cost_of(exe),
-                             unit if not cfg.scan_layers else ""))
-  return plans
+    out.append((what, exe, seconds, need, parts))
+  return out
 
 
 def kv_cache_bytes(sampler: Sampler, B: int, S: int, N: int) -> int:
