@@ -70,6 +70,10 @@ class StarConfig:
   few_shot_rationalization: bool = key(True, "hinted prompts show exemplars using hints")
   questions_per_iteration: int = key(0, "questions sampled per iteration (0 = the whole train "
                                         "set)")
+  curriculum_start: int = key(0, "iteration 1 draws train questions of difficulty (arithmetic: "
+                                 "digits) up to this, each later one up to curriculum_step more "
+                                 "(0 = every question from the start)")
+  curriculum_step: int = key(1, "difficulty levels each iteration adds to what it draws from")
   samples_per_question: int = key(1, "rationales sampled per question")
   max_kept_per_question: int = key(1, "distinct correct rationales kept per question")
   require_supported: bool = key(True, "keep a right answer only if its rationale itself reaches "

@@ -28,6 +28,7 @@ from star_jax.engine.batching import TrainExample
 from star_jax.experiment import workdir as wd
 from star_jax.experiment.board import Board
 from star_jax.experiment.build import Experiment
+from star_jax.runtime.errors import ConfigError
 from star_jax.sampling import Sampler, SamplingParams
 from star_jax.star import finetune as ft, keep as keep_lib, rollout
 from star_jax.tasks import Example
@@ -88,6 +89,20 @@ class Method:
     return SamplingParams(star.temperature if temperature is None else temperature,
                           star.top_k, star.top_p)
 
+  def question_pool(self, n: int) -> list[Example]:
+    """The train set, or with a curriculum (``star.curriculum_start``) its questions of
+    difficulty up to ``curriculum_start + curriculum_step * (n - 1)``: each iteration opens
+    the next lengths, whose questions come with answers only (Lee et al. 2025)."""
+    start = self.star.curriculum_start
+    if not start:
+      return self.exp.train_set
+    top = start + self.star.curriculum_step * (n - 1)
+    pool = [ex for ex in self.exp.train_set if (self.task.difficulty(ex) or 0) <= top]
+    if not pool:
+      raise ConfigError(f"star.curriculum_start={start}: no train question of difficulty "
+                        f"<= {top} at iteration {n}")
+    return pool
+
   def fine_tune(self, n: int, start, examples: list[TrainExample], desc: str
                 ) -> tuple[object, ft.FinetuneStats]:
     """``start`` trained on ``examples`` for iteration ``n``'s steps (resumable)."""
@@ -140,7 +155,7 @@ class Star(Method):
   def iteration(self, n: int, base, model) -> IterationResult:
     star, seed = self.star, self.config.seed * 1000 + n
     rng = np.random.default_rng([self.config.seed, n])  # questions, then who is rationalized
-    questions = self.choose_questions(rng)
+    questions = self.choose_questions(rng, n)
     few_shot = star.few_shot if n == 1 else star.few_shot_in_training  # M_0 vs M_n's format
     logging.info("iteration %d: sampling rationales for %d questions", n, len(questions))
 
@@ -163,9 +178,10 @@ class Star(Method):
                            samples, star.samples_per_question, skipped + hinted_skipped, stats,
                            sample_seconds, rationalize_seconds, time.time() - t0)
 
-  def choose_questions(self, rng: np.random.Generator) -> list[Example]:
-    """The whole train set, or a random ``star.questions_per_iteration`` of it (in order)."""
-    questions, k = self.exp.train_set, self.star.questions_per_iteration
+  def choose_questions(self, rng: np.random.Generator, n: int = 1) -> list[Example]:
+    """Iteration ``n``'s pool of train questions (``question_pool``), or a random
+    ``star.questions_per_iteration`` of it (in order)."""
+    questions, k = self.question_pool(n), self.star.questions_per_iteration
     if k and k < len(questions):
       pick = np.sort(rng.choice(len(questions), k, replace=False))
       questions = [questions[i] for i in pick]

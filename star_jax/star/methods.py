@@ -46,7 +46,7 @@ class Direct(Method):
   name = "direct"
 
   def iteration(self, n: int, base, model) -> IterationResult:
-    questions = self.exp.train_set  # all of D: the strongest answers-only baseline of the budget
+    questions = self.question_pool(n)  # all of D: the strongest answers-only baseline
     examples = ft.training_examples(self.task, self.tokenizer, [(ex, "") for ex in questions],
                                     few_shot=self.star.few_shot_in_training)
     return self._train(n, base, model, questions, examples)
@@ -129,7 +129,7 @@ class BStar(RestEM):
   def probe(self, n: int, model) -> dict[float, float]:
     """The balance score of each candidate temperature on ``bstar_probe_questions`` train
     questions, k samples each (the same questions and seed for every candidate)."""
-    star, train = self.star, self.exp.train_set
+    star, train = self.star, self.question_pool(n)
     rng = np.random.default_rng([self.config.seed, n, 29])
     m = min(star.bstar_probe_questions, len(train))
     questions = [train[i] for i in np.sort(rng.choice(len(train), m, replace=False))]

@@ -257,3 +257,48 @@ def test_a_method_is_one_key_away_and_a_typo_names_the_nearest():
     del methods.METHODS["no_hints_test"]
   with pytest.raises(ConfigError, match="did you mean 'star'"):
     methods.get_method("stra")
+
+
+def test_a_curriculum_opens_the_next_lengths_each_iteration_and_trains_on_nothing_longer(
+    tmp_path, trained):
+  """``star.curriculum_start=2`` (step 1) on 1-4 digit questions: iteration n draws and trains
+  on questions of at most 1 + n digits, never a longer one; the held-out problems are never
+  drawn. Without a curriculum every length is drawn from the start."""
+  task = tasks.get_task("arithmetic", max_digits=4)
+  train = task.load("train", DataConfig(max_train=60))
+  evals = task.load("eval", DataConfig(max_eval=20))
+  assert {task.difficulty(ex) for ex in train} == {1, 2, 3, 4}
+
+  def script(ex, hint):  # right for every problem of any length
+    return task.completion(task.gold_rationale(ex), ex)
+  held_out = {ex.id for ex in evals}
+  for n, top in ((1, 2), (2, 3), (3, 4)):
+    trained.clear()
+    sampler = ScriptedSampler(task, train + list(evals), script)
+    m = Star(config(curriculum_start=2, curriculum_step=1), experiment(task, train, evals),
+             sampler, tmp_path / str(n))
+    result = m.iteration(n, BASE, MODEL)
+    lengths = {task.difficulty(ex) for ex in result.questions}
+    assert lengths == set(range(1, top + 1)), (n, lengths)
+    assert not held_out & {ex.id for ex in result.questions}
+    assert {ex.id for ex in result.questions} == {ex.id for ex in train
+                                                  if task.difficulty(ex) <= top}
+    by_id = {ex.id: ex for ex in train}
+    assert max(task.difficulty(by_id[k["id"]]) for k in result.kept) == top
+    assert len(trained) == 1 and len(trained[0]["examples"]) == len(result.kept)
+  # The pool also bounds a random sample of it, and the direct control's questions.
+  m = Star(config(curriculum_start=1, curriculum_step=2, questions_per_iteration=5),
+           experiment(task, train, evals), ScriptedSampler(task, train, script), tmp_path / "s")
+  picked = m.choose_questions(np.random.default_rng(0), 2)
+  assert len(picked) == 5 and max(task.difficulty(ex) for ex in picked) <= 3
+  direct = Direct(config(curriculum_start=1), experiment(task, train, evals),
+                  ScriptedSampler(task, train, script), tmp_path / "d")
+  assert {task.difficulty(ex) for ex in direct.question_pool(1)} == {1}
+  plain = Star(config(), experiment(task, train, evals), ScriptedSampler(task, train, script),
+               tmp_path / "p")
+  assert plain.question_pool(1) == train
+  from star_jax.runtime.errors import ConfigError
+  with pytest.raises(ConfigError, match="curriculum_start"):
+    Star(config(curriculum_start=1), experiment(task, [ex for ex in train
+                                                      if task.difficulty(ex) > 1], evals),
+         sampler, tmp_path / "e").question_pool(1)
