@@ -32,6 +32,25 @@ def test_arithmetic_smollm2_smoke(tmp_path):
   assert metrics[1]["kept"] > 0 and metrics[1]["train_steps"] > 0 and kept
 
 
+def test_arithmetic_extend_smoke_opens_a_length_each_iteration(tmp_path):
+  # configs/arithmetic_extend.py: a seed of 1-2 digits, D of 1-4 digits opened one length an
+  # iteration from 3 (the fast unit test of what is drawn: tests/star/test_iteration.py).
+  config = load_config("arithmetic_extend")
+  workdir = str(tmp_path / "run")
+  star.run(config, workdir)
+  task = tasks.get_task("arithmetic", **config.task_options.to_dict())
+  n_eval = len(task.load("eval", DataConfig(**config.data.to_dict())))
+  metrics, _ = check_artifacts(workdir, config, n_eval, ["Hint"])
+  for m in metrics:
+    assert sorted(m["accuracy_by_digits"]) == ["1", "2", "3", "4"]
+  train = task.load("train", DataConfig(**config.data.to_dict()))
+  for n, top in ((1, 3), (2, 4)):
+    assert metrics[n]["train_questions"] == sum(task.difficulty(ex) <= top for ex in train)
+    kept = [json.loads(line) for line in open(os.path.join(workdir, f"iter_{n:03d}",
+                                                           "kept.jsonl"))]
+    assert all(len(k["answer"].replace(" ", "")) <= top + 1 for k in kept)
+
+
 def test_cqa_smoke_on_official_schema_files(tmp_path):
   config = load_config("cqa")
   config.data.dir = str(tmp_path / "cqa")

@@ -1,0 +1,81 @@
+"""STaR past the seed's lengths (Lee et al. 2025, arXiv 2502.01612): addition beyond 5 digits.
+
+  python -m star_jax.main --config=configs/arithmetic_extend.py --workdir=runs/arith_extend
+  python -m star_jax.main --config=configs/arithmetic_extend.py:control --workdir=runs/ext_ctl
+  python -m star_jax.main --config=configs/arithmetic_extend.py:smoke --workdir=/tmp/ext_smoke
+
+The base model is the arithmetic default's decoder trained from scratch on gold scratchpads of
+1-5 digits only (the seed P). STaR then samples from answers alone, and each iteration opens
+the next length (`star.curriculum_start` = 6, `curriculum_step` = 1): iteration n draws
+questions of 1 to 5 + n digits, so the only scratchpads the model ever sees at 6 digits and
+beyond are its own kept ones. Held-out accuracy is reported per length, 1 to 12 digits. The
+`control` variant gets the same steps on 1-5 digit questions only (`curriculum_step` = 0).
+Measured results and what limits them: docs/arithmetic.md ("Past the seed's lengths").
+"""
+
+from star_jax.config import base_config, model_overrides, task_options
+
+LONGEST = 12  # the longest questions the curriculum reaches (and the eval reports)
+SEED_LONGEST = 5
+
+
+def get_config(variant: str = ""):
+  c = base_config("arithmetic")
+  c.tokenizer.kind = "char"
+  c.tokenizer.pieces = [" " + d for d in "0123456789"] + [
+      "Input:\n", "Target:\n", "Hint:", "<scratch>\n", "</scratch>\n", " + ", " , ", " C: ", "C: "]
+  c.model.preset = "tiny"
+  # (line, column) rotary positions with columns counted from the end of the line above: a
+  # scratchpad step reads the line above at the same offset whatever the length, which is
+  # what lets a longer problem be done with the steps a shorter one taught.
+  c.task_options = task_options("arithmetic", positions="line_column",
+                                 right_aligned_columns=True, position_jitter=2,
+                                 min_digits=1, max_digits=LONGEST,
+                                 eval_min_digits=1, eval_max_digits=LONGEST)
+  c.model.overrides = model_overrides(d_model=128, num_layers=4, num_heads=4, num_kv_heads=4,
+                                      head_dim=32, ffn_dim=512, max_seq_len=512, rope_base=100.0)
+  c.data.max_train = 24000  # D: ~2,000 problems of each length 1-12, answers only
+  c.data.max_eval = 480  # ~40 held-out problems a length
+  c.star.curriculum_start = SEED_LONGEST + 1
+  c.star.curriculum_step = 1
+  c.star.iterations = LONGEST - SEED_LONGEST  # the last one draws up to 12 digits
+  c.star.questions_per_iteration = 3000
+  c.star.few_shot = False
+  c.star.few_shot_rationalization = False
+  c.star.restart_from_base = False
+  c.star.max_new_tokens = 256  # a 12-digit completion is ~210 tokens
+  c.star.steps_schedule = "linear"
+  c.star.base_steps = 150
+  c.star.steps_increment = 0
+  # The seed P: gold scratchpads of 1-5 digits (all ~90 one-digit problems), none longer.
+  c.pretrain.steps = 900
+  c.pretrain.task_options = {"digit_counts": (90, 1000, 1000, 1000, 1000)}
+  c.pretrain.hint_fraction = 0.3
+  c.train.seq_len = 256
+  c.train.batch_size = 32
+  c.train.learning_rate = 1e-3
+  c.train.warmup_steps = 20
+  c.sample.batch_size = 256
+  if variant == "control":
+    c.star.curriculum_step = 0  # the same steps, on 1-5 digit questions only
+    c.star.curriculum_start = SEED_LONGEST
+  elif variant == "smoke":
+    c.model.overrides = model_overrides(d_model=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                                        head_dim=16, ffn_dim=128, max_seq_len=256,
+                                        rope_base=100.0)
+    c.task_options.max_digits = c.task_options.eval_max_digits = 4
+    c.data.max_train, c.data.max_eval = 80, 24
+    c.star.curriculum_start, c.star.iterations = 3, 2
+    c.star.questions_per_iteration = 0
+    c.star.max_new_tokens = 96
+    c.star.base_steps = 6
+    c.pretrain.steps = 200
+    c.pretrain.task_options = {"digit_counts": (40, 100)}
+    c.train.seq_len = 128
+    c.train.batch_size = 8
+    c.train.learning_rate = 3e-3
+    c.sample.batch_size = 64
+    c.checkpoint_every = 50
+  elif variant:
+    raise ValueError(f"unknown variant {variant!r} (known: control, smoke)")
+  return c
