@@ -195,7 +195,10 @@ def format_report(r: dict[str, Any]) -> str:
     if "unit_seconds" in roof:
       lines.append(f"  {'':14}roofline: {roof['unit_seconds'] * 1e3:.2f} ms per {roof['unit']} "
                    f"({roof['bound']}-bound; {p['cost']['flops'] / 1e12:.3f} TFLOP, "
-                   f"{p['cost'].get('bytes accessed', 0) / 1e9:.2f} GB per device) -> at most "
+                   f"{roof['bytes'] / 1e9:.2f} GB per device"
+                   + (f" = its arguments; XLA counts {p['cost']['bytes accessed'] / 1e9:.2f}"
+                      if roof["bytes"] < p["cost"].get("bytes accessed", 0) else "")
+                   + f"; compute alone {roof['compute_seconds'] * 1e3:.2f} ms) -> at most "
                    f"{roof['tokens_per_s']:,.0f} tokens/s, MFU <= {roof['mfu_bound']:.0%}")
     elif roof:
       lines.append(f"  {'':14}roofline: {roof['note']}")

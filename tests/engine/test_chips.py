@@ -41,6 +41,7 @@ def test_speeds_of_a_hand_computed_train_step_and_decode_step():
   s = chips.speeds(train, v4, cfg, devices=4, train_shape=(4, 2, 128), rows=16, prompt_len=32,
                    samples=1)
   assert s["unit_seconds"] == pytest.approx(0.01) and s["bound"] == "compute"
+  assert s["compute_seconds"] == pytest.approx(0.01)
   assert s["step_seconds"] == pytest.approx(0.04)  # 4 micro-batches
   assert s["tokens_per_s"] == pytest.approx(4 * 2 * 128 / 0.04)
   assert s["mfu_bound"] == pytest.approx(cfg.flops_per_token(128) * 1024 / (0.04 * 4 * 275e12))
@@ -50,6 +51,12 @@ def test_speeds_of_a_hand_computed_train_step_and_decode_step():
   s = chips.speeds(decode, v4, cfg, devices=1, train_shape=(1, 1, 1), rows=16, prompt_len=32,
                    samples=1)
   assert s["bound"] == "memory bandwidth" and s["tokens_per_s"] == pytest.approx(1600)
+  # XLA counting 36 GB for a step whose arguments (parameters and cache) are 6 GiB: the bound
+  # reads the arguments once, 6 GiB / 1,200 GB/s.
+  decode.update(arguments=6.0, cost={"flops": 1e9, "bytes accessed": 36e9})
+  s = chips.speeds(decode, v4, cfg, devices=1, train_shape=(1, 1, 1), rows=16, prompt_len=32,
+                   samples=1)
+  assert s["unit_seconds"] == pytest.approx(6 * 2**30 / 1200e9) and s["bytes"] == 6 * 2**30
   # Scanned layers: the compiler counts one layer, so no roofline is claimed.
   assert "note" in chips.speeds({"what": "x", "cost_unit": "", "cost": {"flops": 1.0}}, v4, cfg,
                                 1, (1, 1, 1), 1, 1, 1)
