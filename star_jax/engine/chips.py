@@ -112,7 +112,9 @@ def speeds(program: dict, chip: Chip, cfg, devices: int, train_shape: tuple[int,
   """
   cost = program.get("cost") or {}
   if not program.get("cost_unit") or "flops" not in cost:
-    return {"note": "no cost analysis for this program (scanned layers count one layer)"}
+    why = ("the compiler refused the program" if program.get("capacity")
+           else "scanned layers count one layer")
+    return {"note": f"no cost analysis for this program ({why})"}
   flops, nbytes = cost["flops"], cost.get("bytes accessed", 0.0)
   decode = program["cost_unit"] == "decode step"
   if decode and program.get("arguments"):

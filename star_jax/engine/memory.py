@@ -24,7 +24,7 @@ from star_jax.engine import params as params_lib
 from star_jax.engine.model_config import ModelConfig
 from star_jax.engine.optim import OptimConfig
 from star_jax.engine.trainer import BATCH_KEYS, Trainer
-from star_jax.runtime.compiling import memory_need
+from star_jax.runtime.compiling import memory_need, out_of_device_memory
 
 GIB = 2 ** 30
 
@@ -49,8 +49,10 @@ class ProgramPlan:
     return max(self.parts, key=self.parts.get)
 
   def overshoot(self, budget: int) -> int:
-    """Bytes per device above ``budget`` (<= 0: it fits)."""
-    return self.need["total"] - budget
+    """Bytes per device above ``budget`` (<= 0: it fits), or above what the compiler said the
+    device offers where it refused the program."""
+    capacity = self.need.get("capacity")
+    return self.need["total"] - (min(budget, capacity) if capacity else budget)
 
   def as_dict(self, budget: int) -> dict[str, Any]:
     return {"what": self.what, "compile_s": round(self.compile_s, 2),
@@ -112,11 +114,28 @@ def collective_bytes(hlo_text: str) -> dict[str, int]:
   return out
 
 
-def compile_program(jitted, args, what: str, mesh: Mesh) -> tuple[Any, float, dict[str, int]]:
-  """Lowers and compiles ``jitted`` for abstract ``args``: (executable, seconds, need)."""
+def compile_program(jitted, args, what: str, mesh: Mesh
+                    ) -> tuple[Any | None, float, dict[str, int]]:
+  """Lowers and compiles ``jitted`` for abstract ``args``: (executable, seconds, need).
+
+  A program the compiler refuses for want of device memory comes back as (None, seconds,
+  need) with the compiler's figures: ``total`` what it would use, ``capacity`` what the
+  device offers, ``arguments`` read off ``args``, the rest as temporaries.
+  """
   t0 = time.perf_counter()
-  with jax.set_mesh(mesh):
-    exe = jitted.lower(*args).compile()
+  try:
+    with jax.set_mesh(mesh):
+      exe = jitted.lower(*args).compile()
+  except Exception as e:  # jax's runtime error; only the device-memory refusal is handled
+    refusal = out_of_device_memory(e)
+    if refusal is None:
+      raise
+    size, capacity, kind = refusal
+    arguments = sum(tree_bytes(a) for a in args if a is not None)
+    temporaries = size if kind == "temporaries" else max(size - arguments, 0)
+    return None, time.perf_counter() - t0, {
+        "arguments": arguments, "outputs": 0, "temporaries": temporaries, "aliased": 0,
+        "total": arguments + temporaries, "capacity": capacity}
   seconds = time.perf_counter() - t0
   need = memory_need(exe)
   if not need:
@@ -154,6 +173,7 @@ def plan_train_step(graphdef: nnx.GraphDef, params: nnx.State, mesh: Mesh, optim
   sched = {k: jax.ShapeDtypeStruct((), np.float32) for k in optim.schedule_args()}
   what = f"train step ({shape[0]} micro-batches of {shape[1]} x {shape[2]} tokens)"
   exe, seconds, need = compile_program(jitted, (state, trainer.frozen, batch, sched), what, mesh)
+  refused = ("; the compiler refused it: out of device memory" if exe is None else "")
   trained = state.params  # the masters of what trains (all, or the LoRA adapters)
   # One micro-batch's gradients, plus the float32 accumulator when there are several.
   grads = tree_bytes(trained) + (tree_bytes(trained, np.float32) if shape[0] > 1 else 0)
@@ -163,9 +183,9 @@ def plan_train_step(graphdef: nnx.GraphDef, params: nnx.State, mesh: Mesh, optim
   plan = ProgramPlan(what, seconds, need, parts,
                      "gradients = one micro-batch's gradients (+ a float32 accumulator over "
                      "several; parameter shapes and shardings); activations = temporaries - "
-                     "gradients",
-                     collective_bytes(exe.as_text()))
-  if cost:
+                     "gradients" + refused,
+                     collective_bytes(exe.as_text()) if exe is not None else {})
+  if cost and exe is not None:
     plan.cost, plan.cost_unit = micro_batch_cost(graphdef, params, mesh, optim, shape,
                                                  master_dtype), "micro-batch"
   return plan
@@ -196,4 +216,4 @@ def micro_batch_cost(graphdef: nnx.GraphDef, params: nnx.State, mesh: Mesh, opti
                                 "train step (cost)", mesh)
   finally:
     trainer_lib.LOGITS_CHUNK_ELEMENTS = chunk
-  return cost_of(exe)
+  return cost_of(exe) if exe is not None else {}

@@ -14,6 +14,7 @@ import contextlib
 import contextvars
 import logging
 import os
+import re
 import time
 
 import jax
@@ -82,10 +83,47 @@ def memory_need(exe) -> dict[str, int]:
   return out
 
 
+# The TPU compiler refuses a program that does not fit the chip's HBM (XLA:CPU compiles any
+# size), in one of two forms (libtpu 0.0.42.1):
+#   "Ran out of memory in memory space hbm. Used 30.77G of 30.75G hbm. Exceeded hbm capacity
+#    by 24.40M."  (everything the program holds)
+#   "Ran out of memory on HBM, the total memory required for HLO temporaries (108.29G) exceeds
+#    available HBM (15.75G)."  (its temporaries alone)
+_NUMBER = r"([\d.]+)([KMGT]?)"
+_HBM_REFUSALS = (
+    (re.compile(rf"Ran out of memory in memory space hbm\. Used {_NUMBER} of {_NUMBER} hbm"),
+     "total"),
+    (re.compile(rf"required for HLO temporaries \({_NUMBER}\) exceeds available HBM "
+                rf"\({_NUMBER}\)"), "temporaries"))
+_UNITS = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+
+
+def out_of_device_memory(error: BaseException) -> tuple[int, int, str] | None:
+  """(bytes, bytes the device offers, what the bytes are: "total" or "temporaries") when
+  ``error`` is the compiler refusing a program for want of device memory; None otherwise."""
+  for pattern, kind in _HBM_REFUSALS:
+    m = pattern.search(str(error))
+    if m is not None:
+      return (int(float(m.group(1)) * _UNITS[m.group(2)]),
+              int(float(m.group(3)) * _UNITS[m.group(4)]), kind)
+  return None
+
+
 def compiled(jitted, args, what: str, hint: str = ""):
-  """The compiled executable of ``jitted`` for ``args``; raises MemoryError when it cannot fit."""
+  """The compiled executable of ``jitted`` for ``args``; raises MemoryError when it cannot fit
+  (found by the compiler itself, or from its memory analysis)."""
   t0 = time.perf_counter()
-  exe = jitted.lower(*args).compile()
+  try:
+    exe = jitted.lower(*args).compile()
+  except Exception as e:  # jax's runtime error; only the device-memory refusal is handled
+    refusal = out_of_device_memory(e)
+    if refusal is None:
+      raise
+    need = f"{refusal[0] / _GIB:.2f} GiB" + (" of temporaries" if refusal[2] == "temporaries"
+                                              else "")
+    raise MemoryError(f"{what} needs {need} per device but the device has "
+                      f"{refusal[1] / _GIB:.2f} GiB (the compiler's figures)"
+                      + (f"; {hint}" if hint else "")) from None
   seconds = time.perf_counter() - t0
   COMPILED.append((what, seconds))
   level = logging.INFO if seconds > LONG_COMPILE_S else logging.DEBUG

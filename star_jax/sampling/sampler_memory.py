@@ -40,20 +40,26 @@ def plan_sampler(sampler: Sampler, params: nnx.State, prompt_len: int, max_new_t
     graphdef, unrolled = abstract_params(cfg, sampler.mesh)
     twin = Sampler(cfg, graphdef, sampler.mesh, batch_size=sampler.batch_size,
                    layout=sampler.layout)
-    costs = [cost_of(exe) for _, exe, _, _, _ in _compile(twin, unrolled, prompt_len,
-                                                          max_new_tokens, samples, sp)]
+    costs = [cost_of(exe) if exe is not None else {}
+             for _, exe, _, _, _ in _compile(twin, unrolled, prompt_len, max_new_tokens,
+                                             samples, sp)]
   plans = []
   for i, (what, exe, seconds, need, parts) in enumerate(compiled):
     unit = "decode step" if "decode" in what else "prefill"
-    if costs is not None:
+    if exe is None:  # refused for want of device memory: no cost either
+      program_cost, unit = {}, ""
+    elif costs is not None:
       program_cost = costs[i]
     elif sampler.cfg.scan_layers:  # one layer's work: no roofline from it
       program_cost, unit = cost_of(exe), ""
     else:
       program_cost = cost_of(exe)
     plans.append(ProgramPlan(what, seconds, need, parts,
-                             "KV cache from its shape and sharding; activations = temporaries",
-                             collective_bytes(exe.as_text()), program_cost, unit))
+                             "KV cache from its shape and sharding; activations = temporaries"
+                             + ("; the compiler refused it: out of device memory"
+                                if exe is None else ""),
+                             collective_bytes(exe.as_text()) if exe is not None else {},
+                             program_cost, unit))
   return plans
 
 

@@ -162,3 +162,17 @@ def test_the_tpu_compiler_plans_scanned_remat_lora_and_tensor_parallel_sampling(
   # measured 1.12e6 FLOPs a device, against 7.2e5 for 2 N a row (one layer counted: < 6e5)
   assert decode["cost"]["flops"] >= 2 * weights * c.sample.batch_size / r["devices"]
   assert _program(r, "sampler prefill")["roofline"]["unit"] == "prefill"
+def test_a_program_the_tpu_compiler_refuses_is_a_plan_that_does_not_fit():
+  """8,192 rows of 1,024 tokens a step on v5e:2x2: the TPU compiler refuses the train step (it
+  needs 108 GiB of temporaries a chip of 16 GiB) instead of reporting it; the plan says it does
+  not fit, by how much and what dominates, from the compiler's own figures."""
+  c = _config(data=1, fsdp=2, tensor=2)
+  c.train.batch_size, c.train.grad_accum, c.train.seq_len = 8192, 1, 1024
+  r = plan.plan(c, device_memory_gib=None, prompt_len=40, new_tokens=16, topology="v5e:2x2")
+  train = _program(r, "train step")
+  assert not r["fits"] and not train["fits"] and "refused" in train["derived"]
+  assert train["capacity"] < 16 and train["overshoot"] > 50
+  assert train["dominant"] == "activations" and "refused" in train["roofline"]["note"]
+  assert "does not fit: train step by" in plan.format_report(r)
+
+
