@@ -77,6 +77,9 @@ def topology_devices(name: str) -> tuple[Chip, list]:
   count = chips * (2 if chip.accelerator in ("v4", "v5p") else 1)
   os.environ.setdefault("TPU_ACCELERATOR_TYPE", f"{chip.accelerator}-{count}")
   os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+  # Compiling runs nothing on a TPU: a second plan (or a test) may load libtpu while another
+  # holds it, instead of failing on libtpu's one-process lockfile.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   desc = topologies.get_topology_desc(
       topology_name=topology, platform="tpu",
       chip_config_name="megacore" if chip.megacore else "default")
