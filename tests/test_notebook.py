@@ -1,6 +1,7 @@
-"""notebooks/star_jax_colab.ipynb runs headless (nbclient) on its default (the arithmetic learn
-config) and shows what it promises: STaR lifting accuracy, the metrics table, the
-accuracy-by-digits plot and kept rationales."""
+"""notebooks/star_jax_colab.ipynb runs headless (nbclient) and shows what it promises: the
+metrics table, the accuracy-by-digits plot and kept rationales. It runs the `smoke` variant here;
+that its default (`learn`) lifts held-out accuracy is tests/star/test_learning.py's check, on the
+same config through the same `star.run` the notebook calls."""
 
 import base64
 import json
@@ -38,11 +39,17 @@ def cell_with(nb, text):
   return cell
 
 
-def test_notebook_runs_its_default_and_shows_star_learning(tmp_path):
+def test_the_notebooks_default_is_the_config_the_learning_test_checks():
+  source = cell_with(read_notebook(), "VARIANT = ").source
+  assert 'VARIANT = os.environ.get("STAR_VARIANT", "learn")' in source
+  learning = open(os.path.join(ROOT, "tests", "star", "test_learning.py")).read()
+  assert 'load_config("arithmetic", "learn")' in learning
+
+
+def test_notebook_runs_and_shows_the_runs_metrics_plot_and_rationales(tmp_path):
   nb = read_notebook()
   workdir = tmp_path / "run"
-  env = dict(os.environ, STAR_WORKDIR=str(workdir), JAX_PLATFORMS="cpu")
-  env.pop("STAR_VARIANT", None)
+  env = dict(os.environ, STAR_WORKDIR=str(workdir), JAX_PLATFORMS="cpu", STAR_VARIANT="smoke")
   # One CPU device is faster for this tiny model than conftest's 8 fake ones.
   env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
                               if not f.startswith("--xla_force_host_platform_device_count"))
@@ -59,14 +66,13 @@ def test_notebook_runs_its_default_and_shows_star_learning(tmp_path):
   assert "star_jax from " in install and "restart the kernel" not in install
 
   metrics = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
-  assert [m["iteration"] for m in metrics] == [0, 1, 2, 3]
-  assert metrics[-1]["eval_accuracy"] >= metrics[0]["eval_accuracy"] + 0.25  # what it promises
+  assert [m["iteration"] for m in metrics] == [0, 1, 2]
   run_log = stdout_of(cell_with(nb, "star.run(config, WORKDIR"))
-  assert "iter 3 | eval acc" in run_log and "orbax" not in run_log
+  assert "iter 2 | eval acc" in run_log and "orbax" not in run_log
   table = stdout_of(cell_with(nb, "COLUMNS = ["))
   assert "eval acc" in table and "kept" in table
   assert f"{metrics[-1]['eval_accuracy']:.3f}" in table
-  assert "iter |     2 |   all" in table  # report.difficulty_table
+  assert "iter |     1 |     2 |     3 |   all" in table  # report.difficulty_table
 
   (image,) = [o for o in cell_with(nb, "accuracy_by_digits.png").outputs
               if o.output_type == "display_data"]
@@ -75,9 +81,9 @@ def test_notebook_runs_its_default_and_shows_star_learning(tmp_path):
   assert png == (workdir / "accuracy_by_digits.png").read_bytes()
 
   shown = stdout_of(cell_with(nb, "kept.jsonl"))
-  kept = [json.loads(line) for line in open(workdir / "iter_003" / "kept.jsonl")]
+  kept = [json.loads(line) for line in open(workdir / "iter_002" / "kept.jsonl")]
   assert kept, "the run kept no rationales in its last iteration"
-  assert f"iteration 3: {len(kept)} kept rationales" in shown
+  assert f"iteration 2: {len(kept)} kept rationales" in shown
   for k in kept[:3]:
     assert f"--- {k['id']} ({k['source']})" in shown
     assert f"question:  {k['question']}" in shown
