@@ -56,7 +56,11 @@ def get_config(variant: str = ""):
   c.train.learning_rate = 1e-3
   c.train.warmup_steps = 20
   c.sample.batch_size = 256
-  if variant == "control":
+  if variant in ("both", "both_control"):
+    # A third of the rotary pairs also turn with the column from the line's start: the
+    # first step then copies the question line and reads its end at fixed offsets.
+    c.task_options.both_columns = True
+  if variant in ("control", "both_control"):
     c.star.curriculum_step = 0  # the same steps, on 1-5 digit questions only
     c.star.curriculum_start = SEED_LONGEST
   elif variant == "smoke":
@@ -76,6 +80,6 @@ def get_config(variant: str = ""):
     c.train.learning_rate = 3e-3
     c.sample.batch_size = 64
     c.checkpoint_every = 50
-  elif variant:
-    raise ValueError(f"unknown variant {variant!r} (known: control, smoke)")
+  elif variant and variant not in ("both", "both_control"):
+    raise ValueError(f"unknown variant {variant!r} (known: control, both, both_control, smoke)")
   return c

@@ -188,6 +188,9 @@ class ArithmeticTask(Task):
                                       "line above")
     position_jitter: int = key(0, "line_column: space lines and columns by random gaps in "
                                "training (0 = none)")
+    both_columns: bool = key(False, "line_column with right_aligned_columns: a third of the "
+                             "rotary frequencies also turn with the column from the line's "
+                             "start")
     shots: int = key(0, "0 = the two fixed exemplars before every query; k = k exemplars with "
                      "the query's number of digits (paper section 4.1), from the train partition")
     min_digits: int = key(1, "digits of the train problems' addends, from...")
@@ -211,7 +214,8 @@ class ArithmeticTask(Task):
       raise ConfigError(f"task_options.shots must be >= 0, got {o.shots}")
     self._k = int(o.shots)
     self._shots_by: dict[tuple[int, int, float], list[Example]] = {}
-    self._positions = (o.positions, bool(o.right_aligned_columns), int(o.position_jitter))
+    self._positions = (o.positions, bool(o.right_aligned_columns), int(o.position_jitter),
+                       bool(o.both_columns))
     self._shots = [self.make_example(a, b, f"arith-shot-{i}")
                    for i, (a, b) in enumerate(((38, 45), (706, 598)))]
 
@@ -251,10 +255,10 @@ class ArithmeticTask(Task):
             ][:self._k]
 
   def positions(self, tokenizer) -> LineColumnPositions | None:
-    kind, right_aligned, jitter = self._positions
+    kind, right_aligned, jitter, both = self._positions
     if kind == "sequence":
       return None
-    return LineColumnPositions(break_ids_of(tokenizer), right_aligned, jitter)
+    return LineColumnPositions(break_ids_of(tokenizer), right_aligned, jitter, both)
 
   def load(self, split: str, data: DataConfig) -> list[Example]:
     check_split(split)

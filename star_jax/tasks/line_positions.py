@@ -4,9 +4,12 @@ A token's position is the pair (line, column), lines ending after any of
 ``break_ids``; half the rotary frequencies turn with the line, half with the
 column. Text whose steps copy and shift the line above (the arithmetic
 scratchpad) then needs the same relative offsets whatever its length.
-``right_aligned`` counts columns from the end of the line above; ``jitter``
-spaces lines and columns by random gaps in training. The arithmetic task
-offers it (``task_options.positions="line_column"``).
+``right_aligned`` counts columns from the end of the line above; ``both_columns``
+adds the column counted from the line's start as a third coordinate of the
+rotary angles (a step that copies the digits at the start of the line above and
+one that reads its end then both see fixed offsets, whatever the lengths);
+``jitter`` spaces lines and columns by random gaps in training. The arithmetic
+task offers it (``task_options.positions="line_column"``).
 """
 
 from __future__ import annotations
@@ -20,31 +23,46 @@ import jax.numpy as jnp
 
 @dataclasses.dataclass(frozen=True)
 class LineColumnPositions:
-  """(line, column, index in line) positions; rotary angles from the line and the column."""
+  """(line, column, index in line[, column from the line's start]) positions; rotary angles
+  from the line and the column (and, with ``both_columns``, the column from the start)."""
 
   break_ids: tuple[int, ...]  # tokens that end a line
   right_aligned: bool = False
   # In training, consecutive lines and columns are jitter or jitter + 1 apart (random per
   # row); in sampling jitter + 0.5. 0: exactly 1 apart.
   jitter: int = 0
-  coords = 3
+  both_columns: bool = False
 
   def __post_init__(self):
     if not self.break_ids:
       raise ValueError("line_column positions need break_ids (the tokens that end a line)")
     if self.jitter < 0:
       raise ValueError(f"position jitter must be >= 0, got {self.jitter}")
+    if self.both_columns and not self.right_aligned:
+      raise ValueError("both_columns adds the column from the line's start to the right-aligned "
+                       "one: it needs right_aligned (alone, the start column is the plain one)")
     object.__setattr__(self, "break_ids", tuple(int(i) for i in self.break_ids))
+
+  @property
+  def coords(self) -> int:
+    return 4 if self.both_columns else 3
 
   def of_tokens(self, tokens_BxT, starts_BxT, key=None) -> jax.Array:
     """Positions of whole texts (the trainer's, with the step's ``key``; the prefill's)."""
     pos_BxTx3 = line_column(tokens_BxT, starts_BxT, self.break_ids, self.right_aligned)
+    if self.both_columns:  # the index in the line is the column from its start
+      pos_BxTx3 = jnp.concatenate([pos_BxTx3, pos_BxTx3[..., 2:]], axis=-1)
     return jitter(pos_BxTx3, self.jitter, key)
 
-  def advance(self, position_Bx3, token_B) -> jax.Array:
-    """The sampler's position of ``token_B``, fed right after the token at ``position_Bx3``."""
+  def advance(self, position_BxC, token_B) -> jax.Array:
+    """The sampler's position of ``token_B``, fed right after the token at ``position_BxC``."""
     step = self.jitter + 0.5 if self.jitter else 1
-    return advance(position_Bx3, token_B, self.break_ids, self.right_aligned, step)
+    new_Bx3 = advance(position_BxC[:, :3], token_B, self.break_ids, self.right_aligned, step)
+    if not self.both_columns:
+      return new_Bx3
+    brk_B = new_Bx3[:, 2] == 0
+    start_column_B = jnp.where(brk_B, 0, position_BxC[:, 3] + step)
+    return jnp.concatenate([new_Bx3, start_column_B[:, None].astype(new_Bx3.dtype)], axis=-1)
 
   def rotary_angles(self, positions_BxTx3, rope_dim: int, base: float) -> jax.Array:
     """The first half of the frequencies turn with the column, the second half with the
@@ -52,10 +70,13 @@ class LineColumnPositions:
     if rope_dim % 4:
       raise ValueError(f"line_column positions split the rotary dims in two halves of pairs: "
                        f"rotary_dim {rope_dim} must be a multiple of 4")
-    half = rope_dim // 4
-    ladder = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
-    inv_freq_R = jnp.concatenate([ladder, ladder])
-    coord_R = jnp.asarray([1] * half + [0] * half)  # column, then line
+    pairs = rope_dim // 2
+    groups = (1, 0) if not self.both_columns else (1, 3, 0)
+    sizes = [pairs // len(groups)] * len(groups)  # column(s), then line: the line takes
+    sizes[-1] += pairs - sum(sizes)  # any remainder
+    inv_freq_R = jnp.concatenate([base ** (-jnp.arange(n, dtype=jnp.float32) / n)
+                                  for n in sizes])
+    coord_R = jnp.asarray([c for c, n in zip(groups, sizes) for _ in range(n)])
     pos_BxTxR = jnp.take(positions_BxTx3, coord_R, axis=-1).astype(jnp.float32)
     return pos_BxTxR * inv_freq_R
 
@@ -116,15 +137,17 @@ def jitter(pos_BxTx3: jax.Array, gap: int, key: jax.Array | None = None) -> jax.
   if gap <= 0:
     return pos_BxTx3
   mean = gap + 0.5
+  axes = (0, 1) + tuple(range(3, pos_BxTx3.shape[-1]))  # every coordinate but the index
   if key is None:
-    return jnp.stack([pos_BxTx3[..., 0] * mean, pos_BxTx3[..., 1] * mean,
-                      pos_BxTx3[..., 2].astype(jnp.float32)], axis=-1)
+    scale_C = jnp.asarray([mean if c in axes else 1.0 for c in range(pos_BxTx3.shape[-1])])
+    return pos_BxTx3.astype(jnp.float32) * scale_C
   B, T = pos_BxTx3.shape[:2]
   out = []
-  for axis, k in zip((0, 1), jax.random.split(key)):
+  for axis, k in zip(axes, jax.random.split(key, len(axes))):
     gaps_BxW = jax.random.randint(k, (B, 2 * T), gap, gap + 2).astype(jnp.float32)
     cum_BxW = jnp.cumsum(gaps_BxW, axis=1) - gaps_BxW  # value of coordinate c at c + T
     v_BxT = jnp.take_along_axis(cum_BxW, jnp.clip(pos_BxTx3[..., axis] + T, 0, 2 * T - 1),
                                 axis=1)
     out.append(v_BxT - cum_BxW[:, T:T + 1])
-  return jnp.stack(out + [pos_BxTx3[..., 2].astype(jnp.float32)], axis=-1)
+  index_BxT = pos_BxTx3[..., 2].astype(jnp.float32)
+  return jnp.stack(out[:2] + [index_BxT] + out[2:], axis=-1)

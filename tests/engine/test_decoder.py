@@ -17,6 +17,8 @@ from star_jax.tasks.line_positions import LineColumnPositions
 LINES = dict(positions=LineColumnPositions(tuple(range(0, 256, 5))))
 JITTERED = dict(positions=LineColumnPositions(tuple(range(0, 256, 5)), right_aligned=True,
                                               jitter=2))
+BOTH = dict(positions=LineColumnPositions(tuple(range(0, 256, 5)), right_aligned=True, jitter=2,
+                                          both_columns=True))
 
 
 SCAN = dict(scan_layers=True)
@@ -24,9 +26,9 @@ SCAN = dict(scan_layers=True)
 
 @pytest.mark.parametrize("preset,overrides",
                          [("tiny", {}), ("tiny-gptj", {}), ("tiny", LINES), ("tiny", JITTERED),
-                          ("tiny", SCAN), ("tiny-gptj", SCAN)],
+                          ("tiny", BOTH), ("tiny", SCAN), ("tiny-gptj", SCAN)],
                          ids=["llama", "gptj", "line_column", "right_aligned_jittered",
-                              "llama_scan", "gptj_scan"])
+                              "both_columns_jittered", "llama_scan", "gptj_scan"])
 def test_cached_decode_matches_full_forward(preset, overrides, mesh1):
   cfg = get_preset(preset, **overrides)
   graphdef, params = params_lib.init_params(cfg, mesh1, seed=3)

@@ -76,6 +76,8 @@ def test_config_checks():
     LineColumnPositions((1,), jitter=-1)
   with pytest.raises(ValueError, match="multiple of 4"):
     LineColumnPositions((1,)).rotary_angles(jnp.zeros((1, 2, 3)), rope_dim=6, base=100.0)
+  with pytest.raises(ValueError, match="needs right_aligned"):
+    LineColumnPositions((1,), both_columns=True)
   with pytest.raises(ValueError, match="positions must be"):
     tasks.get_task("arithmetic", positions="grid")
 
@@ -121,3 +123,32 @@ def test_jitter_keeps_lines_and_columns_aligned():
   assert len({tuple(r[:, 1]) for r in got}) > 1  # each row draws its own gaps
   mean = np.asarray(positions.jitter(jnp.asarray(exact), 2))  # sampling: the mean gap
   np.testing.assert_allclose(mean[..., :2], exact[..., :2] * 2.5)
+
+
+def test_both_columns_add_the_column_from_the_lines_start():
+  """A fourth coordinate, the index in the line spaced like the columns: decoding one token at
+  a time gives the prefill's positions, and the rotary angles turn a third of the pairs with
+  it (next to the right-aligned column and the line)."""
+  scheme = LineColumnPositions((BREAK, 10), right_aligned=True, jitter=2, both_columns=True)
+  assert scheme.coords == 4
+  rng = np.random.default_rng(2)
+  toks = jnp.asarray(rng.integers(0, 12, (3, 24)))
+  starts = jnp.zeros((3, 24)).at[:, 0].set(1)
+  full = np.asarray(scheme.of_tokens(toks, starts))
+  three = np.asarray(positions.line_column(toks, starts, [BREAK, 10], right_aligned=True))
+  np.testing.assert_allclose(full[..., :2], three[..., :2] * 2.5)
+  np.testing.assert_array_equal(full[..., 2], three[..., 2])  # the bookkeeping index stays
+  np.testing.assert_allclose(full[..., 3], three[..., 2] * 2.5)
+  pos = jnp.asarray(full[:, 0])
+  for t in range(1, 24):
+    pos = scheme.advance(pos, toks[:, t])
+    np.testing.assert_allclose(np.asarray(pos), full[:, t])
+  trained = np.asarray(scheme.of_tokens(toks, starts, jax.random.key(3)))
+  for row, exact in zip(trained, three):  # jittered: equal start columns stay equal
+    for c in np.unique(exact[:, 2]):
+      assert len(set(row[exact[:, 2] == c, 3])) == 1
+  one = jnp.zeros((1, 1, 4))
+  for coord in range(4):
+    angles = np.asarray(scheme.rotary_angles(one.at[..., coord].set(1.0), 16, 100.0))[0, 0]
+    turning = np.nonzero(angles)[0].tolist()
+    assert turning == {1: [0, 1], 3: [2, 3], 0: [4, 5, 6, 7], 2: []}[coord]
