@@ -2,10 +2,10 @@
 greedy continuations (one prompt past the 512-token sliding window) and tokenizer encodings."""
 
 import importlib.util
-import os
 
 import pytest
 
+from helpers.reference import transformers_gguf
 from star_jax.engine.model_config import PRESETS
 from star_jax.hub import load_pretrained, resolve
 from star_jax.sampling import Sampler
@@ -33,11 +33,7 @@ def ours(mesh1):
 
 @pytest.fixture(scope="module")
 def reference():
-  directory, name = os.path.split(resolve("gemma3-270m"))
-  tok = transformers.AutoTokenizer.from_pretrained(directory, gguf_file=name)
-  model = transformers.AutoModelForCausalLM.from_pretrained(directory, gguf_file=name,
-                                                            dtype=torch.float32)
-  return tok, model.eval()
+  return transformers_gguf(resolve("gemma3-270m"))
 
 
 def test_config_is_the_published_architecture(ours):

