@@ -1,7 +1,10 @@
 """STaR past the seed's lengths (Lee et al. 2025, arXiv 2502.01612): addition beyond 5 digits.
 
   python -m star_jax.main --config=configs/arithmetic_extend.py --workdir=runs/arith_extend
-  python -m star_jax.main --config=configs/arithmetic_extend.py:control --workdir=runs/ext_ctl
+  # the control: the same M_0 and steps, on 1-5 digit questions only
+  python -m star_jax.main --config=configs/arithmetic_extend.py:control --workdir=runs/ext_ctl \
+      --config.model.checkpoint=runs/arith_extend/checkpoints/0 --config.pretrain.steps=0
+  python -m star_jax.main --config=configs/arithmetic_extend.py:right_aligned --workdir=runs/ext_r
   python -m star_jax.main --config=configs/arithmetic_extend.py:smoke --workdir=/tmp/ext_smoke
 
 The base model is the arithmetic default's decoder trained from scratch on gold scratchpads of
@@ -9,7 +12,9 @@ The base model is the arithmetic default's decoder trained from scratch on gold 
 the next length (`star.curriculum_start` = 6, `curriculum_step` = 1): iteration n draws
 questions of 1 to 5 + n digits, so the only scratchpads the model ever sees at 6 digits and
 beyond are its own kept ones. Held-out accuracy is reported per length, 1 to 12 digits. The
-`control` variant gets the same steps on 1-5 digit questions only (`curriculum_step` = 0).
+`control` variant gets the same steps on 1-5 digit questions only (`curriculum_step` = 0);
+`right_aligned` drops the columns from the line's start (`task_options.both_columns`), with
+which no length past the seed's opens.
 Measured results and what limits them: docs/arithmetic.md ("Past the seed's lengths").
 """
 
@@ -25,11 +30,13 @@ def get_config(variant: str = ""):
   c.tokenizer.pieces = [" " + d for d in "0123456789"] + [
       "Input:\n", "Target:\n", "Hint:", "<scratch>\n", "</scratch>\n", " + ", " , ", " C: ", "C: "]
   c.model.preset = "tiny"
-  # (line, column) rotary positions with columns counted from the end of the line above: a
-  # scratchpad step reads the line above at the same offset whatever the length, which is
-  # what lets a longer problem be done with the steps a shorter one taught.
+  # (line, column) rotary positions with two columns, one counted from the end of the line
+  # above and one from the line's own start (a third of the rotary pairs each): a scratchpad
+  # step reads the line above at fixed offsets whatever the length, the first step too,
+  # which is what lets a longer problem be done with the steps a shorter one taught.
   c.task_options = task_options("arithmetic", positions="line_column",
-                                 right_aligned_columns=True, position_jitter=2,
+                                 right_aligned_columns=True, both_columns=True,
+                                 position_jitter=2,
                                  min_digits=1, max_digits=LONGEST,
                                  eval_min_digits=1, eval_max_digits=LONGEST)
   c.model.overrides = model_overrides(d_model=128, num_layers=4, num_heads=4, num_kv_heads=4,
@@ -56,11 +63,9 @@ def get_config(variant: str = ""):
   c.train.learning_rate = 1e-3
   c.train.warmup_steps = 20
   c.sample.batch_size = 256
-  if variant in ("both", "both_control"):
-    # A third of the rotary pairs also turn with the column from the line's start: the
-    # first step then copies the question line and reads its end at fixed offsets.
-    c.task_options.both_columns = True
-  if variant in ("control", "both_control"):
+  if variant == "right_aligned":  # the columns from the line above's end only
+    c.task_options.both_columns = False
+  elif variant == "control":
     c.star.curriculum_step = 0  # the same steps, on 1-5 digit questions only
     c.star.curriculum_start = SEED_LONGEST
   elif variant == "smoke":
@@ -80,6 +85,6 @@ def get_config(variant: str = ""):
     c.train.learning_rate = 3e-3
     c.sample.batch_size = 64
     c.checkpoint_every = 50
-  elif variant and variant not in ("both", "both_control"):
-    raise ValueError(f"unknown variant {variant!r} (known: control, both, both_control, smoke)")
+  elif variant:
+    raise ValueError(f"unknown variant {variant!r} (known: control, right_aligned, smoke)")
   return c
