@@ -27,6 +27,7 @@ from star_jax.engine.trainer import BATCH_KEYS, Trainer
 from star_jax.runtime.compiling import memory_need, out_of_device_memory
 
 GIB = 2 ** 30
+REFUSED = "; the compiler refused it: out of device memory"  # a refused program's note
 
 
 @dataclasses.dataclass
@@ -173,7 +174,7 @@ def plan_train_step(graphdef: nnx.GraphDef, params: nnx.State, mesh: Mesh, optim
   sched = {k: jax.ShapeDtypeStruct((), np.float32) for k in optim.schedule_args()}
   what = f"train step ({shape[0]} micro-batches of {shape[1]} x {shape[2]} tokens)"
   exe, seconds, need = compile_program(jitted, (state, trainer.frozen, batch, sched), what, mesh)
-  refused = ("; the compiler refused it: out of device memory" if exe is None else "")
+  refused = REFUSED if exe is None else ""
   trained = state.params  # the masters of what trains (all, or the LoRA adapters)
   # One micro-batch's gradients, plus the float32 accumulator when there are several.
   grads = tree_bytes(trained) + (tree_bytes(trained, np.float32) if shape[0] > 1 else 0)

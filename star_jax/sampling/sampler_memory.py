@@ -12,7 +12,7 @@ import numpy as np
 from flax import nnx
 
 from star_jax.engine.kv_cache import init_cache
-from star_jax.engine.memory import (ProgramPlan, abstract_params, collective_bytes,
+from star_jax.engine.memory import (REFUSED, ProgramPlan, abstract_params, collective_bytes,
                                    compile_program, cost_of, tree_bytes)
 from star_jax.engine.params import abstract_like, shardings_of
 from star_jax.sampling.sampler import NEW_TOKENS_BUCKET, Sampler
@@ -56,8 +56,7 @@ def plan_sampler(sampler: Sampler, params: nnx.State, prompt_len: int, max_new_t
       program_cost = cost_of(exe)
     plans.append(ProgramPlan(what, seconds, need, parts,
                              "KV cache from its shape and sharding; activations = temporaries"
-                             + ("; the compiler refused it: out of device memory"
-                                if exe is None else ""),
+                             + (REFUSED if exe is None else ""),
                              collective_bytes(exe.as_text()) if exe is not None else {},
                              program_cost, unit))
   return plans

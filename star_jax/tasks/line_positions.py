@@ -65,10 +65,11 @@ class LineColumnPositions:
     return jnp.concatenate([new_Bx3, start_column_B[:, None].astype(new_Bx3.dtype)], axis=-1)
 
   def rotary_angles(self, positions_BxTx3, rope_dim: int, base: float) -> jax.Array:
-    """The first half of the frequencies turn with the column, the second half with the
-    line, each half its own geometric ladder from 1 rad per step."""
+    """The rotary pairs split into groups, each its own geometric ladder from 1 rad per step:
+    the column and the line (halves), or with ``both_columns`` the column, the column from
+    the line's start and the line (thirds, the line taking any remainder)."""
     if rope_dim % 4:
-      raise ValueError(f"line_column positions split the rotary dims in two halves of pairs: "
+      raise ValueError(f"line_column positions split the rotary dims in groups of pairs: "
                        f"rotary_dim {rope_dim} must be a multiple of 4")
     pairs = rope_dim // 2
     groups = (1, 0) if not self.both_columns else (1, 3, 0)
