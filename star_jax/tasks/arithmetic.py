@@ -14,7 +14,9 @@ Text format for 29 + 57 (the prompt ends after "Target:\\n"):
   8 6
   <blank line>
 
-Digits are separated by spaces so every digit is its own token. Each scratch
+Digits are separated by spaces so every digit is its own token (``digit_spaces=False``
+writes them together, "29 + 57", for tokenizers that already split every digit: SmolLM2,
+Llama 3, Qwen; the same steps in about two thirds of the tokens). Each scratch
 line is one step: the digits still to add, then (after ",") the sum digits so
 far and the carry. The first line is the problem with carry 0; the last scratch
 line is the final carry followed by the digits; the line after </scratch> is
@@ -45,14 +47,16 @@ from star_jax.tasks.line_positions import LineColumnPositions, break_ids_of
 
 _SCRATCH_OPEN, _SCRATCH_CLOSE = "<scratch>", "</scratch>"
 _DIGITS_LINE_RE = re.compile(r"[0-9](?: ?[0-9])*")
+_DIGIT_SPACE_RE = re.compile(r"(?<=[0-9]) (?=[0-9])")
 
 
 def spaced(digits: int | str) -> str:
   return " ".join(str(digits))
 
 
-def scratchpad_lines(a: int, b: int) -> list[str]:
-  """The true scratchpad of a + b, one string per step (no tags)."""
+def scratchpad_lines(a: int, b: int, sums: bool = False) -> list[str]:
+  """The true scratchpad of a + b, one string per step (no tags). ``sums``: before each
+  digit's line, the digit sum it adds as a line of its own ("9 + 7 + 0 = 16")."""
   if a < 0 or b < 0:
     raise ValueError(f"only non-negative addends are supported, got {a} + {b}")
   rest_a, rest_b = str(a), str(b)
@@ -61,6 +65,8 @@ def scratchpad_lines(a: int, b: int) -> list[str]:
   while rest_a or rest_b:
     x = int(rest_a[-1]) if rest_a else 0
     y = int(rest_b[-1]) if rest_b else 0
+    if sums:
+      lines.append(f"{x} + {y} + {carry} = {spaced(x + y + carry)}")
     carry, digit = divmod(x + y + carry, 10)
     out = str(digit) + out
     rest_a, rest_b = rest_a[:-1], rest_b[:-1]
@@ -68,6 +74,12 @@ def scratchpad_lines(a: int, b: int) -> list[str]:
     lines.append(f"{todo} , {spaced(out)} C: {carry}".lstrip())
   lines.append(spaced(f"{carry}{out}"))
   return lines
+
+
+def compact(text: str) -> str:
+  """``text`` with the spaces between digits removed: "0 8 6" -> "086", "2 9 + 5 7 , C: 0" ->
+  "29 + 57 , C: 0" (no two numbers of a scratch line are separated by a space alone)."""
+  return _DIGIT_SPACE_RE.sub("", text)
 
 
 def scratchpad(a: int, b: int) -> str:
@@ -188,6 +200,12 @@ class ArithmeticTask(Task):
                                       "line above")
     position_jitter: int = key(0, "line_column: space lines and columns by random gaps in "
                                "training (0 = none)")
+    digit_spaces: bool = key(True, "False: digits written together (\"29 + 57\", not \"2 9 + 5 "
+                             "7\"), for tokenizers that split every digit already (SmolLM2, "
+                             "Llama 3): the same steps in fewer tokens")
+    sum_lines: bool = key(False, "each scratch step first writes the digit sum it adds as a "
+                          "line of its own (\"9 + 7 + 0 = 16\"): the operands next to the "
+                          "sum, as pre-training text has them")
     both_columns: bool = key(False, "line_column with right_aligned_columns: a third of the "
                              "rotary frequencies also turn with the column from the line's "
                              "start")
@@ -216,6 +234,11 @@ class ArithmeticTask(Task):
     self._shots_by: dict[tuple[int, int, float], list[Example]] = {}
     self._positions = (o.positions, bool(o.right_aligned_columns), int(o.position_jitter),
                        bool(o.both_columns))
+    self._fmt = (lambda text: text) if o.digit_spaces else compact
+    self._sums = bool(o.sum_lines)
+    if not o.digit_spaces and o.positions != "sequence":
+      raise ConfigError("task_options.digit_spaces=False needs positions='sequence': the "
+                        "line_column positions count one token per digit and space")
     self._shots = [self.make_example(a, b, f"arith-shot-{i}")
                    for i, (a, b) in enumerate(((38, 45), (706, 598)))]
 
@@ -277,8 +300,8 @@ class ArithmeticTask(Task):
             for i, (a, b) in enumerate(pairs)]
 
   def _query(self, ex: Example, hint: bool) -> str:
-    problem = f"{spaced(ex.meta['a'])} + {spaced(ex.meta['b'])}"
-    hint_line = f"Hint: {spaced(ex.answer)}\n" if hint else ""
+    problem = self._fmt(f"{spaced(ex.meta['a'])} + {spaced(ex.meta['b'])}")
+    hint_line = f"Hint: {self._fmt(spaced(ex.answer))}\n" if hint else ""
     return f"Input:\n{problem}\n{hint_line}Target:\n"
 
   def prompt(self, ex: Example, hint: bool = False, few_shot: bool = True) -> str:
@@ -290,13 +313,19 @@ class ArithmeticTask(Task):
     if not isinstance(ex, Example):
       raise TypeError(f"completion(rationale, ex) takes the Example, got {type(ex).__name__}")
     rationale = rationale.strip("\n")
-    answer = spaced(ex.answer) + self.end_marker
+    answer = self._fmt(spaced(ex.answer)) + self.end_marker
     if not rationale.strip():
       return answer  # direct format
     return f"{_SCRATCH_OPEN}\n{rationale}\n{_SCRATCH_CLOSE}\n{answer}"
 
+  def true_lines(self, ex: Example) -> list[str]:
+    """The true scratch lines of ``ex`` in this task's format (digit spaces, sum lines)."""
+    lines = (scratchpad_lines(ex.meta["a"], ex.meta["b"], sums=True) if self._sums
+             else ex.meta["scratchpad"])
+    return [self._fmt(line) for line in lines]
+
   def gold_rationale(self, ex: Example) -> str:
-    return "\n".join(ex.meta["scratchpad"])
+    return "\n".join(self.true_lines(ex))
 
   def difficulty(self, ex: Example) -> int:
     return ex.meta["digits"]
@@ -334,7 +363,7 @@ class ArithmeticTask(Task):
     return int(lines[-1].replace(" ", "")) == int(ex.answer)
 
   def step_correct(self, rationale: str, ex: Example) -> list[bool]:
-    return step_correct(rationale, ex, self.end_marker)
+    return step_correct(rationale, ex, self.end_marker, self.true_lines(ex))
 
   def path_key(self, rationale: str) -> str:
     """The sequence of scratch lines, each with its spacing collapsed."""
@@ -359,11 +388,13 @@ def scratch_lines(generated: str, end_marker: str = "\n\n") -> list[str]:
   return [l.strip() for l in body.split("\n")] if body.strip() else []
 
 
-def step_correct(generated: str, ex: Example, end_marker: str = "\n\n") -> list[bool]:
+def step_correct(generated: str, ex: Example, end_marker: str = "\n\n",
+                 true: list[str] | None = None) -> list[bool]:
   """Per step: does the generated scratch line equal the true one? Missing and
   extra lines count as wrong steps. `generated` is a full generation (with tags)
-  or a bare rationale as returned by `split_rationale`."""
+  or a bare rationale as returned by `split_rationale`; ``true``: the true lines in the task's
+  format (default: the paper's, ``meta['scratchpad']``)."""
   got = scratch_lines(generated, end_marker)
-  true = list(ex.meta["scratchpad"])
+  true = list(ex.meta["scratchpad"]) if true is None else true
   return [i < len(got) and i < len(true) and got[i] == true[i]
           for i in range(max(len(got), len(true)))]

@@ -4,6 +4,7 @@ import collections
 import dataclasses
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -16,8 +17,8 @@ from star_jax.runtime.errors import ConfigError
 from star_jax.star import finetune as ft
 
 def test_arithmetic_smollm2_smoke(tmp_path):
-  # configs/arithmetic_smollm2.py with a random tiny model: M_0 reads exemplars of the
-  # query's length, M_n the bare problem; every length is scored every iteration.
+  # configs/arithmetic_smollm2.py with a random tiny model: M_0 warm-started on a seed of
+  # gold scratchpads (digits written together), then STaR on the bare problems of D.
   config = load_config("arithmetic_smollm2")
   workdir = str(tmp_path / "run")
   star.run(config, workdir)
@@ -26,10 +27,10 @@ def test_arithmetic_smollm2_smoke(tmp_path):
   metrics, kept = check_artifacts(workdir, config, n_eval, ["Hint"])
   for m in metrics:
     assert sorted(m["accuracy_by_digits"]) == ["1", "2"]
-  # The pretrained tiny M_0, prompted with its exemplar, keeps rationales and trains on them
-  # (measured: 7 of 32; later iterations read bare problems and may keep none).
-  assert metrics[0]["pretrain_steps"] > 0
+  assert metrics[0]["pretrain_steps"] > 0 and metrics[0]["pretrain_examples"] == 160
   assert metrics[1]["kept"] > 0 and metrics[1]["train_steps"] > 0 and kept
+  # What was kept and trained on is in the compact format: no spaced digits anywhere.
+  assert not any(re.search(r"[0-9] [0-9]", k["rationale"] + k["answer"]) for k in kept)
 
 
 def test_arithmetic_extend_smoke_opens_a_length_each_iteration(tmp_path):

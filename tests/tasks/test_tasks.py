@@ -382,6 +382,44 @@ def test_arithmetic_prompt_hint_and_extraction():
   assert task.is_correct("086", ex)
 
 
+def test_arithmetic_without_digit_spaces_is_the_same_task_in_fewer_characters():
+  task = tasks.get_task("arithmetic", digit_spaces=False)
+  ex = task.make_example(457, 68, "a")
+  assert task.prompt(ex, hint=True, few_shot=False) == "Input:\n457 + 68\nHint: 525\nTarget:\n"
+  gold = task.completion(task.gold_rationale(ex), ex)
+  assert gold == ("<scratch>\n457 + 68 , C: 0\n45 + 6 , 5 C: 1\n4 + , 25 C: 1\n, 525 C: 0\n"
+                  "0525\n</scratch>\n525\n\n")
+  assert task.extract_answer(gold) == "525" and task.is_correct("525", ex)
+  rationale = task.split_rationale(gold)
+  assert task.rationale_supports(rationale, ex)
+  assert task.step_correct(rationale, ex) == [True] * 5
+  # A spaced line is a different text from the one this format trains: a wrong step.
+  spaced = task.gold_rationale(ex).replace("45 + 6 , 5", "4 5 + 6 , 5")
+  assert task.step_correct(spaced, ex) == [True, False, True, True, True]
+  assert len(task.prompt(ex, few_shot=True)) < len(tasks.get_task("arithmetic").prompt(ex))
+  with pytest.raises(ConfigError, match="digit_spaces=False needs positions='sequence'"):
+    tasks.get_task("arithmetic", digit_spaces=False, positions="line_column")
+
+
+def test_arithmetic_sum_lines_write_each_digit_sum_next_to_its_operands():
+  assert arithmetic.scratchpad_lines(29, 57, sums=True) == [
+      "2 9 + 5 7 , C: 0", "9 + 7 + 0 = 1 6", "2 + 5 , 6 C: 1", "2 + 5 + 1 = 8", ", 8 6 C: 0",
+      "0 8 6"]
+  task = tasks.get_task("arithmetic", digit_spaces=False, sum_lines=True)
+  ex = task.make_example(999, 1, "a")
+  gold = task.completion(task.gold_rationale(ex), ex)
+  assert gold == ("<scratch>\n999 + 1 , C: 0\n9 + 1 + 0 = 10\n99 + , 0 C: 1\n9 + 0 + 1 = 10\n"
+                  "9 + , 00 C: 1\n9 + 0 + 1 = 10\n, 000 C: 1\n1000\n</scratch>\n1000\n\n")
+  assert task.extract_answer(gold) == "1000"
+  rationale = task.split_rationale(gold)
+  assert task.rationale_supports(rationale, ex) and task.step_accuracy(gold, ex) == 1.0
+  wrong = rationale.replace("9 + 0 + 1 = 10\n9 +", "9 + 0 + 1 = 11\n9 +")
+  assert task.step_correct(wrong, ex) == [True, True, True, False, True, True, True, True]
+  # The paper's lines are not this format's: a scratchpad without the sums is mostly wrong.
+  paper = tasks.get_task("arithmetic", digit_spaces=False).gold_rationale(ex)
+  assert task.step_accuracy(paper, ex) < 0.5
+
+
 def test_step_accuracy():
   task = tasks.get_task("arithmetic")
   ex = task.make_example(457, 68, "a")
