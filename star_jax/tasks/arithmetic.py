@@ -14,10 +14,9 @@ Text format for 29 + 57 (the prompt ends after "Target:\\n"):
   8 6
   <blank line>
 
-Digits are separated by spaces so every digit is its own token (``digit_spaces=False``
-writes them together, "29 + 57", for tokenizers that already split every digit: SmolLM2,
-Llama 3, Qwen; the same steps in about two thirds of the tokens; ``sum_lines=True`` puts each
-step's digit sum, "9 + 7 + 0 = 16", on a line of its own before the step). Each scratch
+Digits are separated by spaces so every digit is its own token (``digit_spaces=False``:
+"29 + 57", for tokenizers that split digits already; ``sum_lines=True``: each step's digit
+sum, "9 + 7 + 0 = 16", on a line of its own before the step). Each scratch
 line is one step: the digits still to add, then (after ",") the sum digits so
 far and the carry. The first line is the problem with carry 0; the last scratch
 line is the final carry followed by the digits; the line after </scratch> is
