@@ -99,6 +99,8 @@ class PretrainConfig:
                      choices=("rationale", "answer"))
   hint_fraction: float = key(0.0, "share of P shown with the hint, so a from-scratch model "
                                   "learns to read one")
+  learning_rate: float = key(0.0, "the warm start's rate (0 = train.learning_rate): learning P "
+                                  "may want a higher one than self-training on D")
 
 
 @dataclasses.dataclass(frozen=True)

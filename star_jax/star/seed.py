@@ -8,6 +8,7 @@ M_0: a run's saved iteration 0 when the workdir has one, else built as the confi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -51,11 +52,14 @@ def warm_start(config: Config, exp: Experiment, workdir: epath.PathLike, on_step
   weights, since every iteration's fine-tune may start from it.
   """
   steps = config.pretrain.steps
+  train_cfg = config.train
+  if config.pretrain.learning_rate > 0:
+    train_cfg = dataclasses.replace(train_cfg, learning_rate=config.pretrain.learning_rate)
   examples = seed_examples(config, exp)
   logging.info("pretraining M_0 on the seed set: %d examples, %d steps", len(examples), steps)
   t0 = time.time()
-  params, stats = ft.finetune(ft.make_trainer(exp, config.train, steps), exp.params, examples,
-                              config.train, steps, seed=config.seed, desc="pretrain",
+  params, stats = ft.finetune(ft.make_trainer(exp, train_cfg, steps), exp.params, examples,
+                              train_cfg, steps, seed=config.seed, desc="pretrain",
                               ckpt_dir=epath.Path(workdir) / "pretrain_ckpt",
                               checkpoint_every=config.checkpoint_every,
                               async_save=config.checkpoint_async, on_step=on_step,

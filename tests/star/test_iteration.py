@@ -17,7 +17,7 @@ import pytest
 from helpers.scripted import CharTokenizer, ScriptedSampler, experiment
 from star_jax import config as config_lib, tasks
 from star_jax.data import DataConfig
-from star_jax.star import finetune as ft
+from star_jax.star import finetune as ft, seed
 from star_jax.star.iteration import Star
 from star_jax.star.methods import Direct, SeedOnly
 from star_jax.star.record import iteration_record
@@ -302,3 +302,25 @@ def test_a_curriculum_opens_the_next_lengths_each_iteration_and_trains_on_nothin
     Star(config(curriculum_start=1), experiment(task, [ex for ex in train
                                                       if task.difficulty(ex) > 1], evals),
          sampler, tmp_path / "e").question_pool(1)
+
+
+@pytest.mark.parametrize("pretrain_rate, expected", [(0.0, 1e-6), (3e-4, 3e-4)])
+def test_the_warm_start_runs_at_its_own_rate(monkeypatch, tmp_path, pretrain_rate, expected):
+  # pretrain.learning_rate: P's warm start at its own rate (0: train.learning_rate, the
+  # paper's 1e-6 here); STaR's fine-tunes keep train.learning_rate.
+  rates = []
+
+  def finetune(trainer, params, examples, train_cfg, steps, seed, **kw):
+    rates.append(train_cfg.learning_rate)
+    return TRAINED, ft.FinetuneStats(steps, len(examples), 0, 1, 0.5, 0.5, 0.0)
+  monkeypatch.setattr(ft, "make_trainer", lambda exp, train_cfg, steps: rates.append(
+      train_cfg.learning_rate))
+  monkeypatch.setattr(ft, "finetune", finetune)
+  monkeypatch.setattr(seed.lora, "has_adapters", lambda params: False)  # a one-leaf stand-in
+  cfg = config()
+  cfg = dataclasses.replace(cfg, pretrain=dataclasses.replace(
+      cfg.pretrain, steps=5, learning_rate=pretrain_rate))
+  params, record = seed.warm_start(cfg, experiment(TASK, TASK.load("train", DataConfig(
+      max_train=20))), tmp_path)
+  assert rates == [expected, expected] and cfg.train.learning_rate == 1e-6
+  assert params is TRAINED and record["pretrain_steps"] == 5
