@@ -101,6 +101,8 @@ class PretrainConfig:
                                   "learns to read one")
   learning_rate: float = key(0.0, "the warm start's rate (0 = train.learning_rate): learning P "
                                   "may want a higher one than self-training on D")
+  disjoint: bool = key(False, "D (the questions STaR samples) leaves out P's questions, so "
+                              "a seed of official solutions and D's answers never overlap")
 
 
 @dataclasses.dataclass(frozen=True)

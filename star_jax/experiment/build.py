@@ -15,7 +15,7 @@ from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 
-from star_jax.config import Config, TokenizerConfig
+from star_jax.config import Config, TokenizerConfig, seed_data
 from star_jax.data import source_paths
 from star_jax.engine import lora, model_config, params as params_lib, sharding
 from star_jax.engine.precision import as_masters, cast_leaves, dtype_names
@@ -111,10 +111,24 @@ def check(config: Config) -> None:
     raise MissingFileError(f"tokenizer.path {config.tokenizer.path!r} does not exist")
 
 
+def without_seed_set(config: Config, task: Task, train_set: list[Example]) -> list[Example]:
+  """D without the seed set P's questions (``pretrain.disjoint``): P is the train problems
+  ``pretrain.data`` and ``pretrain.task_options`` choose."""
+  opts = config.pretrain.task_options
+  seed_task = task.with_options(**opts) if opts else task
+  seen = {ex.question for ex in seed_task.load("train", seed_data(config))}
+  kept = [ex for ex in train_set if ex.question not in seen]
+  logging.info("D leaves out the seed set's questions: %d of %d train questions remain",
+               len(kept), len(train_set))
+  return kept
+
+
 def build(config: Config, workdir: epath.PathLike) -> Experiment:
   task = make_task(config)
   train_set = task.load("train", config.data)
   eval_set = task.load("eval", config.data)
+  if config.pretrain.disjoint and config.pretrain.steps > 0:
+    train_set = without_seed_set(config, task, train_set)
   if not train_set:
     raise ConfigError(f"task {config.task!r} has an empty train set (data: {config.data})")
   if not eval_set:

@@ -202,6 +202,12 @@ class Gsm8kTask(Task):
   def exemplars(self) -> list[Example]:
     return list(self._shots)
 
+  def gold_rationale(self, ex: Example) -> str | None:
+    """The official worked solution in rationale form (a seed set P's text), where the
+    example carries one (train and held-out examples do; the exemplars carry their own)."""
+    solution = ex.meta.get("solution")
+    return solution_rationale(solution) if solution else ex.meta.get("rationale")
+
   def load(self, split: str, data: DataConfig) -> list[Example]:
     check_split(split)
     examples = []
