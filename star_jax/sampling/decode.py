@@ -34,6 +34,7 @@ class DecodeState(NamedTuple):
   logprobs_BxN: jax.Array
   lengths_B: jax.Array
   keys_B: jax.Array  # per-row PRNG keys
+  temperature: jax.Array  # a runtime value: one compiled loop serves every T > 0
 
 
 def record(state: DecodeState, logits_BxV, sp: SamplingParams, end_ids: tuple[int, ...],
@@ -44,7 +45,7 @@ def record(state: DecodeState, logits_BxV, sp: SamplingParams, end_ids: tuple[in
   ``stop_seqs`` (multi-token stop sequences, matched on the device so a batch
   exits as soon as its last row stops, with no host round trip).
   """
-  tok_B = pick_tokens(logits_BxV, state.keys_B, state.step, sp)
+  tok_B = pick_tokens(logits_BxV, state.keys_B, state.step, sp, state.temperature)
   tok_B = jnp.where(state.done_B, pad_id, tok_B)
   logp_B = jnp.where(state.done_B, 0.0, logprob(logits_BxV, tok_B))
   tokens_BxN = jax.lax.dynamic_update_slice(state.tokens_BxN, tok_B[:, None], (0, state.step))
@@ -81,7 +82,8 @@ def prefill_prefix(graphdef, params, prefix_1xL: jax.Array) -> Cache:
 
 
 def prefill(graphdef, params, prefix_cache: Cache | None, prompt_QxP,
-            prompt_mask_QxP, prompt_idx_B, sample_idx_B, seed, cache_len: int, max_new: int,
+            prompt_mask_QxP, prompt_idx_B, sample_idx_B, seed, temperature, cache_len: int,
+            max_new: int,
             sp: SamplingParams, end_ids: tuple[int, ...], pad_id: int,
             stop_seqs: tuple[tuple[int, ...], ...] = (), samples: int = 1) -> DecodeState:
   """Runs Q left-padded prompts through the model and samples token 0 of B = Q * samples rows.
@@ -126,7 +128,8 @@ def prefill(graphdef, params, prefix_cache: Cache | None, prompt_QxP,
       step=jnp.asarray(0, jnp.int32), done_B=jnp.zeros((B,), bool),
       tokens_BxN=jnp.zeros((B, max_new), jnp.int32),
       logprobs_BxN=jnp.zeros((B, max_new), jnp.float32),
-      lengths_B=jnp.zeros((B,), jnp.int32), keys_B=keys_B)
+      lengths_B=jnp.zeros((B,), jnp.int32), keys_B=keys_B,
+      temperature=jnp.asarray(temperature, jnp.float32))
   return record(state, logits_QxV, sp, end_ids, pad_id, stop_seqs)
 
 
@@ -152,7 +155,7 @@ def compact(state: DecodeState, rows_C: jax.Array, live_C: jax.Array) -> DecodeS
   false only fill the batch up to C: they are marked done."""
   take = lambda x: jnp.take(x, rows_C, axis=0)
   rows = {f: take(getattr(state, f)) for f in DecodeState._fields
-          if f not in ("cache", "slot", "step")}
+          if f not in ("cache", "slot", "step", "temperature")}
   rows["done_B"] = rows["done_B"] | ~live_C
   cache = map_cache(take, state.cache)
   return state._replace(cache=cache, **rows)

@@ -112,7 +112,7 @@ class Sampler:
         slot=rep, step=rep,
         done_B=self._batch_sharding((B,)), tokens_BxN=self._batch_sharding((B, N)),
         logprobs_BxN=self._batch_sharding((B, N)), lengths_B=self._batch_sharding((B,)),
-        keys_B=self._batch_sharding((B,)))
+        keys_B=self._batch_sharding((B,)), temperature=rep)
 
   def _prefix_sharding(self, L: int) -> Cache:
     return cache_shardings(self.cfg, self.mesh, 1, L, self.rules)
@@ -148,7 +148,7 @@ class Sampler:
                                        samples=samples, **self._static(sp))),
         in_shardings=(p_shard, self._prefix_sharding(prefix) if prefix else None,
                       self._batch_sharding((Q, prompt_len)), self._batch_sharding((Q, prompt_len)),
-                      self._batch_sharding((B,)), self._batch_sharding((B,)), rep),
+                      self._batch_sharding((B,)), self._batch_sharding((B,)), rep, rep),
         out_shardings=self.state_shardings(B, S, N))
     return pre, self._jitted_decode(p_shard, B, S, N, sp)
 
@@ -164,6 +164,7 @@ class Sampler:
   def _compiled(self, params, Q: int, samples: int, prefix: int, prompt_len: int, S: int, N: int,
                 sp: SamplingParams):
     """The prefill of Q prompts x ``samples`` rows after a ``prefix``."""
+    sp = sp.compiled_part()
     p_shard = shardings_of(params)
     key = (self.graphdef, self.mesh, self.layout, self.end_ids, self.stop_seqs, self.pad_id, Q,
            samples, prefix, prompt_len, S, N, sp, sharding.tree_key(p_shard))
@@ -176,6 +177,7 @@ class Sampler:
 
   def _decoder(self, params, B: int, S: int, N: int, sp: SamplingParams):
     """The decode loop of B rows over S cache slots, N new tokens at most."""
+    sp = sp.compiled_part()
     p_shard = shardings_of(params)
     key = ("decode", self.graphdef, self.mesh, self.layout, self.end_ids, self.stop_seqs,
            self.pad_id, B, S, N, sp, sharding.tree_key(p_shard))
@@ -288,7 +290,8 @@ class Sampler:
     put = lambda x: jax.device_put(x, self._batch_sharding(x.shape))  # host data -> global array
     state = pre(params, prefix_cache, put(layout.prompt_QxP), put(layout.mask_QxP),
                 put(layout.prompt_idx_B), put(layout.sample_idx_B),
-                jax.device_put(np.int32(seed), sharding.replicated(self.mesh)))
+                jax.device_put(np.int32(seed), sharding.replicated(self.mesh)),
+                jax.device_put(np.float32(sp.temperature), sharding.replicated(self.mesh)))
     out.prefill_tokens += layout.prompt_QxP.size
     rows, steps, row_steps = self._decode_until_stopped(params, state, real * n, max_new_tokens,
                                                         S, N, sp, stop_strings, decode_fn)

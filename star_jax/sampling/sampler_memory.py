@@ -76,12 +76,13 @@ def _compile(sampler: Sampler, params: nnx.State, prompt_len: int, max_new_token
   B, S = Q * samples, P + N
   # The parameters where the sampler puts them for a call (resharded for layout "tensor").
   params = abstract_like(params, sampler.param_shardings(params))
-  pre, dec = sampler.jitted(shardings_of(params), Q, samples, 0, P, S, N, sp)
+  pre, dec = sampler.jitted(shardings_of(params), Q, samples, 0, P, S, N, sp.compiled_part())
 
   def i32(*shape):  # the jits carry the shardings
     return jax.ShapeDtypeStruct(shape, np.int32)
 
-  pre_args = (params, None, i32(Q, P), i32(Q, P), i32(B), i32(B), i32())
+  pre_args = (params, None, i32(Q, P), i32(Q, P), i32(B), i32(B), i32(),
+              jax.ShapeDtypeStruct((), np.float32))
   with jax.set_mesh(sampler.mesh):
     state = jax.eval_shape(pre, *pre_args)
   shape = f"{Q} prompts x {samples} of {P} tokens, {N} new: cache {B} x {S}"

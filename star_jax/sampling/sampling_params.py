@@ -28,14 +28,21 @@ class SamplingParams:
   def greedy(self) -> bool:
     return self.temperature == 0
 
+  def compiled_part(self) -> "SamplingParams":
+    """What the sampler compiles in: greedy or not, top-k and top-p. The temperature of a
+    sampled call is a runtime value, so one compiled sampler serves every T > 0 (B-STaR's
+    probe sweeps several)."""
+    return self if self.greedy else dataclasses.replace(self, temperature=1.0)
+
 
 def pick_tokens(logits_BxV: jax.Array, keys_B: jax.Array, step: jax.Array,
-                sp: SamplingParams) -> jax.Array:
-  """Greedy, temperature, top-k and top-p selection, one key per row."""
+                sp: SamplingParams, temperature: jax.Array | float | None = None) -> jax.Array:
+  """Greedy, temperature, top-k and top-p selection, one key per row. ``sp`` says which;
+  ``temperature`` (a runtime value; None: ``sp.temperature``) divides the logits."""
   if sp.greedy:
     return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
   step_keys_B = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_B, step)
-  logits_BxV = logits_BxV / sp.temperature
+  logits_BxV = logits_BxV / (sp.temperature if temperature is None else temperature)
   if sp.top_k == 0 and sp.top_p == 1.0:
     return jax.vmap(jax.random.categorical)(step_keys_B, logits_BxV).astype(jnp.int32)
   k = sp.top_k or logits_BxV.shape[-1]

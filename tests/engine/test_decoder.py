@@ -45,7 +45,7 @@ def test_cached_decode_matches_full_forward(preset, overrides, mesh1):
   jit_prefill = jax.jit(prefill, static_argnums=0,
                         static_argnames=("cache_len", "max_new", "sp", "end_ids", "pad_id"))
   step = jax.jit(lambda p, st: decode_step(params_lib.merge(graphdef, p), st))
-  state = jit_prefill(graphdef, params, None, prompt_BxP, mask_BxP, idx, idx, 0,
+  state = jit_prefill(graphdef, params, None, prompt_BxP, mask_BxP, idx, idx, 0, 0.0,
                       cache_len=Pn + 8, max_new=8, sp=SamplingParams(), end_ids=(), pad_id=0)
   cached = []
   for t in range(forced.shape[1]):

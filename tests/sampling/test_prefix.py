@@ -33,7 +33,7 @@ def test_decode_after_a_prefix_cache_matches_the_full_forward(preset, mesh1):
                                                          jnp.asarray([PREFIX]))
   jit_prefill = jax.jit(prefill, static_argnums=0,
                         static_argnames=("cache_len", "max_new", "sp", "end_ids", "pad_id"))
-  state = jit_prefill(graphdef, params, prefix_cache, prompt_QxP, mask_QxP, idx, idx, 0,
+  state = jit_prefill(graphdef, params, prefix_cache, prompt_QxP, mask_QxP, idx, idx, 0, 0.0,
                       cache_len=len(PREFIX) + P + 8, max_new=8, sp=SamplingParams(), end_ids=(),
                       pad_id=0)
   step = jax.jit(lambda p, st: decode_step(params_lib.merge(graphdef, p), st))

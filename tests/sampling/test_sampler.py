@@ -33,6 +33,22 @@ def test_same_seed_same_samples_different_seed_different(setup):
   assert (a.tokens[:, 0] != a.tokens[:, 1]).any()  # the n samples of a prompt differ too
 
 
+def test_one_compile_serves_every_temperature(setup):
+  # The temperature is a runtime value (B-STaR's probe sweeps several): a new T compiles
+  # nothing, and each T is applied (a tiny one is greedy, a cold one differs from a hot one).
+  from star_jax.sampling import sampler as sampler_lib
+  cfg, graphdef, params, mesh = setup
+  sampler = Sampler(cfg, graphdef, mesh, batch_size=4)
+  hot = sampler.sample(params, PROMPTS, 12, SamplingParams(temperature=2.0), seed=5)
+  compiled = len(sampler_lib._FNS)
+  cold = sampler.sample(params, PROMPTS, 12, SamplingParams(temperature=1e-4), seed=5)
+  warm = sampler.sample(params, PROMPTS, 12, SamplingParams(temperature=0.7), seed=5)
+  assert len(sampler_lib._FNS) == compiled
+  greedy = sampler.sample(params, PROMPTS, 12)
+  np.testing.assert_array_equal(cold.tokens, greedy.tokens)
+  assert (hot.tokens != cold.tokens).any() and (warm.tokens != hot.tokens).any()
+
+
 def test_samples_do_not_depend_on_batch_size(setup):
   cfg, graphdef, params, mesh = setup
   hot = SamplingParams(temperature=1.0)
