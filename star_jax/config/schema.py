@@ -88,6 +88,10 @@ class StarConfig:
                                                        "temperatures, scored on the probe")
   bstar_n0: int = key(4, "bstar: distinct correct paths per question that count as full "
                          "exploration (the balance score's n0)")
+  bstar_thresholds: tuple = key((), "bstar: candidate keep thresholds on a sample's mean "
+                                   "token log-probability (the model's own confidence, in place "
+                                   "of the paper's reward score), scored with every temperature "
+                                   "next to no threshold; () = the answer check alone")
 
 
 @dataclasses.dataclass(frozen=True)

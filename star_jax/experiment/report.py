@@ -12,7 +12,9 @@ def summary_line(m: dict[str, Any]) -> str:
     parts.append(f"maj@{k} {m['eval_majority_accuracy']:.3f} pass@{k} "
                  f"{m['eval_pass_at'][str(k)]:.3f}")
   if "bstar_temperature" in m:
-    parts.append(f"B-STaR T={m['bstar_temperature']:g} (score {m['bstar_score']:.3f})")
+    keep = ("" if m.get("bstar_threshold") is None
+            else f", mean log-prob >= {m['bstar_threshold']:g}")
+    parts.append(f"B-STaR T={m['bstar_temperature']:g}{keep} (score {m['bstar_score']:.3f})")
   if m["iteration"] > 0:
     loss = m["train_loss"] if m.get("train_loss") is not None else float("nan")
     parts += [f"kept {m['kept']}/{m['train_questions']} "

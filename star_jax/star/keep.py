@@ -25,14 +25,16 @@ from star_jax.tasks import Example, Task
 DISTINCT = ("sample", "text", "path")
 
 
-def selected(task: Task, g: Generation, require_supported: bool = False
-             ) -> tuple[list[str], int]:
+def selected(task: Task, g: Generation, require_supported: bool = False,
+             min_score: float | None = None) -> tuple[list[str], int]:
   """The rationales of ``g``'s correct samples the rule selects, in sample order with
   repeats, and how many correct samples had a rationale that does not itself reach the
-  answer (not selected with ``require_supported``)."""
+  answer (not selected with ``require_supported``). With ``min_score`` (B-STaR's threshold)
+  a sample whose score (mean token log-probability) is below it is not selected."""
   out, unsupported = [], 0
-  for text, ok in zip(g.texts, g.correct):
-    if ok:
+  scores = g.scores if min_score is not None and g.scores is not None else [None] * len(g.texts)
+  for text, ok, score in zip(g.texts, g.correct, scores):
+    if ok and (score is None or score >= min_score):
       r = task.split_rationale(text)
       if not task.rationale_supports(r, g.example):
         unsupported += 1
@@ -68,14 +70,15 @@ def unique_rationales(task: Task, g: Generation, limit: int, require_supported: 
 
 
 def balance_score(task: Task, gens: list[Generation], n0: int,
-                  require_supported: bool = False) -> float:
+                  require_supported: bool = False, min_score: float | None = None) -> float:
   """B-STaR's balance score: the mean over questions of min(n_correct / n0, 1) * n_correct /
   n_selected (0 where nothing is selected). n_selected: the distinct paths the keep rule
   selects; n_correct: those whose every step is right, for tasks that know their steps
-  (``Task.step_correct``), else all of them (the answer is the only check)."""
+  (``Task.step_correct``), else all of them (the answer is the only check). ``min_score``:
+  the candidate threshold (``selected``)."""
   scores = []
   for g in gens:
-    paths = distinct(task, selected(task, g, require_supported)[0], "path")
+    paths = distinct(task, selected(task, g, require_supported, min_score)[0], "path")
     steps = [task.step_correct(r, g.example) for r in paths]
     right = sum(s is None or all(s) for s in steps)
     scores.append(min(right / n0, 1.0) * right / len(paths) if paths else 0.0)
@@ -100,13 +103,14 @@ class Kept(NamedTuple):
 
 
 def keep(task: Task, gens: list[Generation], source: str, limit: int,
-         require_supported: bool = False, by: str = "text") -> Kept:
+         require_supported: bool = False, by: str = "text", min_score: float | None = None
+         ) -> Kept:
   """What the rule keeps of ``gens``: per question the distinct (``by``) selected rationales,
-  at most ``limit``."""
+  at most ``limit`` (``min_score``: see ``selected``)."""
   out = Kept([], set(), [], 0, [])
   unsupported = 0
   for g in gens:
-    chosen, bad = selected(task, g, require_supported)
+    chosen, bad = selected(task, g, require_supported, min_score)
     out.paths.append(len(distinct(task, chosen, "path")))
     rationales = distinct(task, chosen, by)[:max(limit, 1)]
     unsupported += bad

@@ -23,8 +23,10 @@ and the STaR family, each reusing Star's steps (docs/variants.md):
   bstar    B-STaR (Zeng et al. 2024, arXiv 2412.17256): every iteration first samples a
            probe subset at each candidate temperature (star.bstar_temperatures), scores
            each by the balance score (keep.balance_score) and samples the iteration at the
-           best; distinct paths as RFT. Samples carry no reward-model score here, so there
-           is no keep threshold to choose: the keep rule is the answer check.
+           best; distinct paths as RFT. With star.bstar_thresholds it also chooses a keep
+           threshold on each sample's mean token log-probability (the model's own
+           confidence: star_jax has no reward model), every threshold and none scored on
+           the same probe samples.
 
 Every one logs ``distinct_paths_per_question``; bstar also its probe's scores and choice
 (``bstar_*`` in metrics.jsonl). docs/variants.md has the recipes and their comparison.
@@ -91,7 +93,8 @@ class RFT(RestEM):
 
 
 class BStar(RestEM):
-  """Each iteration samples at the temperature that maximises the balance score on a probe."""
+  """Each iteration samples at the temperature (and keeps above the score threshold) that
+  maximises the balance score on a probe."""
 
   name = "bstar"
   distinct = "path"
@@ -104,45 +107,65 @@ class BStar(RestEM):
                         f"{star.bstar_temperatures!r}")
     if star.bstar_n0 < 1 or star.bstar_probe_questions < 1:
       raise ConfigError("star.bstar_n0 and star.bstar_probe_questions must be >= 1")
+    if any(t > 0 for t in star.bstar_thresholds):
+      raise ConfigError(f"star.bstar_thresholds are mean token log-probabilities (<= 0), got "
+                        f"{star.bstar_thresholds!r}")
     self._temperature: float | None = None
+    self._threshold: float | None = None
 
   def sampling(self, temperature=None):
     return super().sampling(self._temperature if temperature is None else temperature)
+
+  def filter(self, samples, source):
+    if source != "generation" or self._threshold is None:
+      return super().filter(samples, source)
+    return keep_lib.keep(self.task, samples, source, self.star.max_kept_per_question,
+                         self.star.require_supported, self.distinct, self._threshold)
 
   def iteration(self, n: int, base, model) -> IterationResult:
     t0 = time.time()
     scores = self.probe(n, model)
     best = max(scores, key=scores.get)  # ties: the first candidate listed
     probe_seconds = time.time() - t0
-    logging.info("iteration %d: B-STaR balance scores %s: sampling at temperature %g", n,
-                 {t: round(s, 4) for t, s in scores.items()}, best)
-    self._temperature = best
+    logging.info("iteration %d: B-STaR balance scores %s: sampling at temperature %g%s", n,
+                 {_label(*c): round(v, 4) for c, v in scores.items()}, best[0],
+                 "" if best[1] is None else f", keeping mean log-prob >= {best[1]:g}")
+    self._temperature, self._threshold = best
     try:
       result = super().iteration(n, base, model)
     finally:
-      self._temperature = None
-    result.extra.update({"bstar_temperature": best, "bstar_score": scores[best],
-                         "bstar_scores": {str(t): s for t, s in scores.items()},
+      self._temperature = self._threshold = None
+    result.extra.update({"bstar_temperature": best[0], "bstar_threshold": best[1],
+                         "bstar_score": scores[best],
+                         "bstar_scores": {_label(*c): v for c, v in scores.items()},
                          "bstar_probe_seconds": probe_seconds})
     return result
 
-  def probe(self, n: int, model) -> dict[float, float]:
-    """The balance score of each candidate temperature on ``bstar_probe_questions`` train
-    questions, k samples each (the same questions and seed for every candidate)."""
+  def probe(self, n: int, model) -> dict[tuple[float, float | None], float]:
+    """The balance score of each candidate (temperature, threshold) on
+    ``bstar_probe_questions`` train questions, k samples each (the same questions and seed
+    for every temperature; every threshold, None first, scored on the same samples)."""
     star, train = self.star, self.question_pool(n)
     rng = np.random.default_rng([self.config.seed, n, 29])
     m = min(star.bstar_probe_questions, len(train))
     questions = [train[i] for i in np.sort(rng.choice(len(train), m, replace=False))]
     few_shot = star.few_shot if n == 1 else star.few_shot_in_training
+    thresholds = (None,) + tuple(float(x) for x in star.bstar_thresholds)
     scores = {}
     for i, t in enumerate(star.bstar_temperatures):
       self._temperature = float(t)
       gens, _ = self.sample(n, model, questions, hint=False, phase=f"probe_{i}",
                             few_shot=few_shot, seed=self.config.seed * 1000 + n + 700)
-      scores[float(t)] = keep_lib.balance_score(self.task, gens, star.bstar_n0,
-                                                star.require_supported)
+      for x in thresholds:
+        scores[(float(t), x)] = keep_lib.balance_score(self.task, gens, star.bstar_n0,
+                                                       star.require_supported, x)
     self._temperature = None
     return scores
+
+
+def _label(temperature: float, threshold: float | None) -> str:
+  """A candidate's key in the metrics: "0.7", or "0.7@-0.1" with a threshold."""
+  return str(temperature) if threshold is None else f"{temperature}@{threshold}"
 
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (Star, Direct, SeedOnly, RestEM, RFT,

@@ -38,6 +38,15 @@ class Generation:
   texts: list[str]  # one per sample
   predictions: list[str | None]
   correct: list[bool]
+  # Each sample's mean token log-probability under the model (its confidence); None where
+  # unknown (a sample phase saved before scores were kept).
+  scores: list[float] | None = None
+
+
+def mean_logprob(out, prompt: int, sample: int) -> float:
+  """The mean log-probability of a sampled completion's tokens (0 for an empty one)."""
+  length = len(out.sequences(prompt, sample))
+  return float(np.mean(out.logprobs[prompt, sample, :length])) if length else 0.0
 
 
 def generate(task: Task, tokenizer: Tokenizer, sampler: Sampler, params,
@@ -64,6 +73,7 @@ def generate(task: Task, tokenizer: Tokenizer, sampler: Sampler, params,
   shards = Shards(shard_dir)
   size = shard_size if shard_size > 0 else max(len(kept), 1)
   texts: list[list[str]] = []
+  scores: list[list[float] | None] = []
   with progress(len(prompts) * n, desc, "seq") as bar:
     for k, start in enumerate(range(0, len(kept), size)):
       chunk = kept[start:start + size]
@@ -73,17 +83,19 @@ def generate(task: Task, tokenizer: Tokenizer, sampler: Sampler, params,
         out = sampler.sample(params, prompts[start:start + size], task.max_new_tokens, sampling,
                              n=n, seed=seed, stop_strings=task.stop_strings,
                              decode_fn=tokenizer.decode, progress=bar.update, first_index=start)
-        rows = [{"id": ex.id, "texts": [tokenizer.decode(out.sequences(i, j)) for j in range(n)]}
+        rows = [{"id": ex.id, "texts": [tokenizer.decode(out.sequences(i, j)) for j in range(n)],
+                 "scores": [mean_logprob(out, i, j) for j in range(n)]}
                 for i, ex in enumerate(chunk)]
         shards.save(k, rows)
         failpoints.hit("sample_shard")
       else:
         bar.update(len(chunk) * n)
       texts += [r["texts"] for r in rows]
+      scores += [r.get("scores") for r in rows]
   gens = []
-  for ex, ts in zip(kept, texts):
+  for ex, ts, sc in zip(kept, texts, scores):
     preds = [task.extract_answer(t) for t in ts]
-    gens.append(Generation(ex, ts, preds, [task.is_correct(p, ex) for p in preds]))
+    gens.append(Generation(ex, ts, preds, [task.is_correct(p, ex) for p in preds], sc))
   return gens, skipped
 
 

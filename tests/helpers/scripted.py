@@ -41,8 +41,19 @@ class Call:
 
 
 class _Output:
-  def __init__(self, texts: list[list[str]]):
-    self.texts = texts
+  """Texts per prompt and sample; each text's tokens carry its score as their log-probability
+  (a script's (text, score) item; 0 for a bare text), so its mean log-probability is the
+  score."""
+
+  def __init__(self, items: list[list]):
+    items = [[it if isinstance(it, tuple) else (it, 0.0) for it in row] for row in items]
+    self.texts = [[text for text, _ in row] for row in items]
+    longest = max((len(self.sequences(i, j)) for i, row in enumerate(items)
+                   for j in range(len(row))), default=0)
+    self.logprobs = np.zeros((len(items), max(map(len, items), default=0), longest), np.float32)
+    for i, row in enumerate(items):
+      for j, (_, score) in enumerate(row):
+        self.logprobs[i, j, :len(self.sequences(i, j))] = score
 
   def sequences(self, prompt: int, sample: int = 0) -> list[int]:
     return CharTokenizer().encode(self.texts[prompt][sample])
@@ -67,7 +78,7 @@ class ScriptedSampler:
       progress(len(prompts) * n)
     extra = (sampling.temperature,) if self._temperature else ()
     outs = [self.script(ex, hint, *extra) for ex, hint in asked]
-    outs = [list(o) if isinstance(o, (list, tuple)) else [o] * n for o in outs]
+    outs = [list(o) if isinstance(o, list) else [o] * n for o in outs]
     assert all(len(o) == n for o in outs), "a script's list must hold n texts"
     return _Output(outs)
 

@@ -20,6 +20,7 @@ from star_jax.data import DataConfig
 from star_jax.star import finetune as ft, keep as keep_lib, methods, rollout
 from star_jax.star.iteration import Star
 from star_jax.star.record import iteration_record
+from star_jax.runtime.errors import ConfigError
 from star_jax.star.methods import RFT, BStar, RestEM
 
 TASK = tasks.get_task("arithmetic", max_digits=3, min_digits=3)
@@ -147,6 +148,43 @@ def test_bstar_samples_at_the_argmax_of_the_balance_score_it_logs(tmp_path, trai
   assert record["bstar_temperature"] == 0.9 == float(max(scores, key=scores.get))
   assert record["bstar_score"] == 0.5 and record["method"] == "bstar"
   assert len(result.kept) == 12  # four copies of one path: kept once
+
+
+def test_bstar_chooses_a_keep_threshold_on_the_samples_confidence(tmp_path, trained):
+  """n0 = 1, 4 samples, one temperature. The right samples are confident (mean log-prob
+  -0.05), the wrong-step path that still reaches the answer is not (-2.0): without a
+  threshold both are selected (min(2/1, 1) * 1/2 = 0.5); a threshold of -0.5 selects the
+  right one only (1.0); -0.01 selects nothing (0). The iteration keeps above -0.5."""
+  def script(ex, hint, temperature):
+    return [(right(ex), -0.05), (other_path(ex), -2.0), (wrong(ex), -0.01), (right(ex), -0.05)]
+  star = {"samples_per_question": 4, "temperature": 0.3, "bstar_n0": 1,
+          "bstar_probe_questions": 5, "bstar_temperatures": (0.7,),
+          "bstar_thresholds": (-0.5, -0.01), "max_kept_per_question": 4}
+  _, sampler, result = run(tmp_path, script, BStar, star=star)
+  assert len(sampler.calls) == 2  # one probe sampling for every threshold, then the iteration
+  record = iteration_record(1, TASK, result, _eval())
+  assert record["bstar_scores"] == {"0.7": 0.5, "0.7@-0.5": 1.0, "0.7@-0.01": 0.0}
+  assert (record["bstar_temperature"], record["bstar_threshold"]) == (0.7, -0.5)
+  assert record["bstar_score"] == 1.0
+  assert {k["rationale"] for k in result.kept} == {TASK.split_rationale(right(ex))
+                                                  for ex in result.questions}
+
+
+def test_bstar_thresholds_are_log_probabilities():
+  with pytest.raises(ConfigError, match="bstar_thresholds"):
+    BStar(config({"bstar_thresholds": (0.5,)}), experiment(TASK, []), None, "/tmp")
+
+
+def test_keep_drops_samples_below_the_threshold_and_scores_are_mean_log_probs():
+  ex = TASK.load("train", DataConfig(max_train=1))[0]
+  gen = rollout.Generation(ex, [right(ex), other_path(ex)], [ex.answer] * 2, [True, True],
+                           [-0.1, -3.0])
+  assert len(keep_lib.keep(TASK, [gen], "generation", 4).records) == 2
+  kept = keep_lib.keep(TASK, [gen], "generation", 4, min_score=-1.0).records
+  assert [k["rationale"] for k in kept] == [TASK.split_rationale(right(ex))]
+  out = ScriptedSampler(TASK, [ex], lambda e, h: [(right(e), -0.25)]).sample(
+      None, [TASK.prompt(ex)], 8, None, decode_fn=lambda p: p)
+  assert rollout.mean_logprob(out, 0, 0) == pytest.approx(-0.25)
 
 
 def test_balance_score_counts_step_correct_paths_only():

@@ -22,8 +22,8 @@ def test_variant_runs_end_to_end(tmp_path, method):
   c.star.iterations, c.star.base_steps = 1, 2
   c.star.method, c.star.samples_per_question, c.star.temperature = method, SAMPLES, 1.0
   c.star.max_kept_per_question = CAP
-  # temperature is static in the compiled sampler: 1.0 reuses the other methods' programs
   c.star.bstar_probe_questions, c.star.bstar_temperatures = 8, (1.0, 1.5)
+  c.star.bstar_thresholds = (-1.0,)  # a keep threshold on the samples' mean log-prob too
   c.eval.samples = 2
   metrics = star.run(c, tmp_path)
   assert [m["iteration"] for m in metrics] == [0, 1]
@@ -40,5 +40,7 @@ def test_variant_runs_end_to_end(tmp_path, method):
   assert {k["source"] for k in kept} <= {"generation"}  # no rationalization
   if method == "bstar":
     scores = last["bstar_scores"]
-    assert set(scores) == {"1.0", "1.5"}
-    assert last["bstar_score"] == max(scores.values()) == scores[str(last["bstar_temperature"])]
+    assert set(scores) == {"1.0", "1.5", "1.0@-1.0", "1.5@-1.0"}
+    chosen = (str(last["bstar_temperature"]) if last["bstar_threshold"] is None
+              else f"{last['bstar_temperature']}@{last['bstar_threshold']}")
+    assert last["bstar_score"] == max(scores.values()) == scores[chosen]
