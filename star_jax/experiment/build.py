@@ -111,12 +111,17 @@ def check(config: Config) -> None:
     raise MissingFileError(f"tokenizer.path {config.tokenizer.path!r} does not exist")
 
 
-def without_seed_set(config: Config, task: Task, train_set: list[Example]) -> list[Example]:
-  """D without the seed set P's questions (``pretrain.disjoint``): P is the train problems
-  ``pretrain.data`` and ``pretrain.task_options`` choose."""
+def seed_set(config: Config, task: Task) -> tuple[Task, list[Example]]:
+  """The seed set P: the train problems ``pretrain.data`` and ``pretrain.task_options``
+  choose, and the task with those options."""
   opts = config.pretrain.task_options
   seed_task = task.with_options(**opts) if opts else task
-  seen = {ex.question for ex in seed_task.load("train", seed_data(config))}
+  return seed_task, seed_task.load("train", seed_data(config))
+
+
+def without_seed_set(config: Config, task: Task, train_set: list[Example]) -> list[Example]:
+  """D without the seed set P's questions (``pretrain.disjoint``)."""
+  seen = {ex.question for ex in seed_set(config, task)[1]}
   kept = [ex for ex in train_set if ex.question not in seen]
   logging.info("D leaves out the seed set's questions: %d of %d train questions remain",
                len(kept), len(train_set))

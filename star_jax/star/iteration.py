@@ -190,7 +190,11 @@ class Star(Method):
   def filter(self, samples: list[rollout.Generation], source: str) -> keep_lib.Kept:
     """The right answers whose rationale holds, at most ``max_kept_per_question`` each."""
     return keep_lib.keep(self.task, samples, source, self.star.max_kept_per_question,
-                         self.star.require_supported, self.distinct)
+                         self.star.require_supported, self.distinct, self.min_score(source))
+
+  def min_score(self, source: str) -> float | None:
+    """The lowest sample score (mean token log-probability) kept from ``source``; None: any."""
+    return None
 
   def rationalize(self, n: int, model, failed: list[Example], rng: np.random.Generator,
                   seed: int) -> tuple[list[rollout.Generation], int]:

@@ -116,11 +116,8 @@ class BStar(RestEM):
   def sampling(self, temperature=None):
     return super().sampling(self._temperature if temperature is None else temperature)
 
-  def filter(self, samples, source):
-    if source != "generation" or self._threshold is None:
-      return super().filter(samples, source)
-    return keep_lib.keep(self.task, samples, source, self.star.max_kept_per_question,
-                         self.star.require_supported, self.distinct, self._threshold)
+  def min_score(self, source):
+    return self._threshold if source == "generation" else None
 
   def iteration(self, n: int, base, model) -> IterationResult:
     t0 = time.time()

@@ -16,10 +16,10 @@ import jax
 import numpy as np
 from etils import epath
 
-from star_jax.config import Config, seed_data
+from star_jax.config import Config
 from star_jax.engine import lora
 from star_jax.engine.batching import TrainExample
-from star_jax.experiment.build import Experiment
+from star_jax.experiment.build import Experiment, seed_set
 from star_jax.hub.checkpointer import Checkpointer
 from star_jax.runtime.errors import ConfigError
 from star_jax.star import finetune as ft
@@ -31,9 +31,9 @@ def seed_examples(config: Config, exp: Experiment) -> list[TrainExample]:
   "rationale"``) or bare answers ("answer"), a ``pretrain.hint_fraction`` share of them
   shown with the hint."""
   pc = config.pretrain
-  task = exp.task.with_options(**pc.task_options) if pc.task_options else exp.task
+  task, examples = seed_set(config, exp.task)
   pairs = []
-  for ex in task.load("train", seed_data(config)):
+  for ex in examples:
     gold = task.gold_rationale(ex) if pc.targets == "rationale" else ""
     if gold is None:
       raise ConfigError(f"pretrain needs gold rationales, and task {task.name!r} has none; "
