@@ -28,6 +28,18 @@ from star_jax.data.sources import SOURCES, SourceSpec, ensure_files, read_jsonl
 _Text = tfds.features.Text
 
 
+class _LocalDatasetInfo(tfds.core.DatasetInfo):
+  """DatasetInfo for a dataset built from local files only.
+
+  A builder whose data is not yet prepared asks TFDS's GCS bucket for pre-computed info;
+  TFDS 4.9 makes a temporary folder in /tmp for it before looking and never removes it, one
+  leaked ``/tmp/tmp*tfds`` per preparation. These datasets are never in the bucket.
+  """
+
+  def initialize_from_bucket(self) -> None:
+    return None
+
+
 class _JsonlBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Shared builder: one split per official file, keyed by line number.
 
@@ -50,7 +62,7 @@ class _JsonlBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     raise NotImplementedError
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
+    return _LocalDatasetInfo(
         builder=self,
         description=f"{self.SPEC.title}, official jsonl release, parsed for star_jax.",
         features=tfds.features.FeaturesDict(self._features()),

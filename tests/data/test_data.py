@@ -4,6 +4,7 @@ import glob
 import json
 import os
 import sys
+import tempfile
 
 import pytest
 
@@ -63,6 +64,16 @@ def test_cqa_through_tfds_array_record(cqa_dir):
   assert "tensorflow" not in sys.modules
   # Same records as reading the jsonl directly.
   assert train == data.load_records("commonsense_qa", "train", cfg(cqa_dir, use_tfds=False))
+
+
+def test_preparing_leaves_nothing_in_the_temp_dir(cqa_dir, tmp_path, monkeypatch):
+  # TFDS's own bucket lookup made an empty /tmp/tmp*tfds on every preparation, never removed.
+  tmp = tmp_path / "tmp"
+  tmp.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+  data.load_records("commonsense_qa", "train", cfg(cqa_dir))
+  assert glob.glob(str(cqa_dir / "tfds" / "*" / "star_commonsense_qa" / "1.0.0" / "*"))
+  assert os.listdir(tmp) == []
 
 
 def test_gsm8k_through_tfds(gsm_dir, tmp_path):
