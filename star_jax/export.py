@@ -14,7 +14,7 @@ lm-evaluation-harness (``--model hf --model_args pretrained=out``) and llama.cpp
 
 from __future__ import annotations
 
-from absl import flags, logging
+from absl import flags
 
 from star_jax.runtime import cli
 
@@ -47,8 +47,7 @@ def define_flags():
 def main(argv):
   if len(argv) > 1:
     raise cli.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.INFO)
+  cli.log_progress()
   f = flags.FLAGS
   files = export(f.checkpoint, f.out, f.dtype, f.max_shard_gib)
   print(f"wrote {f.out}: {', '.join(files)}")

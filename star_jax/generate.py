@@ -68,8 +68,7 @@ def generate(checkpoint: str, prompt: str, max_new_tokens: int, temperature: flo
 def main(argv):
   if len(argv) > 1:
     raise cli.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.INFO)
+  cli.log_progress()
   text = generate(_CHECKPOINT.value, _PROMPT.value, _MAX_NEW.value, _TEMPERATURE.value,
                   _TOP_K.value, _TOP_P.value, _SEED.value, _CHAT.value, _DTYPE.value)
   sys.stdout.write(text + "\n")

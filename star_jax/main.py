@@ -1,8 +1,6 @@
 """Entry point: ``python -m star_jax.main --config=configs/<task>.py[:smoke] --workdir=DIR``."""
 
-import logging as std_logging
-
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from star_jax import star
@@ -23,11 +21,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise cli.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.INFO)
-  # Libraries log through absl too; keep their INFO chatter (orbax: ~20 lines per save) out.
-  quiet = ("/orbax/", "/jax/", "/tensorflow_datasets/", "/etils/")
-  logging.get_absl_handler().addFilter(
-      lambda r: r.levelno >= std_logging.WARNING or not any(q in r.pathname for q in quiet))
+  cli.log_progress()
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   star.run(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
 

@@ -44,7 +44,7 @@ import math  # noqa: E402
 from typing import Any  # noqa: E402
 
 import jax  # noqa: E402
-from absl import flags, logging  # noqa: E402
+from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from star_jax import config as config_lib  # noqa: E402
@@ -246,7 +246,7 @@ FLAGS: dict = {}
 def main(argv):
   if len(argv) > 1:
     raise cli.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.INFO)
+  cli.log_progress()
   topology = FLAGS["topology"].value
   if not topology and jax.device_count() != FLAGS["devices"].value:
     sys.exit(f"plan: jax has {jax.device_count()} devices, not --devices={FLAGS['devices'].value} "

@@ -34,7 +34,7 @@ import tempfile
 from typing import Any
 
 import numpy as np
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from star_jax import config as config_lib
@@ -233,7 +233,7 @@ FLAGS: dict = {}
 def main(argv):
   if len(argv) > 1:
     raise cli.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)
+  cli.log_progress()  # a warm start or a long sampling shows its progress on stderr
   with tempfile.TemporaryDirectory() as tmp:
     report = run(FLAGS["config"].value, FLAGS["workdir"].value or tmp,
                  FLAGS["questions"].value, FLAGS["samples"].value, FLAGS["temperature"].value,

@@ -25,6 +25,18 @@ UsageError = app.UsageError  # wrong positional arguments: absl prints the usage
 HELP_FLAGS = ("--help", "-h", "--helpshort", "--helpfull", "-?")
 
 
+def log_progress() -> None:
+  """The project's own INFO lines (phases, progress, timings) on stderr; libraries' INFO
+  chatter (orbax: ~20 lines a save; jax, TFDS) kept out, their warnings kept. An explicit
+  ``--verbosity`` wins."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.INFO)
+  quiet = ("/orbax/", "/jax/", "/tensorflow_datasets/", "/etils/")
+  logging.get_absl_handler().addFilter(
+      lambda r: r.levelno >= std_logging.WARNING or not any(q in r.pathname for q in quiet))
+
+
 def run(main: Callable[[list[str]], None], argv: list[str] | None = None) -> None:
   argv = list(sys.argv if argv is None else argv)
   verbose = "--traceback" in argv or os.environ.get("STAR_JAX_TRACEBACK", "") not in ("", "0")

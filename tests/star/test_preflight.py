@@ -61,6 +61,8 @@ def test_preflight_command_prints_the_table_and_a_json_line(tmp_path):
        "--questions=16", "--samples=1", "--config.pretrain.steps=20", f"--workdir={tmp_path}"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]
+  # a warm start can take minutes: its progress shows on stderr
+  assert "pretraining M_0 on the seed set" in proc.stderr
   lines = proc.stdout.strip().splitlines()
   report = json.loads(lines[-1])
   assert lines[0].startswith("pre-flight: arithmetic, pretrained for 20 steps, 16 train "
