@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 from etils import epath
 
 from star_jax.data.data_config import DataConfig
@@ -68,6 +69,15 @@ class _JsonlBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         features=tfds.features.FeaturesDict(self._features()),
         homepage=self.SPEC.homepage,
     )
+
+  # TFDS prints these two to stdout, where the commands' reports go (the pre-flight's JSON
+  # line, export's file list); they are progress, so they go to the log.
+  def _log_download_bytes(self) -> None:
+    logging.info("preparing %s from %s into %s (TFDS, ArrayRecord)", self.name,
+                 ", ".join(sorted(set(self._src_paths.values()))), self.data_dir)
+
+  def _log_download_done(self) -> None:
+    logging.info("prepared %s in %s", self.name, self.data_dir)
 
   def _split_generators(self, dl_manager):
     del dl_manager  # the files are local (see sources.ensure_files)

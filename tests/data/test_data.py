@@ -76,6 +76,12 @@ def test_preparing_leaves_nothing_in_the_temp_dir(cqa_dir, tmp_path, monkeypatch
   assert os.listdir(tmp) == []
 
 
+def test_preparing_prints_nothing_on_stdout(gsm_dir, capfd):
+  # the commands' stdout is their report (the pre-flight's last line is JSON)
+  data.load_records("gsm8k", "train", cfg(gsm_dir))
+  assert capfd.readouterr().out == ""
+
+
 def test_gsm8k_through_tfds(gsm_dir, tmp_path):
   tfds_dir = tmp_path / "elsewhere"
   c = cfg(gsm_dir, tfds_dir=str(tfds_dir))
