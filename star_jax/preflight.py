@@ -7,7 +7,8 @@ Prints pass@1, pass@k, the rationalization success rate, the share of questions 
 keepable rationale (by difficulty where the task has one), chance and the choices'
 log-likelihood accuracy for multiple-choice tasks, and a verdict; the last stdout line is
 the report as JSON. ``--workdir`` reuses a run's base model (its iteration-0 checkpoint)
-or holds what the pre-flight builds (tokenizer, pretraining); default: a temporary dir.
+or holds what the pre-flight builds (tokenizer, pretraining; a ``main`` run of the same
+config in it then starts from that warm start); default: a temporary dir.
 
 Will STaR take off? Measured on the base model before anyone spends an accelerator day.
 
@@ -38,6 +39,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from star_jax import config as config_lib
+from star_jax.experiment import workdir as wd
 from star_jax.experiment.build import build, check, make_sampler
 from star_jax.experiment.report import bucket_key
 from star_jax.runtime import cli
@@ -57,7 +59,12 @@ def run(config: Any, workdir: str, questions: int = 64, samples: int = 4,
   ``workdir`` has one, else built (warm-started on the seed set if the config asks)."""
   config = config_lib.load(config)
   check(config)
+  resuming = wd.is_resume(config, workdir)  # another config's run there: one clear error
   exp = build(config, workdir)
+  if not resuming and config.pretrain.steps > 0:
+    # The workdir now holds this config's run: `main` on it resumes the warm start built
+    # here (minutes to an hour) instead of clearing it as a failed start's debris.
+    wd.record_config(config, workdir)
   task = exp.task
   sampler = make_sampler(exp, config)
   params, source, _ = seed_lib.base_model(config, exp, workdir)

@@ -73,6 +73,13 @@ def test_preflight_command_prints_the_table_and_a_json_line(tmp_path):
   assert rows["all"][0] == "16" and rows["all"][-1] == f"{100 * report['keepable']:.1f}%"
   assert set(rows) - {"all", ""} == set(report["by_digits"])  # one row per digit count
   assert sum(int(rows[d][0]) for d in report["by_digits"]) == 16
+  # the run of the same config in the workdir starts from the pre-flight's warm start
+  run = subprocess.run(
+      [sys.executable, "-m", "star_jax.main", "--config=configs/arithmetic.py:smoke",
+       "--config.pretrain.steps=20", "--config.star.iterations=0", f"--workdir={tmp_path}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stderr[-2000:]
+  assert "pretrain: resuming from the checkpoint at step 20 of 20" in run.stderr
 
 
 def test_the_report_says_how_many_right_answers_the_support_check_dropped():
