@@ -44,10 +44,13 @@ from star_jax.runtime.declared import key
 from star_jax.runtime.errors import ConfigError
 from star_jax.tasks.base import Example, Task, check_split, first_block, register_task
 from star_jax.tasks.line_positions import LineColumnPositions, break_ids_of
+from star_jax.tasks.scratchpad import (  # noqa: F401  (re-exported)
+    SCRATCH_CLOSE as _SCRATCH_CLOSE, SCRATCH_OPEN as _SCRATCH_OPEN, scratch_body, scratch_lines,
+    step_correct)
 
-_SCRATCH_OPEN, _SCRATCH_CLOSE = "<scratch>", "</scratch>"
 _DIGITS_LINE_RE = re.compile(r"[0-9](?: ?[0-9])*")
 _DIGIT_SPACE_RE = re.compile(r"(?<=[0-9]) (?=[0-9])")
+_LAST_STEP_RE = re.compile(r", ([0-9](?: ?[0-9])*) C: ([0-9])")  # ", 8 6 C: 0": digits, carry
 
 
 def spaced(digits: int | str) -> str:
@@ -217,6 +220,9 @@ class ArithmeticTask(Task):
     eval_max_digits: int = key(0, "...to (0 = max_digits)")
     same_length: bool = key(True, "False: each addend draws its own digit count (difficulty: "
                             "the larger)")
+    final_from_steps: bool = key(False, "a rationale supports its answer only if the last "
+                                 "line is also the carry and digits of the scratch line above "
+                                 "it, so a hint copied under a broken scratchpad is unsupported")
     eval_fraction: float = key(0.1, "share of the problem space held out for eval")
     digit_counts: tuple = key((), "train only: distinct problems per digit count 1, 2, ... "
                               "(a seed set, e.g. (90, 1000, 1000, 120, 120)); replaces "
@@ -356,11 +362,18 @@ class ArithmeticTask(Task):
     return "\n".join(line for line in body.split("\n") if not line.startswith("Hint:"))
 
   def rationale_supports(self, rationale: str, ex: Example) -> bool:
-    """The last scratch line (final carry and digits, "0 8 6" for 86) is the answer."""
+    """The last scratch line (final carry and digits, "0 8 6" for 86) is the answer; with
+    ``final_from_steps`` it must also be the carry and digits of the line above it
+    (", 8 6 C: 0"), so a broken scratchpad ending in the copied hint does not count."""
     lines = [l for l in scratch_lines(rationale, self.end_marker) if l]
     if not lines or not _DIGITS_LINE_RE.fullmatch(lines[-1]):
       return False
-    return int(lines[-1].replace(" ", "")) == int(ex.answer)
+    if int(lines[-1].replace(" ", "")) != int(ex.answer):
+      return False
+    if not self.options.final_from_steps:
+      return True
+    above = _LAST_STEP_RE.fullmatch(lines[-2]) if len(lines) > 1 else None
+    return bool(above) and (above[2] + above[1]).replace(" ", "") == lines[-1].replace(" ", "")
 
   def step_correct(self, rationale: str, ex: Example) -> list[bool]:
     return step_correct(rationale, ex, self.end_marker, self.true_lines(ex))
@@ -369,32 +382,3 @@ class ArithmeticTask(Task):
     """The sequence of scratch lines, each with its spacing collapsed."""
     return "\n".join(" ".join(l.split()) for l in scratch_lines(rationale, self.end_marker))
 
-
-def scratch_body(text: str, end_marker: str = "\n\n") -> str:
-  """The lines between <scratch> and </scratch> (to the end if unclosed); "" if none."""
-  if not isinstance(text, str):
-    return ""
-  block = first_block(text, end_marker)
-  if _SCRATCH_OPEN not in block:
-    return ""  # direct answer: no rationale
-  return block.split(_SCRATCH_OPEN, 1)[1].split(_SCRATCH_CLOSE, 1)[0].strip("\n")
-
-
-def scratch_lines(generated: str, end_marker: str = "\n\n") -> list[str]:
-  """The scratch lines of a full generation (with tags) or of a bare rationale."""
-  if _SCRATCH_OPEN in generated:
-    generated = scratch_body(generated, end_marker)
-  body = first_block(generated, end_marker).strip("\n")
-  return [l.strip() for l in body.split("\n")] if body.strip() else []
-
-
-def step_correct(generated: str, ex: Example, end_marker: str = "\n\n",
-                 true: list[str] | None = None) -> list[bool]:
-  """Per step: does the generated scratch line equal the true one? Missing and
-  extra lines count as wrong steps. `generated` is a full generation (with tags)
-  or a bare rationale as returned by `split_rationale`; ``true``: the true lines in the task's
-  format (default: the paper's, ``meta['scratchpad']``)."""
-  got = scratch_lines(generated, end_marker)
-  true = list(ex.meta["scratchpad"]) if true is None else true
-  return [i < len(got) and i < len(true) and got[i] == true[i]
-          for i in range(max(len(got), len(true)))]

@@ -9,6 +9,7 @@ from star_jax import tasks
 from star_jax.data import DataConfig
 from star_jax.runtime.errors import ConfigError
 from star_jax.tasks import arithmetic
+from star_jax.tasks.arithmetic import ArithmeticTask
 
 CHOICES = ("ocean", "river", "desert", "kitchen sink", "cloud")
 
@@ -472,3 +473,23 @@ def test_rationale_supports_only_a_scratchpad_that_reaches_the_answer():
   direct = cqa.split_rationale(" Therefore, the answer is mailbox.\n\n")
   assert not cqa.rationale_supports(direct, None) and not cqa.rationale_supports(" .\n", None)
   assert cqa.step_choices is None and task.step_choices == 10
+
+
+def test_arithmetic_final_from_steps_drops_a_hint_copied_under_a_broken_scratchpad():
+  # Measured on SmolLM2 (docs/real_model.md, recipe 2): a hinted sample whose steps went
+  # wrong, then whose last line copies the hint. The last-line check alone keeps it.
+  broken = ("2348339 + 9504046 , C: 0\n9 + 6 + 0 = 15\n234833 + 950404 , 5 C: 1\n"
+            "4 + 0 + 1 = 5\n23483 + 9504 , 55 C: 0\n, 14975 C: 1\n11852385")
+  opts = dict(digit_spaces=False, sum_lines=True, positions="sequence")
+  loose = ArithmeticTask(ArithmeticTask.Options(**opts))
+  strict = ArithmeticTask(ArithmeticTask.Options(**opts, final_from_steps=True))
+  ex = ArithmeticTask.make_example(2348339, 9504046, "x")
+  assert loose.rationale_supports(broken, ex)
+  assert not strict.rationale_supports(broken, ex)
+  for task in (strict, ArithmeticTask(ArithmeticTask.Options(final_from_steps=True))):
+    for a, b in ((2348339, 9504046), (999, 1), (7, 5), (0, 0)):
+      e = ArithmeticTask.make_example(a, b, "g")
+      assert task.rationale_supports(task.gold_rationale(e), e), (a, b)
+      # the right scratchpad with a wrong final line is still unsupported
+      wrong = task.gold_rationale(e).rsplit("\n", 1)[0] + "\n" + str(a + b + 1)
+      assert not task.rationale_supports(wrong, e)
