@@ -44,13 +44,12 @@ from star_jax.runtime.declared import key
 from star_jax.runtime.errors import ConfigError
 from star_jax.tasks.base import Example, Task, check_split, first_block, register_task
 from star_jax.tasks.line_positions import LineColumnPositions, break_ids_of
-from star_jax.tasks.scratchpad import (  # noqa: F401  (re-exported)
-    SCRATCH_CLOSE as _SCRATCH_CLOSE, SCRATCH_OPEN as _SCRATCH_OPEN, scratch_body, scratch_lines,
-    step_correct)
+from star_jax.tasks.scratchpad import (  # noqa: F401  (scratch_body re-exported)
+    SCRATCH_CLOSE, SCRATCH_OPEN, scratch_body, scratch_lines, step_correct)
 
 _DIGITS_LINE_RE = re.compile(r"[0-9](?: ?[0-9])*")
 _DIGIT_SPACE_RE = re.compile(r"(?<=[0-9]) (?=[0-9])")
-_LAST_STEP_RE = re.compile(r", ([0-9](?: ?[0-9])*) C: ([0-9])")  # ", 8 6 C: 0": digits, carry
+_LAST_STEP_RE = re.compile(rf", ({_DIGITS_LINE_RE.pattern}) C: ([0-9])")  # ", 8 6 C: 0"
 
 
 def spaced(digits: int | str) -> str:
@@ -87,7 +86,7 @@ def compact(text: str) -> str:
 
 def scratchpad(a: int, b: int) -> str:
   """The true scratchpad of a + b as text, tags included (the gold rationale in context)."""
-  return "\n".join([_SCRATCH_OPEN, *scratchpad_lines(a, b), _SCRATCH_CLOSE])
+  return "\n".join([SCRATCH_OPEN, *scratchpad_lines(a, b), SCRATCH_CLOSE])
 
 
 def _number_range(digits: int) -> tuple[int, int]:
@@ -322,7 +321,7 @@ class ArithmeticTask(Task):
     answer = self._fmt(spaced(ex.answer)) + self.end_marker
     if not rationale.strip():
       return answer  # direct format
-    return f"{_SCRATCH_OPEN}\n{rationale}\n{_SCRATCH_CLOSE}\n{answer}"
+    return f"{SCRATCH_OPEN}\n{rationale}\n{SCRATCH_CLOSE}\n{answer}"
 
   def true_lines(self, ex: Example) -> list[str]:
     """The true scratch lines of ``ex`` in this task's format (digit spaces, sum lines)."""
@@ -341,9 +340,9 @@ class ArithmeticTask(Task):
     if not isinstance(text, str):
       return None
     block = first_block(text, self.end_marker)
-    if _SCRATCH_CLOSE in block:
-      block = block.split(_SCRATCH_CLOSE, 1)[1]
-    elif _SCRATCH_OPEN in block:
+    if SCRATCH_CLOSE in block:
+      block = block.split(SCRATCH_CLOSE, 1)[1]
+    elif SCRATCH_OPEN in block:
       return None  # the scratchpad never closed: no committed answer
     lines = [l.strip() for l in block.split("\n") if l.strip()]
     if not lines or not _DIGITS_LINE_RE.fullmatch(lines[0]):
