@@ -31,6 +31,7 @@ def load(config: Any) -> Config:
   cls = task_class(cfg.task)
   options = make_options(cls, cfg.task_options, "task_options")
   make_options(cls, cfg.pretrain.task_options, "pretrain.task_options")
+  make_options(cls, cfg.pretrain.hinted_task_options, "pretrain.hinted_task_options")
   _check_keys(cfg.pretrain.data, {f.name for f in dataclasses.fields(DataConfig)},
               "pretrain.data")
   _check_keys(cfg.model.overrides, _MODEL_FIELDS, "model.overrides")

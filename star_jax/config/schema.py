@@ -103,6 +103,10 @@ class PretrainConfig:
                      choices=("rationale", "answer"))
   hint_fraction: float = key(0.0, "share of P shown with the hint, so a from-scratch model "
                                   "learns to read one")
+  hinted_task_options: dict = key({}, "task options (on top of task_options) for a second "
+                                      "part of P, every text shown with the hint: e.g. longer "
+                                      "lengths, so M_0 learns to read a hint where it has no "
+                                      "unhinted text; {} = none")
   learning_rate: float = key(0.0, "the warm start's rate (0 = train.learning_rate): learning P "
                                   "may want a higher one than self-training on D")
   disjoint: bool = key(False, "D (the questions STaR samples) leaves out P's questions, so "
@@ -174,4 +178,5 @@ OPERATIONAL_KEYS = frozenset({
     # be extended by more iterations, or stopped earlier
     "star.iterations"})
 # Groups whose keys are not declared here but by another class (checked by config.load).
-FREE_FORM = ("task_options", "model.overrides", "pretrain.data", "pretrain.task_options")
+FREE_FORM = ("task_options", "model.overrides", "pretrain.data", "pretrain.task_options",
+             "pretrain.hinted_task_options")

@@ -119,9 +119,21 @@ def seed_set(config: Config, task: Task) -> tuple[Task, list[Example]]:
   return seed_task, seed_task.load("train", seed_data(config))
 
 
-def without_seed_set(config: Config, task: Task, train_set: list[Example]) -> list[Example]:
-  """D without the seed set P's questions (``pretrain.disjoint``)."""
+def hinted_seed_set(config: Config, task: Task) -> tuple[Task, list[Example]]:
+  """P's part shown only with the hint: the train problems ``pretrain.hinted_task_options``
+  choose (on top of ``pretrain.task_options``), less P's own questions; none when unset."""
+  extra = config.pretrain.hinted_task_options
+  if not extra:
+    return task, []
+  hinted_task = task.with_options(**{**config.pretrain.task_options, **extra})
   seen = {ex.question for ex in seed_set(config, task)[1]}
+  return hinted_task, [ex for ex in hinted_task.load("train", seed_data(config))
+                       if ex.question not in seen]
+
+
+def without_seed_set(config: Config, task: Task, train_set: list[Example]) -> list[Example]:
+  """D without the seed set P's questions, its hinted part's too (``pretrain.disjoint``)."""
+  seen = {ex.question for ex in seed_set(config, task)[1] + hinted_seed_set(config, task)[1]}
   kept = [ex for ex in train_set if ex.question not in seen]
   logging.info("D leaves out the seed set's questions: %d of %d train questions remain",
                len(kept), len(train_set))

@@ -19,7 +19,7 @@ from etils import epath
 from star_jax.config import Config
 from star_jax.engine import lora
 from star_jax.engine.batching import TrainExample
-from star_jax.experiment.build import Experiment, seed_set
+from star_jax.experiment.build import Experiment, hinted_seed_set, seed_set
 from star_jax.hub.checkpointer import Checkpointer
 from star_jax.runtime.errors import ConfigError
 from star_jax.star import finetune as ft
@@ -29,19 +29,29 @@ def seed_examples(config: Config, exp: Experiment) -> list[TrainExample]:
   """The seed set P as training examples: the train problems ``pretrain.data`` and
   ``pretrain.task_options`` choose, with their gold rationales (``pretrain.targets=
   "rationale"``) or bare answers ("answer"), a ``pretrain.hint_fraction`` share of them
-  shown with the hint."""
+  shown with the hint; then P's hinted part (``pretrain.hinted_task_options``), all shown
+  with the hint."""
   pc = config.pretrain
   task, examples = seed_set(config, exp.task)
-  pairs = []
-  for ex in examples:
-    gold = task.gold_rationale(ex) if pc.targets == "rationale" else ""
-    if gold is None:
-      raise ConfigError(f"pretrain needs gold rationales, and task {task.name!r} has none; "
-                        "set pretrain.targets='answer' or pretrain.steps=0")
-    pairs.append((ex, gold))
-  hints = np.random.default_rng([config.seed, 7]).random(len(pairs)) < pc.hint_fraction
+  hinted_task, hinted = hinted_seed_set(config, exp.task)
+  pairs = ([(ex, _target(pc.targets, task, ex)) for ex in examples]
+           + [(ex, _target(pc.targets, hinted_task, ex)) for ex in hinted])
+  hints = np.concatenate([
+      np.random.default_rng([config.seed, 7]).random(len(examples)) < pc.hint_fraction,
+      np.ones(len(hinted), bool)])
   return ft.training_examples(exp.task, exp.tokenizer, pairs, few_shot=config.star.few_shot,
                               hints=hints)
+
+
+def _target(targets: str, task, ex) -> str:
+  """What P teaches for ``ex``: its gold rationale, or "" (the bare answer)."""
+  if targets != "rationale":
+    return ""
+  gold = task.gold_rationale(ex)
+  if gold is None:
+    raise ConfigError(f"pretrain needs gold rationales, and task {task.name!r} has none; "
+                      "set pretrain.targets='answer' or pretrain.steps=0")
+  return gold
 
 
 def warm_start(config: Config, exp: Experiment, workdir: epath.PathLike, on_step=None

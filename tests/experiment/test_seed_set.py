@@ -2,11 +2,15 @@
 answers, the held-out questions in neither (experiment.build.without_seed_set)."""
 
 import os
+import re
+
+import pytest
 
 from helpers.runs import load_config, write_gsm8k
 from star_jax import config as config_lib, tasks
 from star_jax.config import seed_data
-from star_jax.experiment.build import build, without_seed_set
+from star_jax.experiment.build import build, hinted_seed_set, seed_set, without_seed_set
+from star_jax.runtime.errors import ConfigError
 from star_jax.tasks.gsm8k import solution_rationale
 
 
@@ -53,3 +57,32 @@ def test_build_draws_d_without_p_only_when_disjoint(tmp_path):
     c.pretrain.disjoint = disjoint
     sizes.append(len(build(config_lib.load(c), str(tmp_path / f"run{disjoint}")).train_set))
   assert sizes == [40, 30]
+
+
+def test_the_hinted_part_of_p_is_shown_with_the_hint_and_only_there(tmp_path):
+  # pretrain.hinted_task_options: a second part of P (here 3-digit problems, which the rest
+  # of P lacks), every text with the hint, so M_0 learns to read one at lengths where it has
+  # no unhinted text; the rest of P is as without it, hints drawn as before.
+  from star_jax.star.seed import seed_examples
+  c = load_config("arithmetic_smollm2")
+  c.pretrain.data = {"max_train": 40}
+  c.pretrain.task_options = {"digit_counts": (10, 30)}
+  plain = config_lib.load(c)
+  exp = build(plain, str(tmp_path / "plain"))
+  c.pretrain.hinted_task_options = {"max_digits": 3, "digit_counts": (0, 0, 8)}
+  cfg = config_lib.load(c)
+  before, after = seed_examples(plain, exp), seed_examples(cfg, exp)
+  assert after[:len(before)] == before and len(before) == 40
+  assert any("Hint" not in exp.tokenizer.decode(list(e.prompt)) for e in before)
+  prompts = [exp.tokenizer.decode(list(e.prompt)) for e in after[len(before):]]
+  assert len(prompts) == 8 and all("Hint" in p for p in prompts)
+  assert all(re.search(r"\d{3} \+ \d{3}", p) for p in prompts), prompts[0]
+  # a hinted part drawn as P itself is P's own questions: all left out
+  task = tasks.get_task("arithmetic", **c.task_options.to_dict())
+  c.pretrain.hinted_task_options = {"digit_counts": (10, 30)}
+  assert hinted_seed_set(config_lib.load(c), task)[1] == []
+  bad = c.copy_and_resolve_references()
+  bad.pretrain.hinted_task_options = {"digit_count": (1,)}
+  with pytest.raises(ConfigError, match="pretrain.hinted_task_options.digit_count"):
+    config_lib.load(bad)
+
