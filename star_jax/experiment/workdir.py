@@ -11,7 +11,7 @@ import json
 
 from etils import epath
 
-from star_jax.config import OPERATIONAL_KEYS, Config, flatten, to_dict
+from star_jax.config import OPERATIONAL_KEYS, Config, base_config, flatten, load, to_dict
 from star_jax.runtime.distributed import barrier, is_primary
 from star_jax.runtime.errors import WorkdirMismatchError
 from star_jax.runtime.files import read_jsonl, write_atomic, write_jsonl
@@ -34,6 +34,12 @@ def is_resume(config: Config, workdir: epath.PathLike) -> bool:
     return False
   recorded = json.loads(path.read_text(encoding="utf-8"))
   old, new = flatten(recorded), flatten(to_dict(config))
+  # A key a later release declared is absent from an earlier run's record; at its default it
+  # keeps that release's behaviour, so the run resumes.
+  defaults = flatten(to_dict(load(base_config(config.task))))
+  for k in set(new) - set(old):
+    if k in defaults and new[k] == defaults[k]:
+      old[k] = new[k]
   diff = sorted(k for k in set(old) | set(new)
                 if k not in OPERATIONAL_KEYS and old.get(k, "<unset>") != new.get(k, "<unset>"))
   if diff:

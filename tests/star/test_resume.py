@@ -11,7 +11,7 @@ import pytest
 
 from helpers.runs import (ROOT, check_artifacts, checksums, command, load_config, read_events,
                           run_results)
-from star_jax import star, tasks
+from star_jax import config as config_lib, star, tasks
 from star_jax.data import DataConfig
 from star_jax.experiment import workdir as wd
 from star_jax.runtime.errors import CheckpointError, ConfigError, WorkdirMismatchError
@@ -134,6 +134,24 @@ def test_changed_config_is_refused_naming_the_keys(tmp_path):
   config.star.iterations = 0
   star.run(config, workdir, overwrite=True)  # the explicit way to start over
   assert json.load(open(os.path.join(workdir, "config.json")))["train"]["learning_rate"] == 0.5
+
+
+def test_a_run_recorded_before_a_key_existed_resumes_with_the_key_at_its_default(tmp_path):
+  config = load_config("arithmetic")
+  config.star.iterations = 0
+  config.pretrain.steps = 2
+  workdir = str(tmp_path / "run")
+  star.run(config, workdir)
+  path = os.path.join(workdir, "config.json")
+  recorded = json.load(open(path))
+  del recorded["pretrain"]["hinted_task_options"]  # as written before the key was declared
+  del recorded["task_options"]["final_from_steps"]
+  with open(path, "w") as f:
+    json.dump(recorded, f)
+  assert wd.is_resume(config_lib.load(config), workdir)
+  config.task_options.final_from_steps = True  # set away from its default: a different run
+  with pytest.raises(WorkdirMismatchError, match=r"task_options.final_from_steps: '<unset>'"):
+    wd.is_resume(config_lib.load(config), workdir)
 
 
 def test_unknown_config_keys_are_rejected(tmp_path):
