@@ -138,10 +138,8 @@ def test_changed_config_is_refused_naming_the_keys(tmp_path):
 
 def test_a_run_recorded_before_a_key_existed_resumes_with_the_key_at_its_default(tmp_path):
   config = load_config("arithmetic")
-  config.star.iterations = 0
-  config.pretrain.steps = 2
   workdir = str(tmp_path / "run")
-  star.run(config, workdir)
+  wd.record_config(config_lib.load(config), workdir)
   path = os.path.join(workdir, "config.json")
   recorded = json.load(open(path))
   del recorded["pretrain"]["hinted_task_options"]  # as written before the key was declared
