@@ -107,7 +107,8 @@ def speeds(program: dict, chip: Chip, cfg, devices: int, train_shape: tuple[int,
 
   Train step: the cost is one micro-batch's (a loop-free compile), times the micro-batches;
   model FLOPs are ``cfg.flops_per_token`` (6 N + attention). Prefill: one pass over the batch's
-  prompts. Decode loop: one step, a token for every row; model FLOPs 2 N per token.
+  prompts, 2 N a token but the LM head's 2 V D once a prompt (only its last position's logits
+  are computed). Decode loop: one step, a token for every row; model FLOPs 2 N per token.
 
   A decode step's bytes are at most its arguments (the parameters and the KV cache, which it
   reads once): XLA's bytes accessed count the whole cache buffer for every in-place update
@@ -137,8 +138,12 @@ def speeds(program: dict, chip: Chip, cfg, devices: int, train_shape: tuple[int,
     out.update(step_seconds=step_s, tokens_per_s=tokens / step_s,
                mfu_bound=cfg.flops_per_token(seq) * tokens / (step_s * peak))
   elif "prefill" in program["what"]:
-    tokens = max(rows // max(samples, 1), 1) * prompt_len
-    out.update(tokens_per_s=tokens / unit_s, mfu_bound=2 * n_matmul * tokens / (unit_s * peak))
+    prompts = max(rows // max(samples, 1), 1)
+    tokens = prompts * prompt_len
+    # the LM head runs at each prompt's last position only (sampling/decode.py: prefill)
+    head = cfg.vocab_size * cfg.d_model
+    model_flops = 2 * (n_matmul - head) * tokens + 2 * head * prompts
+    out.update(tokens_per_s=tokens / unit_s, mfu_bound=model_flops / (unit_s * peak))
   else:
     out.update(tokens_per_s=rows / unit_s, mfu_bound=2 * n_matmul * rows / (unit_s * peak))
   return out

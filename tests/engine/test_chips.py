@@ -57,6 +57,17 @@ def test_speeds_of_a_hand_computed_train_step_and_decode_step():
   s = chips.speeds(decode, v4, cfg, devices=1, train_shape=(1, 1, 1), rows=16, prompt_len=32,
                    samples=1)
   assert s["unit_seconds"] == pytest.approx(6 * 2**30 / 1200e9) and s["bytes"] == 6 * 2**30
+  # A prefill of 4 prompts (16 rows, 4 samples each) of 32 tokens: the LM head runs once a
+  # prompt, so its model FLOPs are 2 (N - V D) a token + 2 V D a prompt (not 2 N a token,
+  # which put Llama-3.2-1B's prefill on v5p-8 at "MFU <= 119%").
+  prefill = {"what": "sampler prefill (...)", "cost_unit": "prefill",
+             "cost": {"flops": 2.75e12, "bytes accessed": 1e9}}
+  s = chips.speeds(prefill, v4, cfg, devices=1, train_shape=(1, 1, 1), rows=16, prompt_len=32,
+                   samples=4)
+  head = cfg.vocab_size * cfg.d_model
+  n = cfg.num_params(include_embedding=False) + (head if cfg.tie_embeddings else 0)
+  assert s["unit_seconds"] == pytest.approx(0.01) and s["tokens_per_s"] == pytest.approx(12800)
+  assert s["mfu_bound"] == pytest.approx((2 * (n - head) * 128 + 2 * head * 4) / (0.01 * 275e12))
   # Scanned layers: the compiler counts one layer, so no roofline is claimed.
   assert "note" in chips.speeds({"what": "x", "cost_unit": "", "cost": {"flops": 1.0}}, v4, cfg,
                                 1, (1, 1, 1), 1, 1, 1)
