@@ -36,10 +36,9 @@ def is_resume(config: Config, workdir: epath.PathLike) -> bool:
   old, new = flatten(recorded), flatten(to_dict(config))
   # A key a later release declared is absent from an earlier run's record; at its default it
   # keeps that release's behaviour, so the run resumes.
-  defaults = flatten(to_dict(load(base_config(config.task))))
-  for k in set(new) - set(old):
-    if k in defaults and new[k] == defaults[k]:
-      old[k] = new[k]
+  missing = set(new) - set(old)
+  defaults = flatten(to_dict(load(base_config(config.task)))) if missing else {}
+  old.update({k: new[k] for k in missing if k in defaults and new[k] == defaults[k]})
   diff = sorted(k for k in set(old) | set(new)
                 if k not in OPERATIONAL_KEYS and old.get(k, "<unset>") != new.get(k, "<unset>"))
   if diff:
