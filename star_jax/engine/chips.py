@@ -135,8 +135,13 @@ def speeds(program: dict, chip: Chip, cfg, devices: int, train_shape: tuple[int,
     micro, batch, seq = train_shape
     step_s = unit_s * micro
     tokens = micro * batch * seq
+    model_flops = cfg.flops_per_token(seq) * tokens
+    # The compiler's count of the whole step against the model's: above 1 by attention's full
+    # square (the model counts the causal half) and remat's second forward; below 1, the
+    # compiler missed work (its compute-alone time is then no floor).
     out.update(step_seconds=step_s, tokens_per_s=tokens / step_s,
-               mfu_bound=cfg.flops_per_token(seq) * tokens / (step_s * peak))
+               mfu_bound=model_flops / (step_s * peak),
+               compiler_over_model_flops=flops * micro * devices / model_flops)
   elif "prefill" in program["what"]:
     prompts = max(rows // max(samples, 1), 1)
     tokens = prompts * prompt_len

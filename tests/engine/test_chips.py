@@ -45,6 +45,9 @@ def test_speeds_of_a_hand_computed_train_step_and_decode_step():
   assert s["step_seconds"] == pytest.approx(0.04)  # 4 micro-batches
   assert s["tokens_per_s"] == pytest.approx(4 * 2 * 128 / 0.04)
   assert s["mfu_bound"] == pytest.approx(cfg.flops_per_token(128) * 1024 / (0.04 * 4 * 275e12))
+  # 4 devices x 4 micro-batches x 2.75 TFLOP against the model's FLOPs for 1,024 tokens
+  assert s["compiler_over_model_flops"] == pytest.approx(16 * 2.75e12
+                                                         / (cfg.flops_per_token(128) * 1024))
   # One decode step of 16 rows reading 12 GB: memory-bound, 10 ms, 1,600 tokens/s.
   decode = {"what": "sampler decode loop (...)", "cost_unit": "decode step",
             "cost": {"flops": 1e9, "bytes accessed": 12e9}}

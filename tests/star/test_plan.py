@@ -149,10 +149,14 @@ def test_the_tpu_compiler_plans_scanned_remat_lora_and_tensor_parallel_sampling(
   assert train["cost"]["flops"] > 0 and train["roofline"]["unit"] == "micro-batch"
   roof = train["roofline"]
   assert roof["step_seconds"] == pytest.approx(roof["unit_seconds"] * r["train_shape"][0])
+  # The compiler counts the model's work (6 N + causal attention) and more: attention's full
+  # square and remat's second forward (measured 1.27); below 1 it would have missed work.
+  assert 1.0 <= roof["compiler_over_model_flops"] <= 2.0
   # The budget of 1e-4 GiB overflows: each program says by how much and what dominates.
   assert not r["fits"] and all(p["overshoot"] > 0 for p in r["programs"])
   text = plan.format_report(r)
   assert "DOES NOT FIT" in text and "compiled by: TPU compiler" in text
+  assert "x the model's FLOPs" in text
   # The sampler's cost comes from a compile with the layers unrolled (a scanned program's
   # counts one layer): a decode step does at least the model's 2 N FLOPs a row.
   decode = _program(r, "sampler decode")
