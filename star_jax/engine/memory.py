@@ -27,7 +27,11 @@ from star_jax.engine.trainer import BATCH_KEYS, Trainer
 from star_jax.runtime.compiling import memory_need, out_of_device_memory
 
 GIB = 2 ** 30
-REFUSED = "; the compiler refused it: out of device memory"  # a refused program's note
+# A refused program's note. Its figures are what the compiler reported on refusing, which can be
+# far above what the program needs (Qwen3-8B's train step on v4-8: 54.1 GiB refused, 33.3
+# compiled for the same mesh of larger v5p chips): the overshoot says "no", not by how much.
+REFUSED = ("; the compiler refused it: out of device memory (the figures are its report on "
+           "refusing, an upper estimate: plan the same mesh on a larger chip for the layout)")
 
 
 @dataclasses.dataclass
