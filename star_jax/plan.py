@@ -3,6 +3,7 @@
   python -m star_jax.plan --config=configs/cqa.py --devices=8 --device_memory_gib=80 \
       --config.model.preset=gptj-6b --config.model.checkpoint='' --config.mesh.fsdp=-1 \
       --config.mesh.data=1 [--prompt_len=P] [--new_tokens=N]
+  python -m star_jax.plan --config=... --topology=v5e-64 [--train_only] [--nocost]
 
 Compiles the train step and the sampler (prefill, decode loop) for abstract arrays on N fake
 CPU devices and prints each program's per-device memory (arguments, outputs, temporaries,
@@ -102,12 +103,15 @@ def estimated_prompt_len(config: Config, task) -> int:
 
 
 def plan(config: Any, device_memory_gib: float | None, prompt_len: int = 0,
-         new_tokens: int = 0, topology: str = "") -> dict[str, Any]:
+         new_tokens: int = 0, topology: str = "", train_only: bool = False,
+         cost: bool = True) -> dict[str, Any]:
   """The report: model, mesh, shapes, every program's figures and parts, and the verdict;
   ``config`` a ConfigDict or a ``config.Config``. With ``topology`` (``v5e:2x4``, ``v4-8``)
   the programs are compiled by the TPU compiler for that slice's chips (budget: a chip's HBM
   unless ``device_memory_gib`` says otherwise), with roofline times; else by XLA:CPU for this
-  host's (fake) devices."""
+  host's (fake) devices. ``train_only`` skips the sampler's programs; ``cost=False`` skips the
+  loop-free compiles the roofline needs (with both, a 64-chip plan of an 8B model takes
+  minutes and ~2 GiB of host memory instead of more than 23)."""
   config = config_lib.load(config)
   if topology:
     try:
@@ -116,14 +120,16 @@ def plan(config: Any, device_memory_gib: float | None, prompt_len: int = 0,
       raise ConfigError(str(e)) from None
     device_memory_gib = device_memory_gib or chip.hbm_gib
     with compiling_for("tpu"):
-      report = _plan(config, devices, device_memory_gib, prompt_len, new_tokens, chip)
+      report = _plan(config, devices, device_memory_gib, prompt_len, new_tokens, chip,
+                     train_only, cost)
     report["compiler"] = (f"TPU compiler (libtpu {_version('libtpu')}) for {topology}: "
                           f"{len(devices)} x {chip.device_kind}")
     report["chip"] = dataclasses.asdict(chip)
     return report
   if device_memory_gib is None:
     raise ConfigError("give --device_memory_gib (or --topology for a TPU slice)")
-  report = _plan(config, jax.devices(), device_memory_gib, prompt_len, new_tokens, None)
+  report = _plan(config, jax.devices(), device_memory_gib, prompt_len, new_tokens, None,
+                 train_only, cost)
   report["compiler"] = (f"XLA:CPU for {jax.device_count()} fake CPU devices (activations are "
                         "XLA:CPU's; check them on the device, or plan with --topology)")
   return report
@@ -138,7 +144,7 @@ def _version(dist: str) -> str:
 
 
 def _plan(config: Config, devices, device_memory_gib: float, prompt_len: int, new_tokens: int,
-          chip: chips.Chip | None) -> dict[str, Any]:
+          chip: chips.Chip | None, train_only: bool, cost: bool) -> dict[str, Any]:
   name, cfg = model_config_of(config)
   try:
     mesh = sharding.make_mesh(dataclasses.asdict(config.mesh), devices=devices)
@@ -156,12 +162,10 @@ def _plan(config: Config, devices, device_memory_gib: float, prompt_len: int, ne
   std_logging.info("planning %s (%.2fB params) on mesh %s", name, cfg.num_params() / 1e9,
                sharding.describe(mesh))
   programs = [plan_train_step(graphdef, params, mesh, optim_config(tc, 1), shape,
-                              master_dtype=tc.master_dtype, cost=chip is not None)]
-  sampler = Sampler(cfg, graphdef, mesh, batch_size=config.sample.batch_size,
-                    layout=config.sample.layout)
-  sp = SamplingParams(config.star.temperature, config.star.top_k, config.star.top_p)
-  programs += plan_sampler(sampler, params, prompt_len, new_tokens,
-                           config.star.samples_per_question, sp, cost=chip is not None)
+                              master_dtype=tc.master_dtype, cost=cost and chip is not None)]
+  if not train_only:
+    programs += _sampler_programs(config, cfg, graphdef, params, mesh, prompt_len, new_tokens,
+                                  cost and chip is not None)
   report = {"model": name, "num_params": cfg.num_params(), "param_dtype": cfg.param_dtype,
             "devices": len(devices), "mesh": dict(mesh.shape),
             "device_memory_gib": device_memory_gib, "train_shape": list(shape),
@@ -171,9 +175,20 @@ def _plan(config: Config, devices, device_memory_gib: float, prompt_len: int, ne
   if chip is not None:
     rows = config.sample.batch_size
     for p in report["programs"]:
-      p["roofline"] = chips.speeds(p, chip, cfg, len(devices), shape, rows, prompt_len,
-                                   config.star.samples_per_question)
+      p["roofline"] = (chips.speeds(p, chip, cfg, len(devices), shape, rows, prompt_len,
+                                    config.star.samples_per_question) if cost
+                       else {"note": "not computed (--nocost)"})
   return report
+
+
+def _sampler_programs(config: Config, cfg, graphdef, params, mesh, prompt_len: int,
+                      new_tokens: int, cost: bool) -> list:
+  """The sampler's prefill and decode loop as a run builds them."""
+  sampler = Sampler(cfg, graphdef, mesh, batch_size=config.sample.batch_size,
+                    layout=config.sample.layout)
+  sp = SamplingParams(config.star.temperature, config.star.top_k, config.star.top_p)
+  return plan_sampler(sampler, params, prompt_len, new_tokens, config.star.samples_per_question,
+                      sp, cost=cost)
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -237,6 +252,11 @@ def define_flags() -> dict:
                                          "a token)."),
       "new_tokens": flags.DEFINE_integer("new_tokens", 0, "New tokens per row (0: "
                                          "star.max_new_tokens, else the task's default)."),
+      "train_only": flags.DEFINE_bool("train_only", False, "Plan the train step only, not "
+                                      "the sampler's programs."),
+      "cost": flags.DEFINE_bool("cost", True, "With --topology: compile loop-free copies for "
+                                "the roofline (slow, and most of the host memory a large "
+                                "slice's plan takes); --nocost for memory alone."),
   }
   flags.mark_flags_as_required(["config"])
   return out
@@ -255,7 +275,8 @@ def main(argv):
              "(was jax started before the flag was set?)")
   try:
     report = plan(FLAGS["config"].value, FLAGS["memory"].value, FLAGS["prompt_len"].value,
-                  FLAGS["new_tokens"].value, topology)
+                  FLAGS["new_tokens"].value, topology, FLAGS["train_only"].value,
+                  FLAGS["cost"].value)
   except ValueError as e:
     print(f"plan: {e}", file=sys.stderr)
     sys.exit(2)

@@ -166,6 +166,10 @@ def test_the_tpu_compiler_plans_scanned_remat_lora_and_tensor_parallel_sampling(
   # measured 1.12e6 FLOPs a device, against 7.2e5 for 2 N a row (one layer counted: < 6e5)
   assert decode["cost"]["flops"] >= 2 * weights * c.sample.batch_size / r["devices"]
   assert _program(r, "sampler prefill")["roofline"]["unit"] == "prefill"
+
+
+@pytest.mark.skipif(not _has_libtpu(), reason="needs libtpu (pip install -e '.[tpu]'; .ci/run "
+                    "installs it): the TPU compiler runs on this CPU, no TPU needed")
 def test_a_program_the_tpu_compiler_refuses_is_a_plan_that_does_not_fit():
   """8,192 rows of 1,024 tokens a step on v5e:2x2: the TPU compiler refuses the train step (it
   needs 108 GiB of temporaries a chip of 16 GiB) instead of reporting it; the plan says it does
@@ -180,3 +184,17 @@ def test_a_program_the_tpu_compiler_refuses_is_a_plan_that_does_not_fit():
   assert "does not fit: train step by" in plan.format_report(r)
 
 
+@pytest.mark.skipif(not _has_libtpu(), reason="needs libtpu (pip install -e '.[tpu]'; .ci/run "
+                    "installs it): the TPU compiler runs on this CPU, no TPU needed")
+def test_a_train_only_plan_without_cost_compiles_the_train_step_alone():
+  """--train_only --nocost: the train step's memory for the slice, no sampler program and no
+  loop-free cost compile (what makes a 64-chip plan of an 8B model fit this host)."""
+  c = _config(data=1, fsdp=2, tensor=2)
+  full = plan.plan(c, device_memory_gib=None, prompt_len=40, new_tokens=16, topology="v5e:2x2")
+  r = plan.plan(c, device_memory_gib=None, prompt_len=40, new_tokens=16, topology="v5e:2x2",
+                train_only=True, cost=False)
+  assert [p["what"] for p in r["programs"]] == [_program(full, "train step")["what"]]
+  train, full_train = r["programs"][0], _program(full, "train step")
+  assert not train["cost"] and "--nocost" in train["roofline"]["note"]
+  assert train["total"] == pytest.approx(full_train["total"])  # the same program's memory
+  assert r["fits"] and "not computed (--nocost)" in plan.format_report(r)
