@@ -186,7 +186,7 @@ def test_a_program_the_tpu_compiler_refuses_is_a_plan_that_does_not_fit():
 
 @pytest.mark.skipif(not _has_libtpu(), reason="needs libtpu (pip install -e '.[tpu]'; .ci/run "
                     "installs it): the TPU compiler runs on this CPU, no TPU needed")
-def test_a_train_only_plan_without_cost_compiles_the_train_step_alone():
+def test_a_train_only_plan_without_cost_compiles_the_train_step_alone(tmp_path):
   """--train_only --nocost: the train step's memory for the slice, no sampler program and no
   loop-free cost compile (what makes a 64-chip plan of an 8B model fit this host)."""
   c = _config(data=1, fsdp=2, tensor=2)
@@ -198,3 +198,14 @@ def test_a_train_only_plan_without_cost_compiles_the_train_step_alone():
   assert not train["cost"] and "--nocost" in train["roofline"]["note"]
   assert train["total"] == pytest.approx(full_train["total"])  # the same program's memory
   assert r["fits"] and "not computed (--nocost)" in plan.format_report(r)
+  # benchmarks.plan_scaling reads the printed reports into docs/plan.md's scaling table
+  from benchmarks import plan_scaling
+  for name, report in (("a", r), ("b", full)):
+    (tmp_path / f"{name}.json").write_text("log line\n" + json.dumps(report) + "\n")
+  plan_scaling.main([str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                     "--plot", str(tmp_path / "scaling.png")])
+  rs = plan_scaling.rows([plan_scaling.read(str(tmp_path / "a.json"))])
+  assert rs[0]["slice"] == "v5e:2x2" and rs[0]["chips"] == 4 and rs[0]["fits"]
+  assert rs[0]["gib"] == pytest.approx(train["total"]) and rs[0]["step_ms"] is None
+  assert "| v5e:2x2 | 4 |" in plan_scaling.table(rs)
+  assert (tmp_path / "scaling.png").stat().st_size > 0
