@@ -62,7 +62,8 @@ def table(rs: list[dict]) -> str:
            "| --- | --- | --- | --- | --- | --- |"]
   for r in rs:
     verdict = ("fits" if r["fits"] else
-               f"does not fit{' (refused)' if r['refused'] else ''}, +{r['overshoot']:.1f}")
+               f"{'refused by the compiler' if r['refused'] else 'does not fit'}, "
+               f"+{r['overshoot']:.1f}")
     col = r["collectives"]
     cols = (f"{col.get('once', 0.0):.2f} + {col.get('per loop iteration', 0.0):.2f}"
             if col else "—")
