@@ -146,6 +146,7 @@ def _version(dist: str) -> str:
 def _plan(config: Config, devices, device_memory_gib: float, prompt_len: int, new_tokens: int,
           chip: chips.Chip | None, train_only: bool, cost: bool) -> dict[str, Any]:
   name, cfg = model_config_of(config)
+  cost = cost and chip is not None  # the roofline is the TPU compiler's
   try:
     mesh = sharding.make_mesh(dataclasses.asdict(config.mesh), devices=devices)
   except ValueError as e:
@@ -162,10 +163,10 @@ def _plan(config: Config, devices, device_memory_gib: float, prompt_len: int, ne
   std_logging.info("planning %s (%.2fB params) on mesh %s", name, cfg.num_params() / 1e9,
                sharding.describe(mesh))
   programs = [plan_train_step(graphdef, params, mesh, optim_config(tc, 1), shape,
-                              master_dtype=tc.master_dtype, cost=cost and chip is not None)]
+                              master_dtype=tc.master_dtype, cost=cost)]
   if not train_only:
     programs += _sampler_programs(config, cfg, graphdef, params, mesh, prompt_len, new_tokens,
-                                  cost and chip is not None)
+                                  cost)
   report = {"model": name, "num_params": cfg.num_params(), "param_dtype": cfg.param_dtype,
             "devices": len(devices), "mesh": dict(mesh.shape),
             "device_memory_gib": device_memory_gib, "train_shape": list(shape),

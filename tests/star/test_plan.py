@@ -132,8 +132,12 @@ def _has_libtpu():
   return importlib.util.find_spec("libtpu") is not None
 
 
-@pytest.mark.skipif(not _has_libtpu(), reason="needs libtpu (pip install -e '.[tpu]'; .ci/run "
-                    "installs it): the TPU compiler runs on this CPU, no TPU needed")
+needs_libtpu = pytest.mark.skipif(
+    not _has_libtpu(), reason="needs libtpu (pip install -e '.[tpu]'; .ci/run installs it): "
+    "the TPU compiler runs on this CPU, no TPU needed")
+
+
+@needs_libtpu
 def test_the_tpu_compiler_plans_scanned_remat_lora_and_tensor_parallel_sampling():
   """A tiny config compiled for v5e:2x2 by libtpu, with the TPU code paths: scanned layers
   with remat, LoRA adapters, the tensor-parallel sampling layout. Every program has the
@@ -168,8 +172,7 @@ def test_the_tpu_compiler_plans_scanned_remat_lora_and_tensor_parallel_sampling(
   assert _program(r, "sampler prefill")["roofline"]["unit"] == "prefill"
 
 
-@pytest.mark.skipif(not _has_libtpu(), reason="needs libtpu (pip install -e '.[tpu]'; .ci/run "
-                    "installs it): the TPU compiler runs on this CPU, no TPU needed")
+@needs_libtpu
 def test_a_program_the_tpu_compiler_refuses_is_a_plan_that_does_not_fit():
   """8,192 rows of 1,024 tokens a step on v5e:2x2: the TPU compiler refuses the train step (it
   needs 108 GiB of temporaries a chip of 16 GiB) instead of reporting it; the plan says it does
@@ -184,8 +187,7 @@ def test_a_program_the_tpu_compiler_refuses_is_a_plan_that_does_not_fit():
   assert "does not fit: train step by" in plan.format_report(r)
 
 
-@pytest.mark.skipif(not _has_libtpu(), reason="needs libtpu (pip install -e '.[tpu]'; .ci/run "
-                    "installs it): the TPU compiler runs on this CPU, no TPU needed")
+@needs_libtpu
 def test_a_train_only_plan_without_cost_compiles_the_train_step_alone(tmp_path):
   """--train_only --nocost: the train step's memory for the slice, no sampler program and no
   loop-free cost compile (what makes a 64-chip plan of an 8B model fit this host)."""
