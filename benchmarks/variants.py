@@ -3,6 +3,10 @@ tables (held-out accuracy per iteration, greedy and majority@k; keep rates and Î
 
   python -m benchmarks.variants --runs star=runs/v_star rest_em=runs/v_rest_em ... \
       --plot docs/img/variants.png
+
+A method may name several workdirs, one per data seed (``star=runs/v_star,runs/v1_star``): the
+per-iteration tables and the plot show the first, and a last table gives every seed's final
+accuracy and their mean, at the last iteration every run reached.
 """
 
 from __future__ import annotations
@@ -63,6 +67,24 @@ def keep_table(runs: dict[str, list[dict]], digits: str = "5") -> str:
   return "\n".join(rows)
 
 
+def final_table(seeds: dict[str, list[list[dict]]]) -> str:
+  """Per method: greedy (majority@k) held-out accuracy of each seed's run and the mean, at the
+  last iteration all runs reached."""
+  last = min(len(ms) for runs in seeds.values() for ms in runs) - 1
+  n = max(len(runs) for runs in seeds.values())
+  rows = [f"| method | " + " | ".join(f"seed run {i + 1}" for i in range(n))
+          + f" | mean (iter {last}) |", "| --- " * (n + 2) + "|"]
+  for name, runs in seeds.items():
+    at = [ms[last] for ms in runs]
+    cells = [f"{pct(m['eval_accuracy'])} ({pct(m.get('eval_majority_accuracy'))})" for m in at]
+    cells += [""] * (n - len(at))
+    greedy = sum(m["eval_accuracy"] for m in at) / len(at)
+    votes = [m.get("eval_majority_accuracy") for m in at]
+    vote = None if None in votes else sum(votes) / len(votes)
+    rows.append(f"| {name} | " + " | ".join(cells) + f" | {pct(greedy)} ({pct(vote)}) |")
+  return "\n".join(rows)
+
+
 def plot(runs: dict[str, list[dict]], path: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
@@ -85,16 +107,21 @@ def plot(runs: dict[str, list[dict]], path: str) -> None:
 
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__)
-  p.add_argument("--runs", nargs="+", required=True, help="name=WORKDIR, in table order")
+  p.add_argument("--runs", nargs="+", required=True,
+                 help="name=WORKDIR[,WORKDIR...] (one per data seed), in table order")
   p.add_argument("--plot", default="", help="where to write the figure (png)")
   args = p.parse_args(argv)
-  runs = {}
+  seeds = {}
   for item in args.runs:
-    name, _, workdir = item.partition("=")
-    runs[name] = read(workdir)
+    name, _, workdirs = item.partition("=")
+    seeds[name] = [read(w) for w in workdirs.split(",")]
+  runs = {name: r[0] for name, r in seeds.items()}
   print(accuracy_table(runs))
   print()
   print(keep_table(runs))
+  if any(len(r) > 1 for r in seeds.values()):
+    print()
+    print(final_table(seeds))
   if args.plot:
     plot(runs, args.plot)
 

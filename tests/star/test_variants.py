@@ -1,7 +1,8 @@
-"""The STaR family (star/variants.py) and self-consistency evaluation (star/rollout.py)
-against a scripted sampler (helpers/scripted.py): ReST-EM's cap, RFT's distinct paths,
+"""The STaR family (star/methods.py, star/keep.py) and self-consistency evaluation
+(star/rollout.py) against a scripted sampler (helpers/scripted.py): ReST-EM's cap, RFT's distinct paths,
 B-STaR's choice of temperature, pass@k and the majority vote. Fine-tuning is a stand-in
 that records its calls (as in test_iteration.py); the file runs in a few seconds.
+The last test reads hand-made metrics with the comparison script (benchmarks/variants.py).
 
 Texts per arithmetic problem: the gold scratchpad; the same path with other spacing (a
 different text); another path, one wrong middle line, that still ends at the right sum; and
@@ -9,6 +10,7 @@ a wrong answer (the scratchpad and sum of another problem).
 """
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -249,3 +251,29 @@ def test_evaluation_adds_pass_at_k_and_majority_per_bucket(tmp_path, trained):
 def _eval():
   from star_jax.star.rollout import EvalResult
   return EvalResult(0.25, 4, [], {}, 0)
+
+
+def test_the_comparison_gives_each_seeds_final_accuracy_and_their_mean(tmp_path, capsys):
+  from benchmarks import variants
+
+  def write(name, accs, votes):
+    d = tmp_path / name
+    d.mkdir()
+    with open(d / "metrics.jsonl", "w") as f:
+      for i, (a, v) in enumerate(zip(accs, votes)):
+        f.write(json.dumps({"iteration": i, "eval_accuracy": a, "eval_majority_accuracy": v,
+                            "train_seconds": 60.0, "solved_by_generation": 3,
+                            "solved_by_rationalization": 1, "train_questions": 8,
+                            "kept": 4}) + "\n")
+    return str(d)
+
+  s0 = write("s0", [0.5, 0.8, 0.9], [0.4, 0.7, 0.85])
+  s1 = write("s1", [0.4, 0.6], [0.3, 0.5])  # stopped an iteration earlier
+  other = write("o0", [0.5, 0.55, 0.6], [0.5, 0.5, 0.5])
+  variants.main(["--runs", f"star={s0},{s1}", f"rft={other}"])
+  out = capsys.readouterr().out
+  assert "| star | 50.0 (40.0) | 80.0 (70.0) | 90.0 (85.0) | 2 |" in out  # the first seed's run
+  # the last iteration every run reached is 1: star's seeds at 80 and 60, mean 70
+  assert "mean (iter 1)" in out
+  assert "| star | 80.0 (70.0) | 60.0 (50.0) | 70.0 (60.0) |" in out
+  assert "| rft | 55.0 (50.0) |  | 55.0 (50.0) |" in out
