@@ -217,7 +217,8 @@ def format_report(r: dict[str, Any]) -> str:
                    + f"; compute alone {roof['compute_seconds'] * 1e3:.2f} ms) -> at most "
                    f"{roof['tokens_per_s']:,.0f} tokens/s, MFU <= {roof['mfu_bound']:.0%}"
                    + (f"; the compiler counts {roof['compiler_over_model_flops']:.2f} x the "
-                      "model's FLOPs" if "compiler_over_model_flops" in roof else ""))
+                      "model's FLOPs" if "compiler_over_model_flops" in roof else "")
+                   + (f"; cost {roof['cost_note']}" if "cost_note" in roof else ""))
     elif roof:
       lines.append(f"  {'':14}roofline: {roof['note']}")
     if p["fits"]:

@@ -117,7 +117,7 @@ def speeds(program: dict, chip: Chip, cfg, devices: int, train_shape: tuple[int,
   cost = program.get("cost") or {}
   if not program.get("cost_unit") or "flops" not in cost:
     why = ("the compiler refused the program" if program.get("capacity")
-           else "scanned layers count one layer")
+           else program.get("cost_note") or "scanned layers count one layer")
     return {"note": f"no cost analysis for this program ({why})"}
   flops, nbytes = cost["flops"], cost.get("bytes accessed", 0.0)
   decode = program["cost_unit"] == "decode step"
@@ -128,6 +128,8 @@ def speeds(program: dict, chip: Chip, cfg, devices: int, train_shape: tuple[int,
   # counts every fusion's operands whole (the bandwidth term can overshoot the device's).
   out = {"unit": program["cost_unit"], "unit_seconds": unit_s, "bound": bound(flops, nbytes, chip),
          "bytes": nbytes, "compute_seconds": flops / chip.peak_bf16_flops}
+  if program.get("cost_note"):
+    out["cost_note"] = program["cost_note"]
   peak = devices * chip.peak_bf16_flops
   n_matmul = cfg.num_params(include_embedding=False) + (
       cfg.vocab_size * cfg.d_model if cfg.tie_embeddings else 0)

@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from star_jax.engine import params as params_lib
+from star_jax.engine import params as params_lib, sharding
 from star_jax.engine.model_config import ModelConfig
 from star_jax.engine.optim import OptimConfig
 from star_jax.engine.trainer import BATCH_KEYS, Trainer
@@ -49,6 +49,7 @@ class ProgramPlan:
   # work ``cost_unit`` names (XLA counts a loop body once, so a loop's figures are one step's).
   cost: dict[str, float] = dataclasses.field(default_factory=dict)
   cost_unit: str = ""
+  cost_note: str = ""  # how the cost was had when not directly (or why there is none)
 
   def dominant(self) -> str:
     return max(self.parts, key=self.parts.get)
@@ -66,7 +67,7 @@ class ProgramPlan:
             "fits": self.overshoot(budget) <= 0, "overshoot": _gib(max(self.overshoot(budget), 0)),
             "dominant": self.dominant(),
             "collectives": {k: _gib(v) for k, v in self.collectives.items()},
-            "cost": dict(self.cost), "cost_unit": self.cost_unit}
+            "cost": dict(self.cost), "cost_unit": self.cost_unit, "cost_note": self.cost_note}
 
 
 def _gib(n: int) -> float:
@@ -191,18 +192,25 @@ def plan_train_step(graphdef: nnx.GraphDef, params: nnx.State, mesh: Mesh, optim
                      "gradients" + refused,
                      collective_bytes(exe.as_text()) if exe is not None else {})
   if cost and exe is not None:
-    plan.cost, plan.cost_unit = micro_batch_cost(graphdef, params, mesh, optim, shape,
-                                                 master_dtype), "micro-batch"
+    plan.cost, plan.cost_note = micro_batch_cost(graphdef, params, mesh, optim, shape,
+                                                 master_dtype)
+    plan.cost_unit = "micro-batch"
   return plan
 
 
 def micro_batch_cost(graphdef: nnx.GraphDef, params: nnx.State, mesh: Mesh, optim: OptimConfig,
-                     shape: tuple[int, int, int], master_dtype: str) -> dict[str, float]:
-  """The compiler's FLOPs and bytes of one micro-batch's step, from a loop-free compile.
+                     shape: tuple[int, int, int], master_dtype: str, direct: bool = True
+                     ) -> tuple[dict[str, float], str]:
+  """The compiler's FLOPs and bytes of one micro-batch's step, from a loop-free compile, and a
+  note saying how they were had when not directly ("" when they were).
 
   XLA's cost analysis counts a loop body once, so the step is compiled again without loops:
   one micro-batch (every one does the same work), layers unrolled (``scan_layers`` off) and the
-  loss's logits in one piece (no chunk loop). Its memory is not the run's; its work is.
+  loss's logits in one piece (no chunk loop). Its memory is not the run's; its work is. When
+  the compiler refuses that compile for want of device memory (the whole micro-batch's logits
+  at once; or ``direct=False``), the cost is fitted as a + b x rows through loop-free compiles
+  of one and two rows a device, and extrapolated to the micro-batch's rows: the step's work is
+  per row but for the update and the parameters' gathers, which do not depend on the rows.
   """
   from star_jax.engine import trainer as trainer_lib
   cfg = params_lib.merge(graphdef, params).cfg  # abstract leaves: nothing is allocated
@@ -212,13 +220,30 @@ def micro_batch_cost(graphdef: nnx.GraphDef, params: nnx.State, mesh: Mesh, opti
   try:
     trainer = Trainer(graphdef, mesh, optim, master_dtype=master_dtype)
     state = trainer.abstract_state(params)
-    one = (1, *shape[1:])
-    jitted = trainer.jitted_step(params_lib.shardings_of(state), one)
-    batch = {k: jax.ShapeDtypeStruct(one, np.int32, sharding=trainer.batch_sharding(one))
-             for k in BATCH_KEYS}
-    sched = {k: jax.ShapeDtypeStruct((), np.float32) for k in optim.schedule_args()}
-    exe, _, _ = compile_program(jitted, (state, trainer.frozen, batch, sched),
-                                "train step (cost)", mesh)
+
+    def loop_free(rows: int) -> dict[str, float]:
+      one = (1, rows, shape[2])
+      jitted = trainer.jitted_step(params_lib.shardings_of(state), one)
+      batch = {k: jax.ShapeDtypeStruct(one, np.int32, sharding=trainer.batch_sharding(one))
+               for k in BATCH_KEYS}
+      sched = {k: jax.ShapeDtypeStruct((), np.float32) for k in optim.schedule_args()}
+      exe, _, _ = compile_program(jitted, (state, trainer.frozen, batch, sched),
+                                  "train step (cost)", mesh)
+      return cost_of(exe) if exe is not None else {}
+
+    rows, per_device = shape[1], sharding.batch_divisor(mesh)
+    cost = loop_free(rows) if direct else {}
+    if cost:
+      return cost, ""
+    refused = (f"the loop-free compile of {rows} rows was refused for want of device memory"
+               if direct else f"not compiled at {rows} rows")
+    r1, r2 = per_device, 2 * per_device
+    if rows <= r2:
+      return {}, refused
+    c1, c2 = loop_free(r1), loop_free(r2)
+    if not (c1 and c2):
+      return {}, f"{refused}, and at {r1} and {r2} rows too"
+    return ({k: c1[k] + (c2[k] - c1[k]) * (rows - r1) / (r2 - r1) for k in c1 if k in c2},
+            f"extrapolated from loop-free compiles of {r1} and {r2} rows ({refused})")
   finally:
     trainer_lib.LOGITS_CHUNK_ELEMENTS = chunk
-  return cost_of(exe) if exe is not None else {}

@@ -63,3 +63,40 @@ def test_a_step_that_cannot_fit_fails_before_it_runs_with_the_numbers(mesh1, mon
                                         r"temporaries .* has 0.1 GiB available; use more"):
     trainer.step(state, batch)
   assert int(state.step) == 0  # nothing ran: the state was not donated away
+
+
+def test_a_refused_loop_free_cost_compile_is_fitted_from_smaller_micro_batches(monkeypatch):
+  """The roofline's cost comes from a loop-free compile of a whole micro-batch; where the
+  compiler refuses it (an 8B model's logits in one piece on 16 GiB chips), the cost is fitted
+  as a + b x rows through one and two rows a device. The fit matches the direct compile."""
+  from conftest import mesh_of
+  from star_jax.engine import memory
+  mesh = mesh_of((1, 2, 1))  # fsdp=2: the batch splits in 2
+  cfg = get_preset("tiny", vocab_size=256, max_seq_len=128)
+  graphdef, params = memory.abstract_params(cfg.replace(scan_layers=True), mesh)
+  optim, shape = OptimConfig(learning_rate=1e-3), (1, 8, 128)
+  direct, note = memory.micro_batch_cost(graphdef, params, mesh, optim, shape, "float32")
+  assert note == "" and direct["flops"] > 0
+  fitted, note = memory.micro_batch_cost(graphdef, params, mesh, optim, shape, "float32",
+                                         direct=False)
+  assert note.startswith("extrapolated from loop-free compiles of 2 and 4 rows")
+  # measured on v5e:2x2: FLOPs 0.08% and bytes 0.5% from the direct compile's
+  assert fitted["flops"] == pytest.approx(direct["flops"], rel=0.01)
+  assert fitted["bytes accessed"] == pytest.approx(direct["bytes accessed"], rel=0.05)
+
+  real, refuse_from = memory.compile_program, [8]  # rows the "compiler" refuses, as libtpu did
+
+  def refusing(jitted, args, what, mesh):
+    if args[2]["tokens"].shape[1] >= refuse_from[0]:
+      return None, 0.0, {}
+    return real(jitted, args, what, mesh)
+  monkeypatch.setattr(memory, "compile_program", refusing)
+  cost, note = memory.micro_batch_cost(graphdef, params, mesh, optim, shape, "float32")
+  assert cost == fitted and "the loop-free compile of 8 rows was refused" in note
+  refuse_from[0] = 4  # 4 rows refused: no two smaller micro-batches to fit through
+  cost, note = memory.micro_batch_cost(graphdef, params, mesh, optim, (1, 4, 128), "float32")
+  assert cost == {} and note == ("the loop-free compile of 4 rows was refused for want of "
+                                 "device memory")
+  refuse_from[0] = 2  # even one row a device refused
+  cost, note = memory.micro_batch_cost(graphdef, params, mesh, optim, shape, "float32")
+  assert cost == {} and note.endswith("and at 2 and 4 rows too")

@@ -1,7 +1,7 @@
 """The STaR family (star/methods.py, star/keep.py) and self-consistency evaluation
-(star/rollout.py) against a scripted sampler (helpers/scripted.py): ReST-EM's cap, RFT's distinct paths,
-B-STaR's choice of temperature, pass@k and the majority vote. Fine-tuning is a stand-in
-that records its calls (as in test_iteration.py); the file runs in a few seconds.
+(star/rollout.py) against a scripted sampler (helpers/scripted.py): ReST-EM's cap, RFT's
+distinct paths, B-STaR's choice of temperature, pass@k and the majority vote. Fine-tuning is
+a stand-in that records its calls (as in test_iteration.py); the file runs in a few seconds.
 The last test reads hand-made metrics with the comparison script (benchmarks/variants.py).
 
 Texts per arithmetic problem: the gold scratchpad; the same path with other spacing (a
