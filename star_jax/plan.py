@@ -4,6 +4,7 @@
       --config.model.preset=gptj-6b --config.model.checkpoint='' --config.mesh.fsdp=-1 \
       --config.mesh.data=1 [--prompt_len=P] [--new_tokens=N]
   python -m star_jax.plan --config=... --topology=v5e-64 [--train_only] [--nocost]
+      [--cost_layers]
 
 Compiles the train step and the sampler (prefill, decode loop) for abstract arrays on N fake
 CPU devices and prints each program's per-device memory (arguments, outputs, temporaries,
@@ -104,14 +105,16 @@ def estimated_prompt_len(config: Config, task) -> int:
 
 def plan(config: Any, device_memory_gib: float | None, prompt_len: int = 0,
          new_tokens: int = 0, topology: str = "", train_only: bool = False,
-         cost: bool = True) -> dict[str, Any]:
+         cost: bool = True, cost_layers: bool = False) -> dict[str, Any]:
   """The report: model, mesh, shapes, every program's figures and parts, and the verdict;
   ``config`` a ConfigDict or a ``config.Config``. With ``topology`` (``v5e:2x4``, ``v4-8``)
   the programs are compiled by the TPU compiler for that slice's chips (budget: a chip's HBM
   unless ``device_memory_gib`` says otherwise), with roofline times; else by XLA:CPU for this
   host's (fake) devices. ``train_only`` skips the sampler's programs; ``cost=False`` skips the
   loop-free compiles the roofline needs (with both, a 64-chip plan of an 8B model takes
-  minutes and ~2 GiB of host memory instead of more than 23)."""
+  minutes and ~2 GiB of host memory instead of more than 23); ``cost_layers`` fits the train
+  step's cost through copies of the model with 1 and 2 layers (a large slice's roofline in a
+  layer's host memory; ``engine.memory.micro_batch_cost``)."""
   config = config_lib.load(config)
   if topology:
     try:
@@ -121,7 +124,7 @@ def plan(config: Any, device_memory_gib: float | None, prompt_len: int = 0,
     device_memory_gib = device_memory_gib or chip.hbm_gib
     with compiling_for("tpu"):
       report = _plan(config, devices, device_memory_gib, prompt_len, new_tokens, chip,
-                     train_only, cost)
+                     train_only, cost, cost_layers)
     report["compiler"] = (f"TPU compiler (libtpu {_version('libtpu')}) for {topology}: "
                           f"{len(devices)} x {chip.device_kind}")
     report["chip"] = dataclasses.asdict(chip)
@@ -129,7 +132,7 @@ def plan(config: Any, device_memory_gib: float | None, prompt_len: int = 0,
   if device_memory_gib is None:
     raise ConfigError("give --device_memory_gib (or --topology for a TPU slice)")
   report = _plan(config, jax.devices(), device_memory_gib, prompt_len, new_tokens, None,
-                 train_only, cost)
+                 train_only, cost, cost_layers)
   report["compiler"] = (f"XLA:CPU for {jax.device_count()} fake CPU devices (activations are "
                         "XLA:CPU's; check them on the device, or plan with --topology)")
   return report
@@ -144,7 +147,8 @@ def _version(dist: str) -> str:
 
 
 def _plan(config: Config, devices, device_memory_gib: float, prompt_len: int, new_tokens: int,
-          chip: chips.Chip | None, train_only: bool, cost: bool) -> dict[str, Any]:
+          chip: chips.Chip | None, train_only: bool, cost: bool, cost_layers: bool = False
+          ) -> dict[str, Any]:
   name, cfg = model_config_of(config)
   cost = cost and chip is not None  # the roofline is the TPU compiler's
   try:
@@ -163,7 +167,8 @@ def _plan(config: Config, devices, device_memory_gib: float, prompt_len: int, ne
   std_logging.info("planning %s (%.2fB params) on mesh %s", name, cfg.num_params() / 1e9,
                sharding.describe(mesh))
   programs = [plan_train_step(graphdef, params, mesh, optim_config(tc, 1), shape,
-                              master_dtype=tc.master_dtype, cost=cost)]
+                              master_dtype=tc.master_dtype, cost=cost,
+                              cost_layers=cost_layers)]
   if not train_only:
     programs += _sampler_programs(config, cfg, graphdef, params, mesh, prompt_len, new_tokens,
                                   cost)
@@ -259,6 +264,10 @@ def define_flags() -> dict:
       "cost": flags.DEFINE_bool("cost", True, "With --topology: compile loop-free copies for "
                                 "the roofline (slow, and most of the host memory a large "
                                 "slice's plan takes); --nocost for memory alone."),
+      "cost_layers": flags.DEFINE_bool("cost_layers", False, "Fit the train step's cost "
+                                       "through loop-free compiles of 1 and 2 layers (models "
+                                       "whose layers are alike): a many-chip slice's roofline "
+                                       "in a layer's host memory."),
   }
   flags.mark_flags_as_required(["config"])
   return out
@@ -278,7 +287,7 @@ def main(argv):
   try:
     report = plan(FLAGS["config"].value, FLAGS["memory"].value, FLAGS["prompt_len"].value,
                   FLAGS["new_tokens"].value, topology, FLAGS["train_only"].value,
-                  FLAGS["cost"].value)
+                  FLAGS["cost"].value, FLAGS["cost_layers"].value)
   except ValueError as e:
     print(f"plan: {e}", file=sys.stderr)
     sys.exit(2)

@@ -161,7 +161,7 @@ def cost_of(exe) -> dict[str, float]:
 
 def plan_train_step(graphdef: nnx.GraphDef, params: nnx.State, mesh: Mesh, optim: OptimConfig,
                     shape: tuple[int, int, int], master_dtype: str = "float32",
-                    cost: bool = False) -> ProgramPlan:
+                    cost: bool = False, cost_layers: bool = False) -> ProgramPlan:
   """The train step (``shape`` = micro-batches, rows, tokens) of the trainer the loop uses.
 
   Parameters (the trained ones' masters, in ``master_dtype``, and any frozen rest) and
@@ -193,14 +193,14 @@ def plan_train_step(graphdef: nnx.GraphDef, params: nnx.State, mesh: Mesh, optim
                      collective_bytes(exe.as_text()) if exe is not None else {})
   if cost and exe is not None:
     plan.cost, plan.cost_note = micro_batch_cost(graphdef, params, mesh, optim, shape,
-                                                 master_dtype)
+                                                 master_dtype, layers=cost_layers)
     plan.cost_unit = "micro-batch"
   return plan
 
 
 def micro_batch_cost(graphdef: nnx.GraphDef, params: nnx.State, mesh: Mesh, optim: OptimConfig,
-                     shape: tuple[int, int, int], master_dtype: str, direct: bool = True
-                     ) -> tuple[dict[str, float], str]:
+                     shape: tuple[int, int, int], master_dtype: str, direct: bool = True,
+                     layers: bool = False) -> tuple[dict[str, float], str]:
   """The compiler's FLOPs and bytes of one micro-batch's step, from a loop-free compile, and a
   note saying how they were had when not directly ("" when they were).
 
@@ -211,11 +211,28 @@ def micro_batch_cost(graphdef: nnx.GraphDef, params: nnx.State, mesh: Mesh, opti
   at once; or ``direct=False``), the cost is fitted as a + b x rows through loop-free compiles
   of one and two rows a device, and extrapolated to the micro-batch's rows: the step's work is
   per row but for the update and the parameters' gathers, which do not depend on the rows.
+  With ``layers`` (a model whose layers are all alike), the cost is fitted as a + b x layers
+  through copies of the model with 1 and 2 layers: the compiles a slice of many chips takes
+  in host memory (a 64-chip, 32-layer step: more than 20 GiB) shrink to a layer's.
   """
-  from star_jax.engine import trainer as trainer_lib
   cfg = params_lib.merge(graphdef, params).cfg  # abstract leaves: nothing is allocated
-  if cfg.scan_layers:
-    graphdef, params = abstract_params(cfg.replace(scan_layers=False), mesh)
+  cfg = cfg.replace(scan_layers=False)
+  if not (layers and cfg.num_layers > 2 and len(set(cfg.layer_types)) <= 1):
+    return _rows_cost(cfg, mesh, optim, shape, master_dtype, direct)
+  (c1, _), (c2, note) = (_rows_cost(cfg.replace(num_layers=n, layer_types=cfg.layer_types[:n]),
+                                    mesh, optim, shape, master_dtype, direct) for n in (1, 2))
+  if not (c1 and c2):
+    return {}, note
+  n = cfg.num_layers
+  return ({k: c1[k] + (c2[k] - c1[k]) * (n - 1) for k in c1 if k in c2},
+          "extrapolated from loop-free compiles of 1 and 2 layers" + (f"; {note}" if note else ""))
+
+
+def _rows_cost(cfg: ModelConfig, mesh: Mesh, optim: OptimConfig, shape: tuple[int, int, int],
+               master_dtype: str, direct: bool) -> tuple[dict[str, float], str]:
+  """micro_batch_cost for an unscanned ``cfg``: the micro-batch directly, or fitted in rows."""
+  from star_jax.engine import trainer as trainer_lib
+  graphdef, params = abstract_params(cfg, mesh)
   chunk, trainer_lib.LOGITS_CHUNK_ELEMENTS = trainer_lib.LOGITS_CHUNK_ELEMENTS, 1 << 62
   try:
     trainer = Trainer(graphdef, mesh, optim, master_dtype=master_dtype)

@@ -68,11 +68,12 @@ def test_a_step_that_cannot_fit_fails_before_it_runs_with_the_numbers(mesh1, mon
 def test_a_refused_loop_free_cost_compile_is_fitted_from_smaller_micro_batches(monkeypatch):
   """The roofline's cost comes from a loop-free compile of a whole micro-batch; where the
   compiler refuses it (an 8B model's logits in one piece on 16 GiB chips), the cost is fitted
-  as a + b x rows through one and two rows a device. The fit matches the direct compile."""
+  as a + b x rows through one and two rows a device; with ``layers``, as a + b x layers
+  through 1- and 2-layer copies. Either fit matches the direct compile."""
   from conftest import mesh_of
   from star_jax.engine import memory
   mesh = mesh_of((1, 2, 1))  # fsdp=2: the batch splits in 2
-  cfg = get_preset("tiny", vocab_size=256, max_seq_len=128)
+  cfg = get_preset("tiny", vocab_size=256, max_seq_len=128, num_layers=4)
   graphdef, params = memory.abstract_params(cfg.replace(scan_layers=True), mesh)
   optim, shape = OptimConfig(learning_rate=1e-3), (1, 8, 128)
   direct, note = memory.micro_batch_cost(graphdef, params, mesh, optim, shape, "float32")
@@ -83,6 +84,11 @@ def test_a_refused_loop_free_cost_compile_is_fitted_from_smaller_micro_batches(m
   # measured on v5e:2x2: FLOPs 0.08% and bytes 0.5% from the direct compile's
   assert fitted["flops"] == pytest.approx(direct["flops"], rel=0.01)
   assert fitted["bytes accessed"] == pytest.approx(direct["bytes accessed"], rel=0.05)
+  by_layers, note = memory.micro_batch_cost(graphdef, params, mesh, optim, shape, "float32",
+                                            layers=True)
+  assert note == "extrapolated from loop-free compiles of 1 and 2 layers"
+  assert by_layers["flops"] == pytest.approx(direct["flops"], rel=0.01)
+  assert by_layers["bytes accessed"] == pytest.approx(direct["bytes accessed"], rel=0.05)
 
   real, refuse_from = memory.compile_program, [8]  # rows the "compiler" refuses, as libtpu did
 
