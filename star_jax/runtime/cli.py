@@ -37,8 +37,29 @@ def log_progress() -> None:
       lambda r: r.levelno >= std_logging.WARNING or not any(q in r.pathname for q in quiet))
 
 
+def cpu_where_no_accelerator() -> None:
+  """jax's platforms set to the CPU on a host with libtpu installed (the ``[tpu]`` extra, for
+  ``star_jax.plan --topology``) but no TPU chip and no GPU. jax would try the TPU backend
+  anyway, and libtpu prints five lines of errors (TPU_ACCELERATOR_TYPE, TPU_WORKER_HOSTNAMES)
+  before jax falls back to the CPU. A ``JAX_PLATFORMS`` the user set wins; topologies still
+  compile for TPUs (``engine/chips.py`` loads libtpu for that itself)."""
+  import importlib.util
+  if os.environ.get("JAX_PLATFORMS") or importlib.util.find_spec("libtpu") is None:
+    return
+  try:
+    import jax
+    from jax._src import hardware_utils as hw
+    if (jax.config.jax_platforms or hw.num_available_tpu_chips_and_device_id()[0]
+        or hw.has_visible_nvidia_gpu() or hw.num_available_amd_gpus(stop_at=1)):
+      return
+  except (ImportError, AttributeError, TypeError):  # jax's private module moved: keep going
+    return
+  jax.config.update("jax_platforms", "cpu")
+
+
 def run(main: Callable[[list[str]], None], argv: list[str] | None = None) -> None:
   argv = list(sys.argv if argv is None else argv)
+  cpu_where_no_accelerator()
   verbose = "--traceback" in argv or os.environ.get("STAR_JAX_TRACEBACK", "") not in ("", "0")
   argv = [a for a in argv if a != "--traceback"]
   prog = _prog(argv[0])
