@@ -13,7 +13,7 @@ from flax import nnx
 
 from star_jax.engine.kv_cache import init_cache
 from star_jax.engine.memory import (REFUSED, ProgramPlan, abstract_params, collective_bytes,
-                                   compile_program, cost_of, tree_bytes)
+                                   compile_program, cost_compiler_options, cost_of, tree_bytes)
 from star_jax.engine.params import abstract_like, shardings_of
 from star_jax.sampling.sampler import NEW_TOKENS_BUCKET, Sampler
 from star_jax.sampling.sampling_params import SamplingParams
@@ -42,7 +42,7 @@ def plan_sampler(sampler: Sampler, params: nnx.State, prompt_len: int, max_new_t
                    layout=sampler.layout)
     costs = [cost_of(exe) if exe is not None else {}
              for _, exe, _, _, _ in _compile(twin, unrolled, prompt_len, max_new_tokens,
-                                             samples, sp)]
+                                             samples, sp, cost_compiler_options(sampler.mesh))]
   plans = []
   for i, (what, exe, seconds, need, parts) in enumerate(compiled):
     unit = "decode step" if "decode" in what else "prefill"
@@ -63,7 +63,8 @@ def plan_sampler(sampler: Sampler, params: nnx.State, prompt_len: int, max_new_t
 
 
 def _compile(sampler: Sampler, params: nnx.State, prompt_len: int, max_new_tokens: int,
-             samples: int, sp: SamplingParams) -> list[tuple]:
+             samples: int, sp: SamplingParams, compiler_options: dict | None = None
+             ) -> list[tuple]:
   """(what, executable, compile seconds, memory need, parts) of the prefill and the decode
   loop."""
   cfg = sampler.cfg
@@ -89,7 +90,7 @@ def _compile(sampler: Sampler, params: nnx.State, prompt_len: int, max_new_token
   out = []
   for jitted, args, what in ((pre, pre_args, f"sampler prefill ({shape})"),
                              (dec, (params, state, i32()), f"sampler decode loop ({shape})")):
-    exe, seconds, need = compile_program(jitted, args, what, sampler.mesh)
+    exe, seconds, need = compile_program(jitted, args, what, sampler.mesh, compiler_options)
     parts = {"parameters": tree_bytes(params), "KV cache": kv_cache_bytes(sampler, B, S, N),
              "activations": need["temporaries"]}
     out.append((what, exe, seconds, need, parts))

@@ -92,10 +92,10 @@ def test_a_refused_loop_free_cost_compile_is_fitted_from_smaller_micro_batches(m
 
   real, refuse_from = memory.compile_program, [8]  # rows the "compiler" refuses, as libtpu did
 
-  def refusing(jitted, args, what, mesh):
+  def refusing(jitted, args, what, mesh, options=None):
     if args[2]["tokens"].shape[1] >= refuse_from[0]:
       return None, 0.0, {}
-    return real(jitted, args, what, mesh)
+    return real(jitted, args, what, mesh, options)
   monkeypatch.setattr(memory, "compile_program", refusing)
   cost, note = memory.micro_batch_cost(graphdef, params, mesh, optim, shape, "float32")
   assert cost == fitted and "the loop-free compile of 8 rows was refused" in note

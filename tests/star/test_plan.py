@@ -156,6 +156,7 @@ def test_the_tpu_compiler_plans_scanned_remat_lora_and_tensor_parallel_sampling(
   # The compiler counts the model's work (6 N + causal attention) and more: attention's full
   # square and remat's second forward (measured 1.27); below 1 it would have missed work.
   assert 1.0 <= roof["compiler_over_model_flops"] <= 2.0
+  assert "cost_note" not in roof  # compiled directly, with no loop left in it
   # The budget of 1e-4 GiB overflows: each program says by how much and what dominates.
   assert not r["fits"] and all(p["overshoot"] > 0 for p in r["programs"])
   text = plan.format_report(r)
@@ -211,3 +212,20 @@ def test_a_train_only_plan_without_cost_compiles_the_train_step_alone(tmp_path):
   assert rs[0]["gib"] == pytest.approx(train["total"]) and rs[0]["step_ms"] is None
   assert "| v5e:2x2 | 4 |" in plan_scaling.table(rs)
   assert (tmp_path / "scaling.png").stat().st_size > 0
+
+
+@needs_libtpu
+def test_cost_compiles_turn_the_tpu_compilers_windowed_einsums_off():
+  """A windowed einsum (a collective matmul's loop of partial matmuls) has its body counted
+  once by cost analysis: Llama-3-8B's step on v4-32 counted 0.63 x the model's FLOPs. Cost
+  compiles for TPU meshes turn them off; XLA:CPU, which knows no such options, gets none."""
+  from star_jax.engine import chips, memory, sharding
+  from star_jax.runtime.compiling import compiling_for
+  with compiling_for("tpu"):
+    _, devices = chips.topology_devices("v5e:2x2")
+    tpu = sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1}, devices=devices)
+    options = memory.cost_compiler_options(tpu)
+  assert options == memory.COST_COMPILER_OPTIONS
+  assert not any(options.values()) and all("windowed_einsum" in k for k in options)
+  cpu = sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
+  assert memory.cost_compiler_options(cpu) is None
