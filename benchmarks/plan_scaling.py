@@ -1,7 +1,7 @@
 """How a run's train step grows with the slice: a table and a plot from `star_jax.plan` reports.
 
   for s in v5e-8 v5e-16 v5e-32 v5e-64; do
-    python -m star_jax.plan --config=configs/cqa.py --topology=$s --train_only --nocost \
+    python -m star_jax.plan --config=configs/cqa.py --topology=$s --train_only --cost_layers \
         --config.model.preset=llama3-8b ... | tail -1 > plans/$s.json
   done
   python -m benchmarks.plan_scaling plans/*.json --plot docs/img/plan_scaling.png
@@ -9,7 +9,8 @@
 Each input is the JSON line `star_jax.plan` prints last. Per slice: chips, rows a chip, the train
 step's GiB a chip against the chip's HBM (a refused step's figure is the compiler's report on
 refusing, an upper estimate), what its collectives receive a chip, and the roofline step time
-where the plan computed one.
+where the plan computed one (`--cost_layers` makes it affordable on a many-chip slice), with its
+compute-alone part and the tokens/s it bounds.
 """
 
 from __future__ import annotations
@@ -52,14 +53,17 @@ def rows(reports: list[dict]) -> list[dict]:
                 "gib": t["total"], "hbm": r["device_memory_gib"], "fits": t["fits"],
                 "refused": refused, "overshoot": t.get("overshoot", 0.0),
                 "collectives": t.get("collectives", {}),
-                "step_ms": roof.get("step_seconds", 0.0) * 1e3 or None})
+                "step_ms": roof.get("step_seconds", 0.0) * 1e3 or None,
+                "compute_ms": roof.get("compute_seconds", 0.0) * 1e3 * r["train_shape"][0],
+                "tokens_per_s": roof.get("tokens_per_s"),
+                "flops_ratio": roof.get("compiler_over_model_flops")})
   return out
 
 
 def table(rs: list[dict]) -> str:
   lines = ["| slice | chips | rows a chip | train step GiB a chip | collectives GiB received a "
-           "chip (once + per loop iteration) | roofline step |",
-           "| --- | --- | --- | --- | --- | --- |"]
+           "chip (once + per loop iteration) | roofline step (compute alone) | tokens/s bound |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
   for r in rs:
     verdict = ("fits" if r["fits"] else
                f"{'refused by the compiler' if r['refused'] else 'does not fit'}, "
@@ -67,9 +71,10 @@ def table(rs: list[dict]) -> str:
     col = r["collectives"]
     cols = (f"{col.get('once', 0.0):.2f} + {col.get('per loop iteration', 0.0):.2f}"
             if col else "—")
-    step = f"{r['step_ms']:.0f} ms" if r["step_ms"] else "—"
+    step = f"{r['step_ms']:.0f} ms ({r['compute_ms']:.0f})" if r["step_ms"] else "—"
+    tps = f"{r['tokens_per_s']:,.0f}" if r["tokens_per_s"] else "—"
     lines.append(f"| {r['slice']} | {r['chips']} | {r['rows_per_chip']:g} | {r['gib']:.1f} "
-                 f"({verdict}) | {cols} | {step} |")
+                 f"({verdict}) | {cols} | {step} | {tps} |")
   return "\n".join(lines)
 
 
@@ -77,7 +82,9 @@ def plot(rs: list[dict], path: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, (ax_m, ax_c) = plt.subplots(1, 2, figsize=(10, 4))
+  timed = any(r["step_ms"] for r in rs)
+  fig, axes = plt.subplots(1, 3 if timed else 2, figsize=(15 if timed else 10, 4))
+  ax_m, ax_c = axes[0], axes[1]
   for gen in sorted({generation(r["slice"]) for r in rs}):
     g = [r for r in rs if generation(r["slice"]) == gen]
     line, = ax_m.plot([r["chips"] for r in g], [r["gib"] for r in g], "o-", label=gen)
@@ -89,8 +96,15 @@ def plot(rs: list[dict], path: str) -> None:
     ax_c.plot([r["chips"] for r in c],
               [r["collectives"].get("once", 0.0) + r["collectives"].get("per loop iteration", 0.0)
                for r in c], "o-", label=gen, color=line.get_color())
-  for ax, title in ((ax_m, "train step, GiB a chip (dotted: the chip's HBM)"),
-                    (ax_c, "collectives, GiB received a chip")):
+    t = [r for r in g if r["step_ms"]]
+    if timed and t:
+      axes[2].plot([r["chips"] for r in t], [r["step_ms"] for r in t], "o-", label=gen,
+                   color=line.get_color())
+  titles = [(ax_m, "train step, GiB a chip (dotted: the chip's HBM)"),
+            (ax_c, "collectives, GiB received a chip")]
+  if timed:
+    titles.append((axes[2], "roofline step time, ms (a lower bound)"))
+  for ax, title in titles:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("chips")
     ax.set_title(title, fontsize=9)

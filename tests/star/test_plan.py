@@ -211,6 +211,11 @@ def test_a_train_only_plan_without_cost_compiles_the_train_step_alone(tmp_path):
   assert rs[0]["slice"] == "v5e:2x2" and rs[0]["chips"] == 4 and rs[0]["fits"]
   assert rs[0]["gib"] == pytest.approx(train["total"]) and rs[0]["step_ms"] is None
   assert "| v5e:2x2 | 4 |" in plan_scaling.table(rs)
+  timed = plan_scaling.rows([plan_scaling.read(str(tmp_path / "b.json"))])[0]
+  roof = _program(full, "train step")["roofline"]
+  assert timed["step_ms"] == pytest.approx(roof["step_seconds"] * 1e3)
+  assert timed["tokens_per_s"] == pytest.approx(roof["tokens_per_s"])
+  assert f"{timed['step_ms']:.0f} ms (" in plan_scaling.table([timed])
   assert (tmp_path / "scaling.png").stat().st_size > 0
 
 
