@@ -243,8 +243,7 @@ def micro_batch_cost(graphdef: nnx.GraphDef, params: nnx.State, mesh: Mesh, opti
                                     mesh, optim, shape, master_dtype, direct) for n in (1, 2))
   if not (c1 and c2):
     return {}, note
-  n = cfg.num_layers
-  return ({k: c1[k] + (c2[k] - c1[k]) * (n - 1) for k in c1 if k in c2},
+  return (_line_through(c1, 1, c2, 2, cfg.num_layers),
           "extrapolated from loop-free compiles of 1 and 2 layers" + (f"; {note}" if note else ""))
 
 
@@ -257,6 +256,7 @@ def _rows_cost(cfg: ModelConfig, mesh: Mesh, optim: OptimConfig, shape: tuple[in
   try:
     trainer = Trainer(graphdef, mesh, optim, master_dtype=master_dtype)
     state = trainer.abstract_state(params)
+    loops: list[int] = []  # while loops left in each cost compile that has any
 
     def loop_free(rows: int) -> dict[str, float]:
       one = (1, rows, shape[2])
@@ -268,11 +268,10 @@ def _rows_cost(cfg: ModelConfig, mesh: Mesh, optim: OptimConfig, shape: tuple[in
                                   "train step (cost)", mesh, cost_compiler_options(mesh))
       if exe is None:
         return {}
-      if loops_in(exe):
-        loops.append(loops_in(exe))
+      n = loops_in(exe)
+      if n:
+        loops.append(n)
       return cost_of(exe)
-
-    loops: list[int] = []
 
     rows, per_device = shape[1], sharding.batch_divisor(mesh)
     cost = loop_free(rows) if direct else {}
@@ -286,11 +285,17 @@ def _rows_cost(cfg: ModelConfig, mesh: Mesh, optim: OptimConfig, shape: tuple[in
     c1, c2 = loop_free(r1), loop_free(r2)
     if not (c1 and c2):
       return {}, f"{refused}, and at {r1} and {r2} rows too"
-    return ({k: c1[k] + (c2[k] - c1[k]) * (rows - r1) / (r2 - r1) for k in c1 if k in c2},
+    return (_line_through(c1, r1, c2, r2, rows),
             f"extrapolated from loop-free compiles of {r1} and {r2} rows ({refused})"
             + (f"; {_loops_note(loops)}" if loops else ""))
   finally:
     trainer_lib.LOGITS_CHUNK_ELEMENTS = chunk
+
+
+def _line_through(c1: dict[str, float], x1: float, c2: dict[str, float], x2: float, x: float
+                  ) -> dict[str, float]:
+  """Each figure of two costs, measured at x1 and x2, on the line through them at x."""
+  return {k: c1[k] + (c2[k] - c1[k]) * (x - x1) / (x2 - x1) for k in c1 if k in c2}
 
 
 def _loops_note(loops: list[int]) -> str:
