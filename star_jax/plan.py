@@ -173,7 +173,7 @@ def _plan(config: Config, devices, device_memory_gib: float, prompt_len: int, ne
     programs += _sampler_programs(config, cfg, graphdef, params, mesh, prompt_len, new_tokens,
                                   cost)
   report = {"model": name, "num_params": cfg.num_params(), "param_dtype": cfg.param_dtype,
-            "devices": len(devices), "mesh": dict(mesh.shape),
+            "lora_rank": cfg.lora_rank, "devices": len(devices), "mesh": dict(mesh.shape),
             "device_memory_gib": device_memory_gib, "train_shape": list(shape),
             "prompt_len": prompt_len, "new_tokens": new_tokens,
             "programs": [p.as_dict(budget) for p in programs],

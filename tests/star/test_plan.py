@@ -171,6 +171,12 @@ def test_the_tpu_compiler_plans_scanned_remat_lora_and_tensor_parallel_sampling(
   # measured 1.12e6 FLOPs a device, against 7.2e5 for 2 N a row (one layer counted: < 6e5)
   assert decode["cost"]["flops"] >= 2 * weights * c.sample.batch_size / r["devices"]
   assert _program(r, "sampler prefill")["roofline"]["unit"] == "prefill"
+  # benchmarks.plan_table's row for it (docs/plan.md's TPU table): LoRA, the overflow named.
+  from benchmarks import plan_table
+  assert r["lora_rank"] == 4
+  row = plan_table.table(plan_table.merged([r]))
+  assert "| tiny | LoRA r4 | v5e:2x2 (4 x 0.0001 GiB) |" in row and "| **no** (+" in row
+  assert row.count(" tok/s") == 3 and "MFU ≤" in row
 
 
 @needs_libtpu
@@ -217,6 +223,16 @@ def test_a_train_only_plan_without_cost_compiles_the_train_step_alone(tmp_path):
   assert timed["tokens_per_s"] == pytest.approx(roof["tokens_per_s"])
   assert f"{timed['step_ms']:.0f} ms (" in plan_scaling.table([timed])
   assert (tmp_path / "scaling.png").stat().st_size > 0
+  # benchmarks.plan_table merges a row's reports program by program, a later file's winning:
+  # the full plan's sampler with the train-only plan's train step, and the other way round.
+  from benchmarks import plan_table
+  rows = plan_table.merged([plan_scaling.read(str(tmp_path / f"{n}.json")) for n in "ab"])
+  assert len(rows) == 1 and rows[0]["programs"]["train"]["roofline"] == full_train["roofline"]
+  assert set(rows[0]["programs"]) == {"train", "prefill", "decode"}
+  line = plan_table.table(plan_table.merged([r, full])).splitlines()[-1]
+  assert line.startswith("| tiny | full | v5e:2x2 (4 x 16 GiB) |") and "| fits (" in line
+  assert line.count(" tok/s") == 3
+  assert plan_table.table(plan_table.merged([full, r])).splitlines()[-1].count(" tok/s") == 2
 
 
 @needs_libtpu
