@@ -113,7 +113,7 @@ def plan(config: Any, device_memory_gib: float | None, prompt_len: int = 0,
   host's (fake) devices. ``train_only`` skips the sampler's programs; ``cost=False`` skips the
   loop-free compiles the roofline needs (with both, a 64-chip plan of an 8B model takes
   minutes and ~2 GiB of host memory instead of more than 23); ``cost_layers`` fits the train
-  step's cost through copies of the model with 1 and 2 layers (a large slice's roofline in a
+  step's and the sampler's cost through copies of the model with 1 and 2 layers (a large slice's roofline in a
   layer's host memory; ``engine.memory.micro_batch_cost``)."""
   config = config_lib.load(config)
   if topology:
@@ -171,7 +171,7 @@ def _plan(config: Config, devices, device_memory_gib: float, prompt_len: int, ne
                               cost_layers=cost_layers)]
   if not train_only:
     programs += _sampler_programs(config, cfg, graphdef, params, mesh, prompt_len, new_tokens,
-                                  cost)
+                                  cost, cost_layers)
   report = {"model": name, "num_params": cfg.num_params(), "param_dtype": cfg.param_dtype,
             "lora_rank": cfg.lora_rank, "devices": len(devices), "mesh": dict(mesh.shape),
             "device_memory_gib": device_memory_gib, "train_shape": list(shape),
@@ -188,13 +188,13 @@ def _plan(config: Config, devices, device_memory_gib: float, prompt_len: int, ne
 
 
 def _sampler_programs(config: Config, cfg, graphdef, params, mesh, prompt_len: int,
-                      new_tokens: int, cost: bool) -> list:
+                      new_tokens: int, cost: bool, cost_layers: bool = False) -> list:
   """The sampler's prefill and decode loop as a run builds them."""
   sampler = Sampler(cfg, graphdef, mesh, batch_size=config.sample.batch_size,
                     layout=config.sample.layout)
   sp = SamplingParams(config.star.temperature, config.star.top_k, config.star.top_p)
   return plan_sampler(sampler, params, prompt_len, new_tokens, config.star.samples_per_question,
-                      sp, cost=cost)
+                      sp, cost=cost, cost_layers=cost_layers)
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -264,8 +264,9 @@ def define_flags() -> dict:
       "cost": flags.DEFINE_bool("cost", True, "With --topology: compile loop-free copies for "
                                 "the roofline (slow, and most of the host memory a large "
                                 "slice's plan takes); --nocost for memory alone."),
-      "cost_layers": flags.DEFINE_bool("cost_layers", False, "Fit the train step's cost "
-                                       "through loop-free compiles of 1 and 2 layers (models "
+      "cost_layers": flags.DEFINE_bool("cost_layers", False, "Fit the train step's and the "
+                                       "sampler's cost through loop-free compiles of 1 and 2 "
+                                       "layers (models "
                                        "whose layers are alike): a many-chip slice's roofline "
                                        "in a layer's host memory."),
   }

@@ -237,14 +237,24 @@ def micro_batch_cost(graphdef: nnx.GraphDef, params: nnx.State, mesh: Mesh, opti
   """
   cfg = params_lib.merge(graphdef, params).cfg  # abstract leaves: nothing is allocated
   cfg = cfg.replace(scan_layers=False)
-  if not (layers and cfg.num_layers > 2 and len(set(cfg.layer_types)) <= 1):
+  if not (layers and layers_alike(cfg)):
     return _rows_cost(cfg, mesh, optim, shape, master_dtype, direct)
-  (c1, _), (c2, note) = (_rows_cost(cfg.replace(num_layers=n, layer_types=cfg.layer_types[:n]),
-                                    mesh, optim, shape, master_dtype, direct) for n in (1, 2))
+  (c1, _), (c2, note) = (_rows_cost(with_layers(cfg, n), mesh, optim, shape, master_dtype,
+                                    direct) for n in (1, 2))
   if not (c1 and c2):
     return {}, note
-  return (_line_through(c1, 1, c2, 2, cfg.num_layers),
+  return (line_through(c1, 1, c2, 2, cfg.num_layers),
           "extrapolated from loop-free compiles of 1 and 2 layers" + (f"; {note}" if note else ""))
+
+
+def layers_alike(cfg: ModelConfig) -> bool:
+  """Whether a cost may be fitted as a + b x layers: more than two layers, all of one kind."""
+  return cfg.num_layers > 2 and len(set(cfg.layer_types)) <= 1
+
+
+def with_layers(cfg: ModelConfig, n: int) -> ModelConfig:
+  """A copy of ``cfg`` with its first ``n`` layers: what a layer fit compiles."""
+  return cfg.replace(num_layers=n, layer_types=cfg.layer_types[:n])
 
 
 def _rows_cost(cfg: ModelConfig, mesh: Mesh, optim: OptimConfig, shape: tuple[int, int, int],
@@ -285,15 +295,15 @@ def _rows_cost(cfg: ModelConfig, mesh: Mesh, optim: OptimConfig, shape: tuple[in
     c1, c2 = loop_free(r1), loop_free(r2)
     if not (c1 and c2):
       return {}, f"{refused}, and at {r1} and {r2} rows too"
-    return (_line_through(c1, r1, c2, r2, rows),
+    return (line_through(c1, r1, c2, r2, rows),
             f"extrapolated from loop-free compiles of {r1} and {r2} rows ({refused})"
             + (f"; {_loops_note(loops)}" if loops else ""))
   finally:
     trainer_lib.LOGITS_CHUNK_ELEMENTS = chunk
 
 
-def _line_through(c1: dict[str, float], x1: float, c2: dict[str, float], x2: float, x: float
-                  ) -> dict[str, float]:
+def line_through(c1: dict[str, float], x1: float, c2: dict[str, float], x2: float, x: float
+                 ) -> dict[str, float]:
   """Each figure of two costs, measured at x1 and x2, on the line through them at x."""
   return {k: c1[k] + (c2[k] - c1[k]) * (x - x1) / (x2 - x1) for k in c1 if k in c2}
 

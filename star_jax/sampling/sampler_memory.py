@@ -13,15 +13,16 @@ from flax import nnx
 
 from star_jax.engine.kv_cache import init_cache
 from star_jax.engine.memory import (REFUSED, ProgramPlan, abstract_params, collective_bytes,
-                                   compile_program, cost_compiler_options, cost_of, tree_bytes)
+                                   compile_program, cost_compiler_options, cost_of,
+                                   layers_alike, line_through, tree_bytes, with_layers)
 from star_jax.engine.params import abstract_like, shardings_of
 from star_jax.sampling.sampler import NEW_TOKENS_BUCKET, Sampler
 from star_jax.sampling.sampling_params import SamplingParams
 
 
 def plan_sampler(sampler: Sampler, params: nnx.State, prompt_len: int, max_new_tokens: int,
-                 samples: int = 1, sp: SamplingParams = SamplingParams(), cost: bool = False
-                 ) -> list[ProgramPlan]:
+                 samples: int = 1, sp: SamplingParams = SamplingParams(), cost: bool = False,
+                 cost_layers: bool = False) -> list[ProgramPlan]:
   """Plans of the prefill and the decode loop for one full batch (``sampler.batch_size``
   rows) of prompts of ``prompt_len`` tokens, ``samples`` rows per prompt.
 
@@ -31,18 +32,15 @@ def plan_sampler(sampler: Sampler, params: nnx.State, prompt_len: int, max_new_t
 
   XLA counts a loop body once, so with scanned layers the programs' cost is one layer's: with
   ``cost`` the two programs are compiled again with the layers unrolled, for their work only
-  (the decode loop's is then one decode step's, as without scanning).
+  (the decode loop's is then one decode step's, as without scanning). With ``cost_layers`` (a
+  model whose layers are all alike) each cost is fitted as a + b x layers through copies of the
+  model with 1 and 2 layers: an 8B model's unrolled sampler in a layer's host memory.
   """
   compiled = _compile(sampler, params, prompt_len, max_new_tokens, samples, sp)
-  costs = None
+  costs, note = None, ""
   if cost and sampler.cfg.scan_layers:
-    cfg = sampler.cfg.replace(scan_layers=False)
-    graphdef, unrolled = abstract_params(cfg, sampler.mesh)
-    twin = Sampler(cfg, graphdef, sampler.mesh, batch_size=sampler.batch_size,
-                   layout=sampler.layout)
-    costs = [cost_of(exe) if exe is not None else {}
-             for _, exe, _, _, _ in _compile(twin, unrolled, prompt_len, max_new_tokens,
-                                             samples, sp, cost_compiler_options(sampler.mesh))]
+    costs, note = _unrolled_costs(sampler, prompt_len, max_new_tokens, samples, sp,
+                                  cost_layers)
   plans = []
   for i, (what, exe, seconds, need, parts) in enumerate(compiled):
     unit = "decode step" if "decode" in what else "prefill"
@@ -58,8 +56,29 @@ def plan_sampler(sampler: Sampler, params: nnx.State, prompt_len: int, max_new_t
                              "KV cache from its shape and sharding; activations = temporaries"
                              + (REFUSED if exe is None else ""),
                              collective_bytes(exe.as_text()) if exe is not None else {},
-                             program_cost, unit))
+                             program_cost, unit, note if program_cost else ""))
   return plans
+
+
+def _unrolled_costs(sampler: Sampler, prompt_len: int, max_new_tokens: int, samples: int,
+                    sp: SamplingParams, layers: bool) -> tuple[list[dict], str]:
+  """The prefill's and a decode step's cost from compiles with the layers unrolled, and how
+  they were had: directly, or (``layers``) fitted through copies of 1 and 2 layers."""
+  cfg = sampler.cfg.replace(scan_layers=False)
+
+  def costs_of(c) -> list[dict]:
+    graphdef, unrolled = abstract_params(c, sampler.mesh)
+    twin = Sampler(c, graphdef, sampler.mesh, batch_size=sampler.batch_size,
+                   layout=sampler.layout)
+    return [cost_of(exe) if exe is not None else {}
+            for _, exe, _, _, _ in _compile(twin, unrolled, prompt_len, max_new_tokens,
+                                            samples, sp, cost_compiler_options(sampler.mesh))]
+
+  if not (layers and layers_alike(cfg)):
+    return costs_of(cfg), ""
+  one, two = costs_of(with_layers(cfg, 1)), costs_of(with_layers(cfg, 2))
+  return ([line_through(a, 1, b, 2, cfg.num_layers) if a and b else {} for a, b in zip(one, two)],
+          "extrapolated from loop-free compiles of 1 and 2 layers")
 
 
 def _compile(sampler: Sampler, params: nnx.State, prompt_len: int, max_new_tokens: int,
