@@ -64,7 +64,8 @@ def verdict(row: dict) -> str:
   if short:
     worst = max(short, key=lambda p: p["overshoot"])
     refused = "; refused by the compiler" if "refused" in worst.get("derived", "") else ""
-    return f"**no** (+{worst['overshoot']:.1f}{refused})"
+    over = worst["overshoot"]
+    return f"**no** (+{over:.{1 if over >= 0.1 else 2}f}{refused})"
   spare = row["hbm"] - max(p["total"] for p in progs)
   return f"fits ({spare:.1f} spare)"
 
