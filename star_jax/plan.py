@@ -113,8 +113,8 @@ def plan(config: Any, device_memory_gib: float | None, prompt_len: int = 0,
   host's (fake) devices. ``train_only`` skips the sampler's programs; ``cost=False`` skips the
   loop-free compiles the roofline needs (with both, a 64-chip plan of an 8B model takes
   minutes and ~2 GiB of host memory instead of more than 23); ``cost_layers`` fits the train
-  step's and the sampler's cost through copies of the model with 1 and 2 layers (a large slice's roofline in a
-  layer's host memory; ``engine.memory.micro_batch_cost``)."""
+  step's and the sampler's cost through copies of the model with 1 and 2 layers (a large
+  slice's roofline in a layer's host memory; ``engine.memory.micro_batch_cost``)."""
   config = config_lib.load(config)
   if topology:
     try:
@@ -266,9 +266,8 @@ def define_flags() -> dict:
                                 "slice's plan takes); --nocost for memory alone."),
       "cost_layers": flags.DEFINE_bool("cost_layers", False, "Fit the train step's and the "
                                        "sampler's cost through loop-free compiles of 1 and 2 "
-                                       "layers (models "
-                                       "whose layers are alike): a many-chip slice's roofline "
-                                       "in a layer's host memory."),
+                                       "layers (models whose layers are alike): a many-chip "
+                                       "slice's roofline in a layer's host memory."),
   }
   flags.mark_flags_as_required(["config"])
   return out
