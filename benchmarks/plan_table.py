@@ -25,8 +25,8 @@ PROGRAMS = ("train", "prefill", "decode")
 
 
 def kind(program: dict) -> str:
-  what = program["what"]
-  return next(k for k in PROGRAMS if what.startswith(k) or k in what.split(" (")[0])
+  """"train", "prefill" or "decode", from the program's name ("sampler decode loop (...)")."""
+  return next(k for k in PROGRAMS if k in program["what"].split(" (")[0])
 
 
 def merged(reports: list[dict]) -> list[dict]:
