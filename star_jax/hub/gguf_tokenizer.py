@@ -23,7 +23,7 @@ _CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types
 def from_gguf(reader, where: str = "GGUF") -> HFTokenizer:
   """The byte-level BPE tokenizer embedded in a GGUF file (``tokenizer.ggml.model == gpt2``)."""
   tokenizers = import_tokenizers()
-  from tokenizers import AddedToken, decoders, models, pre_tokenizers
+  from tokenizers import decoders, models, pre_tokenizers
   model = field(reader, "tokenizer.ggml.model")
   if model == "llama" and field(reader, "general.architecture") in SENTENCEPIECE_BPE_ARCHS:
     return _gemma(reader, tokenizers, where)
@@ -43,27 +43,14 @@ def from_gguf(reader, where: str = "GGUF") -> HFTokenizer:
   else:
     tok.pre_tokenizer = byte_level
   tok.decoder = decoders.ByteLevel()
-  types = field(reader, "tokenizer.ggml.token_type") or [1] * len(tokens)
-  tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                          for t, ty in zip(tokens, types) if ty == _CONTROL])
-  tok.add_tokens([AddedToken(t, special=False, normalized=False)
-                  for t, ty in zip(tokens, types) if ty == _USER_DEFINED])
-  eos = field(reader, "tokenizer.ggml.eos_token_id")
-  if eos is None:
-    raise ValueError(f"{where}: no tokenizer.ggml.eos_token_id; generation could never stop")
-  eot = field(reader, "tokenizer.ggml.eot_token_id")
-  return HFTokenizer(tok, eos, field(reader, "tokenizer.ggml.bos_token_id"),
-                     field(reader, "tokenizer.ggml.padding_token_id"),
-                     end_ids=[] if eot is None else [eot],
-                     add_bos_token=bool(field(reader, "tokenizer.ggml.add_bos_token", False)),
-                     chat_template=field(reader, "tokenizer.chat_template"))
+  return _finish(tok, reader, tokens, where, add_bos_default=False)
 
 
 def _gemma(reader, tokenizers, where: str) -> HFTokenizer:
   """Gemma's vocabulary as transformers' ``GemmaTokenizer`` from a GGUF file: spaces as "▁",
   runs of whitespace stored with real spaces respelled in "▁", merges of every token's
   splits into two tokens, ranked by the token's position in the file."""
-  from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers
+  from tokenizers import decoders, models, normalizers, pre_tokenizers
   tokens = ["\u2581" * len(t) if " " in t and not t.strip() else t
             for t in field(reader, "tokenizer.ggml.tokens")]
   vocab = {t: i for i, t in enumerate(tokens)}
@@ -74,6 +61,13 @@ def _gemma(reader, tokenizers, where: str) -> HFTokenizer:
   tok.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous", invert=False)
   tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
                                    decoders.Fuse()])
+  return _finish(tok, reader, tokens, where, add_bos_default=True)
+
+
+def _finish(tok, reader, tokens: list[str], where: str, add_bos_default: bool) -> HFTokenizer:
+  """Control and user-defined tokens made atomic, then the ids the file names: its end of
+  sequence (required), end of turn, start and padding, and its chat template."""
+  from tokenizers import AddedToken
   types = field(reader, "tokenizer.ggml.token_type") or [1] * len(tokens)
   tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
                           for t, ty in zip(tokens, types) if ty == _CONTROL])
@@ -86,7 +80,8 @@ def _gemma(reader, tokenizers, where: str) -> HFTokenizer:
   return HFTokenizer(tok, eos, field(reader, "tokenizer.ggml.bos_token_id"),
                      field(reader, "tokenizer.ggml.padding_token_id"),
                      end_ids=[] if eot is None else [eot],
-                     add_bos_token=bool(field(reader, "tokenizer.ggml.add_bos_token", True)),
+                     add_bos_token=bool(field(reader, "tokenizer.ggml.add_bos_token",
+                                              add_bos_default)),
                      chat_template=field(reader, "tokenizer.chat_template"))
 
 
