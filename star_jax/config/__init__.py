@@ -4,12 +4,13 @@
 from star_jax.config.defaults import base_config, model_overrides, task_options, text_task_config
 from star_jax.config.load import flatten, load, seed_data, to_dict
 from star_jax.config.schema import (FREE_FORM, OPERATIONAL_KEYS, Config, EvalConfig, MeshConfig,
-                                    ModelSpec, PretrainConfig, SampleConfig, StarConfig,
+                                    ModelSpec, PretrainConfig, RLConfig, SampleConfig,
+                                    StarConfig,
                                     TokenizerConfig, TrainConfig)
 
 __all__ = [
     "FREE_FORM", "OPERATIONAL_KEYS", "Config", "EvalConfig", "MeshConfig", "ModelSpec",
-    "PretrainConfig", "SampleConfig", "StarConfig", "TokenizerConfig", "TrainConfig",
+    "PretrainConfig", "RLConfig", "SampleConfig", "StarConfig", "TokenizerConfig", "TrainConfig",
     "base_config", "flatten", "load", "model_overrides", "seed_data", "task_options",
     "text_task_config", "to_dict",
 ]

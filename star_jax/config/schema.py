@@ -52,7 +52,8 @@ class MeshConfig:
 @dataclasses.dataclass(frozen=True)
 class StarConfig:
   method: str = key("star", "star | direct (fine-tune on bare answers) | seed_only (train on "
-                            "the seed set P) | rest_em | rft | bstar | a registered method "
+                            "the seed set P) | rest_em | rft | bstar | grpo | reinforce_rej | "
+                            "a registered method "
                             "(star/methods.py, docs/variants.md): all run STaR's budget")
   iterations: int = key(10, "outer-loop iterations N")
   rationalize: bool = key(True, "give failures a second try with the answer as a hint")
@@ -152,6 +153,27 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RLConfig:
+  advantage: str = key("grpo", "grpo: (r - group mean) / (group std + 1e-4), each sequence's "
+                               "mean loss (TRL loss_type=grpo) | dr_grpo: r - group mean, loss "
+                               "over rows x max_new_tokens (Dr. GRPO) | reinforce: +1 right, -1 "
+                               "wrong, a mean over tokens (Reinforce-Rej's)",
+                       choices=("grpo", "dr_grpo", "reinforce"))
+  drop_uniform_groups: bool = key(False, "drop the groups whose samples are all right or all "
+                                         "wrong (Reinforce-Rej); star.method=reinforce_rej "
+                                         "sets it")
+  questions_per_step: int = key(0, "questions a policy step samples, star.samples_per_question "
+                                   "(G) each (0 = train.batch_size x train.grad_accum / G: "
+                                   "STaR's rows a step)")
+  inner_updates: int = key(1, "updates on each sampled batch (mu; 1 = on-policy, ratio 1)")
+  clip_epsilon: float = key(0.2, "the surrogate's clip: ratios outside 1 +- epsilon carry no "
+                                 "gradient")
+  clip_epsilon_high: float = key(0.0, "the upper clip (0 = clip_epsilon; DAPO: 0.28)")
+  kl_beta: float = key(0.0, "k3 KL penalty to M_0 (TRL's default 0.0; DeepSeekMath 0.04)")
+  log_kl: bool = key(True, "log the KL to M_0 when kl_beta = 0 too (one more forward a step)")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
   """A whole run. ``task_options`` is the task's own ``Options`` once loaded."""
   task: str = key("arithmetic", "cqa | gsm8k | arithmetic | \"module.path:TaskClass\"")
@@ -168,6 +190,7 @@ class Config:
   train: TrainConfig = group(TrainConfig, "fine-tuning")
   sample: SampleConfig = group(SampleConfig, "the sampler")
   eval: EvalConfig = group(EvalConfig, "evaluation beyond greedy: self-consistency, pass@k")
+  rl: RLConfig = group(RLConfig, "policy-gradient methods: star.method=grpo | reinforce_rej")
 
 
 # Keys that change how a run is executed but not its results: free to differ on resume.

@@ -260,9 +260,9 @@ def with_layers(cfg: ModelConfig, n: int) -> ModelConfig:
 def _rows_cost(cfg: ModelConfig, mesh: Mesh, optim: OptimConfig, shape: tuple[int, int, int],
                master_dtype: str, direct: bool) -> tuple[dict[str, float], str]:
   """micro_batch_cost for an unscanned ``cfg``: the micro-batch directly, or fitted in rows."""
-  from star_jax.engine import trainer as trainer_lib
+  from star_jax.engine import losses as losses_lib
   graphdef, params = abstract_params(cfg, mesh)
-  chunk, trainer_lib.LOGITS_CHUNK_ELEMENTS = trainer_lib.LOGITS_CHUNK_ELEMENTS, 1 << 62
+  chunk, losses_lib.LOGITS_CHUNK_ELEMENTS = losses_lib.LOGITS_CHUNK_ELEMENTS, 1 << 62
   try:
     trainer = Trainer(graphdef, mesh, optim, master_dtype=master_dtype)
     state = trainer.abstract_state(params)
@@ -299,7 +299,7 @@ def _rows_cost(cfg: ModelConfig, mesh: Mesh, optim: OptimConfig, shape: tuple[in
             f"extrapolated from loop-free compiles of {r1} and {r2} rows ({refused})"
             + (f"; {_loops_note(loops)}" if loops else ""))
   finally:
-    trainer_lib.LOGITS_CHUNK_ELEMENTS = chunk
+    losses_lib.LOGITS_CHUNK_ELEMENTS = chunk
 
 
 def line_through(c1: dict[str, float], x1: float, c2: dict[str, float], x2: float, x: float

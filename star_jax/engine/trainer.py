@@ -1,9 +1,10 @@
 """Fine-tuning: optax AdamW with warmup, schedule and clipping, and a jitted train step.
 
-A batch holds ``[M, B, L]`` arrays (M micro-batches for gradient accumulation).
-The loss is a token-weighted mean over *all* M·B·L masked tokens: each micro-batch
-contributes its summed loss and gradient and one division happens at the end,
-so accumulating k micro-batches equals one batch k times larger.
+A batch holds ``[M, B, L]`` arrays (M micro-batches for gradient accumulation). What the
+step minimises is the trainer's ``loss`` (losses.py: cross-entropy by default, GRPO's policy
+gradient for the RL methods): each micro-batch contributes its summed loss, gradient and
+share of the loss's denominator, and one division happens at the end, so accumulating k
+micro-batches equals one batch k times larger.
 
 What trains is ``lora.partition(params)[0]``: every parameter, or with LoRA the adapters
 alone; the frozen rest is an argument of the step, neither differentiated nor donated.
@@ -28,65 +29,15 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from star_jax.engine import lora, sharding
+from star_jax.engine.losses import (BATCH_KEYS, CROSS_ENTROPY, LOGITS_CHUNK_ELEMENTS,  # noqa: F401
+                                    logprobs_of, loss_sums, xent_sum)
 from star_jax.engine.precision import as_masters, cast_leaves, dtype_names
-from star_jax.engine.decoder import causal_mask, head_logits
 from star_jax.engine.optim import OptimConfig, learning_rate, make_optimizer
 from star_jax.engine.params import merge, shardings_of
-from star_jax.engine.positions import segment_starts
 from star_jax.engine.train_state import TrainState
 from star_jax.runtime.compiling import CompileOnFirstCall
 
-BATCH_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions")
-
-
-def loss_sums(model, micro: dict[str, jax.Array],
-              key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-  """Summed masked cross-entropy and the number of masked tokens of one micro-batch.
-
-  With a position scheme the positions come from the tokens (restarting in every packed
-  segment), and ``key`` draws whatever the scheme randomises in training; without it
-  they are laid out as the sampler lays them out.
-  """
-  mask_BxLxL = causal_mask(micro["segment_ids"])
-  positions = micro["positions"]
-  if model.cfg.positions is not None:
-    positions = model.cfg.positions.of_tokens(micro["tokens"],
-                                              segment_starts(micro["segment_ids"]), key)
-  h_BxLxD, _ = model(micro["tokens"], positions, mask_BxLxL)
-  weight_BxL = micro["loss_mask"].astype(jnp.float32)
-  total = xent_sum(h_BxLxD, *model.head(h_BxLxD.dtype), micro["targets"], weight_BxL,
-                   softcap=model.cfg.final_softcap)
-  return total, jnp.sum(weight_BxL)
-
-
-# Most float32 logits the loss holds at once (64 MiB); longer micro-batches are chunked.
-LOGITS_CHUNK_ELEMENTS = 1 << 24
-
-
-def _xent(h_BxCxD, w_DxV, bias_V, targets_BxC, weight_BxC, softcap=None) -> jax.Array:
-  logits_BxCxV = head_logits(h_BxCxD, w_DxV, bias_V, softcap)
-  xent_BxC = optax.softmax_cross_entropy_with_integer_labels(logits_BxCxV, targets_BxC)
-  return jnp.sum(xent_BxC * weight_BxC)
-
-
-def xent_sum(h_BxLxD, w_DxV, bias_V, targets_BxL, weight_BxL, softcap=None) -> jax.Array:
-  """Summed weighted cross-entropy of the head's logits, never a ``[B, L, V]`` float32 buffer
-  above ``LOGITS_CHUNK_ELEMENTS``: the sequence is cut in chunks, each chunk's logits made
-  (and, under ``jax.checkpoint``, remade in the backward pass) one chunk at a time."""
-  B, L = targets_BxL.shape
-  need = -(-B * L * w_DxV.shape[1] // LOGITS_CHUNK_ELEMENTS)
-  if need <= 1:
-    return _xent(h_BxLxD, w_DxV, bias_V, targets_BxL, weight_BxL, softcap)
-  n = next(k for k in range(need, L + 1) if L % k == 0)  # chunks that tile the sequence
-  split = lambda x: jnp.moveaxis(x.reshape(B, n, L // n, *x.shape[2:]), 1, 0)
-  body = jax.checkpoint(lambda total, xs: (total + _xent(xs[0], w_DxV, bias_V, *xs[1:],
-                                                         softcap=softcap), None))
-  total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32),
-                          (split(h_BxLxD), split(targets_BxL), split(weight_BxL)))
-  return total
-
-
-def train_step(graphdef, optim: OptimConfig, compute_dtypes: tuple[str, ...] | None,
+def train_step(graphdef, optim: OptimConfig, compute_dtypes: tuple[str, ...] | None, loss,
                state: TrainState, frozen, batch: dict[str, jax.Array],
                schedule_args: dict[str, jax.Array]):
   """One optimizer update from ``[M, B, L]`` micro-batches; returns (state, metrics).
@@ -99,43 +50,50 @@ def train_step(graphdef, optim: OptimConfig, compute_dtypes: tuple[str, ...] | N
   ``compute_dtypes`` (one per parameter) is what the masters are cast to before the model
   is built: differentiating through the cast gives gradients in the masters' dtype. Cast
   while still sharded, the FSDP all-gathers move compute-dtype bytes.
+
+  ``loss(model, micro, key)`` gives (summed loss, denominator share, summed metrics); the
+  metrics are reported as means over the step's ``tokens`` (which is reported as a count).
   """
   tx = make_optimizer(optim)
 
   def micro_grads(params, micro, key):
     def f(p):
       model = merge(graphdef, cast_leaves(p, compute_dtypes), frozen)
-      total, count = loss_sums(model, micro, key)
-      return total, count
-    (total, count), grads = jax.value_and_grad(f, has_aux=True)(params)
-    return total, count, grads
+      total, denom, sums = loss(model, micro, key)
+      return total, (denom, sums)
+    (total, (denom, sums)), grads = jax.value_and_grad(f, has_aux=True)(params)
+    return (total, denom, sums), grads
 
   def body(carry, xs):
     micro, key = xs
-    total, count, grads = micro_grads(state.params, micro, key)
-    acc_total, acc_count, acc_grads = carry
-    return (acc_total + total, acc_count + count,
-            jax.tree.map(jnp.add, acc_grads, grads)), None
+    sums, grads = micro_grads(state.params, micro, key)
+    acc_sums, acc_grads = carry
+    return (jax.tree.map(jnp.add, acc_sums, sums), jax.tree.map(jnp.add, acc_grads, grads)), None
 
   # Randomness of a step (a position scheme's random gaps) is a function of the step number:
   # a resumed run draws what an uninterrupted one drew.
   M = batch["tokens"].shape[0]
   keys = jax.random.split(jax.random.fold_in(jax.random.key(0), state.step), M)
   if M == 1:  # no float32 accumulator beside the gradients: 4 bytes a parameter less
-    total, count, grads = micro_grads(state.params, jax.tree.map(lambda x: x[0], batch), keys[0])
+    (total, denom, sums), grads = micro_grads(state.params, jax.tree.map(lambda x: x[0], batch),
+                                              keys[0])
   else:
-    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), state.params)
-    (total, count, grads), _ = jax.lax.scan(
-        body, (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), zeros), (batch, keys))
-  denom = jnp.maximum(count, 1.0)
+    first = jax.tree.map(lambda x: x[0], batch)
+    shapes = jax.eval_shape(lambda: micro_grads(state.params, first, keys[0])[0])
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), shapes)
+    grad_zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), state.params)
+    ((total, denom, sums), grads), _ = jax.lax.scan(body, (zeros, grad_zeros), (batch, keys))
+  denom = jnp.maximum(denom, 1e-9)
   grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, state.params)
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   lr = learning_rate(optim.schedule, schedule_args, state.step)
   updates = jax.tree.map(lambda u: u * (-lr).astype(u.dtype), updates)
   params = optax.apply_updates(state.params, updates)
-  metrics = {"loss": total / denom, "tokens": count, "grad_norm": grad_norm,
-             "learning_rate": lr}
+  tokens = sums["tokens"]
+  metrics = {"loss": total / denom, "tokens": tokens, "grad_norm": grad_norm,
+             "learning_rate": lr,
+             **{k: v / jnp.maximum(tokens, 1.0) for k, v in sums.items() if k != "tokens"}}
   return TrainState(state.step + 1, params, opt_state), metrics
 
 
@@ -169,12 +127,14 @@ class Trainer:
   of the weights and Adam moments the train state holds; the model computes in the dtype of
   the parameters given to ``init``, and ``model_params`` hands the masters back in it,
   rounded as ``rounding`` says ("stochastic" from ``rounding_seed``, or "nearest").
+  ``loss`` (losses.py) is what the step minimises and which batch keys it reads.
   """
 
   def __init__(self, graphdef: nnx.GraphDef, mesh: Mesh, optim: OptimConfig,
                master_dtype: str = "float32", rounding: str = "stochastic",
-               rounding_seed: int = 0):
+               rounding_seed: int = 0, loss=CROSS_ENTROPY):
     self.graphdef, self.mesh, self.optim = graphdef, mesh, optim
+    self.loss = loss  # what the step minimises (losses.py): its batch keys, its denominator
     self.master_dtype = master_dtype
     # How the masters become the model's own dtype when training hands the model back
     # (precision.cast_leaves); each step's forward pass casts to the nearest value.
@@ -212,6 +172,12 @@ class Trainer:
                                                       self.rounding, self.rounding_seed)
     return lora.join(params, self.frozen) if jax.tree.leaves(self.frozen) else params
 
+  def forward_params(self, state: TrainState) -> nnx.State:
+    """The whole model as the step's forward pass computes with it (the masters cast to the
+    nearest value of the model's dtypes): what a loss's ``old_logprobs`` are taken from."""
+    params = cast_leaves(state.params, self.compute_dtypes)
+    return lora.join(params, self.frozen) if jax.tree.leaves(self.frozen) else params
+
   def state_shardings(self, state: TrainState) -> TrainState:
     return shardings_of(state)
 
@@ -237,16 +203,18 @@ class Trainer:
     (after ``init`` or ``abstract_state``: its arguments are the state, the frozen rest,
     the batch and the schedule's numbers)."""
     check_batch_shape(self.mesh, shape)
-    b_shard = {k: self.batch_sharding(shape) for k in BATCH_KEYS}
+    b_shard = {k: self.batch_sharding(shape[:2] if k == "advantages" else shape)
+               for k in self.loss.batch_keys}
     rep = sharding.replicated(self.mesh)
     return jax.jit(
-        functools.partial(train_step, self.graphdef, self.optim.static(), self.compute_dtypes),
+        functools.partial(train_step, self.graphdef, self.optim.static(), self.compute_dtypes,
+                          self.loss),
         in_shardings=(state_shardings, shardings_of(self.frozen), b_shard, rep),
         out_shardings=(state_shardings, rep), donate_argnums=(0,))
 
   def step(self, state: TrainState, batch: dict[str, Any]) -> tuple[TrainState, dict]:
     """Runs one update. ``state`` is donated: use the returned one from here on."""
-    missing = set(BATCH_KEYS) - set(batch)
+    missing = set(self.loss.batch_keys) - set(batch)
     if missing:
       raise ValueError(f"batch lacks {sorted(missing)}")
     shape = tuple(batch["tokens"].shape)
@@ -254,7 +222,7 @@ class Trainer:
     st_shard = self.state_shardings(state)
     static = self.optim.static()  # the rate and schedule's numbers are arguments
     fr_shard = shardings_of(self.frozen)
-    key = (self.graphdef, static, self.compute_dtypes, self.mesh, shape,
+    key = (self.graphdef, static, self.compute_dtypes, self.loss, self.mesh, shape,
            sharding.tree_key(st_shard), sharding.tree_key(fr_shard))
     fn = _STEP_FNS.get(key)
     rep = sharding.replicated(self.mesh)
@@ -264,10 +232,32 @@ class Trainer:
           f"the train step ({shape[0]} micro-batches of {shape[1]} x {shape[2]} tokens)",
           hint="use more micro-batches of fewer rows, or shorter rows")
       _STEP_FNS[key] = fn
-    batch = {k: jax.device_put(batch[k], self.batch_sharding(shape)) for k in BATCH_KEYS}
+    batch = {k: jax.device_put(batch[k], self.batch_sharding(np.shape(batch[k])))
+             for k in self.loss.batch_keys}
     args = {k: jax.device_put(v, rep) for k, v in self.optim.schedule_args().items()}
     with jax.set_mesh(self.mesh):
       return fn(state, self.frozen, batch, args)
+
+
+  def logprobs(self, params: nnx.State, batch: dict[str, Any], temperature: float) -> jax.Array:
+    """Per-token log-probabilities ``[M, B, L]`` of ``batch``'s targets under the whole model
+    ``params`` (a reference model, or ``model_params(state)`` before an update), at the
+    sampler's positions and ``temperature``: what ``PolicyGradient`` reads as ``ref_logprobs``
+    or ``old_logprobs``."""
+    shape = tuple(np.shape(batch["tokens"]))
+    check_batch_shape(self.mesh, shape)
+    p_shard = shardings_of(params)
+    key = ("logprobs", self.graphdef, self.mesh, shape, float(temperature),
+           sharding.tree_key(p_shard))
+    fn = _STEP_FNS.get(key)
+    if fn is None:
+      b_shard = {k: self.batch_sharding(shape) for k in BATCH_KEYS}
+      fn = jax.jit(lambda p, b: logprobs_of(merge(self.graphdef, p), b, temperature),
+                   in_shardings=(p_shard, b_shard), out_shardings=self.batch_sharding(shape))
+      _STEP_FNS[key] = fn
+    put = {k: jax.device_put(batch[k], self.batch_sharding(shape)) for k in BATCH_KEYS}
+    with jax.set_mesh(self.mesh):
+      return fn(params, put)
 
 
 def check_batch_shape(mesh: Mesh, shape) -> None:

@@ -4,7 +4,7 @@
 
 Scalars: every training step's loss, learning rate, gradient norm and tokens/s under
 ``train/`` (the step axis counts every step of the run: pretraining, then each
-iteration's), and every iteration's metrics under ``eval/``, ``kept/`` and ``time/`` (the
+iteration's), a policy-gradient step's reward, KL, entropy and clip fraction under ``rl/``, and every iteration's metrics under ``eval/``, ``kept/`` and ``time/`` (the
 step axis is the iteration); text: a table of a few kept rationales per iteration.
 Only process 0 writes.
 """
@@ -17,6 +17,8 @@ from star_jax.runtime.distributed import is_primary
 from star_jax.runtime.files import read_jsonl
 
 KEPT_SHOWN = 5
+RL_SCALARS = ("reward_mean", "all_right_share", "all_wrong_share", "kl", "entropy",
+              "clip_fraction", "completion_length")
 
 
 class Board:
@@ -35,6 +37,9 @@ class Board:
     for key in ("loss", "learning_rate", "grad_norm", "tokens_per_s"):
       if key in metrics:
         self._writer.add_scalar(f"train/{key}", metrics[key], step)
+    for key in RL_SCALARS:  # a policy-gradient step's (grpo.py)
+      if key in metrics:
+        self._writer.add_scalar(f"rl/{key}", metrics[key], step)
 
   def iteration(self, record: dict, kept: list[dict]) -> None:
     """The iteration's numbers (nested ones flattened: eval/accuracy_by_digits/4) and kept."""

@@ -17,9 +17,14 @@ def summary_line(m: dict[str, Any]) -> str:
     parts.append(f"B-STaR T={m['bstar_temperature']:g}{keep} (score {m['bstar_score']:.3f})")
   if m["iteration"] > 0:
     loss = m["train_loss"] if m.get("train_loss") is not None else float("nan")
-    parts += [f"kept {m['kept']}/{m['train_questions']} "
-              f"(gen {m['solved_by_generation']}, rat {m['solved_by_rationalization']})",
-              f"steps {m['train_steps']}", f"loss {loss:.3f}",
+    if "rl_reward_mean" in m:  # a policy-gradient block (grpo.py): its reward, not a kept set
+      parts.append(f"reward {m['rl_reward_first']:.3f} -> {m['rl_reward_last']:.3f} (mean "
+                   f"{m['rl_reward_mean']:.3f}, all wrong {m['rl_all_wrong_share']:.2f}) over "
+                   f"{m['train_questions']} questions")
+    else:
+      parts.append(f"kept {m['kept']}/{m['train_questions']} "
+                   f"(gen {m['solved_by_generation']}, rat {m['solved_by_rationalization']})")
+    parts += [f"steps {m['train_steps']}", f"loss {loss:.3f}",
               f"time sample {m['sample_seconds']:.0f}s rationalize "
               f"{m['rationalize_seconds']:.0f}s train {m['train_seconds']:.0f}s "
               f"eval {m['eval_seconds']:.0f}s"]

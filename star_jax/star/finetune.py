@@ -178,7 +178,7 @@ def _train(trainer, state, packed, train_cfg, steps, seed, desc, ckpt, checkpoin
   def settle(metrics) -> float:
     nonlocal tokens
     step = start + len(losses) + 1
-    losses.append(_check_finite(float(metrics["loss"]), step - 1))
+    losses.append(check_finite(float(metrics["loss"]), step - 1))
     tokens += float(metrics["tokens"])
     if on_step is not None:
       now = time.perf_counter()
@@ -223,7 +223,7 @@ def _train(trainer, state, packed, train_cfg, steps, seed, desc, ckpt, checkpoin
   return state, stats
 
 
-def _check_finite(loss: float, step: int) -> float:
+def check_finite(loss: float, step: int) -> float:
   if not math.isfinite(loss):
     raise FloatingPointError(f"training loss became {loss} at step {step}; lower "
                              "train.learning_rate or check the data")

@@ -71,6 +71,22 @@ class Method:
     """Iteration ``n`` from M_{n-1} = ``model`` (``base`` = M_0)."""
     raise NotImplementedError
 
+  @classmethod
+  def check(cls, config: Config) -> None:
+    """Refuses (``ConfigError``) settings this method cannot run, before anything is built or
+    written."""
+
+  @property
+  def restarts_from_base(self) -> bool:
+    """Whether M_n is trained from M_0 (then M_{n-1} is held as the sampler's copy, not as
+    masters a later fine-tune continues from)."""
+    return self.star.restart_from_base
+
+  def eval_few_shot(self, n: int) -> bool:
+    """Whether M_n is evaluated with the few-shot exemplars: M_0 as prompted for sampling,
+    a fine-tuned M_n in the format its texts were trained in."""
+    return self.star.few_shot if n == 0 else self.star.few_shot_in_training
+
   # -- the shared steps ---------------------------------------------------------------------
   def sample(self, n: int, model, questions: list[Example], *, hint: bool, phase: str,
              few_shot: bool, seed: int) -> tuple[list[rollout.Generation], int]:

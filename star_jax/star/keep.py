@@ -25,6 +25,14 @@ from star_jax.tasks import Example, Task
 DISTINCT = ("sample", "text", "path")
 
 
+def rewards(task: Task, g: Generation, require_supported: bool = False) -> list[float]:
+  """The 0/1 reward of each of ``g``'s samples, by the check STaR keeps with: 1 for a right
+  answer (whose own rationale reaches it, with ``require_supported``), else 0."""
+  return [float(ok and (not require_supported
+                        or task.rationale_supports(task.split_rationale(text), g.example)))
+          for text, ok in zip(g.texts, g.correct)]
+
+
 def selected(task: Task, g: Generation, require_supported: bool = False,
              min_score: float | None = None) -> tuple[list[str], int]:
   """The rationales of ``g``'s correct samples the rule selects, in sample order with

@@ -41,6 +41,7 @@ def run(config: Any, workdir: epath.PathLike, overwrite: bool = False) -> list[d
   workdir is written: a run that fails to start leaves nothing behind."""
   cfg = config_lib.load(config)
   method_cls = get_method(cfg.star.method)
+  method_cls.check(cfg)
   workdir = epath.Path(workdir)
   check(cfg)
   if overwrite:
@@ -68,11 +69,11 @@ def run(config: Any, workdir: epath.PathLike, overwrite: bool = False) -> list[d
   base = _base_model(cfg, method, ckpt, 0 in done)
   last = max(done) if done else 0
   model = base if last == 0 else ckpt.restore_model(
-      exp.restore_target(masters=not cfg.star.restart_from_base), step=last)
+      exp.restore_target(masters=not method.restarts_from_base), step=last)
   for n in range(last + 1, cfg.star.iterations + 1):
     result = method.iteration(n, base, model)
     model = result.params
-    evaluation = method.evaluate(n, model, cfg.star.few_shot_in_training)
+    evaluation = method.evaluate(n, model, method.eval_few_shot(n))
     artifacts.finish(workdir, ckpt, board, exp.task, iteration_record(n, exp.task, result,
                                                                       evaluation),
                      evaluation.records, result.kept, model)
@@ -91,7 +92,7 @@ def _base_model(cfg: config_lib.Config, method, ckpt: Checkpointer, saved: bool)
     return seed.saved_base(cfg, method.exp, ckpt)
   on_step = method.board.step_callback(method.workdir, 0) if method.board else None
   base, _, fields = seed.base_model(cfg, method.exp, method.workdir, on_step)
-  evaluation = method.evaluate(0, base, cfg.star.few_shot)
+  evaluation = method.evaluate(0, base, method.eval_few_shot(0))
   artifacts.finish(method.workdir, ckpt, method.board, method.exp.task,
                    iteration_record(0, method.exp.task, None, evaluation, fields),
                    evaluation.records, [], base)

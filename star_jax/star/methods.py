@@ -28,7 +28,10 @@ and the STaR family, each reusing Star's steps (docs/variants.md):
            confidence: star_jax has no reward model), every threshold and none scored on
            the same probe samples.
 
-Every one logs ``distinct_paths_per_question``; bstar also its probe's scores and choice
+and the policy-gradient methods STaR is compared with (grpo.py): grpo (GRPO, Dr. GRPO with
+rl.advantage=dr_grpo) and reinforce_rej (Reinforce-Rej), on the same steps x rows.
+
+Every one of the STaR family logs ``distinct_paths_per_question``; bstar also its probe's scores and choice
 (``bstar_*`` in metrics.jsonl). docs/variants.md has the recipes and their comparison.
 """
 
@@ -41,6 +44,7 @@ import numpy as np
 
 from star_jax.runtime.errors import ConfigError, did_you_mean
 from star_jax.star import finetune as ft, keep as keep_lib, seed
+from star_jax.star.grpo import GRPO, ReinforceRej
 from star_jax.star.iteration import IterationResult, Method, Star
 
 
@@ -166,7 +170,7 @@ def _label(temperature: float, threshold: float | None) -> str:
 
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (Star, Direct, SeedOnly, RestEM, RFT,
-                                                         BStar)}
+                                                         BStar, GRPO, ReinforceRej)}
 
 
 def register_method(cls: type[Method]) -> type[Method]:

@@ -7,7 +7,8 @@ Keys (present where they apply):
   train_examples (controls), train_steps, train_loss,
   train_examples_too_long, prompts_skipped_too_long, train_pass_at_1, kept_wrong_step_share,
   kept_wrong_step_share_by_source, unsupported_by_source, sample_seconds,
-  rationalize_seconds, train_seconds, bstar_* (B-STaR's probe: methods.py); iteration 0:
+  rationalize_seconds, train_seconds, bstar_* (B-STaR's probe: methods.py), rl_* (the
+  policy-gradient methods' block summary: grpo.py); iteration 0:
   pretrain_examples, pretrain_steps,
   pretrain_loss, pretrain_seconds; every iteration: eval_accuracy, eval_n, eval_seconds,
   eval_skipped_too_long, eval_step_accuracy, accuracy_by_<difficulty>, eval_label_shares,
@@ -77,7 +78,8 @@ def control_fields(r: IterationResult) -> dict:
       "solved_by_generation": 0, "solved_by_rationalization": 0, "kept": 0,
       "train_examples": stats.examples, "train_steps": stats.steps,
       "train_loss": stats.final_loss, "train_examples_too_long": stats.too_long,
-      "sample_seconds": 0.0, "rationalize_seconds": 0.0, "train_seconds": r.train_seconds,
+      "sample_seconds": r.sample_seconds, "rationalize_seconds": 0.0,
+      "train_seconds": r.train_seconds, **r.extra,
   }
 
 

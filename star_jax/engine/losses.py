@@ -1,0 +1,223 @@
+"""What a train step minimises: a loss chosen per step function.
+
+A loss turns one micro-batch into ``(summed loss, its share of the denominator, summed
+metrics)``. The train step adds these over its micro-batches and divides once at the end, so
+accumulating k micro-batches equals one batch k times larger whatever the loss, and every
+loss states its own denominator instead of the trainer assuming a token count:
+
+  CrossEntropy    supervised fine-tuning (STaR, its controls, the warm start): the masked
+                  completion tokens' cross-entropy over their count
+  PolicyGradient  the clipped surrogate of GRPO (DeepSeekMath, arXiv 2402.03300; the formula
+                  of TRL's ``GRPOTrainer._compute_loss``) with an optional k3 KL penalty to a
+                  frozen reference, normalised per sequence (``"sequence"``: TRL's
+                  ``loss_type="grpo"``), by a constant (``"constant"``: Dr. GRPO, arXiv
+                  2503.20783, TRL's ``"dr_grpo"``) or by the tokens (``"token"``: TRL's
+                  ``"bnpo"``, verl's token-mean)
+
+Each loss names the batch keys it reads; the trainer checks and shards exactly those. Losses
+are frozen dataclasses: hashable, so a loss is part of the compiled step's key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from star_jax.engine.decoder import causal_mask, head_logits
+from star_jax.engine.positions import segment_starts
+
+BATCH_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions")
+
+# Most float32 logits a loss holds at once (64 MiB); longer micro-batches are chunked.
+LOGITS_CHUNK_ELEMENTS = 1 << 24
+
+NORMALIZATIONS = ("sequence", "constant", "token")
+
+
+def hidden(model, micro: dict[str, jax.Array], key: jax.Array | None = None) -> jax.Array:
+  """The decoder's last hidden states ``[B, L, D]`` of a micro-batch.
+
+  With a position scheme the positions come from the tokens (restarting in every packed
+  segment), and ``key`` draws whatever the scheme randomises in training (None: the
+  sampler's positions); without one they are the batch's ``positions``.
+  """
+  mask_BxLxL = causal_mask(micro["segment_ids"])
+  positions = micro["positions"]
+  if model.cfg.positions is not None:
+    positions = model.cfg.positions.of_tokens(micro["tokens"],
+                                              segment_starts(micro["segment_ids"]), key)
+  h_BxLxD, _ = model(micro["tokens"], positions, mask_BxLxL)
+  return h_BxLxD
+
+
+def loss_sums(model, micro: dict[str, jax.Array],
+              key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Summed masked cross-entropy and the number of masked tokens of one micro-batch."""
+  h_BxLxD = hidden(model, micro, key)
+  weight_BxL = micro["loss_mask"].astype(jnp.float32)
+  total = xent_sum(h_BxLxD, *model.head(h_BxLxD.dtype), micro["targets"], weight_BxL,
+                   softcap=model.cfg.final_softcap)
+  return total, jnp.sum(weight_BxL)
+
+
+def _xent(h_BxCxD, w_DxV, bias_V, targets_BxC, weight_BxC, softcap=None) -> jax.Array:
+  logits_BxCxV = head_logits(h_BxCxD, w_DxV, bias_V, softcap)
+  xent_BxC = optax.softmax_cross_entropy_with_integer_labels(logits_BxCxV, targets_BxC)
+  return jnp.sum(xent_BxC * weight_BxC)
+
+
+def _chunks(B: int, L: int, V: int) -> int:
+  """How many sequence chunks keep each chunk's ``[B, L / n, V]`` logits under the limit."""
+  need = -(-B * L * V // LOGITS_CHUNK_ELEMENTS)
+  return 1 if need <= 1 else next(k for k in range(need, L + 1) if L % k == 0)
+
+
+def xent_sum(h_BxLxD, w_DxV, bias_V, targets_BxL, weight_BxL, softcap=None) -> jax.Array:
+  """Summed weighted cross-entropy of the head's logits, never a ``[B, L, V]`` float32 buffer
+  above ``LOGITS_CHUNK_ELEMENTS``: the sequence is cut in chunks, each chunk's logits made
+  (and, under ``jax.checkpoint``, remade in the backward pass) one chunk at a time."""
+  B, L = targets_BxL.shape
+  n = _chunks(B, L, w_DxV.shape[1])
+  if n == 1:
+    return _xent(h_BxLxD, w_DxV, bias_V, targets_BxL, weight_BxL, softcap)
+  split = lambda x: jnp.moveaxis(x.reshape(B, n, L // n, *x.shape[2:]), 1, 0)
+  body = jax.checkpoint(lambda total, xs: (total + _xent(xs[0], w_DxV, bias_V, *xs[1:],
+                                                         softcap=softcap), None))
+  total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32),
+                          (split(h_BxLxD), split(targets_BxL), split(weight_BxL)))
+  return total
+
+
+def token_logprobs(h_BxLxD, w_DxV, bias_V, targets_BxL, temperature: float = 1.0,
+                   softcap=None) -> tuple[jax.Array, jax.Array]:
+  """(log-probability of each target, entropy of each position's distribution), ``[B, L]``
+  each, of the head's logits divided by ``temperature`` (the distribution the sampler drew
+  from, as TRL scores it); chunked as ``xent_sum`` is."""
+  def stats(h_BxCxD, targets_BxC):
+    logits_BxCxV = head_logits(h_BxCxD, w_DxV, bias_V, softcap) / temperature
+    logp_BxCxV = jax.nn.log_softmax(logits_BxCxV, axis=-1)
+    logp_BxC = jnp.take_along_axis(logp_BxCxV, targets_BxC[..., None], axis=-1)[..., 0]
+    entropy_BxC = -jnp.sum(jnp.exp(logp_BxCxV) * logp_BxCxV, axis=-1)
+    return logp_BxC, jax.lax.stop_gradient(entropy_BxC)
+
+  B, L = targets_BxL.shape
+  n = _chunks(B, L, w_DxV.shape[1])
+  if n == 1:
+    return stats(h_BxLxD, targets_BxL)
+  split = lambda x: jnp.moveaxis(x.reshape(B, n, L // n, *x.shape[2:]), 1, 0)
+  body = jax.checkpoint(lambda carry, xs: (carry, stats(*xs)))
+  _, (logp_NxBxC, entropy_NxBxC) = jax.lax.scan(body, None, (split(h_BxLxD), split(targets_BxL)))
+  merge = lambda x: jnp.moveaxis(x, 0, 1).reshape(B, L)
+  return merge(logp_NxBxC), merge(entropy_NxBxC)
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossEntropy:
+  """Supervised fine-tuning: summed cross-entropy of the masked tokens over their count."""
+
+  name = "cross_entropy"
+  batch_keys = BATCH_KEYS
+
+  def __call__(self, model, micro, key=None):
+    total, count = loss_sums(model, micro, key)
+    return total, count, {"tokens": count}
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyGradient:
+  """The clipped policy-gradient surrogate over completion tokens (``loss_mask``), one
+  advantage per row (``advantages``, ``[B]``), as TRL's GRPO loss computes it:
+
+    ratio_t = exp(logp_t - old_t)        old = logp itself, detached (mu = 1: ratio 1), or the
+                                         batch's ``old_logprobs`` (mu > 1 inner updates)
+    loss_t  = -min(ratio_t A, clip(ratio_t, 1 - clip_low, 1 + clip_high) A)
+              + kl_beta (exp(ref_t - logp_t) - (ref_t - logp_t) - 1)     (k3 estimator)
+
+  summed with per-token weights and divided by ``normalize``'s denominator: "sequence" (each
+  row's mean, then the mean over the step's rows: TRL's "grpo"), "constant" (the step's rows
+  times ``max_completion``: Dr. GRPO) or "token" (the step's completion tokens).
+
+  Positions are the sampler's (no training jitter of a position scheme), so ``logp`` is the
+  log-probability the sampled tokens had. The metrics are token means: KL to the reference
+  (with ``ref_logprobs``), the policy's entropy, and the share of tokens the clip holds.
+  """
+
+  temperature: float = 1.0
+  clip_low: float = 0.2
+  clip_high: float = 0.2
+  kl_beta: float = 0.0
+  normalize: str = "sequence"
+  max_completion: int = 0
+  old_logprobs: bool = False  # the batch carries the sampling policy's log-probs (mu > 1)
+  ref_logprobs: bool = False  # the batch carries the reference's (kl_beta > 0, or KL logged)
+
+  name = "policy_gradient"
+
+  def __post_init__(self):
+    if self.normalize not in NORMALIZATIONS:
+      raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {self.normalize!r}")
+    if self.normalize == "constant" and self.max_completion < 1:
+      raise ValueError("normalize='constant' needs max_completion >= 1")
+    if self.kl_beta and not self.ref_logprobs:
+      raise ValueError("kl_beta > 0 needs the reference's log-probs (ref_logprobs=True)")
+    if self.temperature <= 0:
+      raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+  @property
+  def batch_keys(self) -> tuple[str, ...]:
+    return (BATCH_KEYS + ("advantages",) + (("old_logprobs",) if self.old_logprobs else ())
+            + (("ref_logprobs",) if self.ref_logprobs else ()))
+
+  def __call__(self, model, micro, key=None):
+    h_BxLxD = hidden(model, micro)  # the sampler's positions: no key
+    logp_BxL, entropy_BxL = token_logprobs(h_BxLxD, *model.head(h_BxLxD.dtype), micro["targets"],
+                                           self.temperature, model.cfg.final_softcap)
+    return self.terms(logp_BxL, micro, entropy_BxL)
+
+  def terms(self, logp_BxL, micro, entropy_BxL=None):
+    """The loss's sums from the policy's per-token log-probs (differentiated through)."""
+    mask_BxL = micro["loss_mask"].astype(jnp.float32)
+    adv_Bx1 = micro["advantages"].astype(jnp.float32)[:, None]
+    old_BxL = (micro["old_logprobs"] if self.old_logprobs
+               else jax.lax.stop_gradient(logp_BxL))
+    ratio_BxL = jnp.exp(logp_BxL - old_BxL)
+    clipped_BxL = jnp.clip(ratio_BxL, 1 - self.clip_low, 1 + self.clip_high)
+    per_token_BxL = -jnp.minimum(ratio_BxL * adv_Bx1, clipped_BxL * adv_Bx1)
+    sums = {}
+    if self.ref_logprobs:
+      d_BxL = micro["ref_logprobs"] - logp_BxL
+      kl_BxL = jnp.exp(d_BxL) - d_BxL - 1
+      if self.kl_beta:
+        per_token_BxL = per_token_BxL + self.kl_beta * kl_BxL
+      sums["kl"] = jnp.sum(jax.lax.stop_gradient(kl_BxL) * mask_BxL)
+    length_B = jnp.sum(mask_BxL, axis=-1)
+    rows = jnp.sum((length_B > 0).astype(jnp.float32))
+    if self.normalize == "sequence":
+      weight_BxL, denom = mask_BxL / jnp.maximum(length_B, 1.0)[:, None], rows
+    elif self.normalize == "constant":
+      weight_BxL, denom = mask_BxL, rows * self.max_completion
+    else:
+      weight_BxL, denom = mask_BxL, jnp.sum(mask_BxL)
+    held = (((ratio_BxL < 1 - self.clip_low) & (adv_Bx1 < 0))
+            | ((ratio_BxL > 1 + self.clip_high) & (adv_Bx1 > 0)))
+    sums["clip_fraction"] = jnp.sum(jax.lax.stop_gradient(held.astype(jnp.float32)) * mask_BxL)
+    if entropy_BxL is not None:
+      sums["entropy"] = jnp.sum(entropy_BxL * mask_BxL)
+    sums["tokens"] = jnp.sum(mask_BxL)
+    return jnp.sum(per_token_BxL * weight_BxL), denom, sums
+
+
+CROSS_ENTROPY = CrossEntropy()
+
+
+def logprobs_of(model, batch: dict[str, jax.Array], temperature: float) -> jax.Array:
+  """Per-token log-probabilities ``[M, B, L]`` of a batch's targets under ``model`` at the
+  sampler's positions: the reference's (or the sampling policy's) for ``PolicyGradient``."""
+  def one(micro):
+    h_BxLxD = hidden(model, micro)
+    return token_logprobs(h_BxLxD, *model.head(h_BxLxD.dtype), micro["targets"], temperature,
+                          model.cfg.final_softcap)[0]
+  return jax.lax.map(one, {k: batch[k] for k in BATCH_KEYS})

@@ -1,0 +1,254 @@
+"""Policy-gradient methods on STaR's budget: GRPO and Reinforce-Rej (``star.method``).
+
+RL-STaR reads STaR as policy improvement with a 0/1 reward; these are the policy-gradient
+methods it is compared with, run by the same loop, sampler, trainer and evaluation:
+
+  grpo           GRPO (DeepSeekMath, arXiv 2402.03300): each policy step samples G =
+                 ``star.samples_per_question`` completions for each of ``rl.questions_per_step``
+                 questions at ``star.temperature`` from the current parameters, rewards each by
+                 the task's check, and takes ``rl.inner_updates`` steps of the clipped
+                 surrogate (``losses.PolicyGradient``) with group-normalised advantages
+                 (``rl.advantage=dr_grpo``: Dr. GRPO's, ``policy.py``)
+  reinforce_rej  Reinforce-Rej (Xiong et al. 2025, arXiv 2504.11343): +-1 rewards as the
+                 advantage, groups all right or all wrong dropped
+
+An iteration is a block of ``steps_for_iteration(star, n)`` policy steps on one train state
+(Adam's moments carry from step to step; each block starts them afresh, as STaR's
+iterations do); the loop evaluates M_n after each block. The sampler and the trainer share
+the parameters: every step samples from ``trainer.model_params(state)``, no second copy. Each
+step's metrics go to ``iter_NNN/policy_steps.jsonl`` and TensorBoard; the block's summary
+(``rl_*``) to metrics.jsonl. A killed block resumes from its last train-state checkpoint
+(every ``checkpoint_every`` steps): step s's questions and samples are functions of (seed,
+n, s), so the resumed run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+
+import numpy as np
+
+from star_jax.engine import sharding
+from star_jax.engine.losses import PolicyGradient
+from star_jax.engine.trainer import Trainer
+from star_jax.experiment import workdir as wd
+from star_jax.hub.checkpointer import Checkpointer
+from star_jax.runtime import failpoints
+from star_jax.runtime.errors import ConfigError
+from star_jax.runtime.files import read_jsonl, write_jsonl
+from star_jax.runtime.progress import progress
+from star_jax.star import finetune as ft, keep as keep_lib, policy
+from star_jax.star.iteration import IterationResult, Method
+from star_jax.star.rollout import Generation
+
+STEP_LOG = "policy_steps.jsonl"
+
+
+class GRPO(Method):
+  name = "grpo"
+  advantage: str | None = None  # None: rl.advantage
+  drop_uniform: bool | None = None  # None: rl.drop_uniform_groups
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.check(self.config)
+    star, rl, train = self.star, self.config.rl, self.config.train
+    self.kind = self.advantage or rl.advantage
+    self.drop = rl.drop_uniform_groups if self.drop_uniform is None else self.drop_uniform
+    self.group = star.samples_per_question
+    self.questions_per_step = (rl.questions_per_step
+                               or train.batch_size * train.grad_accum // self.group)
+    self.loss = PolicyGradient(
+        temperature=star.temperature, clip_low=rl.clip_epsilon,
+        clip_high=rl.clip_epsilon_high or rl.clip_epsilon, kl_beta=rl.kl_beta,
+        normalize=policy.NORMALIZE[self.kind], max_completion=self.task.max_new_tokens,
+        old_logprobs=rl.inner_updates > 1, ref_logprobs=rl.kl_beta > 0 or rl.log_kl)
+
+  @classmethod
+  def check(cls, config) -> None:
+    star, rl, train = config.star, config.rl, config.train
+    group = star.samples_per_question
+    if group < 2:
+      raise ConfigError(f"star.method={cls.name} samples a group per question: "
+                        f"star.samples_per_question must be >= 2, got {group}")
+    if star.temperature <= 0:
+      raise ConfigError(f"star.method={cls.name} samples at star.temperature > 0, got "
+                        f"{star.temperature}")
+    if rl.inner_updates < 1 or rl.questions_per_step < 0:
+      raise ConfigError(f"rl.inner_updates must be >= 1 and rl.questions_per_step >= 0, got "
+                        f"{rl.inner_updates} and {rl.questions_per_step}")
+    if not 0 < rl.clip_epsilon < 1 or rl.clip_epsilon_high < 0 or rl.kl_beta < 0:
+      raise ConfigError("rl.clip_epsilon must be in (0, 1); rl.clip_epsilon_high and "
+                        "rl.kl_beta >= 0")
+    rows = train.batch_size * train.grad_accum
+    if rl.questions_per_step == 0 and rows % group:
+      raise ConfigError(f"rl.questions_per_step=0 takes train.batch_size x train.grad_accum = "
+                        f"{rows} rows a step as questions x star.samples_per_question, but "
+                        f"{rows} is not a multiple of {group}: set rl.questions_per_step")
+
+  @property
+  def restarts_from_base(self) -> bool:
+    return False  # a block continues the policy: M_n is trained from M_{n-1}
+
+  def eval_few_shot(self, n: int) -> bool:
+    return self.star.few_shot  # trained on the prompts it sampled with, from M_0 on
+
+  def iteration(self, n: int, base, model) -> IterationResult:
+    star, rl = self.star, self.config.rl
+    steps = ft.steps_for_iteration(star, n)
+    trainer = Trainer(self.exp.graphdef, self.exp.mesh,
+                      ft.optim_config(self.config.train, steps * rl.inner_updates),
+                      master_dtype=self.config.train.master_dtype, rounding=self.exp.rounding,
+                      rounding_seed=self.exp.rounding_seed, loss=self.loss)
+    state = trainer.init(model, copy=True)
+    ckpt = Checkpointer(wd.iteration_dir(self.workdir, n, "train_ckpt"), max_to_keep=1,
+                        async_save=self.config.checkpoint_async)
+    log_path = wd.iteration_dir(self.workdir, n, STEP_LOG)
+    start = 0
+    if ckpt.latest_step() is not None:
+      state, meta = ckpt.restore(state)
+      start = int(meta["policy_step"])
+      logging.info("iteration %d: resuming the policy steps at %d of %d", n, start, steps)
+    records = [r for r in read_jsonl(log_path) if r["step"] <= start]
+    ref = self.exp.sampling_copy(base) if self.loss.ref_logprobs else None
+    pool = self.question_pool(n)
+    on_step = self.board.step_callback(self.workdir, n) if self.board else None
+    logging.info("iteration %d: %s, %d policy steps of %d questions x %d samples at "
+                 "temperature %g (advantage %s%s)", n, self.name, steps,
+                 self.questions_per_step, self.group, star.temperature, self.kind,
+                 ", uniform groups dropped" if self.drop else "")
+    try:
+      with progress(steps, f"iter {n} {self.name}", "step") as bar:
+        bar.update(start)
+        for s in range(start + 1, steps + 1):
+          state, record = self.policy_step(n, s, trainer, state, pool, ref)
+          records.append(record)
+          write_jsonl(log_path, records)
+          if on_step is not None:
+            on_step(s, record)
+          if s == steps or (self.config.checkpoint_every and s % self.config.checkpoint_every == 0):
+            ckpt.save(state, meta={"policy_step": s})
+            failpoints.hit("train_checkpoint")
+          bar.set_postfix(reward=f"{record['reward_mean']:.2f}", refresh=False)
+          bar.update(1)
+          failpoints.hit("train_step")
+    finally:
+      ckpt.close()
+    return self._result(n, trainer.model_params(state, masters=True), records)
+
+  def policy_step(self, n: int, s: int, trainer: Trainer, state, pool, ref):
+    """Step ``s`` of iteration ``n``: sample the groups, reward, update; (state, record)."""
+    star, task, tok = self.star, self.task, self.tokenizer
+    t0 = time.time()
+    rng = np.random.default_rng([self.config.seed, n, s, 31])
+    Q = self.questions_per_step
+    picked = rng.choice(len(pool), Q, replace=len(pool) < Q)
+    few_shot, limit = self.star.few_shot, self.sampler.cfg.max_seq_len - task.max_new_tokens
+    questions, prompts = [], []
+    for i in picked:
+      ids = tok.encode_prompt(task.prompt(pool[i], hint=False, few_shot=few_shot))
+      if len(ids) <= limit:  # too long for the context: not asked (counted)
+        questions.append(pool[i])
+        prompts.append(ids)
+    out = self.sampler.sample(trainer.model_params(state), prompts, task.max_new_tokens,
+                              self.sampling(), n=self.group,
+                              seed=int(rng.integers(2 ** 31)), stop_strings=task.stop_strings,
+                              decode_fn=tok.decode)
+    completions = [[out.sequences(q, g) for g in range(self.group)] for q in range(len(prompts))]
+    rewards_QxG = np.zeros((len(prompts), self.group), np.float32)
+    by_difficulty = collections.defaultdict(lambda: [0.0, 0])
+    for q, ex in enumerate(questions):
+      texts = [tok.decode(c) for c in completions[q]]
+      preds = [task.extract_answer(t) for t in texts]
+      gen = Generation(ex, texts, preds, [task.is_correct(p, ex) for p in preds])
+      rewards_QxG[q] = keep_lib.rewards(task, gen, star.require_supported)
+      d = task.difficulty(ex)
+      if d is not None:
+        by_difficulty[str(d)][0] += float(rewards_QxG[q].sum())
+        by_difficulty[str(d)][1] += self.group
+    sample_seconds = time.time() - t0
+
+    t0 = time.time()
+    adv_QxG = policy.advantages(rewards_QxG, self.kind) if len(prompts) else rewards_QxG
+    all_right, all_wrong = policy.uniform_groups(rewards_QxG)
+    rows = [(prompts[q], completions[q][g], float(adv_QxG[q, g]))
+            for q in policy.trained_groups(rewards_QxG, self.drop) for g in range(self.group)]
+    metrics = {}
+    if rows:
+      batch = policy.policy_batch(*zip(*rows), rows=self._rows(trainer),
+                                  max_len=self.sampler.cfg.max_seq_len)
+      if ref is not None:
+        batch["ref_logprobs"] = trainer.logprobs(ref, batch, star.temperature)
+      if self.loss.old_logprobs:
+        batch["old_logprobs"] = trainer.logprobs(trainer.forward_params(state), batch,
+                                                 star.temperature)
+      updates = []
+      for _ in range(self.config.rl.inner_updates):
+        state, m = trainer.step(state, batch)
+        updates.append(m)
+      metrics = {k: float(np.mean([float(m[k]) for m in updates])) for k in updates[0]}
+      ft.check_finite(metrics["loss"], s)
+    lengths = [len(c) for cs in completions for c in cs]
+    record = {"step": s, "reward_mean": float(rewards_QxG.mean()) if len(prompts) else 0.0,
+              "all_right_share": float(all_right.mean()) if len(prompts) else 0.0,
+              "all_wrong_share": float(all_wrong.mean()) if len(prompts) else 0.0,
+              "questions": len(prompts), "prompts_skipped_too_long": Q - len(prompts),
+              "trained_rows": len(rows), "tokens_sampled": int(sum(lengths)),
+              "completion_length": float(np.mean(lengths)) if lengths else 0.0,
+              "reward_by_difficulty": {k: v for k, v in sorted(by_difficulty.items())},
+              "sample_seconds": sample_seconds, "train_seconds": time.time() - t0, **metrics}
+    return state, record
+
+  def _rows(self, trainer: Trainer) -> int:
+    """Rows a micro-batch holds: ``train.batch_size``, rounded up to the mesh's batch shards."""
+    rows, _ = ft.micro_batching(self.config.train.batch_size, 1,
+                                sharding.batch_divisor(trainer.mesh))
+    return rows
+
+  def _result(self, n: int, params, records: list[dict]) -> IterationResult:
+    """The block's result: its summary (``rl_*``) from the per-step records."""
+    mean = lambda key: float(np.mean([r[key] for r in records if key in r])) if any(
+        key in r for r in records) else None
+    tenth = max(1, len(records) // 10)
+    by_d = collections.defaultdict(lambda: [0.0, 0])
+    for r in records:
+      for d, (right, total) in r["reward_by_difficulty"].items():
+        by_d[d][0] += right
+        by_d[d][1] += total
+    name = self.task.difficulty_name
+    extra = {
+        "rl_advantage": self.kind, "rl_drop_uniform_groups": self.drop,
+        "rl_policy_steps": len(records),
+        "rl_reward_mean": mean("reward_mean"),
+        "rl_reward_first": float(np.mean([r["reward_mean"] for r in records[:tenth]])),
+        "rl_reward_last": float(np.mean([r["reward_mean"] for r in records[-tenth:]])),
+        "rl_all_right_share": mean("all_right_share"), "rl_all_wrong_share": mean("all_wrong_share"),
+        "rl_kl": records[-1].get("kl"), "rl_entropy": mean("entropy"),
+        "rl_clip_fraction": mean("clip_fraction"),
+        "rl_tokens_sampled": int(sum(r["tokens_sampled"] for r in records)),
+        "rl_trained_rows": int(sum(r["trained_rows"] for r in records)),
+        "rl_steps_without_update": sum(1 for r in records if not r["trained_rows"]),
+        f"rl_reward_by_{name}": {d: right / total for d, (right, total) in sorted(by_d.items())},
+    }
+    losses = [r["loss"] for r in records if "loss" in r]
+    stats = ft.FinetuneStats(len(records), extra["rl_trained_rows"], 0, extra["rl_trained_rows"],
+                             losses[-1] if losses else float("nan"),
+                             float(np.mean(losses)) if losses else float("nan"),
+                             float(sum(r.get("tokens", 0.0) for r in records)))
+    asked = sum(r["questions"] for r in records)
+    return IterationResult(self.name, params, [], [], train=stats,
+                           skipped=sum(r["prompts_skipped_too_long"] for r in records),
+                           sample_seconds=sum(r["sample_seconds"] for r in records),
+                           train_seconds=sum(r["train_seconds"] for r in records),
+                           extra={"train_questions": asked, **extra})
+
+
+class ReinforceRej(GRPO):
+  """Reinforce with +-1 rewards, groups all right or all wrong dropped (Xiong et al. 2025)."""
+
+  name = "reinforce_rej"
+  advantage = "reinforce"
+  drop_uniform = True
+

@@ -1,0 +1,171 @@
+"""GRPO and Reinforce-Rej (star/grpo.py, star/policy.py): advantages, which groups train, the
+batch the loss reads (exactly the sampled tokens, scored as the sampler scored them), the
+methods end to end on a tiny arithmetic run, and a killed run resumed to the same results."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from helpers.runs import ROOT, load_config, run_results
+from star_jax import config as config_lib, star
+from star_jax.engine.optim import OptimConfig
+from star_jax.engine.trainer import Trainer
+from star_jax.experiment.build import build, make_sampler
+from star_jax.runtime.errors import ConfigError
+from star_jax.sampling import SamplingParams
+from star_jax.star import policy
+from star_jax.star.methods import get_method
+
+REWARDS = np.array([[1, 0, 0, 1], [1, 1, 1, 1], [0, 0, 0, 0], [0, 0, 1, 0]], np.float32)
+
+
+@pytest.mark.parametrize("kind", ["grpo", "dr_grpo"])
+def test_groups_all_right_or_all_wrong_have_zero_advantage(kind):
+  adv = policy.advantages(REWARDS, kind)
+  assert (adv[1] == 0).all() and (adv[2] == 0).all()
+  assert (adv[0] * (2 * REWARDS[0] - 1) > 0).all()  # right above the mean, wrong below
+  np.testing.assert_allclose(adv.sum(axis=1), 0, atol=1e-6)
+  if kind == "grpo":  # unit (unbiased) std within a mixed group, up to TRL's 1e-4
+    np.testing.assert_allclose(adv[0].std(ddof=1), 1.0, rtol=1e-3)
+
+
+def test_reinforce_rewards_are_plus_minus_one_and_rej_drops_exactly_the_uniform_groups():
+  np.testing.assert_array_equal(policy.advantages(REWARDS, "reinforce"), 2 * REWARDS - 1)
+  assert policy.trained_groups(REWARDS, drop_uniform=True) == [0, 3]
+  assert policy.trained_groups(REWARDS, drop_uniform=False) == [0, 1, 2, 3]
+  right, wrong = policy.uniform_groups(REWARDS)
+  assert right.tolist() == [False, True, False, False]
+  assert wrong.tolist() == [False, False, True, False]
+  with pytest.raises(ValueError, match="advantage"):
+    policy.advantages(REWARDS, "ppo")
+
+
+def test_the_batch_holds_the_sampled_tokens_and_masks_the_prompt():
+  batch = policy.policy_batch([[5, 6, 7], [9]], [[20, 21], [30, 31, 32, 2]], [0.5, -1.0],
+                              rows=4, max_len=64)
+  assert batch["tokens"].shape == (1, 4, 32) and batch["advantages"].shape == (1, 4)
+  np.testing.assert_array_equal(batch["tokens"][0, 0, :4], [5, 6, 7, 20])
+  np.testing.assert_array_equal(batch["targets"][0, 0, :4], [6, 7, 20, 21])
+  np.testing.assert_array_equal(batch["loss_mask"][0, 0, :5], [0, 0, 1, 1, 0])
+  np.testing.assert_array_equal(batch["loss_mask"][0, 1, :5], [1, 1, 1, 1, 0])
+  assert batch["loss_mask"][0, 2:].sum() == 0  # padding rows carry no loss
+  np.testing.assert_array_equal(batch["advantages"][0], [0.5, -1.0, 0, 0])
+  # more rows than a micro-batch holds: more micro-batches
+  assert policy.policy_batch([[1]] * 5, [[2]] * 5, [0.0] * 5, rows=4, max_len=64)[
+      "tokens"].shape == (2, 4, 32)
+  with pytest.raises(ValueError, match="exceeds max_len"):
+    policy.policy_batch([[1] * 40], [[2] * 40], [1.0], rows=4, max_len=64)
+
+
+def _smoke(method="grpo", **star_keys):
+  c = load_config("arithmetic", "smoke")
+  c.data.max_train, c.data.max_eval = 16, 12
+  c.pretrain.steps = 30
+  c.star.iterations, c.star.base_steps, c.star.steps_increment = 1, 3, 0
+  c.star.method, c.star.samples_per_question, c.star.temperature = method, 4, 1.0
+  for k, v in star_keys.items():
+    setattr(c.star, k, v)
+  return c
+
+
+def test_the_loss_scores_the_sampled_tokens_as_the_sampler_drew_them(tmp_path):
+  """The policy's log-probs in the loss (the sampler's positions, a position scheme's
+  included) equal the sampler's own for every sampled token."""
+  cfg = config_lib.load(_smoke())
+  exp = build(cfg, tmp_path)
+  sampler = make_sampler(exp, cfg)
+  task, tok = exp.task, exp.tokenizer
+  prompts = [tok.encode_prompt(task.prompt(q, hint=False, few_shot=False))
+             for q in exp.train_set[:4]]
+  out = sampler.sample(exp.params, prompts, task.max_new_tokens, SamplingParams(1.0), n=2,
+                       seed=3, stop_strings=task.stop_strings, decode_fn=tok.decode)
+  rows = [(prompts[i], out.sequences(i, j), 1.0) for i in range(4) for j in range(2)]
+  batch = policy.policy_batch(*zip(*rows), rows=8, max_len=sampler.cfg.max_seq_len)
+  trainer = Trainer(exp.graphdef, exp.mesh, OptimConfig())
+  logp = np.asarray(trainer.logprobs(exp.params, batch, 1.0))[0]
+  for r in range(8):
+    i, j = divmod(r, 2)
+    n = len(out.sequences(i, j))
+    np.testing.assert_allclose(logp[r][batch["loss_mask"][0, r] > 0], out.logprobs[i, j, :n],
+                               atol=1e-4)
+
+
+@pytest.mark.parametrize("method,rl", [
+    ("grpo", {"inner_updates": 2, "kl_beta": 0.04}),
+    ("grpo", {"advantage": "dr_grpo", "questions_per_step": 3}),
+    ("reinforce_rej", {}),
+])
+def test_policy_methods_run_end_to_end(tmp_path, method, rl):
+  c = _smoke(method)
+  for k, v in rl.items():
+    setattr(c.rl, k, v)
+  metrics = star.run(c, tmp_path)
+  last = metrics[-1]
+  assert last["method"] == method and last["train_steps"] == 3 == last["rl_policy_steps"]
+  steps = [json.loads(l) for l in open(os.path.join(tmp_path, "iter_001", "policy_steps.jsonl"))]
+  assert [s["step"] for s in steps] == [1, 2, 3]
+  q = rl.get("questions_per_step", c.train.batch_size // 4)
+  assert all(s["questions"] == q for s in steps)
+  for s in steps:
+    assert 0 <= s["reward_mean"] <= 1 and s["tokens_sampled"] > 0
+    if method == "reinforce_rej":  # only groups neither all right nor all wrong train
+      mixed = round(q * (1 - s["all_right_share"] - s["all_wrong_share"]))
+      assert s["trained_rows"] == 4 * mixed
+    else:
+      assert s["trained_rows"] == 4 * q
+    if s["trained_rows"]:
+      assert {"loss", "kl", "entropy", "clip_fraction", "grad_norm"} <= set(s)
+  assert last["rl_tokens_sampled"] == sum(s["tokens_sampled"] for s in steps)
+  assert last["rl_advantage"] == {"reinforce_rej": "reinforce"}.get(method,
+                                                                     rl.get("advantage", "grpo"))
+  assert set(last["rl_reward_by_digits"]) <= {"1", "2", "3"}
+
+
+def test_bad_policy_settings_are_refused(tmp_path):
+  for keys, match in [({"samples_per_question": 1}, "samples_per_question must be >= 2"),
+                      ({"temperature": 0.0}, "temperature > 0"),
+                      ({"samples_per_question": 3}, "not a multiple of 3")]:
+    c = _smoke(**keys)
+    with pytest.raises(ConfigError, match=match):
+      star.run(c, tmp_path / "x")
+    assert not (tmp_path / "x" / "metrics.jsonl").exists()
+  assert get_method("reinforce_rej").drop_uniform
+
+
+CMD = [sys.executable, "-m", "star_jax.main", "--config=configs/arithmetic.py:smoke",
+       "--config.star.method=grpo", "--config.star.samples_per_question=4",
+       "--config.star.temperature=1.0", "--config.rl.kl_beta=0.04"]
+
+
+def _run(workdir, failpoint=None, *args):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  env.pop("STAR_JAX_FAILPOINT", None)
+  if failpoint:
+    env["STAR_JAX_FAILPOINT"] = failpoint
+  return subprocess.run(CMD + [f"--workdir={workdir}", *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
+def test_a_killed_grpo_run_resumes_to_the_uninterrupted_runs_results(tmp_path):
+  clean = tmp_path / "clean"
+  proc = _run(clean)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  killed = tmp_path / "killed"
+  # :smoke pretrains 200 steps, then iteration 1 has 6 policy steps and iteration 2 has 8;
+  # each rerun counts the steps it runs afresh.
+  resumed = []
+  for failpoint, where in [("train_step:205", "iteration 1, step 5, after its step-4 checkpoint"),
+                           ("train_step:4", "iteration 2, step 2, before any checkpoint")]:
+    proc = _run(killed, failpoint, "--config.checkpoint_every=4")
+    assert proc.returncode == -signal.SIGKILL, (where, proc.returncode, proc.stderr[-3000:])
+    resumed.append("iteration 1: resuming the policy steps at 4 of 6" in proc.stderr)
+  assert resumed == [False, True]
+  proc = _run(killed)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert run_results(killed) == run_results(clean)
