@@ -227,7 +227,7 @@ class GRPO(Method):
         "rl_all_right_share": mean("all_right_share"), "rl_all_wrong_share": mean("all_wrong_share"),
         "rl_kl": records[-1].get("kl"), "rl_entropy": mean("entropy"),
         "rl_clip_fraction": mean("clip_fraction"),
-        "rl_tokens_sampled": int(sum(r["tokens_sampled"] for r in records)),
+        "tokens_sampled": int(sum(r["tokens_sampled"] for r in records)),
         "rl_trained_rows": int(sum(r["trained_rows"] for r in records)),
         "rl_steps_without_update": sum(1 for r in records if not r["trained_rows"]),
         f"rl_reward_by_{name}": {d: right / total for d, (right, total) in sorted(by_d.items())},

@@ -190,9 +190,11 @@ class Star(Method):
     t0 = time.time()
     start = base if star.restart_from_base else model
     new_model, stats = self.fine_tune_on_kept(n, start, kept, questions)
+    sampled = [rollout.tokens_sampled(samples), rollout.tokens_sampled(hinted)]
     return IterationResult(self.name, new_model, questions, kept, generation, rationalization,
                            samples, star.samples_per_question, skipped + hinted_skipped, stats,
-                           sample_seconds, rationalize_seconds, time.time() - t0)
+                           sample_seconds, rationalize_seconds, time.time() - t0,
+                           extra={"tokens_sampled": None if None in sampled else sum(sampled)})
 
   def choose_questions(self, rng: np.random.Generator, n: int = 1) -> list[Example]:
     """Iteration ``n``'s pool of train questions (``question_pool``), or a random

@@ -7,7 +7,8 @@ Keys (present where they apply):
   train_examples (controls), train_steps, train_loss,
   train_examples_too_long, prompts_skipped_too_long, train_pass_at_1, kept_wrong_step_share,
   kept_wrong_step_share_by_source, unsupported_by_source, sample_seconds,
-  rationalize_seconds, train_seconds, bstar_* (B-STaR's probe: methods.py), rl_* (the
+  rationalize_seconds, train_seconds, tokens_sampled (what the iteration's sampling took:
+  generation and rationalization, or every policy step's; B-STaR's probe not counted), bstar_* (B-STaR's probe: methods.py), rl_* (the
   policy-gradient methods' block summary: grpo.py); iteration 0:
   pretrain_examples, pretrain_steps,
   pretrain_loss, pretrain_seconds; every iteration: eval_accuracy, eval_n, eval_seconds,

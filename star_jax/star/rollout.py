@@ -41,6 +41,15 @@ class Generation:
   # Each sample's mean token log-probability under the model (its confidence); None where
   # unknown (a sample phase saved before scores were kept).
   scores: list[float] | None = None
+  # Each sample's length in tokens, as sampled (None: unknown, a phase saved before).
+  lengths: list[int] | None = None
+
+
+def tokens_sampled(gens: Sequence[Generation]) -> int | None:
+  """The tokens the samples of ``gens`` took (None when a phase did not record lengths)."""
+  if any(g.lengths is None for g in gens):
+    return None
+  return int(sum(sum(g.lengths) for g in gens))
 
 
 def mean_logprob(out, prompt: int, sample: int) -> float:
@@ -74,6 +83,7 @@ def generate(task: Task, tokenizer: Tokenizer, sampler: Sampler, params,
   size = shard_size if shard_size > 0 else max(len(kept), 1)
   texts: list[list[str]] = []
   scores: list[list[float] | None] = []
+  lengths: list[list[int] | None] = []
   with progress(len(prompts) * n, desc, "seq") as bar:
     for k, start in enumerate(range(0, len(kept), size)):
       chunk = kept[start:start + size]
@@ -84,7 +94,8 @@ def generate(task: Task, tokenizer: Tokenizer, sampler: Sampler, params,
                              n=n, seed=seed, stop_strings=task.stop_strings,
                              decode_fn=tokenizer.decode, progress=bar.update, first_index=start)
         rows = [{"id": ex.id, "texts": [tokenizer.decode(out.sequences(i, j)) for j in range(n)],
-                 "scores": [mean_logprob(out, i, j) for j in range(n)]}
+                 "scores": [mean_logprob(out, i, j) for j in range(n)],
+                 "lengths": [len(out.sequences(i, j)) for j in range(n)]}
                 for i, ex in enumerate(chunk)]
         shards.save(k, rows)
         failpoints.hit("sample_shard")
@@ -92,10 +103,11 @@ def generate(task: Task, tokenizer: Tokenizer, sampler: Sampler, params,
         bar.update(len(chunk) * n)
       texts += [r["texts"] for r in rows]
       scores += [r.get("scores") for r in rows]
+      lengths += [r.get("lengths") for r in rows]
   gens = []
-  for ex, ts, sc in zip(kept, texts, scores):
+  for ex, ts, sc, ln in zip(kept, texts, scores, lengths):
     preds = [task.extract_answer(t) for t in ts]
-    gens.append(Generation(ex, ts, preds, [task.is_correct(p, ex) for p in preds], sc))
+    gens.append(Generation(ex, ts, preds, [task.is_correct(p, ex) for p in preds], sc, ln))
   return gens, skipped
 
 
