@@ -21,6 +21,15 @@ def read(workdir: str) -> list[dict]:
     return [json.loads(line) for line in f]
 
 
+def parse_runs(specs: list[str]) -> dict[str, list[list[dict]]]:
+  """``name=WORKDIR[,WORKDIR...]`` arguments: each name's runs' metrics, in order."""
+  seeds = {}
+  for item in specs:
+    name, _, workdirs = item.partition("=")
+    seeds[name] = [read(w) for w in workdirs.split(",")]
+  return seeds
+
+
 def wall_minutes(metrics: list[dict]) -> float:
   """Minutes of the iterations after M_0 (sampling, rationalizing, training, evaluating)."""
   keys = ("sample_seconds", "rationalize_seconds", "train_seconds", "eval_seconds",
@@ -111,10 +120,7 @@ def main(argv=None) -> None:
                  help="name=WORKDIR[,WORKDIR...] (one per data seed), in table order")
   p.add_argument("--plot", default="", help="where to write the figure (png)")
   args = p.parse_args(argv)
-  seeds = {}
-  for item in args.runs:
-    name, _, workdirs = item.partition("=")
-    seeds[name] = [read(w) for w in workdirs.split(",")]
+  seeds = parse_runs(args.runs)
   runs = {name: r[0] for name, r in seeds.items()}
   print(accuracy_table(runs))
   print()

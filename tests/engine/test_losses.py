@@ -33,6 +33,16 @@ def _model(mesh, seed=0):
   return graphdef, params
 
 
+def _forward(mesh):
+  """(model, the batch's one micro-batch, its last hidden states, the head's kernel)."""
+  graphdef, params = _model(mesh)
+  batch, _ = _batch()
+  micro = {k: jnp.asarray(v[0]) for k, v in batch.items()}
+  model = params_lib.merge(graphdef, params)
+  h = losses.hidden(model, micro)
+  return model, micro, h, model.head(h.dtype)[0]
+
+
 def _trl_loss(h, w, targets, mask, adv, loss_type, beta=0.0, ref=None, old=None,
               eps_low=0.2, eps_high=0.2):
   """TRL 1.16's GRPOTrainer._compute_loss (token-level importance sampling, loss types grpo
@@ -53,12 +63,7 @@ def _trl_loss(h, w, targets, mask, adv, loss_type, beta=0.0, ref=None, old=None,
 
 @pytest.mark.parametrize("loss_type,beta", [("grpo", 0.0), ("grpo", 0.04), ("dr_grpo", 0.04)])
 def test_loss_and_gradient_equal_trls_grpo_formula(mesh1, loss_type, beta, monkeypatch):
-  graphdef, params = _model(mesh1)
-  batch, _ = _batch()
-  micro = {k: jnp.asarray(v[0]) for k, v in batch.items()}
-  model = params_lib.merge(graphdef, params)
-  h = losses.hidden(model, micro)
-  w, _ = model.head(h.dtype)
+  model, micro, h, w = _forward(mesh1)
   rng = np.random.default_rng(1)
   ref = np.asarray(micro["targets"], np.float32) * 0 - rng.uniform(3, 7, micro["targets"].shape)
   micro["ref_logprobs"] = jnp.asarray(ref, jnp.float32)
@@ -98,12 +103,7 @@ def test_advantages_equal_trls_group_normalisation():
 
 
 def test_prompt_tokens_carry_no_loss_or_gradient(mesh1):
-  graphdef, params = _model(mesh1)
-  batch, _ = _batch()
-  micro = {k: jnp.asarray(v[0]) for k, v in batch.items()}
-  model = params_lib.merge(graphdef, params)
-  h = losses.hidden(model, micro)
-  w, _ = model.head(h.dtype)
+  model, micro, h, w = _forward(mesh1)
   loss = losses.PolicyGradient(temperature=T)
 
   def f(logp):

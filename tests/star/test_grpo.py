@@ -170,3 +170,34 @@ def test_a_killed_grpo_run_resumes_to_the_uninterrupted_runs_results(tmp_path):
   proc = _run(killed)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert run_results(killed) == run_results(clean)
+
+
+def test_the_rl_comparison_gives_mean_and_sd_over_training_seeds(tmp_path, capsys):
+  from benchmarks import rl_comparison
+
+  def write(name, accs, rl=None):
+    d = tmp_path / name
+    d.mkdir()
+    with open(d / "metrics.jsonl", "w") as f:
+      for i, a in enumerate(accs):
+        m = {"iteration": i, "eval_accuracy": a, "accuracy_by_digits": {"5": a / 2},
+             "train_seconds": 60.0}
+        if i:
+          m.update({"train_steps": 150, "tokens_sampled": 1000 * i, **(rl or {})})
+        f.write(json.dumps(m) + "\n")
+    return str(d)
+
+  rl = {"rl_trained_rows": 4800, "rl_reward_mean": 0.5, "rl_reward_first": 0.4,
+        "rl_reward_last": 0.6, "rl_all_wrong_share": 0.25, "rl_all_right_share": 0.5,
+        "rl_kl": 0.01}
+  star_runs = [write("s0", [0.5, 0.7]), write("s1", [0.5, 0.9])]
+  grpo_runs = [write("g0", [0.5, 0.6], rl)]
+  rl_comparison.main(["--runs", "star=" + ",".join(star_runs), "grpo=" + grpo_runs[0],
+                      "--plot", str(tmp_path / "p.png")])
+  out = capsys.readouterr().out
+  assert "| star | 2 | 50.0 ± 0.0 | 80.0 ± 14.1 | 1 |" in out
+  assert "| grpo | 1 | 50.0 | 60.0 | 1 |" in out
+  assert "| star | 1 | 40.0 ± 7.1 | — |" in out  # 5 digits at the last iteration, no vote
+  assert "| star | 1000 | 150 | all | — | — | — | — |" in out
+  assert "| grpo | 1000 | 150 | 32.0 | 0.400 -> 0.600 | 0.25 | 0.50 | 0.010 |" in out
+  assert (tmp_path / "p.png").exists()
