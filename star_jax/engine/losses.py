@@ -7,6 +7,9 @@ loss states its own denominator instead of the trainer assuming a token count:
 
   CrossEntropy    supervised fine-tuning (STaR, its controls, the warm start): the masked
                   completion tokens' cross-entropy over their count
+  DPO             direct preference optimisation's sigmoid loss over (chosen, rejected) row
+                  pairs against a frozen reference (TRL's ``loss_type="sigmoid"``): a
+                  verifier trained on STaR's right and wrong samples (V-STaR)
   PolicyGradient  the clipped surrogate of GRPO (DeepSeekMath, arXiv 2402.03300; the formula
                   of TRL's ``GRPOTrainer._compute_loss``) with an optional k3 KL penalty to a
                   frozen reference, normalised per sequence (``"sequence"``: TRL's
@@ -208,6 +211,61 @@ class PolicyGradient:
       sums["entropy"] = jnp.sum(entropy_BxL * mask_BxL)
     sums["tokens"] = jnp.sum(mask_BxL)
     return jnp.sum(per_token_BxL * weight_BxL), denom, sums
+
+
+@dataclasses.dataclass(frozen=True)
+class DPO:
+  """Direct preference optimisation's sigmoid loss (Rafailov et al. 2023; TRL's
+  ``DPOTrainer`` with ``loss_type="sigmoid"``): rows come in pairs, row 2i the chosen and row
+  2i + 1 the rejected completion of one prompt, each scored by its summed completion-token
+  log-probability (``loss_mask``) less the frozen reference's (``ref_logprobs``):
+
+    loss = -log sigmoid(beta ((pi_c - ref_c) - (pi_r - ref_r)))    a mean over the pairs
+
+  The metrics are pair means: the implicit rewards beta (pi - ref) of the chosen and the
+  rejected, their margin, and the share of pairs the policy orders right (``accuracy``).
+  """
+
+  beta: float = 0.1
+
+  name = "dpo"
+  batch_keys = BATCH_KEYS + ("ref_logprobs",)
+  counts = ("tokens", "pairs")  # reported as counts; the other metrics are means per pair
+  per = {"accuracy": "pairs", "margin": "pairs", "chosen_reward": "pairs",
+         "rejected_reward": "pairs"}
+
+  def __call__(self, model, micro, key=None):
+    h_BxLxD = hidden(model, micro)
+    logp_BxL, _ = token_logprobs(h_BxLxD, *model.head(h_BxLxD.dtype), micro["targets"], 1.0,
+                                 model.cfg.final_softcap)
+    return self.terms(logp_BxL, micro)
+
+  def terms(self, logp_BxL, micro):
+    """The loss's sums from the policy's per-token log-probs (differentiated through)."""
+    mask_BxL = micro["loss_mask"].astype(jnp.float32)
+    score_B = jnp.sum((logp_BxL - micro["ref_logprobs"]) * mask_BxL, axis=-1)
+    score_Px2 = score_B.reshape(-1, 2)
+    real_P = jnp.all(jnp.sum(mask_BxL, axis=-1).reshape(-1, 2) > 0, axis=-1).astype(jnp.float32)
+    delta_P = score_Px2[:, 0] - score_Px2[:, 1]
+    loss_P = -jax.nn.log_sigmoid(self.beta * delta_P)
+    stop = jax.lax.stop_gradient
+    sums = {"tokens": jnp.sum(mask_BxL), "pairs": jnp.sum(real_P),
+            "accuracy": jnp.sum((stop(delta_P) > 0) * real_P),
+            "margin": jnp.sum(self.beta * stop(delta_P) * real_P),
+            "chosen_reward": jnp.sum(self.beta * stop(score_Px2[:, 0]) * real_P),
+            "rejected_reward": jnp.sum(self.beta * stop(score_Px2[:, 1]) * real_P)}
+    return jnp.sum(loss_P * real_P), jnp.sum(real_P), sums
+
+
+def metric_means(loss, sums: dict) -> dict:
+  """A step's metrics from a loss's summed ones: its counts as they are (``loss.counts``;
+  "tokens" by default), every other one divided by its count (``loss.per``; "tokens")."""
+  counts = getattr(loss, "counts", ("tokens",))
+  per = getattr(loss, "per", {})
+  out = {k: sums[k] for k in counts if k in sums}
+  out.update({k: v / jnp.maximum(sums[per.get(k, "tokens")], 1.0)
+              for k, v in sums.items() if k not in counts})
+  return out
 
 
 CROSS_ENTROPY = CrossEntropy()

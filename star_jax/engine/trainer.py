@@ -30,7 +30,7 @@ from jax.sharding import Mesh
 
 from star_jax.engine import lora, sharding
 from star_jax.engine.losses import (BATCH_KEYS, CROSS_ENTROPY, LOGITS_CHUNK_ELEMENTS,  # noqa: F401
-                                    logprobs_of, loss_sums, xent_sum)
+                                    logprobs_of, loss_sums, metric_means, xent_sum)
 from star_jax.engine.precision import as_masters, cast_leaves, dtype_names
 from star_jax.engine.optim import OptimConfig, learning_rate, make_optimizer
 from star_jax.engine.params import merge, shardings_of
@@ -52,7 +52,7 @@ def train_step(graphdef, optim: OptimConfig, compute_dtypes: tuple[str, ...] | N
   while still sharded, the FSDP all-gathers move compute-dtype bytes.
 
   ``loss(model, micro, key)`` gives (summed loss, denominator share, summed metrics); the
-  metrics are reported as means over the step's ``tokens`` (which is reported as a count).
+  metrics are reported as means over the step's counts (``losses.metric_means``).
   """
   tx = make_optimizer(optim)
 
@@ -90,10 +90,8 @@ def train_step(graphdef, optim: OptimConfig, compute_dtypes: tuple[str, ...] | N
   lr = learning_rate(optim.schedule, schedule_args, state.step)
   updates = jax.tree.map(lambda u: u * (-lr).astype(u.dtype), updates)
   params = optax.apply_updates(state.params, updates)
-  tokens = sums["tokens"]
-  metrics = {"loss": total / denom, "tokens": tokens, "grad_norm": grad_norm,
-             "learning_rate": lr,
-             **{k: v / jnp.maximum(tokens, 1.0) for k, v in sums.items() if k != "tokens"}}
+  metrics = {"loss": total / denom, "grad_norm": grad_norm, "learning_rate": lr,
+             **metric_means(loss, sums)}
   return TrainState(state.step + 1, params, opt_state), metrics
 
 

@@ -1,5 +1,6 @@
 """The policy-gradient loss (losses.PolicyGradient) against TRL's GRPO formula, by hand, and
-on a sharded mesh; what it masks, clips and penalises."""
+on a sharded mesh; what it masks, clips and penalises. The DPO loss (losses.DPO) against TRL's
+sigmoid DPO formula, likewise."""
 
 import jax
 import jax.numpy as jnp
@@ -159,10 +160,13 @@ def test_kl_is_zero_at_the_reference_and_its_penalty_then_changes_nothing(mesh1)
 
 def _pg_step(mesh, batch, loss):
   graphdef, params = _model(mesh)
-  trainer = Trainer(graphdef, mesh, OptimConfig(learning_rate=1e-3, warmup_steps=0), loss=loss)
+  # Adam's eps of 1e-3 keeps an update linear in a small gradient: float32 reductions in another
+  # order then move a weight by ~1e-9, where at 1e-8 they could flip a near-zero one by 2 lr.
+  trainer = Trainer(graphdef, mesh, OptimConfig(learning_rate=1e-3, warmup_steps=0, eps=1e-3),
+                    loss=loss)
   state = trainer.init(params)
   batch = dict(batch, ref_logprobs=np.asarray(trainer.logprobs(params, batch, T)))
-  if loss.old_logprobs:
+  if getattr(loss, "old_logprobs", False):
     batch["old_logprobs"] = np.asarray(batch["ref_logprobs"]) - 0.1  # a ratio off 1: clips act
   state, metrics = trainer.step(state, batch)
   state, metrics = trainer.step(state, batch)
@@ -179,10 +183,8 @@ def test_a_policy_step_sharded_equals_one_device(mesh1, mesh8):
   for k in ("loss", "kl", "entropy", "clip_fraction", "grad_norm", "tokens"):
     assert m8[k] == pytest.approx(m1[k], rel=1e-4, abs=1e-6), k
   assert 0 < m1["clip_fraction"] < 1
-  # (an update is ~lr = 1e-3 a weight; Adam's division turns float32 reductions in another
-  # order into ~1e-5 on a weight whose gradient is near zero)
   for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_micro_batches_accumulate_to_the_whole_batch(mesh1):
@@ -196,7 +198,7 @@ def test_micro_batches_accumulate_to_the_whole_batch(mesh1):
     p2, m2 = _pg_step(mesh1, halves, loss)
     assert m2["loss"] == pytest.approx(m1["loss"], rel=1e-5, abs=1e-7), normalize
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
-      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_bad_settings_are_refused():
@@ -206,3 +208,69 @@ def test_bad_settings_are_refused():
     losses.PolicyGradient(normalize="constant")
   with pytest.raises(ValueError, match="ref_logprobs"):
     losses.PolicyGradient(kl_beta=0.1)
+
+
+def _trl_dpo_loss(h, w, targets, mask, ref, beta):
+  """TRL 1.16's DPOTrainer sigmoid loss: rows [chosen, rejected] pairs, completion-token
+  log-probs summed (at temperature 1), -logsigmoid(beta * delta) averaged over the pairs."""
+  logps = torch.gather((h @ w).log_softmax(-1), -1, targets[..., None])[..., 0]
+  seq = (logps * mask).sum(-1)
+  ref_seq = (ref * mask).sum(-1)
+  chosen, rejected = seq[0::2], seq[1::2]
+  ref_chosen, ref_rejected = ref_seq[0::2], ref_seq[1::2]
+  delta = (chosen - ref_chosen) - (rejected - ref_rejected)
+  return -torch.nn.functional.logsigmoid(beta * delta).mean()
+
+
+def test_dpo_loss_and_gradient_equal_trls_sigmoid_formula(mesh1):
+  model, micro, h, w = _forward(mesh1)
+  ref = -np.random.default_rng(2).uniform(3, 7, micro["targets"].shape).astype(np.float32)
+  micro["ref_logprobs"] = jnp.asarray(ref)
+  loss = losses.DPO(beta=0.1)
+
+  def ours(h, w):
+    logp, _ = losses.token_logprobs(h, w, None, micro["targets"], 1.0)
+    total, denom, _ = loss.terms(logp, micro)
+    return total / denom
+
+  value, (gh, gw) = jax.value_and_grad(ours, argnums=(0, 1))(h, w)
+  th = torch.tensor(np.asarray(h), requires_grad=True)
+  tw = torch.tensor(np.asarray(w), requires_grad=True)
+  expected = _trl_dpo_loss(th, tw, torch.tensor(np.asarray(micro["targets"]), dtype=torch.long),
+                           torch.tensor(np.asarray(micro["loss_mask"])), torch.tensor(ref), 0.1)
+  expected.backward()
+  assert float(value) == pytest.approx(expected.item(), rel=1e-5)
+  np.testing.assert_allclose(np.asarray(gh), th.grad.numpy(), rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(np.asarray(gw), tw.grad.numpy(), rtol=1e-4, atol=1e-7)
+  total, denom, sums = loss(model, micro)
+  assert float(total / denom) == pytest.approx(expected.item(), rel=1e-5)
+  assert float(sums["pairs"]) == 2
+
+
+def test_dpo_gradient_is_zero_when_chosen_equals_rejected(mesh1):
+  model, micro, h, w = _forward(mesh1)
+  same = {k: jnp.stack([v[0], v[0], v[2], v[2]]) for k, v in micro.items() if k != "advantages"}
+  same["ref_logprobs"] = jnp.full(same["targets"].shape, -5.0)
+  h = losses.hidden(model, same)
+
+  def f(h, w):
+    logp, _ = losses.token_logprobs(h, w, None, same["targets"], 1.0)
+    total, denom, _ = losses.DPO(beta=0.5).terms(logp, same)
+    return total / denom
+
+  value, (gh, gw) = jax.value_and_grad(f, argnums=(0, 1))(h, w)
+  assert float(value) == pytest.approx(np.log(2), rel=1e-6)
+  # the chosen row's pull and the rejected row's push cancel in every shared weight
+  assert float(jnp.abs(gw).max()) < 1e-7 and float(jnp.abs(gh).max()) > 1e-4
+  np.testing.assert_allclose(np.asarray(gh[0]), -np.asarray(gh[1]), atol=1e-7)
+
+
+def test_a_dpo_step_sharded_equals_one_device_and_reports_pair_means(mesh1, mesh8):
+  batch, _ = _batch(rows=8)
+  p1, m1 = _pg_step(mesh1, batch, losses.DPO(beta=0.1))
+  p8, m8 = _pg_step(mesh8, batch, losses.DPO(beta=0.1))
+  assert m1["pairs"] == 4 and 0 <= m1["accuracy"] <= 1
+  for k in ("loss", "accuracy", "margin", "chosen_reward", "grad_norm", "pairs", "tokens"):
+    assert m8[k] == pytest.approx(m1[k], rel=1e-4, abs=1e-6), k
+  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
