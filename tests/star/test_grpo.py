@@ -95,13 +95,26 @@ def test_the_loss_scores_the_sampled_tokens_as_the_sampler_drew_them(tmp_path):
                                atol=1e-4)
 
 
-@pytest.mark.parametrize("method,rl", [
-    ("grpo", {"inner_updates": 2, "kl_beta": 0.04}),
-    ("grpo", {"advantage": "dr_grpo", "questions_per_step": 3}),
-    ("reinforce_rej", {}),
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory):
+  """checkpoints/0 of a :smoke run with no iterations: the M_0 the method runs start from."""
+  workdir = tmp_path_factory.mktemp("m0")
+  c = _smoke()
+  c.star.iterations = 0
+  star.run(c, workdir)
+  return str(workdir / "checkpoints" / "0")
+
+
+@pytest.mark.parametrize("method,rl,dtype", [
+    ("grpo", {"inner_updates": 2, "kl_beta": 0.04}, ""),
+    ("grpo", {"advantage": "dr_grpo", "questions_per_step": 3}, "bfloat16"),
+    ("reinforce_rej", {}, ""),
 ])
-def test_policy_methods_run_end_to_end(tmp_path, method, rl):
+def test_policy_methods_run_end_to_end(tmp_path, base_model, method, rl, dtype):
+  """Each from one M_0; in bfloat16 the trainer holds float32 masters and every step samples
+  their stochastically rounded copy."""
   c = _smoke(method)
+  c.model.checkpoint, c.model.dtype, c.pretrain.steps = base_model, dtype, 0
   for k, v in rl.items():
     setattr(c.rl, k, v)
   metrics = star.run(c, tmp_path)
@@ -120,6 +133,8 @@ def test_policy_methods_run_end_to_end(tmp_path, method, rl):
       assert s["trained_rows"] == 4 * q
     if s["trained_rows"]:
       assert {"loss", "kl", "entropy", "clip_fraction", "grad_norm"} <= set(s)
+  if method == "grpo":  # the updates reach the model the next step scores, bfloat16 included
+    assert max(s.get("kl", 0.0) for s in steps[1:]) > 0
   assert last["tokens_sampled"] == sum(s["tokens_sampled"] for s in steps)
   assert last["rl_advantage"] == {"reinforce_rej": "reinforce"}.get(method,
                                                                      rl.get("advantage", "grpo"))
@@ -139,7 +154,7 @@ def test_bad_policy_settings_are_refused(tmp_path):
 
 CMD = [sys.executable, "-m", "star_jax.main", "--config=configs/arithmetic.py:smoke",
        "--config.star.method=grpo", "--config.star.samples_per_question=4",
-       "--config.star.temperature=1.0", "--config.rl.kl_beta=0.04"]
+       "--config.star.temperature=1.0", "--config.rl.kl_beta=0.04", "--config.pretrain.steps=40"]
 
 
 def _run(workdir, failpoint=None, *args):
@@ -157,10 +172,10 @@ def test_a_killed_grpo_run_resumes_to_the_uninterrupted_runs_results(tmp_path):
   proc = _run(clean)
   assert proc.returncode == 0, proc.stderr[-3000:]
   killed = tmp_path / "killed"
-  # :smoke pretrains 200 steps, then iteration 1 has 6 policy steps and iteration 2 has 8;
-  # each rerun counts the steps it runs afresh.
+  # 40 pretraining steps, then iteration 1 has 6 policy steps and iteration 2 has 8; each
+  # rerun counts the steps it runs afresh.
   resumed = []
-  for failpoint, where in [("train_step:205", "iteration 1, step 5, after its step-4 checkpoint"),
+  for failpoint, where in [("train_step:45", "iteration 1, step 5, after its step-4 checkpoint"),
                            ("train_step:4", "iteration 2, step 2, before any checkpoint")]:
     # (synchronous saves: an asynchronous one may still be in flight at the kill)
     proc = _run(killed, failpoint, "--config.checkpoint_every=4", "--config.checkpoint_async=False")
