@@ -95,6 +95,7 @@ def plot(runs: dict[str, list[list[dict]]], path: str) -> None:
   ax.set_title("held-out accuracy, all lengths (mean ± sd)")
   ax5.set_title("held-out accuracy, 5 digits")
   for a in (ax, ax5):
+    a.set_xticks(range(max(min(len(ms) for ms in seeds) for seeds in runs.values())))
     a.set_xlabel("iteration")
     a.set_ylabel("%")
     a.grid(alpha=0.3)
