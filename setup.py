@@ -41,6 +41,9 @@ EXTRAS_REQUIRE = {
         "nbformat==5.11.1",
         "ipykernel==7.4.0",
     ],
+    # The peers of benchmarks/ (not the core install): TRL, whose GRPO and DPO losses the
+    # parity tests restate in torch (tests/engine/test_losses.py).
+    "bench": ["trl==1.16.0", "torch==2.13.0", "transformers==5.23.0"],
     # The TPU compiler, to plan TPU slices on any host (python -m star_jax.plan --topology=...):
     # jax[tpu]'s libtpu for the pinned jax. On a TPU VM, `pip install "jax[tpu]==0.10.2"`.
     "tpu": ["libtpu==0.0.42.1"],
