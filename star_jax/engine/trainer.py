@@ -168,13 +168,15 @@ class Trainer:
     or as the masters they are, with the frozen rest."""
     params = state.params if masters else cast_leaves(state.params, self.compute_dtypes,
                                                       self.rounding, self.rounding_seed)
-    return lora.join(params, self.frozen) if jax.tree.leaves(self.frozen) else params
+    return self._whole(params)
 
   def forward_params(self, state: TrainState) -> nnx.State:
     """The whole model as the step's forward pass computes with it (the masters cast to the
     nearest value of the model's dtypes): what a loss's ``old_logprobs`` are taken from."""
-    params = cast_leaves(state.params, self.compute_dtypes)
-    return lora.join(params, self.frozen) if jax.tree.leaves(self.frozen) else params
+    return self._whole(cast_leaves(state.params, self.compute_dtypes))
+
+  def _whole(self, trained: nnx.State) -> nnx.State:
+    return lora.join(trained, self.frozen) if jax.tree.leaves(self.frozen) else trained
 
   def state_shardings(self, state: TrainState) -> TrainState:
     return shardings_of(state)
@@ -235,7 +237,6 @@ class Trainer:
     args = {k: jax.device_put(v, rep) for k, v in self.optim.schedule_args().items()}
     with jax.set_mesh(self.mesh):
       return fn(state, self.frozen, batch, args)
-
 
   def logprobs(self, params: nnx.State, batch: dict[str, Any], temperature: float) -> jax.Array:
     """Per-token log-probabilities ``[M, B, L]`` of ``batch``'s targets under the whole model

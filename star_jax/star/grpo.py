@@ -39,9 +39,8 @@ from star_jax.runtime import failpoints
 from star_jax.runtime.errors import ConfigError
 from star_jax.runtime.files import read_jsonl, write_jsonl
 from star_jax.runtime.progress import progress
-from star_jax.star import finetune as ft, keep as keep_lib, policy
+from star_jax.star import finetune as ft, keep as keep_lib, policy, rollout
 from star_jax.star.iteration import IterationResult, Method
-from star_jax.star.rollout import Generation
 
 STEP_LOG = "policy_steps.jsonl"
 
@@ -125,10 +124,12 @@ class GRPO(Method):
         for s in range(start + 1, steps + 1):
           state, record = self.policy_step(n, s, trainer, state, pool, ref)
           records.append(record)
-          write_jsonl(log_path, records)
           if on_step is not None:
             on_step(s, record)
           if s == steps or (self.config.checkpoint_every and s % self.config.checkpoint_every == 0):
+            # The step log goes with the checkpoint: a resumed block keeps the records up to
+            # its checkpoint and redoes the rest.
+            write_jsonl(log_path, records)
             ckpt.save(state, meta={"policy_step": s})
             failpoints.hit("train_checkpoint")
           bar.set_postfix(reward=f"{record['reward_mean']:.2f}", refresh=False)
@@ -145,13 +146,10 @@ class GRPO(Method):
     rng = np.random.default_rng([self.config.seed, n, s, 31])
     Q = self.questions_per_step
     picked = rng.choice(len(pool), Q, replace=len(pool) < Q)
-    few_shot, limit = self.star.few_shot, self.sampler.cfg.max_seq_len - task.max_new_tokens
-    questions, prompts = [], []
-    for i in picked:
-      ids = tok.encode_prompt(task.prompt(pool[i], hint=False, few_shot=few_shot))
-      if len(ids) <= limit:  # too long for the context: not asked (counted)
-        questions.append(pool[i])
-        prompts.append(ids)
+    # too long for the context: not asked (counted)
+    questions, prompts = rollout.fitting_prompts(task, tok, self.sampler,
+                                                 [pool[i] for i in picked], hint=False,
+                                                 few_shot=self.star.few_shot)
     out = self.sampler.sample(trainer.model_params(state), prompts, task.max_new_tokens,
                               self.sampling(), n=self.group,
                               seed=int(rng.integers(2 ** 31)), stop_strings=task.stop_strings,
@@ -160,9 +158,7 @@ class GRPO(Method):
     rewards_QxG = np.zeros((len(prompts), self.group), np.float32)
     by_difficulty = collections.defaultdict(lambda: [0.0, 0])
     for q, ex in enumerate(questions):
-      texts = [tok.decode(c) for c in completions[q]]
-      preds = [task.extract_answer(t) for t in texts]
-      gen = Generation(ex, texts, preds, [task.is_correct(p, ex) for p in preds])
+      gen = rollout.Generation.of(task, ex, [tok.decode(c) for c in completions[q]])
       rewards_QxG[q] = keep_lib.rewards(task, gen, star.require_supported)
       d = task.difficulty(ex)
       if d is not None:
@@ -197,7 +193,7 @@ class GRPO(Method):
               "questions": len(prompts), "prompts_skipped_too_long": Q - len(prompts),
               "trained_rows": len(rows), "tokens_sampled": int(sum(lengths)),
               "completion_length": float(np.mean(lengths)) if lengths else 0.0,
-              "reward_by_difficulty": {k: v for k, v in sorted(by_difficulty.items())},
+              "reward_by_difficulty": dict(sorted(by_difficulty.items())),
               "sample_seconds": sample_seconds, "train_seconds": time.time() - t0, **metrics}
     return state, record
 

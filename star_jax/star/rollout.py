@@ -44,6 +44,29 @@ class Generation:
   # Each sample's length in tokens, as sampled (None: unknown, a phase saved before).
   lengths: list[int] | None = None
 
+  @classmethod
+  def of(cls, task: Task, example: Example, texts: list[str], scores=None,
+         lengths=None) -> "Generation":
+    """``example``'s sampled ``texts``, their answers read and checked by ``task``."""
+    preds = [task.extract_answer(t) for t in texts]
+    return cls(example, texts, preds, [task.is_correct(p, example) for p in preds], scores,
+               lengths)
+
+
+def fitting_prompts(task: Task, tokenizer: Tokenizer, sampler: Sampler,
+                    examples: Sequence[Example], *, hint: bool, few_shot: bool
+                    ) -> tuple[list[Example], list[list[int]]]:
+  """The examples whose prompt leaves room for ``task.max_new_tokens`` in the model's
+  context, and their encoded prompts (the rest are the caller's to count as skipped)."""
+  limit = sampler.cfg.max_seq_len - task.max_new_tokens
+  kept, prompts = [], []
+  for ex in examples:
+    ids = tokenizer.encode_prompt(task.prompt(ex, hint=hint, few_shot=few_shot))
+    if len(ids) <= limit:
+      kept.append(ex)
+      prompts.append(ids)
+  return kept, prompts
+
 
 def tokens_sampled(gens: Sequence[Generation]) -> int | None:
   """The tokens the samples of ``gens`` took (None when a phase did not record lengths)."""
@@ -71,13 +94,8 @@ def generate(task: Task, tokenizer: Tokenizer, sampler: Sampler, params,
   reused, so a killed phase resumes where it stopped; the samples are the same
   either way (each prompt's randomness depends on its index in ``examples``).
   """
-  limit = sampler.cfg.max_seq_len - task.max_new_tokens
-  prompts, kept = [], []
-  for ex in examples:
-    ids = tokenizer.encode_prompt(task.prompt(ex, hint=hint, few_shot=few_shot))
-    if len(ids) <= limit:
-      prompts.append(ids)
-      kept.append(ex)
+  kept, prompts = fitting_prompts(task, tokenizer, sampler, examples, hint=hint,
+                                  few_shot=few_shot)
   skipped = len(examples) - len(kept)
   shards = Shards(shard_dir)
   size = shard_size if shard_size > 0 else max(len(kept), 1)
@@ -104,10 +122,8 @@ def generate(task: Task, tokenizer: Tokenizer, sampler: Sampler, params,
       texts += [r["texts"] for r in rows]
       scores += [r.get("scores") for r in rows]
       lengths += [r.get("lengths") for r in rows]
-  gens = []
-  for ex, ts, sc, ln in zip(kept, texts, scores, lengths):
-    preds = [task.extract_answer(t) for t in ts]
-    gens.append(Generation(ex, ts, preds, [task.is_correct(p, ex) for p in preds], sc, ln))
+  gens = [Generation.of(task, ex, ts, sc, ln)
+          for ex, ts, sc, ln in zip(kept, texts, scores, lengths)]
   return gens, skipped
 
 

@@ -88,6 +88,7 @@ def test_the_loss_scores_the_sampled_tokens_as_the_sampler_drew_them(tmp_path):
   batch = policy.policy_batch(*zip(*rows), rows=8, max_len=sampler.cfg.max_seq_len)
   trainer = Trainer(exp.graphdef, exp.mesh, OptimConfig())
   logp = np.asarray(trainer.logprobs(exp.params, batch, 1.0))[0]
+  assert batch["loss_mask"].sum() == sum(len(c) for _, c, _ in rows) > 0
   for r in range(8):
     i, j = divmod(r, 2)
     n = len(out.sequences(i, j))
@@ -100,7 +101,8 @@ def base_model(tmp_path_factory):
   """checkpoints/0 of a :smoke run with no iterations: the M_0 the method runs start from."""
   workdir = tmp_path_factory.mktemp("m0")
   c = _smoke()
-  c.star.iterations = 0
+  # :smoke's own warm start: it solves the 1-digit sums, so some groups are mixed
+  c.star.iterations, c.pretrain.steps = 0, 200
   star.run(c, workdir)
   return str(workdir / "checkpoints" / "0")
 
@@ -108,7 +110,7 @@ def base_model(tmp_path_factory):
 @pytest.mark.parametrize("method,rl,dtype", [
     ("grpo", {"inner_updates": 2, "kl_beta": 0.04}, ""),
     ("grpo", {"advantage": "dr_grpo", "questions_per_step": 3}, "bfloat16"),
-    ("reinforce_rej", {}, ""),
+    ("reinforce_rej", {"questions_per_step": 8}, ""),  # more groups: some are mixed
 ])
 def test_policy_methods_run_end_to_end(tmp_path, base_model, method, rl, dtype):
   """Each from one M_0; in bfloat16 the trainer holds float32 masters and every step samples
@@ -136,6 +138,7 @@ def test_policy_methods_run_end_to_end(tmp_path, base_model, method, rl, dtype):
   if method == "grpo":  # the updates reach the model the next step scores, bfloat16 included
     assert max(s.get("kl", 0.0) for s in steps[1:]) > 0
   assert last["tokens_sampled"] == sum(s["tokens_sampled"] for s in steps)
+  assert last["rl_trained_rows"] == sum(s["trained_rows"] for s in steps) > 0
   assert last["rl_advantage"] == {"reinforce_rej": "reinforce"}.get(method,
                                                                      rl.get("advantage", "grpo"))
   assert set(last["rl_reward_by_digits"]) <= {"1", "2", "3"}
