@@ -174,6 +174,27 @@ class RLConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class VerifierConfig:
+  enabled: bool = key(False, "V-STaR: train a verifier with DPO on the iterations' right and "
+                             "wrong samples; with eval.samples = k, best-of-k by its score")
+  every_iteration: bool = key(False, "train one after every iteration (default: after the "
+                                     "last), each on all samples so far")
+  init: str = key("base", "the verifier's start and DPO's frozen reference: base = M_0 (the "
+                          "paper's SFT model) | generator = M_n", choices=("base", "generator"))
+  beta: float = key(0.1, "DPO's beta; a sample's score is beta x log pi_v / pi_ref of its "
+                         "completion")
+  pairs_per_question: int = key(8, "(right, wrong) pairs drawn per question from every "
+                                   "iteration's samples (0 = all of them)")
+  heldout_share: float = key(0.1, "share of the questions whose pairs are not trained on: the "
+                                  "verifier's held-out pairwise accuracy")
+  batch_pairs: int = key(16, "pairs a DPO step trains on (2 rows each)")
+  epochs: float = key(2.0, "passes over the training pairs")
+  max_steps: int = key(0, "cap on DPO steps (0 = no cap)")
+  learning_rate: float = key(1e-5, "peak learning rate of the DPO steps (train.* for the rest "
+                                   "of the schedule)")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
   """A whole run. ``task_options`` is the task's own ``Options`` once loaded."""
   task: str = key("arithmetic", "cqa | gsm8k | arithmetic | \"module.path:TaskClass\"")
@@ -191,6 +212,8 @@ class Config:
   sample: SampleConfig = group(SampleConfig, "the sampler")
   eval: EvalConfig = group(EvalConfig, "evaluation beyond greedy: self-consistency, pass@k")
   rl: RLConfig = group(RLConfig, "policy-gradient methods: star.method=grpo | reinforce_rej")
+  verifier: VerifierConfig = group(VerifierConfig, "V-STaR: a DPO verifier on right and wrong "
+                                                   "samples, best-of-k")
 
 
 # Keys that change how a run is executed but not its results: free to differ on resume.

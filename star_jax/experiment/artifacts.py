@@ -21,7 +21,8 @@ from star_jax.runtime import failpoints
 from star_jax.runtime.files import read_jsonl, write_jsonl
 from star_jax.tasks import Task
 
-PHASE_DIRS = ("generate_shards", "rationalize_shards", "eval_shards", "train_ckpt")
+PHASE_DIRS = ("generate_shards", "rationalize_shards", "eval_shards", "eval_k_shards",
+              "train_ckpt")
 
 
 def metrics_path(workdir: epath.PathLike) -> epath.Path:

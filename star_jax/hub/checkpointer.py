@@ -99,6 +99,10 @@ class Checkpointer:
       return self.save_params(step, base, dict(meta or {}, lora_base=True))
     return self.save_params(step, adapters, dict(meta or {}, adapters_on=base_step))
 
+  def delete(self, step: int) -> None:
+    self.wait()
+    self._manager.delete(step)
+
   def meta(self, step: int | None = None) -> dict:
     step = self._resolve(step)
     return dict(self._manager.restore(step, args=ocp.args.Composite(

@@ -30,7 +30,7 @@ from star_jax.experiment.board import Board
 from star_jax.experiment.build import Experiment
 from star_jax.runtime.errors import ConfigError
 from star_jax.sampling import Sampler, SamplingParams
-from star_jax.star import finetune as ft, keep as keep_lib, rollout
+from star_jax.star import finetune as ft, keep as keep_lib, rollout, verifier as verifier_lib
 from star_jax.tasks import Example
 
 
@@ -133,10 +133,10 @@ class Method:
                        on_step=self.board.step_callback(self.workdir, n) if self.board else None,
                        keep_masters=not self.star.restart_from_base)
 
-  def evaluate(self, n: int, model, few_shot: bool) -> rollout.EvalResult:
+  def evaluate(self, n: int, model, few_shot: bool, verifier=None) -> rollout.EvalResult:
     """Greedy accuracy of ``model`` on the eval set (and the choices' log-likelihood); with
     ``eval.samples`` = k also pass@k and majority-vote accuracy of k samples
-    (``rollout.sampled_eval``)."""
+    (``rollout.sampled_eval``), and with a ``verifier`` (V-STaR) its best-of-k."""
     logging.info("iteration %d: evaluating on %d questions", n, len(self.exp.eval_set))
     t0 = time.time()
     params = self.exp.sampling_copy(model)
@@ -158,6 +158,11 @@ class Method:
                                  shard_dir=wd.iteration_dir(self.workdir, n, "eval_k_shards"),
                                  shard_size=self.config.sample.shard_size)
       result.sampled = rollout.sampled_eval(self.task, gens, self.exp.eval_set, k, temperature)
+      if verifier is not None:
+        scores = verifier_lib.score_generations(verifier, self.task, self.tokenizer, gens,
+                                                few_shot)
+        result.sampled.update(verifier_lib.best_of_k_eval(self.task, gens, scores,
+                                                          self.exp.eval_set, k))
     result.seconds = time.time() - t0
     return result
 

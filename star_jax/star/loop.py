@@ -6,10 +6,11 @@
     sample rationales for the questions with M_{n-1}; keep the right ones
     rationalize the failures (the answer as a hint); keep the right ones, hint removed
     M_n = fine-tune(M_0 if star.restart_from_base else M_{n-1}, kept)
-    evaluate M_n
+    (V-STaR, verifier.enabled: a DPO verifier on the right and wrong samples)  verifier.py
+    evaluate M_n (with eval.samples = k and a verifier: best-of-k by its score)
 
 ``star.method`` swaps the iteration for a control (methods.py). Artifacts in ``workdir``:
-config.json, metrics.jsonl, iter_NNN/{kept,eval}.jsonl, checkpoints/, the tokenizer,
+config.json, metrics.jsonl, iter_NNN/{kept,eval,samples}.jsonl, verifier/, checkpoints/, the tokenizer,
 accuracy.png (and accuracy_by_<difficulty>.png), tensorboard/ (docs/workdir.md). With
 ``model.lora_rank`` every M_n is M_0's frozen base plus adapters: checkpoints/0 holds the
 base, checkpoints/n the adapters alone. The workdir is any etils.epath path: a local
@@ -30,7 +31,7 @@ from star_jax.experiment.board import Board
 from star_jax.experiment.build import build, check, make_sampler
 from star_jax.hub.checkpointer import Checkpointer
 from star_jax.runtime.files import read_jsonl
-from star_jax.star import finetune as ft, seed
+from star_jax.star import finetune as ft, seed, verifier as verifier_lib
 from star_jax.star.methods import get_method
 from star_jax.star.record import iteration_record
 
@@ -42,6 +43,7 @@ def run(config: Any, workdir: epath.PathLike, overwrite: bool = False) -> list[d
   cfg = config_lib.load(config)
   method_cls = get_method(cfg.star.method)
   method_cls.check(cfg)
+  verifier_lib.check(cfg)
   workdir = epath.Path(workdir)
   check(cfg)
   if overwrite:
@@ -73,10 +75,16 @@ def run(config: Any, workdir: epath.PathLike, overwrite: bool = False) -> list[d
   for n in range(last + 1, cfg.star.iterations + 1):
     result = method.iteration(n, base, model)
     model = result.params
-    evaluation = method.evaluate(n, model, method.eval_few_shot(n))
-    artifacts.finish(workdir, ckpt, board, exp.task, iteration_record(n, exp.task, result,
-                                                                      evaluation),
-                     evaluation.records, result.kept, model)
+    # D_VER: the generated samples, right and wrong (V-STaR's verifier trains on them)
+    verifier_lib.record_samples(workdir, n, exp.task, result.samples, cfg.star.require_supported)
+    few_shot = method.eval_few_shot(n)
+    verifier = (verifier_lib.train_after(cfg, exp, workdir, n, base, model, few_shot)
+                if verifier_lib.due(cfg, n) else None)
+    evaluation = method.evaluate(n, model, few_shot, verifier)
+    record = iteration_record(n, exp.task, result, evaluation)
+    record.update(verifier.fields if verifier else {})
+    artifacts.finish(workdir, ckpt, board, exp.task, record, evaluation.records, result.kept,
+                     model)
   ckpt.wait()
   ckpt.close()
   board.close()

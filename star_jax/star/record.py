@@ -15,7 +15,10 @@ Keys (present where they apply):
   eval_skipped_too_long, eval_step_accuracy, accuracy_by_<difficulty>, eval_label_shares,
   eval_choice_loglik_accuracy, rl_star_by_<difficulty>; with eval.samples = k:
   eval_samples, eval_temperature, eval_pass_at (pass@j, j = 1, 2, 4, .., k),
-  eval_majority_accuracy, pass_at_k_by_<difficulty>, majority_accuracy_by_<difficulty>.
+  eval_majority_accuracy, pass_at_k_by_<difficulty>, majority_accuracy_by_<difficulty>; with
+  a verifier (verifier.enabled, verifier.py): verifier_* (its training and held-out pairwise
+  accuracy), eval_verifier_best_of_k, eval_verifier_best_of and eval_majority_at (j = 1, 2,
+  4, .., k), verifier_best_of_k_by_<difficulty>.
 """
 
 from __future__ import annotations
@@ -107,6 +110,12 @@ def eval_fields(task: Task, result: rollout.EvalResult) -> dict:
       out[f"pass_at_k_by_{name}"] = {b: v["pass_at_k"] for b, v in s["by_difficulty"].items()}
       out[f"majority_accuracy_by_{name}"] = {b: v["majority"]
                                              for b, v in s["by_difficulty"].items()}
+    if "verifier_best_of" in s:  # V-STaR: best-of-j by the verifier's score, majority@j
+      out.update({"eval_verifier_best_of_k": s["verifier_best_of"][str(s["samples"])],
+                  "eval_verifier_best_of": s["verifier_best_of"],
+                  "eval_majority_at": s["majority_at"]})
+      if s["verifier_by_difficulty"]:
+        out[f"verifier_best_of_k_by_{task.difficulty_name}"] = s["verifier_by_difficulty"]
   rl_star = diagnostics.rl_star(task, result.records)
   if rl_star:
     out[f"rl_star_by_{task.difficulty_name}"] = rl_star
