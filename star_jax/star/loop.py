@@ -29,6 +29,7 @@ from star_jax import config as config_lib
 from star_jax.experiment import artifacts, report, workdir as wd
 from star_jax.experiment.board import Board
 from star_jax.experiment.build import build, check, make_sampler
+from star_jax.experiment.lock import WorkdirLock
 from star_jax.hub.checkpointer import Checkpointer
 from star_jax.runtime.files import read_jsonl
 from star_jax.star import finetune as ft, seed, verifier as verifier_lib
@@ -46,6 +47,13 @@ def run(config: Any, workdir: epath.PathLike, overwrite: bool = False) -> list[d
   verifier_lib.check(cfg)
   workdir = epath.Path(workdir)
   check(cfg)
+  with WorkdirLock(workdir):  # one run per workdir: taken before anything is written
+    return _locked_run(cfg, method_cls, workdir, overwrite)
+
+
+def _locked_run(cfg: config_lib.Config, method_cls, workdir: epath.Path, overwrite: bool
+                ) -> list[dict]:
+  """``run`` once the config is checked and this process holds the workdir."""
   if overwrite:
     wd.clear(workdir)
   resuming = wd.is_resume(cfg, workdir)

@@ -1,0 +1,137 @@
+"""What Cloud TPU does to a run, on the arithmetic :smoke run: two launches on one workdir,
+a non-finite loss, a corrupt checkpoint, a preemption notice (SIGTERM), a full disk.
+(SIGKILL at every phase: test_resume.py.)"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers.runs import ROOT, load_config
+from star_jax import config as config_lib, star
+from star_jax.experiment import workdir as wd
+from star_jax.experiment import lock as lock_lib
+from star_jax.runtime.errors import WorkdirMismatchError
+
+CMD = [sys.executable, "-m", "star_jax.main", "--config=configs/arithmetic.py:smoke"]
+
+
+def _env(failpoint=None):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)  # one device, as a user would run it
+  env.pop("STAR_JAX_FAILPOINT", None)
+  if failpoint:
+    env["STAR_JAX_FAILPOINT"] = failpoint
+  return env
+
+
+def _run(workdir, failpoint=None, *args):
+  """The smoke run from the command line (one iteration, a short pretraining)."""
+  return subprocess.run(CMD + [f"--workdir={workdir}", *SHORT, *args], cwd=ROOT,
+                        env=_env(failpoint), capture_output=True, text=True, timeout=600)
+
+
+SHORT = ("--config.star.iterations=1", "--config.pretrain.steps=60")
+
+
+def _lock_of(pid, host=None, heartbeat=None, boot_id=None):
+  return {"host": host or socket.gethostname(), "pid": pid,
+          "boot_id": lock_lib._boot_id() if boot_id is None else boot_id,
+          "started": time.time() - 100, "heartbeat": heartbeat or time.time(), "token": "x"}
+
+
+def _write_lock(workdir, record):
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, lock_lib.LOCK_NAME), "w") as f:
+    json.dump(record, f)
+
+
+# --- one run per workdir -----------------------------------------------------------------
+
+
+def test_a_second_launch_on_a_running_workdir_is_refused_naming_the_holder(tmp_path):
+  workdir = tmp_path / "run"
+  first = subprocess.Popen(CMD + [f"--workdir={workdir}", *SHORT], cwd=ROOT, env=_env(),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    lock = workdir / lock_lib.LOCK_NAME
+    deadline = time.time() + 120
+    while not lock.exists() and first.poll() is None and time.time() < deadline:
+      time.sleep(0.05)
+    assert lock.exists(), first.communicate()[1][-3000:]
+    first.send_signal(signal.SIGSTOP)  # stays where it is: alive, holding the workdir
+    try:
+      second = _run(workdir)
+    finally:
+      first.send_signal(signal.SIGCONT)
+    err = second.stderr.strip().splitlines()
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert f"is in use by pid {first.pid} on host {socket.gethostname()}" in err[0], err
+    assert "Traceback" not in second.stderr and len(err) == 2  # the line, and --traceback
+  finally:
+    _, first_err = first.communicate(timeout=600)
+  assert first.returncode == 0, first_err[-3000:]
+  assert not lock.exists()  # released at exit
+  assert "taking over" not in first_err
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over_with_a_warning(tmp_path, caplog):
+  workdir = tmp_path / "run"
+  gone = subprocess.Popen(["true"])
+  gone.wait()
+  _write_lock(workdir, _lock_of(gone.pid))  # as a SIGKILLed run leaves it
+  with caplog.at_level("WARNING"), lock_lib.WorkdirLock(workdir) as held:
+    assert json.load(open(held.path))["pid"] == os.getpid()
+  assert f"from pid {gone.pid} on host {socket.gethostname()}: pid {gone.pid} is gone" in (
+      caplog.text)
+  assert not (workdir / lock_lib.LOCK_NAME).exists()
+
+
+def test_a_start_refused_after_the_lock_is_taken_gives_it_back(tmp_path):
+  config = load_config("arithmetic")
+  workdir = tmp_path / "run"
+  wd.record_config(config_lib.load(config), str(workdir))
+  config.train.learning_rate = 0.5  # another run's config: refused before anything is built
+  with pytest.raises(WorkdirMismatchError):
+    star.run(config, str(workdir))
+  assert os.listdir(workdir) == ["config.json"]
+
+
+def test_a_lock_from_another_host_is_kept_while_its_heartbeat_is_fresh(tmp_path, caplog):
+  workdir = tmp_path / "run"
+  _write_lock(workdir, _lock_of(1, host="tpu-vm-7"))
+  with pytest.raises(lock_lib.WorkdirLockedError, match="pid 1 on host tpu-vm-7"):
+    lock_lib.WorkdirLock(workdir).acquire()
+  _write_lock(workdir, _lock_of(1, host="tpu-vm-7",
+                                heartbeat=time.time() - lock_lib.STALE_SECONDS - 5))
+  with caplog.at_level("WARNING"), lock_lib.WorkdirLock(workdir) as held:
+    assert json.load(open(held.path))["pid"] == os.getpid()
+  assert "from pid 1 on host tpu-vm-7: its heartbeat is" in caplog.text
+  assert os.listdir(workdir) == []
+  # Same host, after a reboot: the pid may be alive again, as another process.
+  _write_lock(workdir, _lock_of(os.getppid(), boot_id="an-earlier-boot"))
+  with lock_lib.WorkdirLock(workdir):
+    pass
+  _write_lock(workdir, _lock_of(os.getppid()))  # alive, this boot: refused
+  with pytest.raises(lock_lib.WorkdirLockedError, match=f"pid {os.getppid()} on host"):
+    lock_lib.WorkdirLock(workdir).acquire()
+
+
+def test_a_refused_or_failed_start_leaves_no_directory_behind(tmp_path):
+  workdir = tmp_path / "a" / "run"
+  with lock_lib.WorkdirLock(workdir):
+    assert os.listdir(workdir) == [lock_lib.LOCK_NAME]
+  assert os.listdir(tmp_path) == []
+
+
+def test_the_heartbeat_renews_the_lock(tmp_path, monkeypatch):
+  monkeypatch.setattr(lock_lib, "HEARTBEAT_SECONDS", 0.05)
+  with lock_lib.WorkdirLock(tmp_path) as held:
+    first = json.load(open(held.path))["heartbeat"]
+    time.sleep(0.3)
+    assert json.load(open(held.path))["heartbeat"] > first
