@@ -37,6 +37,10 @@ class WorkdirMismatchError(UserError, ValueError):
   """The workdir holds a run with another config: resuming would mix results."""
 
 
+class NonFiniteLossError(UserError, FloatingPointError):
+  """Training diverged (a NaN or infinite loss): the message names the step."""
+
+
 def did_you_mean(name: str, known: Iterable[str]) -> str:
   """" (did you mean 'x'?)" for the nearest of ``known``, or "" when nothing is near."""
   close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -17,7 +18,7 @@ from star_jax.hub.checkpointer import Checkpointer
 from star_jax.engine.optim import OptimConfig
 from star_jax.engine.trainer import Trainer
 from star_jax.runtime import failpoints
-from star_jax.runtime.errors import ConfigError
+from star_jax.runtime.errors import ConfigError, NonFiniteLossError
 from star_jax.runtime.progress import progress
 from star_jax.tasks import Example, Task
 from star_jax.tokenizer import Tokenizer
@@ -133,7 +134,9 @@ def finetune(trainer: Trainer, params, examples: Sequence[batching.TrainExample]
   With ``ckpt_dir`` the train state is saved every ``checkpoint_every`` steps and
   at the end, and a run that finds a checkpoint there continues from it: batches
   are a function of (seed, step), so the result equals an uninterrupted run's.
-  A non-finite loss stops training before it can overwrite a good checkpoint.
+  A non-finite loss stops training, and the checkpoint kept is the last one whose own loss
+  (computed by the step after it) was finite: a state that gives NaN never becomes the one a
+  rerun resumes from, and the rerun says where the earlier run stopped.
   With ``async_save`` the steps after a save train while orbax writes it.
   """
   packed = batching.pack(examples, train_cfg.seq_len, pack_rows=train_cfg.pack)
@@ -145,7 +148,8 @@ def finetune(trainer: Trainer, params, examples: Sequence[batching.TrainExample]
   state = trainer.init(params, copy=True)  # the step donates what it trains
   # Asynchronous: the next steps train while orbax writes (the save returns once the state
   # is in host memory); a kill mid-write leaves the previous checkpoint as the latest.
-  ckpt = Checkpointer(ckpt_dir, max_to_keep=1, async_save=async_save) if ckpt_dir else None
+  # Two at most: the newest, and the one before it until the newest's loss is known (_train).
+  ckpt = Checkpointer(ckpt_dir, max_to_keep=None, async_save=async_save) if ckpt_dir else None
   try:
     state, stats = _train(trainer, state, packed, train_cfg, steps, seed, desc, ckpt,
                           checkpoint_every, on_step)
@@ -158,10 +162,17 @@ def finetune(trainer: Trainer, params, examples: Sequence[batching.TrainExample]
 def _train(trainer, state, packed, train_cfg, steps, seed, desc, ckpt, checkpoint_every,
            on_step) -> tuple[object, FinetuneStats]:
   start, last_loss = 0, math.nan
-  if ckpt is not None and ckpt.latest_step() is not None:
+  saved = ckpt.all_steps() if ckpt is not None else []  # oldest first
+  stopped = _read_stop(ckpt)
+  if saved:
     state, meta = ckpt.restore(state)
     start, last_loss = int(meta["step"]), meta.get("loss", math.nan)
     logging.info("%s: resuming from the checkpoint at step %d of %d", desc, start, steps)
+  if stopped:
+    logging.warning("%s: an earlier run stopped at step %d, where the loss was %s; %s", desc,
+                    stopped["step"], stopped["loss"],
+                    f"resuming from step {start}, the last checkpoint whose loss was finite"
+                    if saved else "no checkpoint before it had a finite loss: starting over")
   rows, micro = micro_batching(train_cfg.batch_size, train_cfg.grad_accum,
                                sharding.batch_divisor(trainer.mesh))
   if (rows, micro) != (train_cfg.batch_size, train_cfg.grad_accum):
@@ -178,7 +189,15 @@ def _train(trainer, state, packed, train_cfg, steps, seed, desc, ckpt, checkpoin
   def settle(metrics) -> float:
     nonlocal tokens
     step = start + len(losses) + 1
-    losses.append(check_finite(float(metrics["loss"]), step - 1))
+    loss = float(metrics["loss"])
+    if not math.isfinite(loss) and ckpt is not None:
+      # The loss of step s is the loss of the state after s - 1 steps: that state is bad.
+      _discard_from(ckpt, saved, step - 1, loss)
+      kept = (f"the checkpoint at step {saved[-1]}, the last whose loss was finite, is kept"
+              if saved else "no checkpoint had a finite loss")
+      raise NonFiniteLossError(f"training loss became {loss} at step {step - 1}; {kept}. "
+                               "Lower train.learning_rate or check the data")
+    losses.append(check_finite(loss, step - 1))
     tokens += float(metrics["tokens"])
     if on_step is not None:
       now = time.perf_counter()
@@ -205,7 +224,11 @@ def _train(trainer, state, packed, train_cfg, steps, seed, desc, ckpt, checkpoin
         settle(pending)  # never checkpoint a state whose loss is not known to be finite
         pending = None
         t0 = time.perf_counter()
-        ckpt.save(state, meta={"loss": losses[-1]})
+        # Every loss so far is finite, so the newest checkpoint's is: the older ones can go.
+        for old in saved[:-1]:
+          ckpt.delete(old)
+        saved[:-1] = []
+        saved.append(ckpt.save(state, meta={"loss": losses[-1]}))
         save_seconds.append(time.perf_counter() - t0)
         failpoints.hit("train_checkpoint")
       bar.update(1)
@@ -223,8 +246,30 @@ def _train(trainer, state, packed, train_cfg, steps, seed, desc, ckpt, checkpoin
   return state, stats
 
 
+STOP_FILE = "stopped_nonfinite.json"
+
+
+def _discard_from(ckpt: Checkpointer, saved: list[int], bad_step: int, loss: float) -> None:
+  """Deletes the checkpoints at and after ``bad_step`` (a state whose loss is not finite) and
+  records where the run stopped, for the rerun to say."""
+  for step in [s for s in saved if s >= bad_step]:
+    ckpt.delete(step)
+    saved.remove(step)
+  (ckpt.directory / STOP_FILE).write_text(json.dumps({"step": bad_step, "loss": str(loss)}))
+
+
+def _read_stop(ckpt: Checkpointer | None) -> dict | None:
+  """What ``_discard_from`` recorded, once (the file is removed)."""
+  if ckpt is None or not (ckpt.directory / STOP_FILE).exists():
+    return None
+  path = ckpt.directory / STOP_FILE
+  stopped = json.loads(path.read_text())
+  path.unlink()
+  return stopped
+
+
 def check_finite(loss: float, step: int) -> float:
   if not math.isfinite(loss):
-    raise FloatingPointError(f"training loss became {loss} at step {step}; lower "
+    raise NonFiniteLossError(f"training loss became {loss} at step {step}; lower "
                              "train.learning_rate or check the data")
   return loss

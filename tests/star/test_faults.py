@@ -135,3 +135,45 @@ def test_the_heartbeat_renews_the_lock(tmp_path, monkeypatch):
     first = json.load(open(held.path))["heartbeat"]
     time.sleep(0.3)
     assert json.load(open(held.path))["heartbeat"] > first
+
+
+# --- a non-finite loss -------------------------------------------------------------------
+
+
+def test_a_non_finite_loss_keeps_the_last_checkpoint_whose_own_loss_was_finite(tmp_path, caplog):
+  """At lr 3e4 the loss of the state after 5 steps is NaN (step 6 computes it): the checkpoint
+  of that state must not be the one a rerun resumes from, or every rerun fails at once."""
+  import dataclasses
+
+  from conftest import mesh_of
+  from star_jax.config import base_config
+  from star_jax.engine import batching, params as params_lib
+  from star_jax.engine.model_config import get_preset
+  from star_jax.engine.trainer import Trainer
+  from star_jax.hub.checkpointer import Checkpointer
+  from star_jax.star import finetune as ft
+  mesh = mesh_of((1, 1, 1))
+  graphdef, params = params_lib.init_params(get_preset("tiny"), mesh)
+  tc = dataclasses.replace(config_lib.load(base_config()).train, seq_len=16, learning_rate=3e4,
+                           warmup_steps=0, batch_size=8, clip_norm=1e30)
+  examples = [batching.TrainExample([1, 2, 3], [4, 5, 6])] * 8
+  trainer = Trainer(graphdef, mesh, ft.optim_config(tc, 20))
+  ck = str(tmp_path / "ck")
+
+  def train():
+    seen = {}
+    with pytest.raises(FloatingPointError) as e:
+      ft.finetune(trainer, params, examples, tc, 20, seed=0, ckpt_dir=ck, checkpoint_every=1,
+                  on_step=lambda s, m: seen.update({s: m["loss"]}))
+    return str(e.value), seen
+
+  err, seen = train()
+  assert err.startswith("training loss became nan at step 5; the checkpoint at step 4, the "
+                        "last whose loss was finite, is kept"), err
+  assert sorted(seen) == [1, 2, 3, 4, 5]
+  assert Checkpointer(ck).all_steps() == [4]
+  with caplog.at_level("WARNING"):
+    err_again, resumed = train()  # the same command: resumes at 4, step 5 is finite again
+  assert resumed == {5: seen[5]} and err_again == err
+  assert ("train: an earlier run stopped at step 5, where the loss was nan; resuming from "
+          "step 4, the last checkpoint whose loss was finite") in caplog.text
