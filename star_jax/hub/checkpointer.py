@@ -17,12 +17,21 @@ complete, so a process killed mid-write leaves the previous step as the
 latest; the next Checkpointer deletes the debris. Every read (the list of
 steps, a restore) and every new save first waits for a write in flight.
 
+A checkpoint damaged outside orbax (a copy interrupted before its commit marker, a truncated
+file, bit rot in a bucket) is found when the newest is restored: each unusable step gets one
+warning line and is set aside as ``N.unusable-<time>`` (nothing is deleted), and the restore
+falls back to the newest good step; with none good it stops, naming each step's fault and
+changing nothing. A step asked for by number that is damaged stops with one line.
+
 ``directory`` is any etils.epath path: local, or gs:// where gcsfs is installed.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import logging
+import time
+from typing import Any, Callable, TypeVar
 
 import jax
 import numpy as np
@@ -33,7 +42,11 @@ from flax import nnx
 from star_jax.engine import lora
 from star_jax.engine.params import abstract_like
 from star_jax.engine.train_state import TrainState
+from star_jax.runtime.distributed import barrier
 from star_jax.runtime.errors import CheckpointError, MissingFileError
+
+T = TypeVar("T")
+COMMIT_MARKER = "commit_success.txt"  # orbax writes it last, when a step is complete
 
 
 class Checkpointer:
@@ -104,15 +117,16 @@ class Checkpointer:
     self._manager.delete(step)
 
   def meta(self, step: int | None = None) -> dict:
-    step = self._resolve(step)
-    return dict(self._manager.restore(step, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore()))["meta"])
+    return self._restoring(step, lambda s: dict(self._manager.restore(s, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))["meta"]))
 
   def restore_model(self, target: nnx.State, step: int | None = None) -> nnx.State:
     """What ``save_model`` saved, onto ``target``'s layout: adapters joined with the base they
     name, or a base (or plain model) with ``target``'s own adapters (so ``target`` must hold
     arrays where it has adapters)."""
-    step = self._resolve(step)
+    return self._restoring(step, lambda s: self._restore_model(target, s))
+
+  def _restore_model(self, target: nnx.State, step: int) -> nnx.State:
     adapters_t, base_t = lora.split(target)
     on = self.meta(step).get("adapters_on")
     if on is None:
@@ -127,8 +141,10 @@ class Checkpointer:
 
   def restore(self, target: TrainState, step: int | None = None) -> tuple[TrainState, dict]:
     """Restores onto ``target``'s layout (a TrainState of arrays or ShapeDtypeStructs)."""
-    step = self._resolve(step)
     target = abstract_like(target) if not _is_abstract(target) else target
+    return self._restoring(step, lambda s: self._restore(target, s))
+
+  def _restore(self, target: TrainState, step: int) -> tuple[TrainState, dict]:
     out = self._manager.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(target.params),
         opt_state=ocp.args.StandardRestore(target.opt_state),
@@ -138,11 +154,64 @@ class Checkpointer:
     return TrainState(step_arr, out["params"], out["opt_state"]), meta
 
   def restore_params(self, target_params: nnx.State, step: int | None = None) -> nnx.State:
-    step = self._resolve(step)
     target = abstract_like(target_params) if not _is_abstract(target_params) else target_params
-    out = self._manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(target)))
-    return out["params"]
+    return self._restoring(step, lambda s: self._manager.restore(s, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(target)))["params"])
+
+  def _restoring(self, step: int | None, restore: Callable[[int], T]) -> T:
+    """``restore(step)``; with ``step`` None the newest step that restores, the unusable newer
+    ones reported and set aside (only once an older one has restored: a target that fits no
+    step is the caller's mistake, not damage)."""
+    if step is not None:
+      step = self._resolve(step)
+      fault = self.fault(step)
+      if fault:
+        raise CheckpointError(f"checkpoint step {step} in {self.directory} is unusable: {fault}")
+      return restore(step)
+    steps = sorted(self.all_steps(), reverse=True)
+    bad = []
+    for s in steps:
+      fault = self.fault(s)
+      if not fault:
+        try:
+          out = restore(s)
+        except Exception as e:  # noqa: BLE001 - orbax and tensorstore fail in many forms
+          fault = _one_line(e)
+        else:
+          for b, why in bad:
+            self._set_aside(b, why, s)
+          return out
+      bad.append((s, fault))
+    if not bad:
+      self._resolve(None)  # raises: no checkpoint at all
+    raise CheckpointError(f"no usable checkpoint in {self.directory}: " + "; ".join(
+        f"step {b}: {why}" for b, why in bad) + ". Nothing was deleted.")
+
+  def fault(self, step: int) -> str:
+    """What is wrong with step ``step``'s files that orbax itself does not check, or "": its
+    commit marker, its metadata files (JSON)."""
+    d = self.directory / str(step)
+    items = [p for p in d.iterdir() if p.is_dir()]
+    if not (d / COMMIT_MARKER).exists() and any((p / COMMIT_MARKER).exists() for p in items):
+      return f"no commit marker {COMMIT_MARKER}: the save or copy did not finish"
+    for path in [d / "_CHECKPOINT_METADATA"] + [p / name for p in items
+                                                for name in ("_METADATA", "metadata")]:
+      if path.exists():
+        try:
+          json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+          return f"{path.relative_to(d)} is unreadable ({e})"
+    return ""
+
+  def _set_aside(self, step: int, why: str, good: int) -> None:
+    """Renames an unusable step out of orbax's sight (process 0), keeping its files."""
+    target = self.directory / f"{step}.unusable-{time.strftime('%Y%m%d-%H%M%S')}"
+    logging.warning("checkpoint step %d in %s is unusable (%s); using step %d, and keeping the "
+                    "damaged one as %s", step, self.directory, why, good, target.name)
+    if jax.process_index() == 0:
+      (self.directory / str(step)).rename(target)
+    barrier("checkpoint set aside")
+    self._manager.reload()
 
   def _resolve(self, step: int | None) -> int:
     steps = self.all_steps()  # waits for a save in flight: never read half a checkpoint
@@ -154,6 +223,11 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _one_line(e: BaseException) -> str:
+  text = " ".join(str(e).split()).split(" See full TensorStore details")[0]
+  return f"{type(e).__name__}: {text[:200]}{'...' if len(text) > 200 else ''}"
 
 
 def _is_abstract(tree: Any) -> bool:
@@ -174,7 +248,7 @@ def load_params(path: epath.PathLike, target: Any) -> Any:
   ckpt = Checkpointer(path, max_to_keep=None)
   try:
     return ckpt.restore_model(target)
-  except FileNotFoundError:
+  except (FileNotFoundError, CheckpointError):
     raise
   except Exception as e:  # orbax reports structure/shape mismatches in many forms
     raise CheckpointError(f"checkpoint {str(path)!r} does not match model config "

@@ -165,7 +165,8 @@ def _train(trainer, state, packed, train_cfg, steps, seed, desc, ckpt, checkpoin
   saved = ckpt.all_steps() if ckpt is not None else []  # oldest first
   stopped = _read_stop(ckpt)
   if saved:
-    state, meta = ckpt.restore(state)
+    state, meta = ckpt.restore(state)  # the newest that restores (a damaged one set aside)
+    saved = ckpt.all_steps()
     start, last_loss = int(meta["step"]), meta.get("loss", math.nan)
     logging.info("%s: resuming from the checkpoint at step %d of %d", desc, start, steps)
   if stopped:

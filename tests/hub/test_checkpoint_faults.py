@@ -1,0 +1,77 @@
+"""A damaged checkpoint (a copy cut short before orbax's commit marker, a truncated file) is
+found on restore, reported in one line and set aside; the newest good step is used; with none
+good nothing changes. (The resumed run: tests/star/test_faults.py.)"""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from helpers.runs import checksums
+from star_jax.hub.checkpointer import COMMIT_MARKER, Checkpointer
+from star_jax.runtime.errors import CheckpointError
+from test_checkpointer import _trained_state
+
+# (orbax leaves its reading coroutines unawaited when a damaged step fails: noise, not a fault)
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+@pytest.fixture
+def two_steps(tmp_path, mesh1):
+  """A directory with the train states after steps 1 and 2, and (the trainer, a target)."""
+  trainer, state, batch = _trained_state(mesh1, steps=1)
+  ckpt = Checkpointer(str(tmp_path / "ck"), max_to_keep=None)
+  ckpt.save(state)
+  ckpt.save(trainer.step(state, batch)[0])
+  ckpt.close()
+  return str(tmp_path / "ck"), _trained_state(mesh1, steps=0)[1]
+
+
+def _truncate_largest(directory):
+  path = max((os.path.join(d, f) for d, _, fs in os.walk(directory) for f in fs),
+             key=os.path.getsize)
+  os.truncate(path, os.path.getsize(path) // 2)
+
+
+@pytest.mark.parametrize("damage", ["marker", "truncated", "metadata"])
+def test_a_damaged_latest_step_is_set_aside_and_the_one_before_restored(two_steps, damage,
+                                                                         caplog):
+  directory, target = two_steps
+  if damage == "marker":
+    os.remove(os.path.join(directory, "2", COMMIT_MARKER))
+  elif damage == "truncated":
+    _truncate_largest(os.path.join(directory, "2", "params"))
+  else:
+    path = os.path.join(directory, "2", "opt_state", "_METADATA")
+    os.truncate(path, 100)
+  ckpt = Checkpointer(directory, max_to_keep=None)
+  with caplog.at_level("WARNING"):
+    state, meta = ckpt.restore(target)
+  assert meta["step"] == 1 and int(state.step) == 1
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
+  lines = [r.getMessage() for r in caplog.records if "unusable" in r.getMessage()]
+  assert len(lines) == 1 and "\n" not in lines[0], lines
+  assert lines[0].startswith(f"checkpoint step 2 in {directory} is unusable (")
+  assert {"marker": "no commit marker", "truncated": "reading", "metadata": "_METADATA"}[damage] in (
+      lines[0])
+  assert ckpt.all_steps() == [1]  # the damaged one is kept beside them, out of orbax's sight
+  assert [n for n in os.listdir(directory) if n.startswith("2.unusable-")]
+
+
+def test_with_no_good_step_it_stops_naming_each_fault_and_changes_nothing(two_steps):
+  directory, target = two_steps
+  os.remove(os.path.join(directory, "2", COMMIT_MARKER))
+  _truncate_largest(os.path.join(directory, "1", "params"))
+  before = checksums(directory)
+  ckpt = Checkpointer(directory, max_to_keep=None)
+  with pytest.raises(CheckpointError) as e:
+    ckpt.restore(target)
+  msg = str(e.value)
+  assert msg.startswith(f"no usable checkpoint in {directory}: step 2: no commit marker")
+  assert "; step 1: " in msg and msg.endswith("Nothing was deleted.") and "\n" not in msg
+  assert checksums(directory) == before
+  # A step asked for by number: one line, nothing changed.
+  with pytest.raises(CheckpointError, match="checkpoint step 2 in .* is unusable: no commit"):
+    ckpt.restore(target, step=2)
+  assert checksums(directory) == before
