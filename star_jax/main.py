@@ -1,10 +1,10 @@
 """Entry point: ``python -m star_jax.main --config=configs/<task>.py[:smoke] --workdir=DIR``."""
 
-from absl import flags
+from absl import flags, logging
 from ml_collections import config_flags
 
 from star_jax import star
-from star_jax.runtime import cli, distributed
+from star_jax.runtime import cli, distributed, preemption
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file[:variant].",
                                           lock_config=True)
@@ -23,7 +23,10 @@ def main(argv):
     raise cli.UsageError(f"unexpected arguments: {argv[1:]}")
   cli.log_progress()
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  star.run(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
+  try:
+    star.run(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
+  except preemption.Preempted as e:  # a preemption notice, saved at a safe point: exit 0
+    logging.warning("%s", e)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from star_jax.engine import batching, lora, precision, sharding
 from star_jax.hub.checkpointer import Checkpointer
 from star_jax.engine.optim import OptimConfig
 from star_jax.engine.trainer import Trainer
-from star_jax.runtime import failpoints
+from star_jax.runtime import failpoints, preemption
 from star_jax.runtime.errors import ConfigError, NonFiniteLossError
 from star_jax.runtime.progress import progress
 from star_jax.tasks import Example, Task
@@ -208,6 +208,21 @@ def _train(trainer, state, packed, train_cfg, steps, seed, desc, ckpt, checkpoin
       on_step(step, host)
     return losses[-1]
 
+  def save() -> None:
+    nonlocal pending
+    if pending is not None:
+      settle(pending)  # never checkpoint a state whose loss is not known to be finite
+      pending = None
+    if saved and saved[-1] == int(state.step):
+      return
+    t0 = time.perf_counter()
+    # Every loss so far is finite, so the newest checkpoint's is: the older ones can go.
+    for old in saved[:-1]:
+      ckpt.delete(old)
+    saved[:-1] = []
+    saved.append(ckpt.save(state, meta={"loss": losses[-1]}))
+    save_seconds.append(time.perf_counter() - t0)
+
   with progress(steps, desc, "step") as bar:
     bar.update(start)
     for step in range(start + 1, steps + 1):
@@ -222,18 +237,12 @@ def _train(trainer, state, packed, train_cfg, steps, seed, desc, ckpt, checkpoin
       pending = metrics
       due = step == steps or (checkpoint_every and step % checkpoint_every == 0)
       if ckpt is not None and due:
-        settle(pending)  # never checkpoint a state whose loss is not known to be finite
-        pending = None
-        t0 = time.perf_counter()
-        # Every loss so far is finite, so the newest checkpoint's is: the older ones can go.
-        for old in saved[:-1]:
-          ckpt.delete(old)
-        saved[:-1] = []
-        saved.append(ckpt.save(state, meta={"loss": losses[-1]}))
-        save_seconds.append(time.perf_counter() - t0)
+        save()
         failpoints.hit("train_checkpoint")
       bar.update(1)
       failpoints.hit("train_step")
+      # After a preemption notice: this step saved (unless it is already), then stop.
+      preemption.safe_point(desc, step, steps, save if ckpt is not None else None)
   if pending is not None:
     settle(pending)
   if save_seconds:  # the loop's stall: waiting for the previous save + copying to host

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from helpers.runs import ROOT, load_config
+from helpers.runs import ROOT, load_config, run_results
 from star_jax import config as config_lib, star
 from star_jax.experiment import workdir as wd
 from star_jax.experiment import lock as lock_lib
@@ -177,3 +177,39 @@ def test_a_non_finite_loss_keeps_the_last_checkpoint_whose_own_loss_was_finite(t
   assert resumed == {5: seen[5]} and err_again == err
   assert ("train: an earlier run stopped at step 5, where the loss was nan; resuming from "
           "step 4, the last checkpoint whose loss was finite") in caplog.text
+
+
+# --- runs cut short and resumed ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+  """The results of the uninterrupted short smoke run (shared by the tests below)."""
+  workdir = tmp_path_factory.mktemp("faults") / "clean"
+  proc = _run(workdir)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return run_results(workdir)
+
+
+def test_sigterm_stops_at_a_safe_point_exits_0_and_the_rerun_resumes_to_the_same_results(
+    tmp_path, clean):
+  workdir = tmp_path / "preempted"
+  waits = []
+  # Each rerun counts its failpoints afresh: together they preempt every kind of phase.
+  for failpoint, line in [
+      ("train_step:30:TERM", "preempted at iteration 0, phase pretrain, step 30 of 60"),
+      ("sample_shard:1:TERM", "preempted at iteration 0, phase evaluate, step 32 of 38"),
+      ("train_step:3:TERM", "preempted at iteration 1, phase train, step 3 of 6")]:
+    proc = _run(workdir, failpoint, "--config.checkpoint_every=50")
+    done = time.time()
+    assert proc.returncode == 0, (failpoint, proc.stderr[-3000:])
+    log = proc.stderr.strip().splitlines()
+    assert log[-1].endswith(f"{line}; rerun the same command to resume"), (failpoint, log[-5:])
+    sent = float(proc.stderr.split("SIGTERM sent at ")[1].split()[0])
+    waits.append(done - sent)
+    assert not (workdir / lock_lib.LOCK_NAME).exists()
+  print(f"SIGTERM to exit: {', '.join(f'{w:.1f}s' for w in waits)}")
+  assert max(waits) < 10, waits  # the notice gives about 30 s
+  proc = _run(workdir)
+  assert proc.returncode == 0 and "resuming" in proc.stderr, proc.stderr[-3000:]
+  assert run_results(workdir) == clean
