@@ -1,7 +1,8 @@
 """The package's layout rules, read from the source: rooms import only rooms below them.
 
   runtime  <  engine, tokenizer, data  <  sampling, tasks  <  hub  <  config  <  experiment
-           <  star  <  the command-line tools (main, preflight, plan, generate, export)
+           <  star  <  the command-line tools (main, preflight, plan, generate, export,
+           verify)
 
 Benchmarks live outside the package (top-level ``benchmarks/``) and nothing in it imports them.
 
@@ -35,6 +36,7 @@ ALLOWED = {
     "plan": {"config", "engine", "experiment", "hub", "sampling", "star"},
     "generate": {"engine", "experiment", "sampling", "tokenizer", "hub"},
     "export": {"engine", "experiment", "hub"},
+    "verify": {"config", "experiment", "hub", "sampling", "star"},
 }
 TASK_NAMES = ("arithmetic", "cqa", "gsm8k", "digits", "scratchpad")
 
