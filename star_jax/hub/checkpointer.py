@@ -42,7 +42,9 @@ from flax import nnx
 from star_jax.engine import lora
 from star_jax.engine.params import abstract_like
 from star_jax.engine.train_state import TrainState
+from star_jax.runtime import failpoints
 from star_jax.runtime.distributed import barrier
+from star_jax.runtime.files import disk_full, is_disk_full
 from star_jax.runtime.errors import CheckpointError, MissingFileError
 
 T = TypeVar("T")
@@ -84,17 +86,27 @@ class Checkpointer:
     """
     step = int(state.step)
     meta = dict(meta or {}, step=step)
-    self._manager.save(step, args=ocp.args.Composite(
+    self._save(step, ocp.args.Composite(
         params=ocp.args.StandardSave(state.params),
         opt_state=ocp.args.StandardSave(state.opt_state),
         meta=ocp.args.JsonSave(meta)), force=force)
     return step
 
+  def _save(self, step: int, args: ocp.args.Composite, force: bool = True) -> None:
+    """orbax's save; a full disk (now, or in the write of the save before) as one line."""
+    try:
+      failpoints.hit("checkpoint_write", self.directory / str(step))
+      self._manager.save(step, args=args, force=force)
+    except Exception as e:
+      if is_disk_full(e):
+        raise disk_full(self.directory, f"checkpoint step {step} in {self.directory}") from e
+      raise
+
   def save_params(self, step: int, params: nnx.State, meta: dict | None = None) -> int:
     """Saves a model without optimizer state (e.g. the result of a STaR iteration)."""
     meta = dict(meta or {}, step=step)
-    self._manager.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)), force=True)
+    self._save(step, ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                        meta=ocp.args.JsonSave(meta)))
     return step
 
   def save_model(self, step: int, params: nnx.State, base_step: int | None = None,
@@ -137,7 +149,12 @@ class Checkpointer:
     return lora.join(self.restore_params(adapters_t, step), self.restore_params(base_t, on))
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # an asynchronous save that failed
+      if is_disk_full(e):
+        raise disk_full(self.directory, f"a checkpoint in {self.directory}") from e
+      raise
 
   def restore(self, target: TrainState, step: int | None = None) -> tuple[TrainState, dict]:
     """Restores onto ``target``'s layout (a TrainState of arrays or ShapeDtypeStructs)."""

@@ -41,6 +41,13 @@ class NonFiniteLossError(UserError, FloatingPointError):
   """Training diverged (a NaN or infinite loss): the message names the step."""
 
 
+class DiskFullError(UserError, OSError):
+  """No space left where the run writes: the message names the file and the space free."""
+
+  def __str__(self) -> str:
+    return self.strerror or super().__str__()
+
+
 def did_you_mean(name: str, known: Iterable[str]) -> str:
   """" (did you mean 'x'?)" for the nearest of ``known``, or "" when nothing is near."""
   close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)

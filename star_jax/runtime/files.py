@@ -10,14 +10,18 @@ In a multi-host run only process 0 writes (every process computes the same text)
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import uuid
 from typing import Iterable
 
 from etils import epath
 
+from star_jax.runtime import failpoints
 from star_jax.runtime.distributed import is_primary
+from star_jax.runtime.errors import DiskFullError
 
 
 def write_atomic(path: epath.PathLike, text: str) -> None:
@@ -32,6 +36,7 @@ def write_bytes_atomic(path: epath.PathLike, data: bytes, primary_only: bool = T
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.parent / f".tmp-{uuid.uuid4().hex}-{path.name}"
   try:
+    failpoints.hit(f"write_{path.name}", path)
     with tmp.open("wb") as f:
       f.write(data)
       try:
@@ -42,10 +47,40 @@ def write_bytes_atomic(path: epath.PathLike, data: bytes, primary_only: bool = T
         f.flush()
         os.fsync(fd)
     tmp.replace(path)
-  except BaseException:
+  except BaseException as e:
     if tmp.exists():
       tmp.unlink()
+    if is_disk_full(e):
+      raise disk_full(path) from e
     raise
+
+
+def is_disk_full(e: BaseException | None) -> bool:
+  """Whether ``e`` (or an exception it was raised from) is ENOSPC, however wrapped."""
+  while e is not None:
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    if "No space left on device" in str(e):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
+
+
+def disk_full(path: epath.PathLike, what: str = "") -> DiskFullError:
+  """The one-line error for a full disk at ``path``: what was written, the space left."""
+  path = epath.Path(path)
+  free = ""
+  if "://" not in str(path):
+    d = path
+    while not d.exists() and d != d.parent:
+      d = d.parent
+    try:
+      free = f"; {shutil.disk_usage(os.fspath(d)).free / 2**20:.0f} MiB free there"
+    except OSError:
+      pass
+  return DiskFullError(errno.ENOSPC, f"no space left on device writing {what or path}{free}. "
+                       "Earlier files are intact: free some space and rerun the same command "
+                       "to resume")
 
 
 def write_jsonl(path: epath.PathLike, records: Iterable[dict]) -> None:

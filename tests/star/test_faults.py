@@ -213,3 +213,44 @@ def test_sigterm_stops_at_a_safe_point_exits_0_and_the_rerun_resumes_to_the_same
   proc = _run(workdir)
   assert proc.returncode == 0 and "resuming" in proc.stderr, proc.stderr[-3000:]
   assert run_results(workdir) == clean
+
+
+def test_a_full_disk_stops_in_one_line_keeps_what_was_written_and_the_rerun_resumes(
+    tmp_path, clean):
+  workdir = tmp_path / "full"
+  metrics0 = json.dumps(clean[0][0])
+  for failpoint, what, metrics in [
+      # pretraining saves at 20, 40, 60: the second save finds the disk full
+      ("checkpoint_write:2:ENOSPC", f"checkpoint step 40 in {workdir}/pretrain_ckpt", 0),
+      ("write_eval.jsonl:2:ENOSPC", f"{workdir}/iter_001/eval.jsonl", 1),  # iteration 1's
+      ("write_metrics.jsonl:1:ENOSPC", f"{workdir}/metrics.jsonl", 1)]:
+    proc = _run(workdir, failpoint, "--config.checkpoint_every=20")
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, (failpoint, proc.stderr[-3000:])
+    assert err[-2].startswith(f"star_jax.main: error: no space left on device writing {what}; "
+                              ), (failpoint, err[-3:])
+    assert " MiB free there. " in err[-2] and "Traceback" not in proc.stderr
+    lines = [{k: v for k, v in json.loads(line).items() if not k.endswith("_seconds")}
+             for line in open(workdir / "metrics.jsonl")] if metrics else []
+    assert [json.dumps(r) for r in lines] == [metrics0][:metrics]  # earlier lines intact
+    assert not (workdir / lock_lib.LOCK_NAME).exists()
+    if failpoint.startswith("checkpoint"):
+      assert sorted(os.listdir(workdir / "pretrain_ckpt")) == ["20"]  # the one before kept
+  proc = _run(workdir)
+  assert proc.returncode == 0 and "resuming" in proc.stderr, proc.stderr[-3000:]
+  assert run_results(workdir) == clean
+
+
+def test_a_run_whose_latest_checkpoint_is_damaged_resumes_from_the_one_before(tmp_path, clean):
+  workdir = tmp_path / "damaged"
+  proc = _run(workdir, "train_step:50", "--config.checkpoint_every=20")  # SIGKILL at step 50
+  assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+  ckpt = workdir / "pretrain_ckpt"
+  assert sorted(os.listdir(ckpt)) == ["20", "40"]
+  os.remove(ckpt / "40" / "commit_success.txt")  # as a copy cut short leaves it
+  proc = _run(workdir)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert (f"checkpoint step 40 in {ckpt} is unusable (no commit marker commit_success.txt: the "
+          "save or copy did not finish); using step 20") in proc.stderr
+  assert "pretrain: resuming from the checkpoint at step 20 of 60" in proc.stderr
+  assert run_results(workdir) == clean
