@@ -102,7 +102,9 @@ def model_config_of(name_or_path: str, dtype: str | None = None) -> ModelConfig:
   if hf.is_checkpoint_dir(path):
     where = os.path.join(path, "config.json")
     with open(where) as f:
-      return hf.model_config(json.load(f), dtype, where=where)
+      config = json.load(f)
+    hf.check_layers(config, path)  # the files' headers (no tensor), before walking the layers
+    return hf.model_config(config, dtype, where=where)
   if _is_gguf(path):
     return gguf.model_config(gguf.open_reader(path), dtype, where=path)
   raise CheckpointError(f"{path}: not a checkpoint: expected a directory with config.json and "
