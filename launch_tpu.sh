@@ -9,6 +9,13 @@
 #
 # `./launch_tpu.sh --help` lists every option; `--dry-run` prints the commands instead of running
 # them (and needs no gcloud).
+#
+# A preempted spot or preemptible VM: the run gets SIGTERM about 30 s before the VM goes, stops at
+# its next train step or sampling shard, saves, and exits 0 ("preempted at iteration n, phase p,
+# step s; rerun the same command to resume"); the mirror then copies the workdir to the bucket
+# once more. Run the same 'all' command again: 'create' deletes the PREEMPTED VM and creates it
+# anew, 'install' ships the checkout, and 'run' restores the workdir from the bucket and resumes
+# (docs/workdir.md, "Faults").
 set -euo pipefail
 
 readonly JAX_VERSION="0.10.2"  # keep in step with setup.py
@@ -34,7 +41,8 @@ Subcommands:
   fetch     copy the results to DEST: 'gsutil -m cp -r' for a gs:// WORKDIR, else
             'gcloud compute tpus tpu-vm scp' from worker 0 (the workdir and star_run.log)
   delete    delete the TPU VM
-  all       create, install, run (then use status, fetch and delete)
+  all       create, install, run (then use status, fetch and delete). After a preemption, the
+            same 'all' command re-creates the VM and resumes the run from a gs:// WORKDIR
 
 Options (--opt=VALUE or --opt VALUE):
   --name=NAME          TPU VM name (required)
@@ -479,9 +487,13 @@ remote_sync() {
   (($# == 4)) || die "usage: launch_tpu.sh _sync PID DIR gs://URL SECONDS"
   local pid=$1 dir=$2 url=$3 every=$4 waited=0 try
   echo "$(date -u +%FT%TZ) mirroring $dir to $url every ${every}s while pid $pid runs"
+  # A preemption notice reaches this process too: keep going, for the final sync once the run
+  # has saved and exited (within seconds).
+  trap 'echo "$(date -u +%FT%TZ) SIGTERM: the final sync follows when pid $pid exits"' TERM
   while kill -0 "$pid" 2>/dev/null; do
-    sleep 10
-    waited=$((waited + 10))
+    sleep 2 &
+    wait $! || true # (a trapped signal interrupts the wait, not the loop)
+    waited=$((waited + 2))
     if ((waited >= every)); then
       sync_once "$dir" "$url" || echo "$(date -u +%FT%TZ) sync failed; trying again later"
       waited=0

@@ -419,6 +419,25 @@ def test_remote_sync_mirrors_metrics_last(tmp_path, with_metrics):
     assert calls[1] == ["-q", "rm", "gs://b/r/metrics.jsonl"]
 
 
+def test_remote_sync_outlives_the_preemption_notice_for_its_final_sync(tmp_path):
+  """A preempted VM sends SIGTERM to every process: the mirror waits for the run to save and
+  exit, then syncs once more."""
+  home, env = vm_home(tmp_path)
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "metrics.jsonl").write_text('{"iteration": 0}\n')
+  star = subprocess.Popen(["sleep", "3"])  # the run: saves and exits a few seconds later
+  sync = subprocess.Popen(["bash", SCRIPT, "_sync", str(star.pid), str(run), "gs://b/r", "600"],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  time.sleep(1)
+  sync.send_signal(signal.SIGTERM)
+  star.wait()
+  out, err = sync.communicate(timeout=30)
+  assert sync.returncode == 0, err
+  assert "SIGTERM: the final sync follows" in out and "final sync to gs://b/r done" in out
+  assert (home / "uploaded_metrics").read_text() == '{"iteration": 0}\n'
+
+
 def test_shellcheck_clean():
   if shutil.which("shellcheck") is None:
     pytest.skip("shellcheck is not installed (apt-get install -y shellcheck)")
