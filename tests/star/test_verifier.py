@@ -205,3 +205,26 @@ def test_vstar_end_to_end_resumed_after_a_kill_and_verified_after_the_fact(tmp_p
   assert os.listdir(tmp_path / "v2") == ["2"]
   with pytest.raises(ConfigError, match="KEY=VALUE"):
     verify(str(clean), 4, sets=["bogus=1"])
+
+
+def test_the_vstar_table_and_plot_read_runs_and_verify_files(tmp_path, capsys):
+  from benchmarks import vstar
+  run = tmp_path / "run"
+  run.mkdir()
+  curve = lambda a, b: {"1": a, "2": (a + b) / 2, "4": b}
+  with open(run / "metrics.jsonl", "w") as f:
+    f.write(json.dumps({"iteration": 0, "eval_accuracy": 0.4}) + "\n")
+    f.write(json.dumps({"iteration": 1, "eval_accuracy": 0.6, "verifier_pairs": 10,
+                        "verifier_questions": 5, "verifier_train_accuracy": 0.9,
+                        "verifier_pairwise_accuracy": 0.8, "eval_pass_at": curve(0.5, 0.9),
+                        "eval_majority_at": curve(0.5, 0.6),
+                        "eval_verifier_best_of": curve(0.5, 0.7)}) + "\n")
+  ver = tmp_path / "v.json"
+  ver.write_text(json.dumps({"iteration": 1, "pass_at": curve(0.5, 0.9),
+                             "majority_at": curve(0.5, 0.6), "verifier_best_of": curve(0.5, 0.4),
+                             "verifier_pairs": 10, "verifier_pairwise_accuracy": 0.5}))
+  vstar.main(["--runs", f"a={run}", "--verify", f"b={ver}", "--plot", str(tmp_path / "p.png")])
+  out = capsys.readouterr().out
+  assert "| a | 1 | 10 (5) | 90.0 / 80.0 | 50.0 / **50.0** / 50.0 |" in out
+  assert "60.0 / **70.0** / 90.0 |" in out and "60.0 / **40.0** / 90.0 |" in out
+  assert (tmp_path / "p.png").exists()
