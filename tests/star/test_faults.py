@@ -254,3 +254,22 @@ def test_a_run_whose_latest_checkpoint_is_damaged_resumes_from_the_one_before(tm
           "save or copy did not finish); using step 20") in proc.stderr
   assert "pretrain: resuming from the checkpoint at step 20 of 60" in proc.stderr
   assert run_results(workdir) == clean
+
+
+@pytest.mark.parametrize("notices", [1, 2])
+def test_a_notice_that_meets_no_safe_point_ends_the_run_when_the_grace_runs_out(notices):
+  """(A GRPO policy step, a compile: no safe point.) After the grace, or at a second notice,
+  the process ends as SIGKILL would end it; the rerun resumes from its last checkpoints."""
+  code = ("import os, signal, time\nfrom star_jax.runtime import preemption\n"
+          "with preemption.handling():\n"
+          f"  for _ in range({notices}):\n    os.kill(os.getpid(), signal.SIGTERM)\n"
+          "    time.sleep(0.2)\n  time.sleep(60)\n")
+  t0 = time.time()
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                        timeout=60, env=dict(_env(), STAR_JAX_PREEMPT_GRACE_SECONDS="2"))
+  assert time.time() - t0 < 30
+  if notices == 1:
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+    assert "preempted: no safe point within 2s of the notice; stopping now" in proc.stderr
+  else:
+    assert proc.returncode == -signal.SIGTERM, proc.stderr
