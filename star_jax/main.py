@@ -4,7 +4,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from star_jax import star
-from star_jax.runtime import cli, distributed, preemption
+from star_jax.runtime import cli, distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file[:variant].",
                                           lock_config=True)
@@ -25,7 +25,7 @@ def main(argv):
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   try:
     star.run(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
-  except preemption.Preempted as e:  # a preemption notice, saved at a safe point: exit 0
+  except distributed.Preempted as e:  # a preemption notice, saved at a safe point: exit 0
     logging.warning("%s", e)
 
 

@@ -103,7 +103,7 @@ def model_config_of(name_or_path: str, dtype: str | None = None) -> ModelConfig:
     where = os.path.join(path, "config.json")
     with open(where) as f:
       config = json.load(f)
-    hf.check_layers(config, path)  # the files' headers (no tensor), before walking the layers
+    hf.check_files(config, path)  # the files' headers (no tensor), before walking the layers
     return hf.model_config(config, dtype, where=where)
   if _is_gguf(path):
     return gguf.model_config(gguf.open_reader(path), dtype, where=path)

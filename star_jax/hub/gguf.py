@@ -21,8 +21,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from star_jax.engine.model_config import ModelConfig
-from star_jax.hub import file_checks
-from star_jax.hub.place import CheckpointError, Entry, place, split_in, split_out, transpose
+from star_jax.hub.place import (CheckpointError, Entry, check_gguf, check_layers, place, split_in,
+                                split_out, transpose)
 
 SUPPORTED = ("llama", "gemma3")
 GEMMA3_SWA_PATTERN = 6  # llama.cpp's Gemma 3: every 6th layer global, the rest sliding
@@ -34,7 +34,7 @@ def open_reader(path: str):
     import gguf  # optional dependency: only GGUF checkpoints need it
   except ImportError as e:
     raise ImportError("loading GGUF files needs the gguf package: pip install gguf") from e
-  file_checks.check_gguf(path)  # the header against the file, before the reader trusts it
+  check_gguf(path)  # the header against the file, before the reader trusts it
   return gguf.GGUFReader(path)
 
 
@@ -49,8 +49,8 @@ def model_config(reader, dtype: str | None = None, where: str = "GGUF") -> Model
     raise CheckpointError(f"{where}: unsupported GGUF architecture {arch!r}; "
                           f"supported: {SUPPORTED}")
   get = lambda key, default=None: field(reader, f"{arch}.{key}", default)
-  file_checks.check_layers(int(get("block_count", 0)), _tensors(reader), r"^blk\.(\d+)\.",
-                           where, f"{arch}.block_count")
+  check_layers(int(get("block_count", 0)), _tensors(reader), r"^blk\.(\d+)\.", where,
+               f"{arch}.block_count")
 
   def need(key):
     value = get(key)

@@ -20,9 +20,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from star_jax.engine.model_config import ModelConfig
-from star_jax.hub import file_checks
-from star_jax.hub.place import (CheckpointError, Entry, place, reshape, split_in, split_out,
-                                transpose)
+from star_jax.hub.place import (CheckpointError, Entry, check_layers, check_safetensors, place,
+                                reshape, split_in, split_out, transpose)
 
 LLAMA_FAMILY = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
                 "Qwen3ForCausalLM")
@@ -309,7 +308,7 @@ class SafetensorsSource:
     self._meta: dict[str, tuple[str, tuple[int, ...]]] = {}  # key -> (dtype, shape)
     for name in files:
       path = os.path.join(directory, name)
-      file_checks.check_safetensors(path)  # the header against the file, before safe_open
+      check_safetensors(path)  # the header against the file, before safe_open
       with safe_open(path, framework="np") as f:
         for k in f.keys():
           s = f.get_slice(k)
@@ -338,14 +337,14 @@ def _read_bf16(path: str, key: str) -> np.ndarray:
   return raw.view(ml_dtypes.bfloat16).reshape(info["shape"])
 
 
-def check_layers(hf: dict[str, Any], directory: str) -> "SafetensorsSource":
+def check_files(hf: dict[str, Any], directory: str) -> "SafetensorsSource":
   """The files' headers, and config.json's layer count against their tensors (before anything
   walks the layers); returns the files."""
   source = SafetensorsSource(directory)
   key = "n_layer" if "n_layer" in hf else "num_hidden_layers"
   layers = (hf.get("text_config") or {}).get(key, hf.get(key, 0))
-  file_checks.check_layers(int(layers or 0), source.keys(), r"(?:^|\.)(?:layers|h)\.(\d+)\.",
-                           os.path.join(directory, "config.json"), key)
+  check_layers(int(layers or 0), source.keys(), r"(?:^|\.)(?:layers|h)\.(\d+)\.",
+               os.path.join(directory, "config.json"), key)
   return source
 
 
@@ -354,7 +353,7 @@ def load(directory: str, mesh: Mesh, dtype: str | None = None, execution: dict |
   ModelConfig fields of how it runs (remat, scan_layers, ...)."""
   with open(os.path.join(directory, "config.json")) as f:
     hf = json.load(f)
-  source = check_layers(hf, directory)
+  source = check_files(hf, directory)
   cfg = model_config(hf, dtype, where=os.path.join(directory, "config.json"))
   cfg = cfg.replace(**(execution or {}))
   multimodal = (hf.get("architectures") or [None])[0] == GEMMA3_MULTIMODAL

@@ -6,12 +6,30 @@ exactly one device and each training row lives on one data shard; results are
 gathered back with ``process_allgather`` so every process takes the same
 host-side decisions. Only process 0 writes files (orbax checkpoints are written
 collectively by all of them).
+
+Preemption notices: spot and preemptible TPU VMs, and maintenance events, send SIGTERM about
+30 s before the VM goes. Inside ``preemption_handling()`` (the STaR loop) the notice sets a
+flag; the next ``safe_point`` — the end of a train step (``finetune`` saves the train state
+there) or of a sampling shard (saved already) — raises ``Preempted``, whose message is the one
+line the command logs before it exits 0:
+
+  preempted at iteration 1, phase train, step 5 of 8; rerun the same command to resume
+
+The rerun resumes from what was saved, to the same results as an uninterrupted run. A second
+SIGTERM ends the process at once (the last checkpoints still resume it), as does a notice
+that meets no safe point within ``STAR_JAX_PREEMPT_GRACE_SECONDS`` (20). Under
+``jax.distributed`` the runtime's own preemption notifier receives the signal, and every
+process stops at the same safe point (``multihost_utils.reached_preemption_sync_point``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
+from typing import Callable, Iterator
 
 import jax
 import numpy as np
@@ -56,3 +74,98 @@ def to_host(x: jax.Array) -> np.ndarray:
 def barrier(name: str) -> None:
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
+
+
+# --- preemption notices ------------------------------------------------------------------
+
+PREEMPT_GRACE_SECONDS = float(os.environ.get("STAR_JAX_PREEMPT_GRACE_SECONDS", 20))
+
+_notice = threading.Event()
+_where: dict = {"iteration": None}
+_count = [0]  # safe points passed: the same sequence on every process of a multi-host run
+_timer: list[threading.Timer] = []
+
+
+class Preempted(BaseException):
+  """Raised at a safe point after a preemption notice (a BaseException, like
+  KeyboardInterrupt: no ``except Exception`` on the way swallows it)."""
+
+
+def _multihost_sync() -> bool:
+  """Whether jax.distributed's preemption sync manager is running (it owns SIGTERM)."""
+  if jax.process_count() < 2:
+    return False
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+  return getattr(jax_distributed.global_state, "preemption_sync_manager", None) is not None
+
+
+@contextlib.contextmanager
+def preemption_handling() -> Iterator[None]:
+  """SIGTERM is a preemption notice while inside (main thread only; elsewhere, and under
+  jax.distributed's notifier, nothing is installed)."""
+  install = (threading.current_thread() is threading.main_thread() and not _multihost_sync())
+  previous = signal.signal(signal.SIGTERM, _on_sigterm) if install else None
+  _notice.clear()
+  _count[0] = 0
+  try:
+    yield
+  finally:
+    if install:
+      signal.signal(signal.SIGTERM, previous)
+    for timer in _timer:
+      timer.cancel()
+    _timer.clear()
+    _notice.clear()
+    _where["iteration"] = None
+
+
+def _on_sigterm(signum, frame) -> None:
+  del frame
+  if _notice.is_set():  # a second notice: no more waiting
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    return
+  _notice.set()
+  logging.warning("preemption notice (SIGTERM): stopping at the next safe point")
+  timer = threading.Timer(PREEMPT_GRACE_SECONDS, _out_of_grace)
+  timer.daemon = True
+  timer.start()
+  _timer.append(timer)
+
+
+def _out_of_grace() -> None:
+  logging.warning("preempted: no safe point within %.0fs of the notice; stopping now. Rerun "
+                  "the same command: the run resumes from its last checkpoints",
+                  PREEMPT_GRACE_SECONDS)
+  logging.shutdown()
+  os._exit(128 + signal.SIGTERM)
+
+
+def note_iteration(n: int) -> None:
+  """The STaR iteration under way, for the preemption line."""
+  _where["iteration"] = n
+
+
+def preemption_requested() -> bool:
+  return _notice.is_set()
+
+
+def safe_point(phase: str, step: int, total: int, save: Callable[[], None] | None = None
+               ) -> None:
+  """Stops here if a notice came: ``save()`` (what a rerun needs that is not saved yet), then
+  raises ``Preempted``. ``phase`` is a progress label ("iter 1 train", "pretrain")."""
+  _count[0] += 1
+  if _multihost_sync():
+    stop = multihost_utils.reached_preemption_sync_point(_count[0])
+  else:
+    stop = _notice.is_set()
+  if not stop:
+    return
+  if save is not None:
+    save()
+  words = phase.split()
+  if len(words) > 2 and words[0] == "iter":  # "iter 1 train"
+    phase = " ".join(words[2:])
+  n = _where["iteration"]
+  raise Preempted(f"preempted at iteration {'?' if n is None else n}, phase {phase}, step {step} "
+                  f"of {total}; rerun the same command to resume")

@@ -17,7 +17,7 @@ from star_jax.engine import batching, lora, precision, sharding
 from star_jax.hub.checkpointer import Checkpointer
 from star_jax.engine.optim import OptimConfig
 from star_jax.engine.trainer import Trainer
-from star_jax.runtime import failpoints, preemption
+from star_jax.runtime import distributed, failpoints
 from star_jax.runtime.errors import ConfigError, NonFiniteLossError
 from star_jax.runtime.progress import progress
 from star_jax.tasks import Example, Task
@@ -242,7 +242,7 @@ def _train(trainer, state, packed, train_cfg, steps, seed, desc, ckpt, checkpoin
       bar.update(1)
       failpoints.hit("train_step")
       # After a preemption notice: this step saved (unless it is already), then stop.
-      preemption.safe_point(desc, step, steps, save if ckpt is not None else None)
+      distributed.safe_point(desc, step, steps, save if ckpt is not None else None)
   if pending is not None:
     settle(pending)
   if save_seconds:  # the loop's stall: waiting for the previous save + copying to host

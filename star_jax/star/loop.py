@@ -29,9 +29,8 @@ from star_jax import config as config_lib
 from star_jax.experiment import artifacts, report, workdir as wd
 from star_jax.experiment.board import Board
 from star_jax.experiment.build import build, check, make_sampler
-from star_jax.experiment.lock import WorkdirLock
 from star_jax.hub.checkpointer import Checkpointer
-from star_jax.runtime import preemption
+from star_jax.runtime import distributed
 from star_jax.runtime.files import read_jsonl
 from star_jax.star import finetune as ft, seed, verifier as verifier_lib
 from star_jax.star.methods import get_method
@@ -49,7 +48,7 @@ def run(config: Any, workdir: epath.PathLike, overwrite: bool = False) -> list[d
   workdir = epath.Path(workdir)
   check(cfg)
   # One run per workdir: locked before anything is written. SIGTERM stops at a safe point.
-  with WorkdirLock(workdir), preemption.handling():
+  with wd.WorkdirLock(workdir), distributed.preemption_handling():
     return _locked_run(cfg, method_cls, workdir, overwrite)
 
 
@@ -78,13 +77,13 @@ def _locked_run(cfg: config_lib.Config, method_cls, workdir: epath.Path, overwri
   ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=None)
   board = Board(workdir)
   method = method_cls(cfg, exp, make_sampler(exp, cfg), workdir, board)
-  preemption.note_iteration(0)
+  distributed.note_iteration(0)
   base = _base_model(cfg, method, ckpt, 0 in done)
   last = max(done) if done else 0
   model = base if last == 0 else ckpt.restore_model(
       exp.restore_target(masters=not method.restarts_from_base), step=last)
   for n in range(last + 1, cfg.star.iterations + 1):
-    preemption.note_iteration(n)
+    distributed.note_iteration(n)
     result = method.iteration(n, base, model)
     model = result.params
     # D_VER: the generated samples, right and wrong (V-STaR's verifier trains on them)

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 from etils import epath
 
-from star_jax.runtime import failpoints, preemption
+from star_jax.runtime import distributed, failpoints
 from star_jax.runtime.progress import progress
 from star_jax.sampling import Sampler, SamplingParams
 from star_jax.sampling.scoring import continuation_logprobs
@@ -117,7 +117,7 @@ def generate(task: Task, tokenizer: Tokenizer, sampler: Sampler, params,
                 for i, ex in enumerate(chunk)]
         shards.save(k, rows)
         failpoints.hit("sample_shard")
-        preemption.safe_point(desc, start + len(chunk), len(kept))  # after a notice: stop here
+        distributed.safe_point(desc, start + len(chunk), len(kept))  # after a notice: stop here
       else:
         bar.update(len(chunk) * n)
       texts += [r["texts"] for r in rows]

@@ -15,7 +15,6 @@ import pytest
 from helpers.runs import ROOT, load_config, run_results
 from star_jax import config as config_lib, star
 from star_jax.experiment import workdir as wd
-from star_jax.experiment import lock as lock_lib
 from star_jax.runtime.errors import WorkdirMismatchError
 
 CMD = [sys.executable, "-m", "star_jax.main", "--config=configs/arithmetic.py:smoke"]
@@ -41,13 +40,13 @@ SHORT = ("--config.star.iterations=1", "--config.pretrain.steps=60")
 
 def _lock_of(pid, host=None, heartbeat=None, boot_id=None):
   return {"host": host or socket.gethostname(), "pid": pid,
-          "boot_id": lock_lib._boot_id() if boot_id is None else boot_id,
+          "boot_id": wd._boot_id() if boot_id is None else boot_id,
           "started": time.time() - 100, "heartbeat": heartbeat or time.time(), "token": "x"}
 
 
 def _write_lock(workdir, record):
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, lock_lib.LOCK_NAME), "w") as f:
+  with open(os.path.join(workdir, wd.LOCK_NAME), "w") as f:
     json.dump(record, f)
 
 
@@ -59,7 +58,7 @@ def test_a_second_launch_on_a_running_workdir_is_refused_naming_the_holder(tmp_p
   first = subprocess.Popen(CMD + [f"--workdir={workdir}", *SHORT], cwd=ROOT, env=_env(),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:
-    lock = workdir / lock_lib.LOCK_NAME
+    lock = workdir / wd.LOCK_NAME
     deadline = time.time() + 120
     while not lock.exists() and first.poll() is None and time.time() < deadline:
       time.sleep(0.05)
@@ -85,11 +84,11 @@ def test_a_lock_left_by_a_dead_process_is_taken_over_with_a_warning(tmp_path, ca
   gone = subprocess.Popen(["true"])
   gone.wait()
   _write_lock(workdir, _lock_of(gone.pid))  # as a SIGKILLed run leaves it
-  with caplog.at_level("WARNING"), lock_lib.WorkdirLock(workdir) as held:
+  with caplog.at_level("WARNING"), wd.WorkdirLock(workdir) as held:
     assert json.load(open(held.path))["pid"] == os.getpid()
   assert f"from pid {gone.pid} on host {socket.gethostname()}: pid {gone.pid} is gone" in (
       caplog.text)
-  assert not (workdir / lock_lib.LOCK_NAME).exists()
+  assert not (workdir / wd.LOCK_NAME).exists()
 
 
 def test_a_start_refused_after_the_lock_is_taken_gives_it_back(tmp_path):
@@ -105,33 +104,33 @@ def test_a_start_refused_after_the_lock_is_taken_gives_it_back(tmp_path):
 def test_a_lock_from_another_host_is_kept_while_its_heartbeat_is_fresh(tmp_path, caplog):
   workdir = tmp_path / "run"
   _write_lock(workdir, _lock_of(1, host="tpu-vm-7"))
-  with pytest.raises(lock_lib.WorkdirLockedError, match="pid 1 on host tpu-vm-7"):
-    lock_lib.WorkdirLock(workdir).acquire()
+  with pytest.raises(wd.WorkdirLockedError, match="pid 1 on host tpu-vm-7"):
+    wd.WorkdirLock(workdir).acquire()
   _write_lock(workdir, _lock_of(1, host="tpu-vm-7",
-                                heartbeat=time.time() - lock_lib.STALE_SECONDS - 5))
-  with caplog.at_level("WARNING"), lock_lib.WorkdirLock(workdir) as held:
+                                heartbeat=time.time() - wd.STALE_SECONDS - 5))
+  with caplog.at_level("WARNING"), wd.WorkdirLock(workdir) as held:
     assert json.load(open(held.path))["pid"] == os.getpid()
   assert "from pid 1 on host tpu-vm-7: its heartbeat is" in caplog.text
   assert os.listdir(workdir) == []
   # Same host, after a reboot: the pid may be alive again, as another process.
   _write_lock(workdir, _lock_of(os.getppid(), boot_id="an-earlier-boot"))
-  with lock_lib.WorkdirLock(workdir):
+  with wd.WorkdirLock(workdir):
     pass
   _write_lock(workdir, _lock_of(os.getppid()))  # alive, this boot: refused
-  with pytest.raises(lock_lib.WorkdirLockedError, match=f"pid {os.getppid()} on host"):
-    lock_lib.WorkdirLock(workdir).acquire()
+  with pytest.raises(wd.WorkdirLockedError, match=f"pid {os.getppid()} on host"):
+    wd.WorkdirLock(workdir).acquire()
 
 
 def test_a_refused_or_failed_start_leaves_no_directory_behind(tmp_path):
   workdir = tmp_path / "a" / "run"
-  with lock_lib.WorkdirLock(workdir):
-    assert os.listdir(workdir) == [lock_lib.LOCK_NAME]
+  with wd.WorkdirLock(workdir):
+    assert os.listdir(workdir) == [wd.LOCK_NAME]
   assert os.listdir(tmp_path) == []
 
 
 def test_the_heartbeat_renews_the_lock(tmp_path, monkeypatch):
-  monkeypatch.setattr(lock_lib, "HEARTBEAT_SECONDS", 0.05)
-  with lock_lib.WorkdirLock(tmp_path) as held:
+  monkeypatch.setattr(wd, "HEARTBEAT_SECONDS", 0.05)
+  with wd.WorkdirLock(tmp_path) as held:
     first = json.load(open(held.path))["heartbeat"]
     time.sleep(0.3)
     assert json.load(open(held.path))["heartbeat"] > first
@@ -207,7 +206,7 @@ def test_sigterm_stops_at_a_safe_point_exits_0_and_the_rerun_resumes_to_the_same
     assert log[-1].endswith(f"{line}; rerun the same command to resume"), (failpoint, log[-5:])
     sent = float(proc.stderr.split("SIGTERM sent at ")[1].split()[0])
     waits.append(done - sent)
-    assert not (workdir / lock_lib.LOCK_NAME).exists()
+    assert not (workdir / wd.LOCK_NAME).exists()
   print(f"SIGTERM to exit: {', '.join(f'{w:.1f}s' for w in waits)}")
   assert max(waits) < 10, waits  # the notice gives about 30 s
   proc = _run(workdir)
@@ -233,7 +232,7 @@ def test_a_full_disk_stops_in_one_line_keeps_what_was_written_and_the_rerun_resu
     lines = [{k: v for k, v in json.loads(line).items() if not k.endswith("_seconds")}
              for line in open(workdir / "metrics.jsonl")] if metrics else []
     assert [json.dumps(r) for r in lines] == [metrics0][:metrics]  # earlier lines intact
-    assert not (workdir / lock_lib.LOCK_NAME).exists()
+    assert not (workdir / wd.LOCK_NAME).exists()
     if failpoint.startswith("checkpoint"):
       assert sorted(os.listdir(workdir / "pretrain_ckpt")) == ["20"]  # the one before kept
   proc = _run(workdir)
@@ -260,8 +259,8 @@ def test_a_run_whose_latest_checkpoint_is_damaged_resumes_from_the_one_before(tm
 def test_a_notice_that_meets_no_safe_point_ends_the_run_when_the_grace_runs_out(notices):
   """(A GRPO policy step, a compile: no safe point.) After the grace, or at a second notice,
   the process ends as SIGKILL would end it; the rerun resumes from its last checkpoints."""
-  code = ("import os, signal, time\nfrom star_jax.runtime import preemption\n"
-          "with preemption.handling():\n"
+  code = ("import os, signal, time\nfrom star_jax.runtime import distributed\n"
+          "with distributed.preemption_handling():\n"
           f"  for _ in range({notices}):\n    os.kill(os.getpid(), signal.SIGTERM)\n"
           "    time.sleep(0.2)\n  time.sleep(60)\n")
   t0 = time.time()
