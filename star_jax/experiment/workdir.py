@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import threading
 import time
 import uuid
@@ -34,7 +33,8 @@ import numpy as np
 from etils import epath
 
 from star_jax.config import OPERATIONAL_KEYS, Config, base_config, flatten, load, to_dict
-from star_jax.runtime.distributed import barrier, is_primary
+from star_jax.runtime.distributed import (barrier, create_exclusive, gone, is_primary,
+                                          this_process)
 from star_jax.runtime.errors import UserError, WorkdirMismatchError
 from star_jax.runtime.files import read_jsonl, write_atomic, write_jsonl
 
@@ -134,24 +134,6 @@ class WorkdirLockedError(UserError, RuntimeError):
   """Another live process holds the workdir's lock."""
 
 
-def _boot_id() -> str:
-  try:
-    with open("/proc/sys/kernel/random/boot_id") as f:
-      return f.read().strip()
-  except OSError:
-    return ""
-
-
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:  # someone else's process: alive
-    return True
-  return True
-
-
 def _when(t: float) -> str:
   return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
 
@@ -178,8 +160,7 @@ class WorkdirLock:
     self.release()
 
   def _record(self, started: float) -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "boot_id": _boot_id(),
-            "started": started, "heartbeat": time.time(), "token": self.token}
+    return dict(this_process(), started=started, heartbeat=time.time(), token=self.token)
 
   def acquire(self) -> None:
     error = ""
@@ -204,6 +185,9 @@ class WorkdirLock:
       self._hold(record)
       return
     held = self._read()
+    if not held:  # another process may be between its create and its write: look again
+      time.sleep(1.0)
+      held = self._read()
     why = self._stale(held)
     if not why:
       self._undo_created()
@@ -228,13 +212,7 @@ class WorkdirLock:
         return False
       write_atomic(self.path, text)
       return self._read().get("token") == self.token
-    try:
-      fd = os.open(os.fspath(self.path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-      return False
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-    return True
+    return create_exclusive(str(self.path), text)
 
   def _read(self) -> dict:
     try:
@@ -247,15 +225,9 @@ class WorkdirLock:
     if not held or "pid" not in held:
       return "the lock file is empty or unreadable"
     age = time.time() - float(held.get("heartbeat", 0))
-    if held.get("host") == socket.gethostname():
-      pid = int(held["pid"])
-      if held.get("boot_id") and held.get("boot_id") != _boot_id():
-        return "the host rebooted since"
-      if pid == os.getpid():  # a container restarted with the same pid
-        return f"pid {pid} is this process"
-      if not _pid_alive(pid):
-        return f"pid {pid} is gone"
-      return ""
+    why = gone(held)
+    if why or held.get("host") == this_process()["host"]:
+      return why
     if age > STALE_SECONDS:
       return f"its heartbeat is {age:.0f}s old (stale after {STALE_SECONDS:.0f}s)"
     return ""

@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging as std_logging
 import os
 import re
+import shutil
 import sys
 from typing import Callable
 
 from absl import app, flags
 
-from star_jax.runtime.errors import UserError
+from star_jax.runtime.errors import DiskFullError, UserError
 
 UsageError = app.UsageError  # wrong positional arguments: absl prints the usage, exits 1
 
@@ -125,6 +126,9 @@ def message(e: BaseException, argv: list[str]) -> str:
   unwrapped, and the command-line flag that caused it named."""
   text = str(e.args[0]) if e.args and isinstance(e, (KeyError, AttributeError)) else str(e)
   text = text.strip()
+  if isinstance(e, DiskFullError):
+    return (f"{text}{free_space(e.filename)}. Earlier files are intact: free some space and "
+            "rerun the same command to resume")
   if isinstance(e, (KeyError, AttributeError)):
     # ml_collections' unknown key, escaped through three exceptions: "'\\'key\\'\\nDid you
     # mean "x" instead of "key"?'"
@@ -138,6 +142,19 @@ def message(e: BaseException, argv: list[str]) -> str:
   if len(lines) > 12:
     lines = lines[:12] + [f"... ({len(lines) - 12} more lines)"]
   return "\n".join(lines) if lines else type(e).__name__
+
+
+def free_space(path: str | None) -> str:
+  """"; N MiB free there" for a local ``path`` (its nearest existing parent), else ""."""
+  if not path or "://" in path:
+    return ""
+  d = os.path.abspath(path)
+  while not os.path.exists(d) and os.path.dirname(d) != d:
+    d = os.path.dirname(d)
+  try:
+    return f"; {shutil.disk_usage(d).free / 2**20:.0f} MiB free there"
+  except OSError:
+    return ""
 
 
 def _prog(path: str) -> str:

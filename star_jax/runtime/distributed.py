@@ -28,6 +28,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import threading
 from typing import Callable, Iterator
 
@@ -169,3 +170,49 @@ def safe_point(phase: str, step: int, total: int, save: Callable[[], None] | Non
   n = _where["iteration"]
   raise Preempted(f"preempted at iteration {'?' if n is None else n}, phase {phase}, step {step} "
                   f"of {total}; rerun the same command to resume")
+
+
+# --- processes: who holds a workdir -------------------------------------------------------
+
+
+def this_process() -> dict:
+  """The host, pid and boot id of this process, as a lock file records its holder."""
+  return {"host": socket.gethostname(), "pid": os.getpid(), "boot_id": _boot_id()}
+
+
+def _boot_id() -> str:
+  try:
+    with open("/proc/sys/kernel/random/boot_id") as f:
+      return f.read().strip()
+  except OSError:
+    return ""
+
+
+def gone(holder: dict) -> str:
+  """Why the process ``holder`` (a ``this_process`` record) is known to be gone, or "" when it
+  may be alive (always "" for another host: only a heartbeat can tell)."""
+  if holder.get("host") != socket.gethostname():
+    return ""
+  pid = int(holder["pid"])
+  if holder.get("boot_id") and holder.get("boot_id") != _boot_id():
+    return "the host rebooted since"
+  if pid == os.getpid():  # a container restarted with the same pid
+    return f"pid {pid} is this process"
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return f"pid {pid} is gone"
+  except PermissionError:  # another user's process: alive
+    pass
+  return ""
+
+
+def create_exclusive(path: str, text: str) -> bool:
+  """Creates the local file ``path`` holding ``text``, unless it exists (atomic: O_EXCL)."""
+  try:
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+  except FileExistsError:
+    return False
+  with os.fdopen(fd, "w") as f:
+    f.write(text)
+  return True

@@ -42,7 +42,7 @@ class NonFiniteLossError(UserError, FloatingPointError):
 
 
 class DiskFullError(UserError, OSError):
-  """No space left where the run writes: the message names the file and the space free."""
+  """No space left where the run writes: the message names the file (``filename``: where)."""
 
   def __str__(self) -> str:
     return self.strerror or super().__str__()

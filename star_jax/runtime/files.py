@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import uuid
 from typing import Iterable
 
@@ -67,20 +66,10 @@ def is_disk_full(e: BaseException | None) -> bool:
 
 
 def disk_full(path: epath.PathLike, what: str = "") -> DiskFullError:
-  """The one-line error for a full disk at ``path``: what was written, the space left."""
-  path = epath.Path(path)
-  free = ""
-  if "://" not in str(path):
-    d = path
-    while not d.exists() and d != d.parent:
-      d = d.parent
-    try:
-      free = f"; {shutil.disk_usage(os.fspath(d)).free / 2**20:.0f} MiB free there"
-    except OSError:
-      pass
-  return DiskFullError(errno.ENOSPC, f"no space left on device writing {what or path}{free}. "
-                       "Earlier files are intact: free some space and rerun the same command "
-                       "to resume")
+  """The one-line error for a full disk at ``path``: what was being written (the command-line
+  tools add the space left there)."""
+  return DiskFullError(errno.ENOSPC, f"no space left on device writing {what or path}",
+                       str(path))
 
 
 def write_jsonl(path: epath.PathLike, records: Iterable[dict]) -> None:

@@ -15,6 +15,7 @@ import pytest
 from helpers.runs import ROOT, load_config, run_results
 from star_jax import config as config_lib, star
 from star_jax.experiment import workdir as wd
+from star_jax.runtime import distributed
 from star_jax.runtime.errors import WorkdirMismatchError
 
 CMD = [sys.executable, "-m", "star_jax.main", "--config=configs/arithmetic.py:smoke"]
@@ -40,7 +41,7 @@ SHORT = ("--config.star.iterations=1", "--config.pretrain.steps=60")
 
 def _lock_of(pid, host=None, heartbeat=None, boot_id=None):
   return {"host": host or socket.gethostname(), "pid": pid,
-          "boot_id": wd._boot_id() if boot_id is None else boot_id,
+          "boot_id": distributed.this_process()["boot_id"] if boot_id is None else boot_id,
           "started": time.time() - 100, "heartbeat": heartbeat or time.time(), "token": "x"}
 
 
