@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from typing import Any, Callable, TypeVar
 
@@ -176,33 +177,37 @@ class Checkpointer:
         params=ocp.args.StandardRestore(target)))["params"])
 
   def _restoring(self, step: int | None, restore: Callable[[int], T]) -> T:
-    """``restore(step)``; with ``step`` None the newest step that restores, the unusable newer
-    ones reported and set aside (only once an older one has restored: a target that fits no
-    step is the caller's mistake, not damage)."""
+    """``restore(step)``; with ``step`` None the newest step that restores, the damaged newer
+    ones reported and set aside (only once an older one has restored). An error that is not
+    damage (a target of another shape: the caller's mistake) is raised as it is."""
     if step is not None:
       step = self._resolve(step)
-      fault = self.fault(step)
+      fault = self.fault(step) or self._try(restore, step)
       if fault:
         raise CheckpointError(f"checkpoint step {step} in {self.directory} is unusable: {fault}")
-      return restore(step)
-    steps = sorted(self.all_steps(), reverse=True)
+      return self._out
     bad = []
-    for s in steps:
-      fault = self.fault(s)
+    for s in sorted(self.all_steps(), reverse=True):
+      fault = self.fault(s) or self._try(restore, s)
       if not fault:
-        try:
-          out = restore(s)
-        except Exception as e:  # noqa: BLE001 - orbax and tensorstore fail in many forms
-          fault = _one_line(e)
-        else:
-          for b, why in bad:
-            self._set_aside(b, why, s)
-          return out
+        for b, why in bad:
+          self._set_aside(b, why, s)
+        return self._out
       bad.append((s, fault))
     if not bad:
       self._resolve(None)  # raises: no checkpoint at all
     raise CheckpointError(f"no usable checkpoint in {self.directory}: " + "; ".join(
         f"step {b}: {why}" for b, why in bad) + ". Nothing was deleted.")
+
+  def _try(self, restore: Callable[[int], Any], step: int) -> str:
+    """"" with the result in ``self._out``, or the damage that stopped the restore."""
+    try:
+      self._out = restore(step)
+    except Exception as e:  # noqa: BLE001 - orbax and tensorstore fail in many forms
+      if not _DAMAGE.search(f"{type(e).__name__}: {e}"):
+        raise
+      return _one_line(e)
+    return ""
 
   def fault(self, step: int) -> str:
     """What is wrong with step ``step``'s files that orbax itself does not check, or "": its
@@ -240,6 +245,12 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+# How orbax and tensorstore report files that are cut short or garbled (not a wrong target).
+_DAMAGE = re.compile(r"DATA_LOSS|OUT_OF_RANGE|Error reading|Error decoding|error while reading|"
+                     r"JSONDecodeError|Unterminated|Expecting .* delimiter|truncated|corrupt",
+                     re.IGNORECASE)
 
 
 def _one_line(e: BaseException) -> str:

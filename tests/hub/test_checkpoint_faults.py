@@ -75,3 +75,20 @@ def test_with_no_good_step_it_stops_naming_each_fault_and_changes_nothing(two_st
   with pytest.raises(CheckpointError, match="checkpoint step 2 in .* is unusable: no commit"):
     ckpt.restore(target, step=2)
   assert checksums(directory) == before
+  with pytest.raises(CheckpointError, match="checkpoint step 1 in .* is unusable: .*reading"):
+    ckpt.restore(target, step=1)  # the truncated one
+  assert checksums(directory) == before
+
+
+def test_a_target_of_another_shape_is_not_damage(two_steps, mesh1):
+  """A model config that fits no step is the caller's mistake: nothing is set aside."""
+  from star_jax.engine import params as params_lib
+  from star_jax.engine.model_config import get_preset
+  directory, _ = two_steps
+  before = checksums(directory)
+  _, wide = params_lib.init_params(get_preset("tiny", d_model=128, head_dim=32), mesh1)
+  with pytest.raises(Exception, match="not compatible with the stored shape") as e:
+    Checkpointer(directory, max_to_keep=None).restore_params(wide)
+  assert not isinstance(e.value, CheckpointError)
+  assert checksums(directory) == before
+
