@@ -127,7 +127,7 @@ class TrainConfig:
   b1: float = key(0.9, "Adam beta1")
   b2: float = key(0.999, "Adam beta2")
   weight_decay: float = key(0.0, "AdamW weight decay")
-  clip_norm: float = key(1.0, "global gradient-norm clip")
+  clip_norm: float = key(1.0, "global gradient-norm clip (0 = none)")
   master_dtype: str = key("float32", "dtype of the weights and Adam moments training holds "
                                      "(\"\" = the model's; bf16 masters lose small updates)",
                           choices=("",) + DTYPES)

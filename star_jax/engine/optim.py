@@ -76,7 +76,8 @@ def make_schedule(oc: OptimConfig):
 def make_optimizer(oc: OptimConfig) -> optax.GradientTransformation:
   """Clipping, Adam and decoupled weight decay; the update is then scaled by -learning_rate."""
   decay_mask = lambda params: jax.tree.map(lambda x: x.ndim > 1, params)  # no decay on norms/biases
+  # clip_norm 0 is no clip (optax's clip at 0 would turn a zero gradient into 0/0 = NaN)
   return optax.chain(
-      optax.clip_by_global_norm(oc.clip_norm),
+      optax.clip_by_global_norm(oc.clip_norm) if oc.clip_norm > 0 else optax.identity(),
       optax.scale_by_adam(b1=oc.b1, b2=oc.b2, eps=oc.eps),
       optax.add_decayed_weights(oc.weight_decay, mask=decay_mask))

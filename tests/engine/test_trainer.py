@@ -123,3 +123,18 @@ def test_batches_are_deterministic_and_resumable():
   assert full[2]["loss_mask"].sum() == 2
   seen = np.concatenate([b["tokens"][0, :, 0] for b in full[:3]])
   assert sorted(seen[seen > 0].tolist()) == list(range(1, 10))
+
+
+def test_no_clip_at_clip_norm_zero_and_a_zero_gradient_changes_nothing():
+  """``clip_norm=0`` is no clip: a step whose gradient is zero (a policy step whose groups are
+  all wrong) leaves the weights as they were, where optax's clip at 0 made them NaN."""
+  from star_jax.engine.optim import make_optimizer
+  params = {"w": jnp.ones((3, 2))}
+  zero = {"w": jnp.zeros((3, 2))}
+  for clip in (0.0, 1.0):
+    opt = make_optimizer(OptimConfig(learning_rate=1e-3, warmup_steps=0, clip_norm=clip))
+    updates, _ = opt.update(zero, opt.init(params), params)
+    np.testing.assert_array_equal(np.asarray(updates["w"]), 0.0)
+  big = {"w": jnp.full((3, 2), 100.0)}  # and a non-zero clip still clips
+  opt = make_optimizer(OptimConfig(learning_rate=1e-3, warmup_steps=0, clip_norm=1.0, b1=0.0))
+  assert np.isfinite(np.asarray(opt.update(big, opt.init(params), params)[0]["w"])).all()
