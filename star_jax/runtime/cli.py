@@ -36,6 +36,12 @@ def log_progress() -> None:
   quiet = ("/orbax/", "/jax/", "/tensorflow_datasets/", "/etils/")
   logging.get_absl_handler().addFilter(
       lambda r: r.levelno >= std_logging.WARNING or not any(q in r.pathname for q in quiet))
+  # A full disk under an orbax save: each of its writer threads logs the error with a traceback
+  # (hundreds of lines); the run's own one line (errors.DiskFullError) says it once.
+  logging.get_absl_handler().addFilter(
+      lambda r: not (("/orbax/" in r.pathname or "/asyncio/" in r.pathname)
+                     and "No space left on device" in r.getMessage()
+                     + str(r.exc_info[1] if r.exc_info else "")))
 
 
 def cpu_where_no_accelerator() -> None:
