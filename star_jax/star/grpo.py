@@ -35,7 +35,7 @@ from star_jax.engine.losses import PolicyGradient
 from star_jax.engine.trainer import Trainer
 from star_jax.experiment import workdir as wd
 from star_jax.hub.checkpointer import Checkpointer
-from star_jax.runtime import failpoints
+from star_jax.runtime import distributed, failpoints
 from star_jax.runtime.errors import ConfigError
 from star_jax.runtime.files import read_jsonl, write_jsonl
 from star_jax.runtime.progress import progress
@@ -126,15 +126,22 @@ class GRPO(Method):
           records.append(record)
           if on_step is not None:
             on_step(s, record)
-          if s == steps or (self.config.checkpoint_every and s % self.config.checkpoint_every == 0):
+          def save(s=s, state=state):
             # The step log goes with the checkpoint: a resumed block keeps the records up to
             # its checkpoint and redoes the rest.
             write_jsonl(log_path, records)
             ckpt.save(state, meta={"policy_step": s})
+          due = s == steps or (self.config.checkpoint_every
+                               and s % self.config.checkpoint_every == 0)
+          if due:
+            save()
             failpoints.hit("train_checkpoint")
           bar.set_postfix(reward=f"{record['reward_mean']:.2f}", refresh=False)
           bar.update(1)
           failpoints.hit("train_step")
+          # After a preemption notice: this step saved (unless it is already), then stop.
+          distributed.safe_point(f"iter {n} {self.name}", s, steps,
+                                 None if due else save)
     finally:
       ckpt.close()
     return self._result(n, trainer.model_params(state, masters=True), records)

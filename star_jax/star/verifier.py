@@ -42,7 +42,7 @@ from star_jax.experiment import workdir as wd
 from star_jax.experiment.report import bucket_key
 from star_jax.experiment.workdir import Shards
 from star_jax.hub.checkpointer import Checkpointer
-from star_jax.runtime import failpoints
+from star_jax.runtime import distributed, failpoints
 from star_jax.runtime.errors import ConfigError
 from star_jax.runtime.files import read_jsonl, write_jsonl
 from star_jax.runtime.progress import progress
@@ -227,13 +227,19 @@ def train(config: Config, exp, n: int, start, pairs: list[Pair], heldout: list[P
         m = {k: float(x) for k, x in m.items()}
         ft.check_finite(m["loss"], s)
         history.append(m)
-        if ckpt is not None and (s == steps or (config.checkpoint_every
-                                                and s % config.checkpoint_every == 0)):
-          ckpt.save(state, meta={"verifier_step": s})
+        save = None if ckpt is None else (
+            lambda s=s, state=state: ckpt.save(state, meta={"verifier_step": s}))
+        due = save is not None and (s == steps or (config.checkpoint_every
+                                                   and s % config.checkpoint_every == 0))
+        if due:
+          save()
           failpoints.hit("train_checkpoint")
         bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.2f}", refresh=False)
         bar.update(1)
         failpoints.hit("verifier_step")
+        # After a preemption notice: this step saved (unless it is already), then stop.
+        distributed.safe_point(f"iter {n} {desc}", s, steps,
+                               None if due else save)
   finally:
     if ckpt is not None:
       ckpt.close()

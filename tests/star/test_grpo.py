@@ -177,16 +177,18 @@ def test_a_killed_grpo_run_resumes_to_the_uninterrupted_runs_results(tmp_path):
   killed = tmp_path / "killed"
   # 40 pretraining steps, then iteration 1 has 6 policy steps and iteration 2 has 8; each
   # rerun counts the steps it runs afresh.
-  resumed = []
-  for failpoint, where in [("train_step:45", "iteration 1, step 5, after its step-4 checkpoint"),
-                           ("train_step:4", "iteration 2, step 2, before any checkpoint")]:
-    # (synchronous saves: an asynchronous one may still be in flight at the kill)
-    proc = _run(killed, failpoint, "--config.checkpoint_every=4", "--config.checkpoint_async=False")
-    assert proc.returncode == -signal.SIGKILL, (where, proc.returncode, proc.stderr[-3000:])
-    resumed.append("iteration 1: resuming the policy steps at 4 of 6" in proc.stderr)
-  assert resumed == [False, True]
+  # (synchronous saves: an asynchronous one may still be in flight at the kill)
+  proc = _run(killed, "train_step:45", "--config.checkpoint_every=4",
+              "--config.checkpoint_async=False")  # iteration 1, step 5, after its checkpoint
+  assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stderr[-3000:])
+  # a preemption notice at iteration 2, step 2, before any checkpoint: saved there, exit 0
+  proc = _run(killed, "train_step:4:TERM", "--config.checkpoint_every=4")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "iteration 1: resuming the policy steps at 4 of 6" in proc.stderr
+  assert "preempted at iteration 2, phase grpo, step 2 of 8" in proc.stderr
   proc = _run(killed)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "iteration 2: resuming the policy steps at 2 of 8" in proc.stderr
   assert run_results(killed) == run_results(clean)
 
 

@@ -228,3 +228,27 @@ def test_the_vstar_table_and_plot_read_runs_and_verify_files(tmp_path, capsys):
   assert "| a | 1 | 10 (5) | 90.0 / 80.0 | 50.0 / **50.0** / 50.0 |" in out
   assert "60.0 / **70.0** / 90.0 |" in out and "60.0 / **40.0** / 90.0 |" in out
   assert (tmp_path / "p.png").exists()
+
+
+def test_a_preemption_notice_stops_the_verifier_at_a_saved_step_and_it_resumes_the_same(
+    tmp_path):
+  from star_jax.hub.checkpointer import Checkpointer
+  from star_jax.runtime import distributed
+  cfg = _tiny_config(learning_rate=3e-3, batch_pairs=8, epochs=2.0)
+  exp = build(cfg, tmp_path / "w")
+  pairs = _handmade_pairs(exp.task, exp.train_set)[:16]  # 4 steps
+  whole = verifier_lib.train(cfg, exp, 1, exp.params, pairs, [], False, tmp_path / "a")
+  distributed._notice.set()  # a notice before the first step ends: it stops after it, saved
+  try:
+    with pytest.raises(distributed.Preempted, match="step 1 of 4"):
+      verifier_lib.train(cfg, exp, 1, exp.params, pairs, [], False, tmp_path / "b")
+  finally:
+    distributed._notice.clear()
+  ckpt = Checkpointer(tmp_path / "b")
+  assert ckpt.meta()["verifier_step"] == 1
+  ckpt.close()
+  resumed = verifier_lib.train(cfg, exp, 1, exp.params, pairs, [], False, tmp_path / "b")
+  prompt, ids = verifier_lib.encode(exp.task, exp.tokenizer, exp.train_set[0],
+                                    [pairs[0].chosen, pairs[0].rejected], False)
+  np.testing.assert_allclose(resumed.score([prompt] * 2, ids), whole.score([prompt] * 2, ids),
+                             rtol=1e-5, atol=1e-6)
