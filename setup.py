@@ -43,6 +43,8 @@ EXTRAS_REQUIRE = {
     ],
     # The peers of benchmarks/ (not the core install): TRL, whose GRPO and DPO losses the
     # parity tests restate in torch (tests/engine/test_losses.py).
+    # Tunix (google-tunix==0.1.7), benchmarks/grpo_step.py's peer, pins safetensors < 0.8
+    # against our 0.8.0, so it is installed beside these with --no-deps (docs/benchmarks.md).
     "bench": ["trl==1.16.0", "torch==2.13.0", "transformers==5.23.0"],
     # The TPU compiler, to plan TPU slices on any host (python -m star_jax.plan --topology=...):
     # jax[tpu]'s libtpu for the pinned jax. On a TPU VM, `pip install "jax[tpu]==0.10.2"`.
