@@ -35,6 +35,13 @@ def append_metrics(path: epath.PathLike, record: dict) -> None:
   write_jsonl(path, sorted(rows + [record], key=lambda r: r["iteration"]))
 
 
+def drop_metrics(workdir: epath.PathLike, n: int) -> None:
+  """Removes iteration ``n``'s line (and any later one) from metrics.jsonl: the iterations
+  a resumed run does again."""
+  path = metrics_path(workdir)
+  write_jsonl(path, [r for r in read_jsonl(path) if r["iteration"] < n])
+
+
 def finish(workdir: epath.PathLike, ckpt: Checkpointer, board: Board | None, task: Task,
            record: dict, eval_records: list[dict], kept: list[dict], params) -> None:
   """Writes iteration ``record["iteration"]``'s artifacts, checkpoint and metrics line, then

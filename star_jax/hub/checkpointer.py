@@ -225,6 +225,16 @@ class Checkpointer:
           return f"{path.relative_to(d)} is unreadable ({e})"
     return ""
 
+  def set_aside(self, step: int) -> epath.Path:
+    """Renames step ``step`` out of orbax's sight (process 0), keeping its files: a step the
+    caller found unusable and will make again."""
+    target = self.directory / f"{step}.unusable-{time.strftime('%Y%m%d-%H%M%S')}"
+    if jax.process_index() == 0:
+      (self.directory / str(step)).rename(target)
+    barrier("checkpoint set aside")
+    self._manager.reload()
+    return target
+
   def _set_aside(self, step: int, why: str, good: int) -> None:
     """Renames an unusable step out of orbax's sight (process 0), keeping its files."""
     target = self.directory / f"{step}.unusable-{time.strftime('%Y%m%d-%H%M%S')}"

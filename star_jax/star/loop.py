@@ -31,6 +31,7 @@ from star_jax.experiment.board import Board
 from star_jax.experiment.build import build, check, make_sampler
 from star_jax.hub.checkpointer import Checkpointer
 from star_jax.runtime import distributed
+from star_jax.runtime.errors import CheckpointError
 from star_jax.runtime.files import read_jsonl
 from star_jax.star import finetune as ft, seed, verifier as verifier_lib
 from star_jax.star.methods import get_method
@@ -79,9 +80,7 @@ def _locked_run(cfg: config_lib.Config, method_cls, workdir: epath.Path, overwri
   method = method_cls(cfg, exp, make_sampler(exp, cfg), workdir, board)
   distributed.note_iteration(0)
   base = _base_model(cfg, method, ckpt, 0 in done)
-  last = max(done) if done else 0
-  model = base if last == 0 else ckpt.restore_model(
-      exp.restore_target(masters=not method.restarts_from_base), step=last)
+  last, model = _latest_model(workdir, exp, method, ckpt, max(done) if done else 0, base)
   for n in range(last + 1, cfg.star.iterations + 1):
     distributed.note_iteration(n)
     result = method.iteration(n, base, model)
@@ -102,6 +101,23 @@ def _locked_run(cfg: config_lib.Config, method_cls, workdir: epath.Path, overwri
   metrics = read_jsonl(artifacts.metrics_path(workdir))
   logging.info("%s", report.closing_summary(metrics, workdir, time.time() - t0))
   return metrics
+
+
+def _latest_model(workdir, exp, method, ckpt: Checkpointer, last: int, base):
+  """(n, M_n) of the newest finished iteration whose checkpoint restores: an iteration whose
+  checkpoint is damaged (a copy cut short, bit rot) is set aside, its metrics line dropped,
+  and done again from the one before."""
+  while last > 0:
+    try:
+      return last, ckpt.restore_model(exp.restore_target(masters=not method.restarts_from_base),
+                                      step=last)
+    except CheckpointError as e:
+      kept = ckpt.set_aside(last)
+      logging.warning("%s (kept as %s); iteration %d is done again from M_%d", e, kept.name,
+                      last, last - 1)
+      artifacts.drop_metrics(workdir, last)
+      last -= 1
+  return 0, base
 
 
 def _base_model(cfg: config_lib.Config, method, ckpt: Checkpointer, saved: bool):

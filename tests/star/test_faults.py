@@ -273,3 +273,20 @@ def test_a_notice_that_meets_no_safe_point_ends_the_run_when_the_grace_runs_out(
     assert "preempted: no safe point within 2s of the notice; stopping now" in proc.stderr
   else:
     assert proc.returncode == -signal.SIGTERM, proc.stderr
+
+
+def test_an_iteration_whose_checkpoint_is_damaged_is_done_again(tmp_path, clean):
+  """A finished iteration 1 whose checkpoint lost its commit marker: the extended run sets it
+  aside, drops its metrics line, does iteration 1 again (the same results) and goes on."""
+  workdir = tmp_path / "run"
+  assert _run(workdir).returncode == 0
+  os.remove(workdir / "checkpoints" / "1" / "commit_success.txt")
+  proc = _run(workdir, None, "--config.star.iterations=2")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "iteration 1 is done again from M_0" in proc.stderr
+  assert any(d.startswith("1.unusable-") for d in os.listdir(workdir / "checkpoints"))
+  metrics, files = run_results(workdir)
+  clean_metrics, clean_files = clean
+  assert [m["iteration"] for m in metrics] == [0, 1, 2]
+  assert metrics[:2] == clean_metrics
+  assert {k: v for k, v in files.items() if not k.startswith("iter_002")} == clean_files
