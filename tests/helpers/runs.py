@@ -96,6 +96,18 @@ def run_results(workdir):
   return metrics, files
 
 
+def run_main(cmd, workdir, failpoint=None, *args):
+  """``cmd`` (``python -m star_jax.main ...``) on ``workdir`` in a fresh process on one CPU
+  device, as a user runs it, killed (or stopped) at ``failpoint`` (``STAR_JAX_FAILPOINT``)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  env.pop("STAR_JAX_FAILPOINT", None)
+  if failpoint:
+    env["STAR_JAX_FAILPOINT"] = failpoint
+  return subprocess.run(list(cmd) + [f"--workdir={workdir}", *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
 def command(module, *args, cwd, env=None, timeout=900):
   """``python -m star_jax.<module> args`` in ``cwd``, as a user types it: (exit code, stdout,
   stderr)."""

@@ -5,13 +5,12 @@ methods end to end on a tiny arithmetic run, and a killed run resumed to the sam
 import json
 import os
 import signal
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from helpers.runs import ROOT, load_config, run_results
+from helpers.runs import load_config, run_main, run_results
 from star_jax import config as config_lib, star
 from star_jax.engine.optim import OptimConfig
 from star_jax.engine.trainer import Trainer
@@ -161,13 +160,7 @@ CMD = [sys.executable, "-m", "star_jax.main", "--config=configs/arithmetic.py:sm
 
 
 def _run(workdir, failpoint=None, *args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
-  env.pop("STAR_JAX_FAILPOINT", None)
-  if failpoint:
-    env["STAR_JAX_FAILPOINT"] = failpoint
-  return subprocess.run(CMD + [f"--workdir={workdir}", *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=600)
+  return run_main(CMD, workdir, failpoint, *args)
 
 
 def test_a_killed_grpo_run_resumes_to_the_uninterrupted_runs_results(tmp_path):

@@ -6,14 +6,13 @@ import dataclasses
 import json
 import os
 import signal
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
 from conftest import mesh_of
-from helpers.runs import ROOT, load_config, run_results
+from helpers.runs import load_config, run_main, run_results
 from star_jax import config as config_lib
 from star_jax.experiment.build import build
 from star_jax.runtime.errors import ConfigError
@@ -152,13 +151,7 @@ CMD = [sys.executable, "-m", "star_jax.main", "--config=configs/arithmetic.py:sm
 
 
 def _run(workdir, failpoint=None, *args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
-  env.pop("STAR_JAX_FAILPOINT", None)
-  if failpoint:
-    env["STAR_JAX_FAILPOINT"] = failpoint
-  return subprocess.run(CMD + [f"--workdir={workdir}", *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=600)
+  return run_main(CMD, workdir, failpoint, *args)
 
 
 def test_vstar_end_to_end_resumed_after_a_kill_and_verified_after_the_fact(tmp_path):
