@@ -57,7 +57,7 @@ from star_jax.experiment.models import is_bare_orbax, make_task  # noqa: E402
 from star_jax.experiment.models import model_config_of as from_checkpoint  # noqa: E402
 from star_jax.runtime import cli  # noqa: E402
 from star_jax.runtime.compiling import compiling_for  # noqa: E402
-from star_jax.runtime.errors import ConfigError  # noqa: E402
+from star_jax.runtime.errors import CheckpointError, ConfigError  # noqa: E402
 from star_jax.sampling import Sampler  # noqa: E402
 from star_jax.sampling.sampling_params import SamplingParams  # noqa: E402
 from star_jax.sampling.sampler_memory import plan_sampler  # noqa: E402
@@ -75,8 +75,10 @@ def model_config_of(config: Config) -> tuple[str, model_config.ModelConfig]:
   with ``model.lora_rank``, its adapters."""
   ckpt = config.model.checkpoint
   if ckpt and not is_bare_orbax(ckpt):
-    # A pre-trained checkpoint or an earlier run (experiment.models resolves every name).
-    name, cfg = ckpt, from_checkpoint(ckpt, dtype=config.model.dtype or None)
+    # A pre-trained checkpoint or an earlier run (experiment.models resolves every name); a
+    # hub id not at hand whose published config is a preset plans from the preset.
+    name, cfg = ckpt, _published(ckpt, config.model.dtype) or from_checkpoint(
+        ckpt, dtype=config.model.dtype or None)
     cfg = cfg.replace(lora_rank=0)
     # As a run loads it (experiment/build.py): the overrides may say how it runs, no more.
     cfg = cfg.replace(**model_config.execution_of(config.model.overrides))
@@ -90,6 +92,23 @@ def model_config_of(config: Config) -> tuple[str, model_config.ModelConfig]:
     cfg = cfg.replace(lora_rank=config.model.lora_rank, lora_alpha=config.model.lora_alpha,
                       lora_targets=model_config.lora_targets(config.model.lora_targets))
   return name, cfg
+
+
+def _published(ckpt: str, dtype: str) -> model_config.ModelConfig | None:
+  """The preset of a hub id's published config when the checkpoint is not at hand (offline,
+  or not yet fetched): a plan needs the architecture, not the weights."""
+  repo = ckpt.partition("@")[0]
+  if repo not in model_config.HUB_PRESETS or os.path.exists(ckpt):
+    return None
+  try:
+    from_checkpoint(ckpt, dtype=dtype or None)  # cached (or fetchable): its own config wins
+    return None
+  except CheckpointError:
+    preset = model_config.HUB_PRESETS[repo]
+    std_logging.info("%s is not at hand: planning with the preset %s, its published config",
+                     ckpt, preset)
+    cfg = model_config.get_preset(preset)
+    return cfg.replace(param_dtype=dtype, dtype=dtype) if dtype else cfg
 
 
 def estimated_prompt_len(config: Config, task) -> int:

@@ -310,3 +310,21 @@ def get_preset(name: str, **overrides: Any) -> ModelConfig:
   if name not in PRESETS:
     raise ValueError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
   return PRESETS[name].replace(**overrides)
+
+
+# Hub ids whose published config.json is a preset above: what a plan reads when the checkpoint
+# is not at hand (a CPU host planning a TPU run).
+HUB_PRESETS = {
+    "EleutherAI/gpt-j-6b": "gptj-6b",
+    "meta-llama/Meta-Llama-3-8B": "llama3-8b",
+    "meta-llama/Llama-3.1-8B": "llama-3.1-8b",
+    "meta-llama/Llama-3.2-1B": "llama-3.2-1b",
+    "meta-llama/Llama-3.2-3B": "llama-3.2-3b",
+    "Qwen/Qwen3-0.6B": "qwen3-0.6b",
+    "Qwen/Qwen3-1.7B": "qwen3-1.7b",
+    "Qwen/Qwen3-4B": "qwen3-4b",
+    "Qwen/Qwen3-8B": "qwen3-8b",
+    "google/gemma-3-270m": "gemma-3-270m",
+    "google/gemma-3-1b-pt": "gemma-3-1b",
+    "google/gemma-3-4b-pt": "gemma-3-4b",
+}
