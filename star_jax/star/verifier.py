@@ -271,10 +271,13 @@ def _encode_pairs(exp, by_id: dict[str, Example], pairs: Sequence[Pair], few_sho
 
 def _step_pairs(seed: int, n: int, s: int, per_step: int, total: int) -> list[int]:
   """Step ``s``'s pairs: epochs over a fresh permutation each, a function of (seed, n, s)."""
+  orders: dict[int, np.ndarray] = {}  # one permutation an epoch, drawn once
   out = []
   for g in range((s - 1) * per_step, s * per_step):
     epoch, i = divmod(g, total)
-    out.append(int(np.random.default_rng([seed, n, epoch, 73]).permutation(total)[i]))
+    if epoch not in orders:
+      orders[epoch] = np.random.default_rng([seed, n, epoch, 73]).permutation(total)
+    out.append(int(orders[epoch][i]))
   return out
 
 
