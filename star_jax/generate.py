@@ -17,19 +17,28 @@ from absl import flags, logging
 from star_jax.runtime import cli
 from star_jax.runtime.errors import CheckpointError
 
-_CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", None, "A known name (smollm2-135m-instruct), a Hugging Face directory, a "
-    ".gguf file, or a star_jax run: WORKDIR, WORKDIR/checkpoints (latest iteration) or "
-    "WORKDIR/checkpoints/N.", required=True)
-_PROMPT = flags.DEFINE_string("prompt", None, "Text to continue.", required=True)
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "Tokens to generate at most.")
-_TEMPERATURE = flags.DEFINE_float("temperature", None, "Sampling temperature; unset: greedy.")
-_TOP_K = flags.DEFINE_integer("top_k", 0, "Keep only the k most likely tokens (0: all).")
-_TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1: off).")
-_SEED = flags.DEFINE_integer("seed", 0, "Random seed (ignored when greedy).")
-_CHAT = flags.DEFINE_bool("chat", False, "Wrap the prompt as a user turn in the chat template.")
-_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"],
-                           "Parameter and compute dtype (default: the checkpoint's).")
+def define_flags() -> dict:
+  """The command's flags (defined only when it runs: the module is a library too)."""
+  return {
+      "checkpoint": flags.DEFINE_string(
+          "checkpoint", None, "A known name (smollm2-135m-instruct), a Hugging Face directory, "
+          "a .gguf file, or a star_jax run: WORKDIR, WORKDIR/checkpoints (latest iteration) or "
+          "WORKDIR/checkpoints/N.", required=True),
+      "prompt": flags.DEFINE_string("prompt", None, "Text to continue.", required=True),
+      "max_new_tokens": flags.DEFINE_integer("max_new_tokens", 64, "Tokens to generate at most."),
+      "temperature": flags.DEFINE_float("temperature", None,
+                                        "Sampling temperature; unset: greedy."),
+      "top_k": flags.DEFINE_integer("top_k", 0, "Keep only the k most likely tokens (0: all)."),
+      "top_p": flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1: off)."),
+      "seed": flags.DEFINE_integer("seed", 0, "Random seed (ignored when greedy)."),
+      "chat": flags.DEFINE_bool("chat", False,
+                                "Wrap the prompt as a user turn in the chat template."),
+      "dtype": flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"],
+                                 "Parameter and compute dtype (default: the checkpoint's)."),
+  }
+
+
+FLAGS: dict = {}
 
 
 def generate(checkpoint: str, prompt: str, max_new_tokens: int, temperature: float | None = None,
@@ -69,11 +78,11 @@ def main(argv):
   if len(argv) > 1:
     raise cli.UsageError(f"unexpected arguments: {argv[1:]}")
   cli.log_progress()
-  text = generate(_CHECKPOINT.value, _PROMPT.value, _MAX_NEW.value, _TEMPERATURE.value,
-                  _TOP_K.value, _TOP_P.value, _SEED.value, _CHAT.value, _DTYPE.value)
+  text = generate(**{name: flag.value for name, flag in FLAGS.items()})
   sys.stdout.write(text + "\n")
   sys.stdout.flush()
 
 
 if __name__ == "__main__":
+  FLAGS.update(define_flags())
   cli.run(main)

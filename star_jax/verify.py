@@ -26,16 +26,24 @@ from etils import epath
 from star_jax.runtime import cli
 from star_jax.runtime.errors import ConfigError
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A star_jax run's workdir.", required=True)
-_SAMPLES = flags.DEFINE_integer("samples", 16, "k: answers sampled per held-out question.")
-_ITERATION = flags.DEFINE_integer("iteration", None, "Which M_n to sample from and whose "
-                                  "samples (1..n) train the verifier (default: the last).")
-_RETRAIN = flags.DEFINE_bool("retrain", False, "Train a verifier even where one is saved.")
-_VERIFIER_DIR = flags.DEFINE_string("verifier_dir", None, "Where the verifiers are saved "
-                                    "(default RUN/verifier).")
-_SET = flags.DEFINE_multi_string("set", [], "verifier.KEY=VALUE overrides of the run's keys, "
-                                 "e.g. --set=beta=0.3 (docs/config.md, verifier).")
-_OUT = flags.DEFINE_string("out", None, "JSON output (default RUN/verify_iter_N_kK.json).")
+def define_flags() -> dict:
+  """The command's flags (defined only when it runs: the module is a library too)."""
+  return {
+      "checkpoint": flags.DEFINE_string("checkpoint", None, "A star_jax run's workdir.",
+                                        required=True),
+      "samples": flags.DEFINE_integer("samples", 16, "k: answers sampled per held-out question."),
+      "iteration": flags.DEFINE_integer("iteration", None, "Which M_n to sample from and whose "
+                                        "samples (1..n) train the verifier (default: the last)."),
+      "retrain": flags.DEFINE_bool("retrain", False, "Train a verifier even where one is saved."),
+      "verifier_dir": flags.DEFINE_string("verifier_dir", None, "Where the verifiers are saved "
+                                          "(default RUN/verifier)."),
+      "set": flags.DEFINE_multi_string("set", [], "verifier.KEY=VALUE overrides of the run's "
+                                       "keys, e.g. --set=beta=0.3 (docs/config.md, verifier)."),
+      "out": flags.DEFINE_string("out", None, "JSON output (default RUN/verify_iter_N_kK.json)."),
+  }
+
+
+FLAGS: dict = {}
 
 
 def overrides(config, pairs: list[str]):
@@ -138,12 +146,14 @@ def main(argv):
   if len(argv) > 1:
     raise cli.UsageError(f"unexpected arguments: {argv[1:]}")
   cli.log_progress()
-  result = verify(_CHECKPOINT.value, _SAMPLES.value, _ITERATION.value, _RETRAIN.value,
-                  _VERIFIER_DIR.value, _SET.value, _OUT.value)
-  logging.info("wrote %s", _OUT.value or "the run's verify_iter_N_kK.json")
+  f = {name: flag.value for name, flag in FLAGS.items()}
+  result = verify(f["checkpoint"], f["samples"], f["iteration"], f["retrain"],
+                  f["verifier_dir"], f["set"], f["out"])
+  logging.info("wrote %s", f["out"] or "the run's verify_iter_N_kK.json")
   sys.stdout.write(table(result) + "\n")
   sys.stdout.flush()
 
 
 if __name__ == "__main__":
+  FLAGS.update(define_flags())
   cli.run(main)

@@ -10,10 +10,22 @@ from helpers.runs import ROOT, command as star_jax, write_cqa
 SMOKE = os.path.join(ROOT, "configs", "arithmetic.py") + ":smoke"
 
 
-@pytest.mark.parametrize("module", ["main", "preflight", "plan", "generate"])
+COMMANDS = ["main", "preflight", "plan", "generate", "verify", "export"]
+
+
+@pytest.mark.parametrize("module", COMMANDS)
 def test_help_exits_zero(tmp_path, module):
   code, out, err = star_jax(module, "--help", cwd=tmp_path)
   assert code == 0 and "--" in out + err
+
+
+def test_the_commands_are_libraries_too_importable_in_one_process():
+  # A test file (or a notebook) imports generate() and verify() side by side: their flags
+  # (--checkpoint in both) are defined only when the command runs.
+  import subprocess, sys
+  code = "; ".join(f"import star_jax.{m}" for m in COMMANDS if m != "main")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_a_mistyped_key_is_one_line_naming_it_and_its_suggestion(tmp_path):
