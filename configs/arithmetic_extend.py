@@ -21,10 +21,31 @@ which no length past the seed's opens.
 Measured results and what limits them: docs/arithmetic.md ("Past the seed's lengths").
 """
 
-from star_jax.config import base_config, model_overrides, task_options
+import math
 
-LONGEST = 12  # the longest questions the curriculum reaches (and the eval reports)
+from star_jax.config import base_config, model_overrides, task_options
+from star_jax.tasks.arithmetic import longest_text_tokens
+
 SEED_LONGEST = 5
+LONGEST = 2 * SEED_LONGEST  # the longest questions the curriculum reaches
+EVAL_LONGEST = LONGEST + 2  # the eval reports two lengths no round draws
+CONSOLIDATE = 1  # rounds after the curriculum reaches LONGEST, drawing 1 to LONGEST
+
+
+def size_limits(c, step: int = 16) -> None:
+  """Rows, completions and the model's context sized from the longest problems (all nines),
+  rounded up to ``step``: ``train.seq_len`` holds the longest text the curriculum can draw,
+  ``star.max_new_tokens`` the longest completion the eval asks for, and ``model.max_seq_len``
+  a hinted prompt with that many new tokens. Too short a row drops those examples from
+  training (``train_examples_too_long``); too few new tokens cut the answer off."""
+  up = lambda n: step * math.ceil(n / step)
+  o, pieces = c.task_options, list(c.tokenizer.pieces)
+  _, row, _ = longest_text_tokens(o, pieces, o.max_digits)
+  hinted, _, completion = longest_text_tokens(o, pieces, o.eval_max_digits)
+  c.train.seq_len = up(row)
+  c.star.max_new_tokens = up(completion)
+  c.model.overrides.max_seq_len = max(c.model.overrides.max_seq_len,
+                                      up(hinted + c.star.max_new_tokens))
 
 
 def get_config(variant: str = ""):
@@ -41,23 +62,18 @@ def get_config(variant: str = ""):
                                  right_aligned_columns=True, both_columns=True,
                                  position_jitter=2,
                                  min_digits=1, max_digits=LONGEST,
-                                 eval_min_digits=1, eval_max_digits=LONGEST)
+                                 eval_min_digits=1, eval_max_digits=EVAL_LONGEST)
   c.model.overrides = model_overrides(d_model=128, num_layers=4, num_heads=4, num_kv_heads=4,
                                       head_dim=32, ffn_dim=512, max_seq_len=512, rope_base=100.0)
-  c.data.max_train = 24000  # D: ~2,000 problems of each length 1-12, answers only
-  c.data.max_eval = 480  # ~40 held-out problems a length
+  c.data.max_train = 2000 * LONGEST  # D: ~2,000 problems of each length, answers only
+  c.data.max_eval = 40 * EVAL_LONGEST  # ~40 held-out problems a length
   c.star.curriculum_start = SEED_LONGEST + 1
   c.star.curriculum_step = 1
-  c.star.iterations = LONGEST - SEED_LONGEST  # the last one draws up to 12 digits
+  c.star.iterations = LONGEST - SEED_LONGEST + CONSOLIDATE
   c.star.questions_per_iteration = 3000
   c.star.few_shot = False
   c.star.few_shot_rationalization = False
   c.star.restart_from_base = False
-  # Measured with these limits: a 10-digit example (prompt + ~235-token completion) is longer
-  # than train.seq_len = 256 and dropped from training, and 11-12 digit completions are cut
-  # at 256 new tokens, so 10 digits peak (98%, round 4) and decay once those are drawn. Longer:
-  # raise this and train.seq_len together (e.g. 352 and 384; not measured yet).
-  c.star.max_new_tokens = 256
   c.star.steps_schedule = "linear"
   c.star.base_steps = 150
   c.star.steps_increment = 0
@@ -65,7 +81,6 @@ def get_config(variant: str = ""):
   c.pretrain.steps = 900
   c.pretrain.task_options = {"digit_counts": (90, 1000, 1000, 1000, 1000)}
   c.pretrain.hint_fraction = 0.3
-  c.train.seq_len = 256
   c.train.batch_size = 32
   c.train.learning_rate = 1e-3
   c.train.warmup_steps = 20
@@ -83,15 +98,14 @@ def get_config(variant: str = ""):
     c.data.max_train, c.data.max_eval = 80, 24
     c.star.curriculum_start, c.star.iterations = 3, 2
     c.star.questions_per_iteration = 0
-    c.star.max_new_tokens = 96
     c.star.base_steps = 6
     c.pretrain.steps = 200
     c.pretrain.task_options = {"digit_counts": (40, 100)}
-    c.train.seq_len = 128
     c.train.batch_size = 8
     c.train.learning_rate = 3e-3
     c.sample.batch_size = 64
     c.checkpoint_every = 50
   elif variant:
     raise ValueError(f"unknown variant {variant!r} (known: control, right_aligned, smoke)")
+  size_limits(c)
   return c

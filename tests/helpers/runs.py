@@ -15,11 +15,16 @@ WORDS = ["river", "ocean", "house", "garden", "school", "market", "forest", "kit
          "library", "bridge", "mountain", "desert", "island", "museum"]
 
 
-def load_config(task, variant="smoke"):
+def config_module(task):
+  """configs/<task>.py as a module."""
   spec = importlib.util.spec_from_file_location(task, os.path.join(ROOT, "configs", f"{task}.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return module
+
+
+def load_config(task, variant="smoke"):
+  return config_module(task).get_config(variant)
 
 
 def write_cqa(d, n_train=30, n_dev=13):
