@@ -5,7 +5,7 @@ import json
 import pytest
 
 from benchmarks import (cold_start, common, decode, records, star_iteration, star_sampling,
-                                 to_markdown, train)
+                        star_vs_trl, to_markdown, train)
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -251,3 +251,82 @@ def test_star_sampling_end_to_end(tiny_chat, tmp_path, capsys):
   assert sampled_reuse["greedy_text_agreement"] is None
   assert "## STaR sampling workload" in to_markdown.render(recs)
   assert "| greedy n=1 reuse |" in records.markdown_table(recs)
+
+
+ANSWER = " So the answer is (a).\n\n"
+
+
+@pytest.fixture(scope="module")
+def answering_llama(tmp_path_factory):
+  """A tiny Llama trained (in torch) to answer every bare prompt of 16 write_cqa questions,
+  hinted or not, with "So the answer is (a).", and the questions, half of them with (a) as the
+  gold: a STaR iteration keeps those, rationalizes none, and has something to fine-tune on."""
+  from star_jax import tasks
+  from star_jax.data.sources import SOURCES, read_jsonl
+  from star_jax.tokenizer.hf_tokenizer import from_pretrained_dir
+  root = tmp_path_factory.mktemp("star_vs_trl")
+  ckpt, data = str(root / "llama"), str(root / "cqa")
+  train_tiny_tokenizer(ckpt)
+  write_cqa(data, n_train=16, n_dev=0)
+  task = tasks.get_task("cqa")
+  path = f"{data}/train_rand_split.jsonl"
+  examples = task.examples(read_jsonl(path, SOURCES["commonsense_qa"].parse, "train"))
+  # Gold: the choice shown as (a) for every other question (shown choices are shuffled by id).
+  lines = [json.loads(line) for line in open(path)]
+  for i, (line, ex) in enumerate(zip(lines, examples)):
+    line["answerKey"] = task.shown_choices(ex)[i % 2][1]
+  with open(path, "w") as f:
+    f.writelines(json.dumps(line) + "\n" for line in lines)
+  tok = from_pretrained_dir(ckpt)  # the prompts as both loops encode them
+  texts = [(tok.encode_prompt(task.prompt(ex, hint=hint, few_shot=False)), tok.encode(ANSWER))
+           for ex in examples for hint in (False, True)]
+  width = max(len(p) + len(c) for p, c in texts)
+  ids = torch.zeros((len(texts), width), dtype=torch.long)
+  labels = torch.full((len(texts), width), -100)
+  mask = torch.zeros((len(texts), width), dtype=torch.long)
+  for i, (p, c) in enumerate(texts):
+    ids[i, :len(p) + len(c)] = torch.tensor(p + c)
+    labels[i, len(p):len(p) + len(c)] = torch.tensor(c)
+    mask[i, :len(p) + len(c)] = 1
+  model = hf_model("llama", vocab_size=400, max_position_embeddings=2048)
+  adam = torch.optim.Adam(model.parameters(), lr=3e-3)
+  for _ in range(30):
+    loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    adam.zero_grad()
+    loss.backward()
+    adam.step()
+  assert loss.item() < 0.1
+  model.save_pretrained(ckpt)
+  return ckpt, path
+
+
+def test_star_vs_trl_both_loops_do_the_same_work(answering_llama, capsys):
+  """One iteration both ways from the same weights: the same questions kept, the same rows
+  trained on (one row holds every kept text, a row a step) with the same first loss and the
+  same loss after one Adam step, the same evaluation; a line per phase with both times."""
+  ckpt, data = answering_llama
+  recs = star_vs_trl.run(
+      data=data, checkpoint=ckpt, questions=10, eval_questions=6, steps=2, rows=1,
+      seq_len=512, learning_rate=1e-3, batch_size=4, max_new_tokens=24, markdown=True,
+      cmd="python -m " + star_vs_trl.MODULE,
+      overrides={"star.require_supported": False, "star.few_shot": False,
+                 "star.few_shot_rationalization": False})
+  assert _printed(capsys) == recs
+  assert [r["phase"] for r in recs] == ["sample", "rationalize", "fine_tune", "evaluate", "total"]
+  for rec in recs:  # seconds: the ratio is how many times faster star_jax is
+    assert set(records.RECORD_KEYS) <= set(rec) and MACHINE_KEYS <= set(rec["machine"])
+    assert rec["metric"] == "seconds" and rec["star_jax"] > 0 and rec["transformers"] > 0
+    assert rec["ratio"] == pytest.approx(rec["transformers"] / rec["star_jax"], rel=1e-12)
+  same = recs[0]["same_work"]
+  assert recs[0]["scale"]["questions"] == 10 and same["eval_n"] == {"star_jax": 6,
+                                                                      "transformers": 6}
+  for key in ("solved_by_generation", "solved_by_rationalization", "kept", "train_steps",
+              "train_tokens", "eval_accuracy"):
+    assert same[key]["star_jax"] == same[key]["transformers"], (key, same)
+  assert same["kept"]["star_jax"] > 0 and same["solved_by_rationalization"]["star_jax"] == 0
+  assert same["train_steps"]["star_jax"] == 2 and same["train_tokens"]["star_jax"] > 0
+  for key, rel in (("train_first_loss", 1e-3), ("train_loss", 2e-2)):
+    assert same[key]["star_jax"] == pytest.approx(same[key]["transformers"], rel=rel), same
+  total = recs[-1]
+  assert total["star_jax"] >= sum(r["star_jax"] for r in recs[:-1]) * 0.99
+  assert total["transformers"] == pytest.approx(sum(r["transformers"] for r in recs[:-1]))

@@ -33,6 +33,7 @@ class FinetuneStats:
   final_loss: float
   mean_loss: float
   tokens: float
+  first_loss: float = math.nan  # step 1's (NaN when a resumed fine-tune did not run it)
 
 
 def steps_for_iteration(star_cfg: StarConfig, iteration: int) -> int:
@@ -252,7 +253,8 @@ def _train(trainer, state, packed, train_cfg, steps, seed, desc, ckpt, checkpoin
   final = losses[-1] if losses else last_loss
   stats = FinetuneStats(steps, packed.num_examples, packed.num_too_long,
                         len(packed.batch["tokens"]), final,
-                        float(np.mean(losses)) if losses else final, tokens)
+                        float(np.mean(losses)) if losses else final, tokens,
+                        losses[0] if losses and start == 0 else math.nan)
   return state, stats
 
 

@@ -83,6 +83,7 @@ def _locked_run(cfg: config_lib.Config, method_cls, workdir: epath.Path, overwri
   last, model = _latest_model(workdir, exp, method, ckpt, max(done) if done else 0, base)
   for n in range(last + 1, cfg.star.iterations + 1):
     distributed.note_iteration(n)
+    started = time.time()
     result = method.iteration(n, base, model)
     model = result.params
     # D_VER: the generated samples, right and wrong (V-STaR's verifier trains on them)
@@ -93,6 +94,7 @@ def _locked_run(cfg: config_lib.Config, method_cls, workdir: epath.Path, overwri
     evaluation = method.evaluate(n, model, few_shot, verifier)
     record = iteration_record(n, exp.task, result, evaluation)
     record.update(verifier.fields if verifier else {})
+    record["iteration_seconds"] = time.time() - started
     artifacts.finish(workdir, ckpt, board, exp.task, record, evaluation.records, result.kept,
                      model)
   ckpt.wait()

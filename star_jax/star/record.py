@@ -4,7 +4,8 @@ what was sampled and kept (``IterationResult``), how training went, and the eval
 Keys (present where they apply):
   iteration, method (all but star), train_questions, kept_by_<difficulty>,
   solved_by_generation, solved_by_rationalization, kept, distinct_paths_per_question,
-  train_examples (controls), train_steps, train_loss,
+  train_examples (controls), train_steps, train_loss, train_first_loss, train_tokens (loss
+  tokens trained on), iteration_seconds (sampling to evaluation, wall),
   train_examples_too_long, prompts_skipped_too_long, train_pass_at_1, kept_wrong_step_share,
   kept_wrong_step_share_by_source, unsupported_by_source, sample_seconds,
   rationalize_seconds, train_seconds, tokens_sampled (what the iteration's sampling took:
@@ -59,6 +60,8 @@ def star_fields(task: Task, r: IterationResult) -> dict:
       "distinct_paths_per_question": float(np.mean(gen.paths)) if len(gen.paths) else 0.0,
       "train_steps": stats.steps if stats else 0,
       "train_loss": stats.final_loss if stats else None,
+      "train_first_loss": _finite(stats.first_loss) if stats else None,
+      "train_tokens": stats.tokens if stats else 0,
       "train_examples_too_long": stats.too_long if stats else 0,
       "prompts_skipped_too_long": r.skipped,
       "train_pass_at_1": sum(sum(g.correct) for g in r.samples)
@@ -72,6 +75,10 @@ def star_fields(task: Task, r: IterationResult) -> dict:
       "sample_seconds": r.sample_seconds, "rationalize_seconds": r.rationalize_seconds,
       "train_seconds": r.train_seconds, **r.extra,
   }
+
+
+def _finite(x: float) -> float | None:
+  return None if x is None or not np.isfinite(x) else float(x)
 
 
 def control_fields(r: IterationResult) -> dict:
