@@ -3,12 +3,14 @@
 Every benchmark prints one JSON object per case to stdout (logs go to stderr)
 with at least these keys (``RECORD_KEYS``):
 
-  benchmark    "decode" | "train" | "star_iteration" | "star_sampling" | "cold_start"
+  benchmark    "decode" | "train" | "star_iteration" | "star_sampling" | "cold_start" |
+               "star_vs_trl"
   case         what was measured, e.g. "batch=32"
   metric       what ``star_jax`` and ``transformers`` hold, e.g. "new_tokens_per_s"
   star_jax     star_jax's figure
   transformers the peer's figure (None where there is no peer)
-  ratio        star_jax / transformers for throughputs (None without a peer)
+  ratio        star_jax / transformers for throughputs, transformers / star_jax for seconds
+               (how many times faster star_jax is; None without a peer)
   peer         the peer's description, or None
   machine      ``common.machine_info()``
   command      the exact command line
@@ -173,11 +175,31 @@ def _cold_rows(recs):
   return head, rows
 
 
+def _vs_trl_rows(recs):
+  head = ["workload", "phase", "star_jax s", "transformers + TRL s", "star_jax faster by",
+          "kept (star_jax / peer)", "trained tokens", "first / last loss (star_jax; peer)"]
+  rows = []
+  for r in recs:
+    same = r.get("same_work") or {}
+    pair = lambda k: f"{_fmt(_get(same, k, 'star_jax'))} / {_fmt(_get(same, k, 'transformers'))}"
+    total = r.get("phase") == "total"
+    rows.append([r.get("workload", ""), r.get("phase", r["case"]), _fmt(r["star_jax"]),
+                 _fmt(r["transformers"]), f"{_fmt(r['ratio'])}x" if r["ratio"] else "–",
+                 pair("kept") if total else "", pair("train_tokens") if total else "",
+                 (f"{_fmt(_get(same, 'train_first_loss', 'star_jax'))}, "
+                  f"{_fmt(_get(same, 'train_loss', 'star_jax'))}; "
+                  f"{_fmt(_get(same, 'train_first_loss', 'transformers'))}, "
+                  f"{_fmt(_get(same, 'train_loss', 'transformers'))}") if total else ""])
+  return head, rows
+
+
 _TABLES = {"decode": _decode_rows, "train": _train_rows, "star_iteration": _star_rows,
-           "star_sampling": _sampling_rows, "cold_start": _cold_rows}
+           "star_sampling": _sampling_rows, "cold_start": _cold_rows,
+           "star_vs_trl": _vs_trl_rows}
 TITLES = {"decode": "Greedy decoding", "train": "Training step",
           "star_iteration": "STaR iteration wall time", "star_sampling": "STaR sampling workload",
-          "cold_start": "Cold start"}
+          "cold_start": "Cold start",
+          "star_vs_trl": "A whole STaR iteration against transformers + TRL"}
 
 
 def markdown_table(recs: Sequence[dict[str, Any]]) -> str:

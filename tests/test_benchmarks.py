@@ -328,5 +328,7 @@ def test_star_vs_trl_both_loops_do_the_same_work(answering_llama, capsys):
   for key, rel in (("train_first_loss", 1e-3), ("train_loss", 2e-2)):
     assert same[key]["star_jax"] == pytest.approx(same[key]["transformers"], rel=rel), same
   total = recs[-1]
+  assert "## A whole STaR iteration against transformers + TRL" in to_markdown.render(recs)
+  assert "| greedy n=1 | total |" in records.markdown_table(recs)
   assert total["star_jax"] >= sum(r["star_jax"] for r in recs[:-1]) * 0.99
   assert total["transformers"] == pytest.approx(sum(r["transformers"] for r in recs[:-1]))

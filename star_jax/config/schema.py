@@ -75,6 +75,10 @@ class StarConfig:
                                  "digits) up to this, each later one up to curriculum_step more "
                                  "(0 = every question from the start)")
   curriculum_step: int = key(1, "difficulty levels each iteration adds to what it draws from")
+  balanced_draw: bool = key(False, "with questions_per_iteration: draw the same number of "
+                                   "questions of each difficulty (all of a level that has "
+                                   "fewer), not in proportion to the pool; a curriculum's "
+                                   "short levels keep their share as longer ones open")
   samples_per_question: int = key(1, "rationales sampled per question")
   max_kept_per_question: int = key(1, "distinct correct rationales kept per question")
   require_supported: bool = key(True, "keep a right answer only if its rationale itself reaches "

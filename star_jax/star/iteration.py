@@ -167,6 +167,21 @@ class Method:
     return result
 
 
+def balanced_pick(rng: np.random.Generator, levels: list, k: int) -> np.ndarray:
+  """``k`` indices into ``levels``, as evenly over its distinct levels as they allow: a level
+  with fewer than its share gives all it has, and the rest is shared by the others."""
+  groups = {}
+  for i, level in enumerate(levels):
+    groups.setdefault(level, []).append(i)
+  sizes = sorted(groups.items(), key=lambda kv: len(kv[1]))
+  picked, left = [], k
+  for j, (_, members) in enumerate(sizes):
+    take = min(len(members), left // (len(sizes) - j))
+    picked.extend(rng.choice(members, take, replace=False))
+    left -= take
+  return np.asarray(picked, dtype=int)
+
+
 class Star(Method):
   """The paper's iteration (Algorithm 1)."""
 
@@ -206,8 +221,9 @@ class Star(Method):
     ``star.questions_per_iteration`` of it (in order)."""
     questions, k = self.question_pool(n), self.star.questions_per_iteration
     if k and k < len(questions):
-      pick = np.sort(rng.choice(len(questions), k, replace=False))
-      questions = [questions[i] for i in pick]
+      pick = (balanced_pick(rng, [self.task.difficulty(ex) for ex in questions], k)
+              if self.star.balanced_draw else rng.choice(len(questions), k, replace=False))
+      questions = [questions[i] for i in np.sort(pick)]
     return questions
 
   def filter(self, samples: list[rollout.Generation], source: str) -> keep_lib.Kept:

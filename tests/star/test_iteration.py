@@ -8,6 +8,8 @@ scratchpad), wrong (the scratchpad and sum of another problem), or unsupported (
 after a scratchpad that reaches another).
 """
 
+import collections
+
 import dataclasses
 import json
 
@@ -291,6 +293,15 @@ def test_a_curriculum_opens_the_next_lengths_each_iteration_and_trains_on_nothin
            experiment(task, train, evals), ScriptedSampler(task, train, script), tmp_path / "s")
   picked = m.choose_questions(np.random.default_rng(0), 2)
   assert len(picked) == 5 and max(task.difficulty(ex) for ex in picked) <= 3
+  # balanced_draw: the same number of each length drawn (all of a length with fewer).
+  m = Star(config(curriculum_start=4, questions_per_iteration=20, balanced_draw=True),
+           experiment(task, train, evals), ScriptedSampler(task, train, script), tmp_path / "b")
+  pool = collections.Counter(task.difficulty(ex) for ex in m.question_pool(1))
+  drawn = collections.Counter(task.difficulty(ex) for ex in m.choose_questions(
+      np.random.default_rng(0), 1))
+  short = min(pool, key=pool.get)
+  assert sum(drawn.values()) == 20 and drawn[short] == min(pool[short], 5)
+  assert max(drawn.values()) - min(v for d, v in drawn.items() if d != short) <= 1
   direct = Direct(config(curriculum_start=1), experiment(task, train, evals),
                   ScriptedSampler(task, train, script), tmp_path / "d")
   assert {task.difficulty(ex) for ex in direct.question_pool(1)} == {1}
