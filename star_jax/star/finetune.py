@@ -33,7 +33,7 @@ class FinetuneStats:
   final_loss: float
   mean_loss: float
   tokens: float
-  first_loss: float = math.nan  # step 1's (NaN when a resumed fine-tune did not run it)
+  first_loss: float = math.nan  # step 1's (a resumed fine-tune: as its checkpoint recorded)
 
 
 def steps_for_iteration(star_cfg: StarConfig, iteration: int) -> int:
@@ -162,7 +162,7 @@ def finetune(trainer: Trainer, params, examples: Sequence[batching.TrainExample]
 
 def _train(trainer, state, packed, train_cfg, steps, seed, desc, ckpt, checkpoint_every,
            on_step) -> tuple[object, FinetuneStats]:
-  start, last_loss = 0, math.nan
+  start, last_loss, meta = 0, math.nan, {}
   saved = ckpt.all_steps() if ckpt is not None else []  # oldest first
   stopped = _read_stop(ckpt)
   if saved:
@@ -183,7 +183,9 @@ def _train(trainer, state, packed, train_cfg, steps, seed, desc, ckpt, checkpoin
                  train_cfg.batch_size, micro, rows, sharding.batch_divisor(trainer.mesh))
   batches = batching.iterate_batches(packed.batch, rows, steps, seed, grad_accum=micro,
                                      start_step=start)
-  losses, tokens = [], 0.0
+  # What the steps before a resume contributed, as their checkpoint recorded it.
+  tokens, first_loss = float(meta.get("tokens", 0.0)), meta.get("first_loss", math.nan)
+  losses = []
   pending = None
   clock = [time.perf_counter()]
   save_seconds = []
@@ -221,7 +223,8 @@ def _train(trainer, state, packed, train_cfg, steps, seed, desc, ckpt, checkpoin
     for old in saved[:-1]:
       ckpt.delete(old)
     saved[:-1] = []
-    saved.append(ckpt.save(state, meta={"loss": losses[-1]}))
+    saved.append(ckpt.save(state, meta={"loss": losses[-1], "tokens": tokens,
+                                        "first_loss": losses[0] if start == 0 else first_loss}))
     save_seconds.append(time.perf_counter() - t0)
 
   with progress(steps, desc, "step") as bar:
@@ -254,7 +257,7 @@ def _train(trainer, state, packed, train_cfg, steps, seed, desc, ckpt, checkpoin
   stats = FinetuneStats(steps, packed.num_examples, packed.num_too_long,
                         len(packed.batch["tokens"]), final,
                         float(np.mean(losses)) if losses else final, tokens,
-                        losses[0] if losses and start == 0 else math.nan)
+                        losses[0] if losses and start == 0 else first_loss)
   return state, stats
 
 
