@@ -159,8 +159,7 @@ def run_peer(task, train_set, eval_set, cfg, checkpoint: str, tokenizer, torch_d
   n, temperature = star.samples_per_question, star.temperature
   max_new = star.max_new_tokens or task.max_new_tokens
   stop = task.stop_strings[0]
-  model = load_transformers(checkpoint, torch_device)
-  model.train(False)
+  model = trainable_transformers(checkpoint, torch_device)
 
   def generate(examples, hint: bool, few_shot: bool, k: int, temp: float, seed: int):
     ids = [tokenizer.encode_prompt(task.prompt(ex, hint=hint, few_shot=few_shot))
@@ -219,6 +218,26 @@ def run_peer(task, train_set, eval_set, cfg, checkpoint: str, tokenizer, torch_d
           "eval_accuracy": accuracy, "eval_n": len(evaluated)}
 
 
+def trainable_transformers(checkpoint: str, torch_device: str):
+  """The checkpoint as a transformers model the Trainer accepts: a GGUF file loads dequantized
+  (float32 tensors) but flagged as quantized ("cannot perform fine-tuning on purely quantized
+  models") and refuses ``save_pretrained``, so its weights go into a plain model of its
+  architecture."""
+  import torch
+  import transformers
+  model = load_transformers(checkpoint, torch_device)
+  if getattr(model, "is_quantized", False) or getattr(model, "hf_quantizer", None) is not None:
+    config = model.config
+    if hasattr(config, "quantization_config"):
+      del config.quantization_config
+    plain = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict())
+    if plain.config.tie_word_embeddings:
+      plain.tie_weights()
+    model = plain.to(torch_device)
+  return model.eval()
+
+
 def tokenizer_dir(path: str, scratch: str) -> str:
   """A directory transformers' AutoTokenizer reads: the checkpoint's, or the GGUF's tokenizer."""
   if os.path.isdir(path):
@@ -233,7 +252,7 @@ def tokenizer_dir(path: str, scratch: str) -> str:
 
 def run(data: str, checkpoint: str = DEFAULT_CHECKPOINT, questions: int = 128,
         eval_questions: int = 0, samples: int = 1, temperature: float = 0.0, steps: int = 0,
-        rows: int = 8, seq_len: int = 1024, learning_rate: float = 1e-5, batch_size: int = 32,
+        rows: int = 8, seq_len: int = 256, learning_rate: float = 1e-5, batch_size: int = 32,
         seed: int = 0, device: str = "auto", max_new_tokens: int = 0, markdown: bool = False,
         cmd: str | None = None, workdir: str | None = None, overrides: dict | None = None) -> list[dict[str, Any]]:
   from star_jax.hub import load_pretrained
@@ -294,7 +313,9 @@ def define_flags() -> None:
   flags.DEFINE_integer("steps", 0, "fine-tune steps (0: --questions / 243, the paper's "
                        "questions per step, at least 2)")
   flags.DEFINE_integer("rows", 8, "rows a step (the paper's 8, one at a time)")
-  flags.DEFINE_integer("seq_len", 1024, "tokens a row (the cqa config's)")
+  flags.DEFINE_integer("seq_len", 256, "tokens a row: two or three kept CQA texts (~90 tokens "
+                       "each) packed, so a step's 8 rows are ~20 texts, near the paper's 8 "
+                       "sequences (the cqa config's 1,024 packs ~10 a row)")
   flags.DEFINE_float("learning_rate", 1e-5, "Adam's rate, constant")
   flags.DEFINE_integer("batch_size", 32, "sampled rows a batch, both sides")
   flags.DEFINE_integer("seed", 0, "question subset and sampling seed")
