@@ -47,7 +47,7 @@ def cqa_prompts(path: str, questions: int, tokenizer, seed: int = 0):
   return task, examples, ids
 
 
-def _hf_generate(model, prompt_ids: list[list[int]], batch: int, n: int, temperature: float,
+def hf_generate(model, prompt_ids: list[list[int]], batch: int, n: int, temperature: float,
                  max_new: int, pad_id: int, end_ids: Sequence[int], stop_text: str, decode_fn,
                  torch_device: str, seed: int) -> list[list[list[int]]]:
   """transformers generate over batches of ``batch`` rows (``batch // n`` questions)."""
@@ -92,7 +92,7 @@ def _hf_generate(model, prompt_ids: list[list[int]], batch: int, n: int, tempera
   return out
 
 
-def _cut(tokens: list[int], end_ids, pad_id: int, stop_text: str, decode_fn) -> str:
+def cut_text(tokens: list[int], end_ids, pad_id: int, stop_text: str, decode_fn) -> str:
   """The text of a continuation up to its end token / stop text, for comparisons."""
   kept = []
   for t in tokens:
@@ -151,16 +151,16 @@ def run(data: str, checkpoint: str = DEFAULT_CHECKPOINT, questions: int = 64,
     if peers:
       hold = {}
       def hf_call():
-        hold["out"] = _hf_generate(model, prompt_ids, batch_size, n, temperature,
+        hold["out"] = hf_generate(model, prompt_ids, batch_size, n, temperature,
                                    max_new_tokens, tok.pad_id, tok.end_ids, stop_text,
                                    tok.decode, torch_device, seed)
       theirs_timing = common.time_calls(hf_call, iters, f"transformers {w}", logging.info)
-      theirs_texts = [[_cut(t, tok.end_ids, tok.pad_id, stop_text, tok.decode) for t in q]
+      theirs_texts = [[cut_text(t, tok.end_ids, tok.pad_id, stop_text, tok.decode) for t in q]
                       for q in hold["out"]]
     q_per_s = lambda t: len(prompt_ids) / t.median
     for reuse in (True, False):
       timing, out = ours[reuse]
-      texts = [[_cut(out.sequences(i, j), tok.end_ids, tok.pad_id, stop_text, tok.decode)
+      texts = [[cut_text(out.sequences(i, j), tok.end_ids, tok.pad_id, stop_text, tok.decode)
                 for j in range(n)] for i in range(len(prompt_ids))]
       same = None
       if theirs_texts is not None and temperature == 0:

@@ -47,7 +47,7 @@ from absl import app, flags, logging
 
 from benchmarks import common, records
 from benchmarks.decode import DEFAULT_CHECKPOINT, load_transformers
-from benchmarks.star_sampling import _cut, _hf_generate
+from benchmarks.star_sampling import cut_text, hf_generate
 
 MODULE = "benchmarks.star_vs_trl"
 PAPER_QUESTIONS_PER_STEP = 9741 / 40  # CQA iteration 1: every train question, 40 steps
@@ -164,9 +164,9 @@ def run_peer(task, train_set, eval_set, cfg, checkpoint: str, tokenizer, torch_d
   def generate(examples, hint: bool, few_shot: bool, k: int, temp: float, seed: int):
     ids = [tokenizer.encode_prompt(task.prompt(ex, hint=hint, few_shot=few_shot))
            for ex in examples]
-    out = _hf_generate(model, ids, cfg.sample.batch_size, k, temp, max_new, tokenizer.pad_id,
+    out = hf_generate(model, ids, cfg.sample.batch_size, k, temp, max_new, tokenizer.pad_id,
                        tokenizer.end_ids, stop, tokenizer.decode, torch_device, seed)
-    return [Generation.of(task, ex, [_cut(t, tokenizer.end_ids, tokenizer.pad_id, stop,
+    return [Generation.of(task, ex, [cut_text(t, tokenizer.end_ids, tokenizer.pad_id, stop,
                                           tokenizer.decode) for t in rows])
             for ex, rows in zip(examples, out)]
 
@@ -254,7 +254,8 @@ def run(data: str, checkpoint: str = DEFAULT_CHECKPOINT, questions: int = 128,
         eval_questions: int = 0, samples: int = 1, temperature: float = 0.0, steps: int = 0,
         rows: int = 8, seq_len: int = 256, learning_rate: float = 1e-5, batch_size: int = 32,
         seed: int = 0, device: str = "auto", max_new_tokens: int = 0, markdown: bool = False,
-        cmd: str | None = None, workdir: str | None = None, overrides: dict | None = None) -> list[dict[str, Any]]:
+        cmd: str | None = None, workdir: str | None = None, overrides: dict | None = None
+        ) -> list[dict[str, Any]]:
   from star_jax.hub import load_pretrained
 
   cmd = cmd if cmd is not None else common.command(MODULE)

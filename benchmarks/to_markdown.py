@@ -39,7 +39,8 @@ NOTES = {
     "star_iteration": (
         "Wall time of each phase as the run records it in `metrics.jsonl` (pretrain is timed "
         "by the benchmark); compilation is included in the phase that first compiles. No "
-        "transformers counterpart."),
+        "transformers counterpart here; the whole iteration against transformers + TRL is "
+        "`benchmarks.star_vs_trl`."),
     "star_sampling": (
         "Questions per second of whole sampling calls (prefill included) on the cqa task's own "
         "few-shot prompts with real CommonsenseQA questions, after one call that compiles "
