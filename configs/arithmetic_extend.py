@@ -24,7 +24,8 @@ Measured results and what limits them: docs/arithmetic.md ("Past the seed's leng
 import math
 
 from star_jax.config import base_config, model_overrides, task_options
-from star_jax.tasks.arithmetic import longest_text_tokens
+from star_jax.tasks.arithmetic import ArithmeticTask
+from star_jax.tokenizer import CharTokenizer
 
 SEED_LONGEST = 5
 LONGEST = 2 * SEED_LONGEST  # the longest questions the curriculum reaches
@@ -32,6 +33,24 @@ EVAL_LONGEST = LONGEST + 2  # the eval reports two lengths no round draws
 # Rounds after the one that first draws LONGEST (drawing 1 to LONGEST again): measured with 1,
 # the extra round lost ground (8 digits 97 -> 89%, 11 digits 98 -> 85%; docs/arithmetic.md).
 CONSOLIDATE = 0
+
+
+def longest_text_tokens(options: dict, pieces, digits: int) -> tuple[int, int, int]:
+  """(prompt with hint, training row, completion) in tokens of the longest ``digits``-digit
+  problem (all nines: both numbers as long as they can be and a carry out of every column)
+  under ``options`` with a char tokenizer of ``pieces``, and without exemplars. The row is
+  what ``train.seq_len`` must hold (prompt without hint + completion, less the one token a
+  row's shift drops), the completion what ``star.max_new_tokens`` must allow, the hinted
+  prompt plus completion what ``model.max_seq_len`` must; a config sizes them from this."""
+  task = ArithmeticTask(ArithmeticTask.Options(**dict(options)))
+  nines = int("9" * digits)
+  ex = task.make_example(nines, nines, "longest")
+  texts = [task.prompt(ex, hint=True, few_shot=False), task.prompt(ex, few_shot=False),
+           task.completion(task.gold_rationale(ex), ex)]
+  tok = CharTokenizer.from_texts(texts, pieces=pieces)
+  hinted, prompt = (len(tok.encode_prompt(t)) for t in texts[:2])
+  completion = len(tok.encode(texts[2]))
+  return hinted, prompt + completion - 1, completion
 
 
 def size_limits(c, step: int = 16) -> None:

@@ -179,25 +179,6 @@ def generate_by_digits(counts, seed: int, eval_fraction: float = 0.1,
   return [pairs[i] for i in rng.permutation(len(pairs))]
 
 
-def longest_text_tokens(options: dict, pieces, digits: int) -> tuple[int, int, int]:
-  """(prompt with hint, training row, completion) in tokens of the longest ``digits``-digit
-  problem (all nines: both numbers as long as they can be and a carry out of every column)
-  under ``options`` with a char tokenizer of ``pieces``, and without exemplars. The row is
-  what ``train.seq_len`` must hold (prompt without hint + completion, less the one token a
-  row's shift drops), the completion what ``star.max_new_tokens`` must allow, the hinted
-  prompt plus completion what ``model.max_seq_len`` must; a config sizes them from this."""
-  from star_jax.tokenizer import CharTokenizer
-  task = ArithmeticTask(ArithmeticTask.Options(**dict(options)))
-  nines = int("9" * digits)
-  ex = task.make_example(nines, nines, "longest")
-  texts = [task.prompt(ex, hint=True, few_shot=False), task.prompt(ex, few_shot=False),
-           task.completion(task.gold_rationale(ex), ex)]
-  tok = CharTokenizer.from_texts(texts, pieces=pieces)
-  hinted, prompt = (len(tok.encode_prompt(t)) for t in texts[:2])
-  completion = len(tok.encode(texts[2]))
-  return hinted, prompt + completion - 1, completion
-
-
 @register_task("arithmetic")
 class ArithmeticTask(Task):
   """Addition of two n-digit numbers; ``data.max_train`` / ``data.max_eval`` are the counts
