@@ -303,7 +303,9 @@ def answering_llama(tmp_path_factory):
 def test_star_vs_trl_both_loops_do_the_same_work(answering_llama, capsys):
   """One iteration both ways from the same weights: the same questions kept, the same rows
   trained on (one row holds every kept text, a row a step) with the same first loss and the
-  same loss after one Adam step, the same evaluation; a line per phase with both times."""
+  same loss after one Adam step, the same evaluation; a line per phase with both times.
+  Needs TRL (the bench extra: pip install -e ".[test,bench]")."""
+  pytest.importorskip("trl")
   ckpt, data = answering_llama
   recs = star_vs_trl.run(
       data=data, checkpoint=ckpt, questions=10, eval_questions=6, steps=2, rows=1,
