@@ -191,7 +191,7 @@ def _train(trainer, state, packed, train_cfg, steps, seed, desc, ckpt, checkpoin
   save_seconds = []
 
   def settle(metrics) -> float:
-    nonlocal tokens
+    nonlocal tokens, first_loss
     step = start + len(losses) + 1
     loss = float(metrics["loss"])
     if not math.isfinite(loss) and ckpt is not None:
@@ -202,6 +202,8 @@ def _train(trainer, state, packed, train_cfg, steps, seed, desc, ckpt, checkpoin
       raise NonFiniteLossError(f"training loss became {loss} at step {step - 1}; {kept}. "
                                "Lower train.learning_rate or check the data")
     losses.append(check_finite(loss, step - 1))
+    if step == 1:
+      first_loss = losses[0]
     tokens += float(metrics["tokens"])
     if on_step is not None:
       now = time.perf_counter()
@@ -224,7 +226,7 @@ def _train(trainer, state, packed, train_cfg, steps, seed, desc, ckpt, checkpoin
       ckpt.delete(old)
     saved[:-1] = []
     saved.append(ckpt.save(state, meta={"loss": losses[-1], "tokens": tokens,
-                                        "first_loss": losses[0] if start == 0 else first_loss}))
+                                        "first_loss": first_loss}))
     save_seconds.append(time.perf_counter() - t0)
 
   with progress(steps, desc, "step") as bar:
@@ -256,8 +258,7 @@ def _train(trainer, state, packed, train_cfg, steps, seed, desc, ckpt, checkpoin
   final = losses[-1] if losses else last_loss
   stats = FinetuneStats(steps, packed.num_examples, packed.num_too_long,
                         len(packed.batch["tokens"]), final,
-                        float(np.mean(losses)) if losses else final, tokens,
-                        losses[0] if losses and start == 0 else first_loss)
+                        float(np.mean(losses)) if losses else final, tokens, first_loss)
   return state, stats
 
 
