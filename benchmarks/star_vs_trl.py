@@ -84,6 +84,7 @@ def star_config(data: str, checkpoint: str, questions: int, eval_questions: int,
   c.train.warmup_steps = 0
   c.sample.batch_size = batch_size
   c.star.max_new_tokens = max_new_tokens
+  c.eval.choice_loglik = False  # the peer scores no choices by log-likelihood: the same work
   c.seed = seed
   for key, value in (overrides or {}).items():
     group, name = key.split(".")

@@ -154,6 +154,9 @@ class EvalConfig:
   samples: int = key(0, "k sampled answers per held-out question besides the greedy one: "
                         "pass@k and majority-vote accuracy (0 = greedy only)")
   temperature: float = key(0.7, "temperature of those k samples (self-consistency: 0.5-0.7)")
+  choice_loglik: bool = key(True, "multiple choice: also score the likeliest choice by "
+                                  "log-likelihood (eval_choice_loglik_accuracy; one more "
+                                  "forward pass over every choice)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -144,9 +144,10 @@ class Method:
                               self.exp.eval_set, few_shot=few_shot, seed=self.config.seed,
                               shard_dir=wd.iteration_dir(self.workdir, n, "eval_shards"),
                               shard_size=self.config.sample.shard_size)
-    result.choice_loglik = rollout.choice_loglik_accuracy(self.task, self.tokenizer,
-                                                          self.sampler, params,
-                                                          self.exp.eval_set)
+    if self.config.eval.choice_loglik:
+      result.choice_loglik = rollout.choice_loglik_accuracy(self.task, self.tokenizer,
+                                                            self.sampler, params,
+                                                            self.exp.eval_set)
     k = self.config.eval.samples
     if k > 0:
       temperature = self.config.eval.temperature
