@@ -4,12 +4,12 @@ r"""Export a model as a Hugging Face checkpoint (config.json, model.safetensors,
   python -m star_jax.export --checkpoint=smollm2-135m-instruct --out=/tmp/smollm2 \
       --dtype=bfloat16
 
-``--checkpoint`` is anything ``model.checkpoint`` accepts: a known name, a Hugging Face
-directory, a GGUF file, or a star_jax run (its workdir, ``WORKDIR/checkpoints`` for the latest
-iteration, ``WORKDIR/checkpoints/N`` for M_N; LoRA adapters are folded in). The directory it
-writes loads in transformers (``AutoModelForCausalLM.from_pretrained(out)``), vLLM,
-lm-evaluation-harness (``--model hf --model_args pretrained=out``) and llama.cpp's
-``convert_hf_to_gguf.py``.
+``--checkpoint`` is anything ``model.checkpoint`` accepts: a known name, a Hugging Face hub
+id (``org/name[@revision]``) or directory, a GGUF file, or a star_jax run (its workdir,
+``WORKDIR/checkpoints`` for the latest iteration, ``WORKDIR/checkpoints/N`` for M_N; LoRA
+adapters are folded in). The directory it writes loads in transformers
+(``AutoModelForCausalLM.from_pretrained(out)``), vLLM, lm-evaluation-harness (``--model hf
+--model_args pretrained=out``) and llama.cpp's ``convert_hf_to_gguf.py``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def export(checkpoint: str, out: str, dtype: str | None = None,
 
 def define_flags():
   flags.DEFINE_string("checkpoint", None, "What to export: a known name, a Hugging Face "
-                      "directory, a .gguf file, or a star_jax run (WORKDIR, WORKDIR/checkpoints, "
+                      "hub id (org/name[@revision]) or directory, a .gguf file, or a "
+                      "star_jax run (WORKDIR, WORKDIR/checkpoints, "
                       "WORKDIR/checkpoints/N).", required=True)
   flags.DEFINE_string("out", None, "Directory to write (must not exist, or be empty).",
                       required=True)

@@ -21,7 +21,8 @@ def define_flags() -> dict:
   """The command's flags (defined only when it runs: the module is a library too)."""
   return {
       "checkpoint": flags.DEFINE_string(
-          "checkpoint", None, "A known name (smollm2-135m-instruct), a Hugging Face directory, "
+          "checkpoint", None, "A known name (smollm2-135m-instruct), a Hugging Face hub id "
+          "(org/name[@revision]) or directory, "
           "a .gguf file, or a star_jax run: WORKDIR, WORKDIR/checkpoints (latest iteration) or "
           "WORKDIR/checkpoints/N.", required=True),
       "prompt": flags.DEFINE_string("prompt", None, "Text to continue.", required=True),
