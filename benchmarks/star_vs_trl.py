@@ -287,9 +287,8 @@ def run(data: str, checkpoint: str = DEFAULT_CHECKPOINT, questions: int = 128,
            "rows_per_step": rows, "seq_len": seq_len,
            "questions_per_step": len(train_set) / steps,
            "paper_questions_per_step": PAPER_QUESTIONS_PER_STEP}
-  same = {k: {"star_jax": ours.get(k), "transformers": theirs[k]} for k in (
-      "solved_by_generation", "solved_by_rationalization", "kept", "train_tokens",
-      "train_first_loss", "train_loss", "train_steps", "eval_accuracy", "eval_n")}
+  counted = ("solved_by_generation", "solved_by_rationalization", "kept", "train_tokens",
+             "train_first_loss", "train_loss", "train_steps", "eval_accuracy", "eval_n")
   theirs_seconds = dict(theirs["seconds"], total=sum(theirs["seconds"].values()))
   results = []
   for compiled, run_metrics in ((False, ours), (True, ours_warm)):
@@ -298,7 +297,7 @@ def run(data: str, checkpoint: str = DEFAULT_CHECKPOINT, questions: int = 128,
     ours_seconds = {p: run_metrics[OURS[p]] for p in PHASES}
     ours_seconds["total"] = run_metrics["iteration_seconds"]
     name = f"{workload}, compiled" if compiled else workload
-    work = {k: dict(v, star_jax=run_metrics.get(k)) for k, v in same.items()}
+    work = {k: {"star_jax": run_metrics.get(k), "transformers": theirs[k]} for k in counted}
     for phase in (*PHASES, "total"):
       rec = records.record(
           "star_vs_trl", f"{name} {phase}", "seconds", ours_seconds[phase],
