@@ -11,8 +11,15 @@ Both in one process, one after the other, on the same CPU:
               (checked: the first prompt's log-probs at every position, the largest gap printed)
   questions   ``configs/arithmetic_smollm2.py``'s problems, the same token ids in both (Tunix
               reads them through our tokenizer), Q a step, G samples each at temperature 0.7
-  lengths     every sample runs to exactly ``max_new_tokens``: neither side has an end token
-              or a stop string, so both sample, score and train the same number of tokens
+  lengths     ``--stops=none`` (the default): every sample runs to exactly ``max_new_tokens``:
+              neither side has an end token or a stop string, so both sample, score and train
+              the same number of tokens. ``--stops=task``: the workload a run has, each sample
+              ends where the task's answer ends (its stop string ``\n\n``, one token of
+              SmolLM2's, and the end tokens: Tunix's ``eos_tokens``), up to ``max_new_tokens``;
+              each side trains its rows as it lays them out (star_jax: the rows' own lengths
+              in buckets; Tunix: every completion padded to ``max_new_tokens``). Use it with
+              a checkpoint that has learned the format (the warm-started M_0 of
+              ``configs/arithmetic_smollm2.py``), so that samples end
   the step    GRPO with the frozen reference (KL beta 0.04, Tunix's default), clip 0.2, one
               update per batch (mu = 1), Adam at 1e-6, Q x G rows in one micro-batch
   phases      sample (rollout and reward), reference log-probs + loss + update, and the whole
@@ -70,16 +77,19 @@ def build_star_jax(args, workdir: str):
   """star_jax's GRPO method on the model, its sampler without end tokens or stop strings."""
   from star_jax import config as config_lib
   from star_jax.engine.trainer import Trainer
-  from star_jax.experiment.build import build
+  from star_jax.experiment.build import build, make_sampler
   from star_jax.sampling import Sampler
   from star_jax.star import finetune as ft
   from star_jax.star.grpo import GRPO
   cfg = config_lib.load(star_jax_config(args.questions, args.group, args.max_new_tokens,
                                         args.checkpoint))
   exp = build(cfg, workdir)
-  exp.task.stop_strings = ()  # every row samples max_new_tokens
-  sampler = Sampler(exp.model_cfg, exp.graphdef, exp.mesh, end_ids=(),
-                    pad_id=exp.tokenizer.pad_id, batch_size=cfg.sample.batch_size)
+  if args.stops == "task":
+    sampler = make_sampler(exp, cfg)
+  else:
+    exp.task.stop_strings = ()  # every row samples max_new_tokens
+    sampler = Sampler(exp.model_cfg, exp.graphdef, exp.mesh, end_ids=(),
+                      pad_id=exp.tokenizer.pad_id, batch_size=cfg.sample.batch_size)
   method = GRPO(cfg, exp, sampler, workdir)
   trainer = Trainer(exp.graphdef, exp.mesh, ft.optim_config(cfg.train, args.steps),
                     master_dtype=cfg.train.master_dtype, rounding=exp.rounding,
@@ -102,14 +112,15 @@ def run_star_jax(args, cfg, exp, method, trainer) -> dict:
           "total": [r["total_seconds"] for r in steps[1:]],
           "tokens_sampled": [r["tokens_sampled"] for r in steps],
           "rows_trained": [r["trained_rows"] for r in steps],
+          "reward_mean": float(np.mean([r["reward_mean"] for r in steps])),
           "loss": [r.get("loss") for r in steps], "kl": [r.get("kl") for r in steps]}
 
 
 class TunixTokenizer:
   """Our tokenizer as Tunix's ``TokenizerAdapter`` reads one (encode, decode, bos/eos/pad)."""
 
-  def __init__(self, tok, never: int):
-    self.tok, self.never = tok, never
+  def __init__(self, tok, never: int, eos: int | None = None):
+    self.tok, self.never, self.eos = tok, never, eos
 
   def encode(self, text, **kwargs):
     return list(self.tok.encode_prompt(str(text)))
@@ -121,7 +132,7 @@ class TunixTokenizer:
     return getattr(self.tok, "bos_id", None) or self.never
 
   def eos_id(self):
-    return self.never  # no end token: every row runs to max_new_tokens
+    return self.never if self.eos is None else self.eos  # never: rows run to max_new_tokens
 
   def pad_id(self):
     return self.tok.pad_id
@@ -180,15 +191,24 @@ def run_tunix(args, exp, hf_dir: str, questions) -> dict:
                     "logprob_max_abs_difference_ours_at_tunix_rope": gap_same_rope,
                     "prompt_tokens": len(prompt)}))
   never = exp.model_cfg.vocab_size + 7  # an id no row can sample
-  tokenizer = TunixTokenizer(exp.tokenizer, never)
+  eos_tokens = [never]
+  if args.stops == "task":  # the end tokens and the stop strings spelled as one token
+    from star_jax.experiment.build import stop_sequences
+    eos_tokens = list(exp.tokenizer.end_ids) + [
+        ids[0] for ids in stop_sequences(exp.tokenizer, exp.task.stop_strings) if len(ids) == 1]
+  tokenizer = TunixTokenizer(exp.tokenizer, never, None if args.stops == "none" else eos_tokens[0])
   task = exp.task
   prompts = [task.prompt(ex, hint=False, few_shot=False) for ex in questions]
   longest = max(len(tokenizer.encode(p)) for p in prompts)
   by_id = {ex.id: ex for ex in questions}
 
+  rewards: list[float] = []
+
   def reward(prompts, completions, answer, **kwargs):
-    return [float(task.is_correct(task.extract_answer(str(c)), by_id[str(a)]))
-            for c, a in zip(completions, answer)]
+    out = [float(task.is_correct(task.extract_answer(str(c)), by_id[str(a)]))
+           for c, a in zip(completions, answer)]
+    rewards.extend(out)
+    return out
 
   cluster_config = rl_cluster_lib.ClusterConfig(
       role_to_mesh={rl_cluster_lib.Role.ACTOR: mesh, rl_cluster_lib.Role.REFERENCE: mesh,
@@ -200,7 +220,7 @@ def run_tunix(args, exp, hf_dir: str, questions) -> dict:
           max_tokens_to_generate=args.max_new_tokens, max_prompt_length=longest,
           kv_cache_size=-(-longest // 128) * 128 + args.max_new_tokens + 8,
           temperature=TEMPERATURE,
-          top_p=1.0, top_k=None, eos_tokens=[never]))
+          top_p=1.0, top_k=None, eos_tokens=eos_tokens))
   cluster = rl_cluster_lib.RLCluster(actor=actor, reference=reference, tokenizer=tokenizer,
                                      cluster_config=cluster_config)
   learner = grpo_learner.GRPOLearner(
@@ -236,7 +256,7 @@ def run_tunix(args, exp, hf_dir: str, questions) -> dict:
   totals = [b - a for a, b in zip(starts, starts[1:] + [end])]
   return {"sample": spans["generate"][1:],
           "train": [r + u for r, u in zip(spans["ref"][1:], spans["update"][1:])],
-          "total": totals[1:], "tokens_sampled": lengths,
+          "total": totals[1:], "tokens_sampled": lengths, "reward_mean": float(np.mean(rewards)),
           "steps": len(starts), "logprob_gap": gap, "logprob_gap_same_rope": gap_same_rope}
 
 
@@ -247,6 +267,9 @@ def main(argv=None):
   parser.add_argument("--max_new_tokens", type=int, default=64)
   parser.add_argument("--steps", type=int, default=4)
   parser.add_argument("--checkpoint", default="smollm2-135m-instruct")
+  parser.add_argument("--stops", choices=("none", "task"), default="none",
+                      help="none: every sample runs to max_new_tokens; task: samples end at the "
+                           "task's stop string or an end token, as in a run")
   parser.add_argument("--only", choices=("star_jax", "tunix", "both"), default="both")
   parser.add_argument("--out", default=OUT)
   args = parser.parse_args(argv)
@@ -272,14 +295,17 @@ def main(argv=None):
   records = []
   for phase in ("sample", "train", "total"):
     rec = {"benchmark": "grpo_step", "phase": phase, "questions": args.questions,
-           "group": args.group, "max_new_tokens": args.max_new_tokens,
+           "group": args.group, "max_new_tokens": args.max_new_tokens, "stops": args.stops,
+           "checkpoint": args.checkpoint,
            "timed_steps": args.steps - 1}
     if ours:
       rec["star_jax_s"] = round(statistics.median(ours[phase]), 3)
-      rec["star_jax_tokens_sampled_per_step"] = ours["tokens_sampled"][-1]
+      rec["star_jax_tokens_sampled_per_step"] = round(statistics.mean(ours["tokens_sampled"]))
+      rec["star_jax_reward_mean"] = round(ours["reward_mean"], 4)
     if peer:
       rec["tunix_s"] = round(statistics.median(peer[phase]), 3)
       rec["tunix_tokens_sampled_per_step"] = sum(peer["tokens_sampled"]) // max(peer["steps"], 1)
+      rec["tunix_reward_mean"] = round(peer["reward_mean"], 4)
     if ours and peer:
       rec["ratio"] = round(rec["tunix_s"] / rec["star_jax_s"], 2)
     rec.update(info)

@@ -209,6 +209,11 @@ class Config:
   seed: int = key(0, "model init, training batches and sampling")
   checkpoint_every: int = key(100, "train steps between train-state checkpoints (resume)")
   checkpoint_async: bool = key(True, "write checkpoints while the next steps train")
+  compilation_cache: str = key("workdir", "where compiled programs are kept for the next "
+                               "process (a resumed run skips its compiles): workdir = "
+                               "$JAX_COMPILATION_CACHE_DIR if set, else "
+                               "WORKDIR/compilation_cache; a directory (local or gs://) that "
+                               "runs share; \"\" = off")
   model: ModelSpec = group(ModelSpec, "the decoder: preset or checkpoint, LoRA")
   tokenizer: TokenizerConfig = group(TokenizerConfig, "models built here: their tokenizer")
   mesh: MeshConfig = group(MeshConfig, "device mesh axes")
@@ -225,7 +230,7 @@ class Config:
 
 # Keys that change how a run is executed but not its results: free to differ on resume.
 OPERATIONAL_KEYS = frozenset({
-    "checkpoint_every", "checkpoint_async", "sample.shard_size", "data.download",
+    "checkpoint_every", "checkpoint_async", "compilation_cache", "sample.shard_size", "data.download",
     "data.tfds_dir", "data.download_timeout_s",
     # iteration n depends on n alone (its questions, steps and seed), so a finished run can
     # be extended by more iterations, or stopped earlier

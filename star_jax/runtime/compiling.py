@@ -20,8 +20,21 @@ import time
 import jax
 
 LONG_COMPILE_S = 10.0
+CACHE_MIN_COMPILE_S = 1.0  # programs that compile faster are not worth a file
 _GIB = 2 ** 30
 COMPILED: list[tuple[str, float]] = []  # (what, seconds) of every compile, in order
+CACHE_HITS: list[str] = []  # what ``compiled`` read from the persistent compilation cache
+
+
+_HITS = [0]  # programs JAX read from its persistent cache, all of this process's
+
+
+def _count_hits(event: str, **kwargs) -> None:
+  if event == "/jax/compilation_cache/cache_hits":
+    _HITS[0] += 1
+
+
+jax.monitoring.register_event_listener(_count_hits)
 
 
 _TARGET = contextvars.ContextVar("star_jax_compile_target", default=None)
@@ -109,10 +122,28 @@ def out_of_device_memory(error: BaseException) -> tuple[int, int, str] | None:
   return None
 
 
+def use_cache(directory: str) -> None:
+  """Keeps every program that took ``CACHE_MIN_COMPILE_S`` or more to compile in
+  ``directory`` (JAX's persistent compilation cache: a local path or gs://), and reads it
+  back instead of compiling in the next process that asks for the same program on the same
+  devices and versions. "" turns it off. A process that already used another directory
+  switches to this one."""
+  from jax.experimental.compilation_cache import compilation_cache
+  current = jax.config.jax_compilation_cache_dir or ""
+  if directory == current:
+    return
+  compilation_cache.reset_cache()  # the cache is opened once, on first use: reopen it here
+  jax.config.update("jax_compilation_cache_dir", directory or None)
+  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # the user's, if set
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_S)
+  if directory:
+    logging.info("compiled programs are kept in %s", directory)
+
+
 def compiled(jitted, args, what: str, hint: str = ""):
   """The compiled executable of ``jitted`` for ``args``; raises MemoryError when it cannot fit
   (found by the compiler itself, or from its memory analysis)."""
-  t0 = time.perf_counter()
+  t0, hits = time.perf_counter(), _HITS[0]
   try:
     exe = jitted.lower(*args).compile()
   except Exception as e:  # jax's runtime error; only the device-memory refusal is handled
@@ -126,8 +157,12 @@ def compiled(jitted, args, what: str, hint: str = ""):
                       + (f"; {hint}" if hint else "")) from None
   seconds = time.perf_counter() - t0
   COMPILED.append((what, seconds))
-  level = logging.INFO if seconds > LONG_COMPILE_S else logging.DEBUG
-  logging.log(level, "compiled %s in %.1f s", what, seconds)
+  if _HITS[0] > hits:
+    CACHE_HITS.append(what)
+    logging.info("read %s from the compilation cache in %.1f s", what, seconds)
+  else:
+    level = logging.INFO if seconds > LONG_COMPILE_S else logging.DEBUG
+    logging.log(level, "compiled %s in %.1f s", what, seconds)
   need, have = memory_need(exe), device_memory_bytes()
   if need and have and need["total"] > have:
     parts = ", ".join(f"{k} {v / _GIB:.2f}" for k, v in need.items() if k != "total")

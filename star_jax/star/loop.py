@@ -20,6 +20,7 @@ directory, or gs://bucket/dir where gcsfs is installed.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -30,7 +31,7 @@ from star_jax.experiment import artifacts, report, workdir as wd
 from star_jax.experiment.board import Board
 from star_jax.experiment.build import build, check, make_sampler
 from star_jax.hub.checkpointer import Checkpointer
-from star_jax.runtime import distributed
+from star_jax.runtime import compiling, distributed
 from star_jax.runtime.errors import CheckpointError
 from star_jax.runtime.files import read_jsonl
 from star_jax.star import finetune as ft, seed, verifier as verifier_lib
@@ -53,6 +54,14 @@ def run(config: Any, workdir: epath.PathLike, overwrite: bool = False) -> list[d
     return _locked_run(cfg, method_cls, workdir, overwrite)
 
 
+def _compilation_cache(cfg: config_lib.Config, workdir: epath.Path) -> str:
+  """The directory compiled programs are kept in: the config's, or by default the one the
+  environment names for JAX (``JAX_COMPILATION_CACHE_DIR``), else WORKDIR/compilation_cache."""
+  if cfg.compilation_cache != "workdir":
+    return cfg.compilation_cache
+  return os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(workdir / "compilation_cache")
+
+
 def _locked_run(cfg: config_lib.Config, method_cls, workdir: epath.Path, overwrite: bool
                 ) -> list[dict]:
   """``run`` once the config is checked and this process holds the workdir."""
@@ -70,6 +79,7 @@ def _locked_run(cfg: config_lib.Config, method_cls, workdir: epath.Path, overwri
   else:
     wd.clear(workdir)  # debris of a start that failed before recording its config
   t0 = time.time()
+  compiling.use_cache(_compilation_cache(cfg, workdir))
   exp = build(cfg, workdir)
   warning = ft.update_reach_check(exp, cfg.train, ft.steps_for_iteration(cfg.star, 1))
   if warning:

@@ -31,3 +31,35 @@ def test_iterations_after_the_first_compile_nothing(tmp_path):
   assert any("decode" in w or "sample" in w for w in one), one
   config.star.iterations = 3
   assert _compiles(config, workdir) == []
+
+
+def test_a_resumed_runs_new_process_reads_its_programs_from_the_compilation_cache(
+    tmp_path, monkeypatch):
+  """What a resumed (or extended) run's fresh process does: the programs the first process
+  compiled are read from WORKDIR/compilation_cache (the default), none compiled again."""
+  import jax
+  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)  # the default: the workdir's
+  monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", raising=False)
+  monkeypatch.setattr(compiling, "CACHE_MIN_COMPILE_S", 0.0)  # tiny programs: keep them all
+  session_cache = jax.config.jax_compilation_cache_dir or ""
+  config = load_config("arithmetic")
+  config.pretrain.steps, config.star.iterations = 20, 1
+  workdir = tmp_path / "run"
+  try:
+    def fresh_process_run():
+      for cache in (trainer._STEP_FNS, sampler._FNS, params._CREATORS):
+        cache.clear()
+      trainer._OPT_INITS.clear()
+      jax.clear_caches()  # nothing compiled in memory, as in a new process
+      before, hits = len(compiling.COMPILED), len(compiling.CACHE_HITS)
+      star.run(config, workdir)
+      return [w for w, _ in compiling.COMPILED[before:]], compiling.CACHE_HITS[hits:]
+
+    compiled, read = fresh_process_run()
+    assert compiled and not read
+    assert len(list((workdir / "compilation_cache").iterdir())) >= len(compiled)
+    config.star.iterations = 2  # the run extended by an iteration, in a new process
+    compiled_again, read_again = fresh_process_run()
+    assert compiled_again and read_again == compiled_again
+  finally:
+    compiling.use_cache(session_cache)
