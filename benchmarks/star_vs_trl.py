@@ -26,7 +26,11 @@ phases (``metrics.jsonl``), after iteration 0 loaded the model and evaluated M_0
 iteration compiles its programs (the sampler's for each prompt shape, the train step);
 ``--warm`` (the default) then runs it once more in the same process and a fresh workdir, its
 programs compiled, as every iteration of a run after its first is (workload ``..., compiled``;
-the same samples, kept set and steps). The peer, eager torch, compiles nothing.
+the same samples, kept set and steps). ``--cached`` (the default) runs it once more before
+that, in a fresh workdir, with every program forgotten as in a new process but kept in the
+run's compilation cache (``compilation_cache``, which the first run filled): what the first
+iteration of a resumed run, or of the next run of a sweep, costs (workload ``..., from the
+compilation cache``). The peer, eager torch, compiles nothing.
 
 The scale: the paper's CQA iteration 1 samples 9,741 questions for 40 steps of 8 rows (~243
 questions a step) and evaluates 1,221; the default steps are ``--questions`` / 243, at least 2
@@ -260,8 +264,9 @@ def run(data: str, checkpoint: str = DEFAULT_CHECKPOINT, questions: int = 128,
         rows: int = 8, seq_len: int = 256, learning_rate: float = 1e-5, batch_size: int = 32,
         seed: int = 0, device: str = "auto", max_new_tokens: int = 0, markdown: bool = False,
         cmd: str | None = None, workdir: str | None = None, overrides: dict | None = None,
-        warm: bool = True) -> list[dict[str, Any]]:
+        warm: bool = True, cached: bool = True) -> list[dict[str, Any]]:
   from star_jax.hub import load_pretrained
+  from star_jax.runtime import compiling
 
   cmd = cmd if cmd is not None else common.command(MODULE)
   eval_questions = eval_questions or max(8, round(questions * PAPER_EVAL_SHARE))
@@ -272,8 +277,13 @@ def run(data: str, checkpoint: str = DEFAULT_CHECKPOINT, questions: int = 128,
                        rows, seq_len, learning_rate, batch_size, seed, max_new_tokens,
                        overrides)
   with tempfile.TemporaryDirectory() as scratch:
+    config.compilation_cache = os.path.join(scratch, "compilation_cache")  # every run's
     ours, (task, train_set, eval_set, cfg) = run_star_jax(config, workdir or
                                                          os.path.join(scratch, "run"))
+    ours_cached = None
+    if cached:  # a new process's first iteration: nothing compiled in memory, all on disk
+      compiling.forget_programs()
+      ours_cached = run_star_jax(config, os.path.join(scratch, "cached"))[0]
     # The same iteration again in this process, in a fresh workdir: its programs are compiled,
     # as in every iteration of a run after the first (the same samples, kept set and steps).
     ours_warm = run_star_jax(config, os.path.join(scratch, "warm"))[0] if warm else None
@@ -291,19 +301,22 @@ def run(data: str, checkpoint: str = DEFAULT_CHECKPOINT, questions: int = 128,
              "train_first_loss", "train_loss", "train_steps", "eval_accuracy", "eval_n")
   theirs_seconds = dict(theirs["seconds"], total=sum(theirs["seconds"].values()))
   results = []
-  for compiled, run_metrics in ((False, ours), (True, ours_warm)):
+  runs = (("", ours), (", from the compilation cache", ours_cached), (", compiled", ours_warm))
+  for suffix, run_metrics in runs:
     if run_metrics is None:
       continue
+    compiled = suffix == ", compiled"
     ours_seconds = {p: run_metrics[OURS[p]] for p in PHASES}
     ours_seconds["total"] = run_metrics["iteration_seconds"]
-    name = f"{workload}, compiled" if compiled else workload
+    name = workload + suffix
     work = {k: {"star_jax": run_metrics.get(k), "transformers": theirs[k]} for k in counted}
     for phase in (*PHASES, "total"):
       rec = records.record(
           "star_vs_trl", f"{name} {phase}", "seconds", ours_seconds[phase],
           theirs_seconds[phase], peer, machine, cmd, workload=name, phase=phase,
           samples=samples, temperature=temperature, checkpoint=checkpoint, dtype="float32",
-          scale=scale, same_work=work, programs_compiled=compiled)
+          scale=scale, same_work=work, programs_compiled=compiled,
+          compilation_cache=bool(suffix) and not compiled)
       # seconds: the ratio is theirs / ours (how many times faster star_jax is)
       rec["ratio"] = common.ratio(theirs_seconds[phase], ours_seconds[phase])
       records.emit(rec)
@@ -335,6 +348,8 @@ def define_flags() -> None:
   flags.DEFINE_bool("warm", True, "also time star_jax's iteration a second time in the same "
                     "process, its programs compiled (as every iteration of a run after its "
                     "first); the peer has nothing to compile")
+  flags.DEFINE_bool("cached", True, "also time it as a new process's first iteration whose "
+                    "programs are in the compilation cache (a resumed run; a sweep's next run)")
   flags.DEFINE_enum("device", "auto", ["auto", "cpu", "gpu"], "jax platform (torch follows: "
                     "cuda for gpu, else cpu)")
   common.define_markdown_flag()
@@ -346,7 +361,7 @@ def main(argv):
       eval_questions=F.eval_questions, samples=F.samples, temperature=F.temperature,
       steps=F.steps, rows=F.rows, seq_len=F.seq_len, learning_rate=F.learning_rate,
       batch_size=F.batch_size, seed=F.seed, device=F.device, markdown=F.markdown,
-      warm=F.warm)
+      warm=F.warm, cached=F.cached)
 
 
 if __name__ == "__main__":

@@ -315,15 +315,19 @@ def test_star_vs_trl_both_loops_do_the_same_work(answering_llama, capsys):
                  "star.few_shot_rationalization": False})
   assert _printed(capsys) == recs
   phases = ["sample", "rationalize", "fine_tune", "evaluate", "total"]
-  assert [r["phase"] for r in recs] == phases * 2  # then the same iteration, compiled
-  assert [r["workload"] for r in recs] == ["greedy n=1"] * 5 + ["greedy n=1, compiled"] * 5
-  warm, recs = recs[5:], recs[:5]
-  assert [r["programs_compiled"] for r in recs + warm] == [False] * 5 + [True] * 5
-  # the compiled rerun did the same work (the peer's numbers are the one run's)
-  assert warm[0]["same_work"] == recs[0]["same_work"]
+  # then the same iteration as a new process with the compilation cache, then compiled
+  assert [r["phase"] for r in recs] == phases * 3
+  assert [r["workload"] for r in recs] == (["greedy n=1"] * 5 + [
+      "greedy n=1, from the compilation cache"] * 5 + ["greedy n=1, compiled"] * 5)
+  cached, warm, recs = recs[5:10], recs[10:], recs[:5]
+  assert [r["programs_compiled"] for r in recs + cached + warm] == [False] * 10 + [True] * 5
+  assert [r["compilation_cache"] for r in recs + cached + warm] == [False] * 5 + [True] * 5 + [
+      False] * 5
+  # the reruns did the same work (the peer's numbers are the one run's)
+  assert warm[0]["same_work"] == cached[0]["same_work"] == recs[0]["same_work"]
   assert [r["transformers"] for r in warm] == [r["transformers"] for r in recs]
   assert warm[-1]["star_jax"] < recs[-1]["star_jax"]  # nothing left to compile
-  for rec in recs + warm:  # seconds: the ratio is how many times faster star_jax is
+  for rec in recs + cached + warm:  # seconds: the ratio is how many times faster star_jax is
     assert set(records.RECORD_KEYS) <= set(rec) and MACHINE_KEYS <= set(rec["machine"])
     assert rec["metric"] == "seconds" and rec["star_jax"] > 0 and rec["transformers"] > 0
     assert rec["ratio"] == pytest.approx(rec["transformers"] / rec["star_jax"], rel=1e-12)

@@ -16,6 +16,7 @@ from jax.sharding import Mesh
 from star_jax.engine import sharding
 from star_jax.engine.decoder import Decoder
 from star_jax.engine.model_config import ModelConfig
+from star_jax.runtime.compiling import program_cache
 
 
 def abstract_like(tree: Any, shardings: Any | None = None) -> Any:
@@ -48,7 +49,7 @@ def init_params(cfg: ModelConfig, mesh: Mesh, seed: int = 0,
   return graphdef, params
 
 
-_CREATORS: dict = {}
+_CREATORS: dict = program_cache()
 
 
 def _creator(cfg, mesh, key, shardings):

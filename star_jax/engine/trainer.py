@@ -35,7 +35,7 @@ from star_jax.engine.precision import as_masters, cast_leaves, dtype_names
 from star_jax.engine.optim import OptimConfig, learning_rate, make_optimizer
 from star_jax.engine.params import merge, shardings_of
 from star_jax.engine.train_state import TrainState
-from star_jax.runtime.compiling import CompileOnFirstCall
+from star_jax.runtime.compiling import CompileOnFirstCall, program_cache
 
 def train_step(graphdef, optim: OptimConfig, compute_dtypes: tuple[str, ...] | None, loss,
                state: TrainState, frozen, batch: dict[str, jax.Array],
@@ -97,10 +97,10 @@ def train_step(graphdef, optim: OptimConfig, compute_dtypes: tuple[str, ...] | N
 
 # Compiled steps shared by every Trainer with the same structure, optimizer, mesh and
 # shapes: the STaR loop builds a fresh Trainer each iteration without recompiling.
-_STEP_FNS: dict = {}
+_STEP_FNS: dict = program_cache()
 
 
-_OPT_INITS: dict = {}
+_OPT_INITS: dict = program_cache()
 
 
 def _opt_init(optim: OptimConfig, params: nnx.State):

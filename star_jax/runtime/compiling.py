@@ -122,6 +122,25 @@ def out_of_device_memory(error: BaseException) -> tuple[int, int, str] | None:
   return None
 
 
+_PROGRAM_CACHES: list[dict] = []
+
+
+def program_cache() -> dict:
+  """A module's own cache of jitted or compiled programs (keyed by shapes, mesh, config),
+  registered so that ``forget_programs`` clears it."""
+  cache: dict = {}
+  _PROGRAM_CACHES.append(cache)
+  return cache
+
+
+def forget_programs() -> None:
+  """Forgets every program this process compiled, as if it were a new process: the next
+  call of each traces and compiles again (or reads it from the persistent cache)."""
+  for cache in _PROGRAM_CACHES:
+    cache.clear()
+  jax.clear_caches()
+
+
 def use_cache(directory: str) -> None:
   """Keeps every program that took ``CACHE_MIN_COMPILE_S`` or more to compile in
   ``directory`` (JAX's persistent compilation cache: a local path or gs://), and reads it

@@ -23,7 +23,7 @@ from star_jax.engine import sharding
 from star_jax.engine.kv_cache import Cache, cache_shardings
 from star_jax.engine.model_config import ModelConfig
 from star_jax.engine.params import shardings_of
-from star_jax.runtime.compiling import CompileOnFirstCall
+from star_jax.runtime.compiling import CompileOnFirstCall, program_cache
 from star_jax.runtime.distributed import to_host
 from star_jax.sampling.decode import DecodeState, compact, decode, prefill, prefill_prefix
 from star_jax.sampling.sampling_params import SamplingParams
@@ -51,7 +51,7 @@ def shared_prefix_len(prompts: Sequence[Sequence[int]]) -> int:
 
 
 # Compiled functions shared by all samplers of the same structure and layout.
-_FNS: dict = {}
+_FNS: dict = program_cache()
 
 
 class Sampler:

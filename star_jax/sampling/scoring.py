@@ -16,6 +16,7 @@ import numpy as np
 
 from star_jax.engine import sharding
 from star_jax.engine.params import merge, shardings_of
+from star_jax.runtime.compiling import program_cache
 from star_jax.runtime.distributed import to_host
 
 
@@ -32,7 +33,7 @@ def _scores(graphdef, params, tokens_BxT, mask_BxT, cont_mask_BxC):
   return jnp.sum(logp_BxC * cont_mask_BxC, axis=-1)
 
 
-_FNS: dict = {}
+_FNS: dict = program_cache()
 
 
 def continuation_logprobs(graphdef, mesh, params, contexts: Sequence[Sequence[int]],

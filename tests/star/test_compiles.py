@@ -4,9 +4,7 @@ steps on a decaying schedule."""
 
 from helpers.runs import load_config
 from star_jax import star
-from star_jax.engine import params, trainer
 from star_jax.runtime import compiling
-from star_jax.sampling import sampler
 
 
 def _compiles(config, workdir):
@@ -17,9 +15,7 @@ def _compiles(config, workdir):
 
 
 def test_iterations_after_the_first_compile_nothing(tmp_path):
-  for cache in (trainer._STEP_FNS, sampler._FNS, params._CREATORS):
-    cache.clear()
-  trainer._OPT_INITS.clear()
+  compiling.forget_programs()
   config = load_config("arithmetic")
   config.star.steps_schedule, config.train.schedule = "exponential", "linear"  # new horizons
   config.star.base_steps, config.star.steps_growth = 5, 1.5  # 5, 8, 11 steps
@@ -47,10 +43,7 @@ def test_a_resumed_runs_new_process_reads_its_programs_from_the_compilation_cach
   workdir = tmp_path / "run"
   try:
     def fresh_process_run():
-      for cache in (trainer._STEP_FNS, sampler._FNS, params._CREATORS):
-        cache.clear()
-      trainer._OPT_INITS.clear()
-      jax.clear_caches()  # nothing compiled in memory, as in a new process
+      compiling.forget_programs()  # nothing compiled in memory, as in a new process
       before, hits = len(compiling.COMPILED), len(compiling.CACHE_HITS)
       star.run(config, workdir)
       return [w for w, _ in compiling.COMPILED[before:]], compiling.CACHE_HITS[hits:]
