@@ -19,7 +19,7 @@ Both in one process, one after the other, on the same CPU:
               each side trains its rows as it lays them out (star_jax: the rows' own lengths
               in buckets; Tunix: every completion padded to ``max_new_tokens``). Use it with
               a checkpoint that has learned the format (the warm-started M_0 of
-              ``configs/arithmetic_smollm2.py``), so that samples end
+              ``configs/arithmetic_smollm2.py``), whose samples end there
   the step    GRPO with the frozen reference (KL beta 0.04, Tunix's default), clip 0.2, one
               update per batch (mu = 1), Adam at 1e-6, Q x G rows in one micro-batch
   phases      sample (rollout and reward), reference log-probs + loss + update, and the whole
@@ -194,8 +194,8 @@ def run_tunix(args, exp, hf_dir: str, questions) -> dict:
   eos_tokens = [never]
   if args.stops == "task":  # the end tokens and the stop strings spelled as one token
     from star_jax.experiment.build import stop_sequences
-    eos_tokens = list(exp.tokenizer.end_ids) + [
-        ids[0] for ids in stop_sequences(exp.tokenizer, exp.task.stop_strings) if len(ids) == 1]
+    eos_tokens = [ids[0] for ids in stop_sequences(exp.tokenizer, exp.task.stop_strings)
+                  if len(ids) == 1] + list(exp.tokenizer.end_ids)
   tokenizer = TunixTokenizer(exp.tokenizer, never, None if args.stops == "none" else eos_tokens[0])
   task = exp.task
   prompts = [task.prompt(ex, hint=False, few_shot=False) for ex in questions]
