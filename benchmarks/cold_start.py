@@ -3,6 +3,9 @@ train step, as a STaR run on the cqa config meets them (no compilation cache).
 
   python -m benchmarks.cold_start [--config=configs/cqa.py] \
       [--checkpoint=smollm2-135m-instruct] [--markdown]
+  # a resumed run's process: the same command twice with one compilation cache (the
+  # first fills it, the second reads its programs back; records say which)
+  python -m benchmarks.cold_start --compilation_cache=/tmp/cold_start_cache
 
 In one fresh process: import jax and star_jax, load the checkpoint, sample one new
 token for the cqa task's few-shot prompt (compiling prefill and decode), then one
@@ -32,8 +35,8 @@ MODULE = "benchmarks.cold_start"
 
 
 def run(checkpoint: str = "smollm2-135m-instruct", config: str = "configs/cqa.py",
-        seq_len: int = 0, markdown: bool = False, cmd: str | None = None
-        ) -> list[dict[str, Any]]:
+        seq_len: int = 0, markdown: bool = False, cmd: str | None = None,
+        compilation_cache: str = "") -> list[dict[str, Any]]:
   import jax
 
   from star_jax import tasks
@@ -46,6 +49,8 @@ def run(checkpoint: str = "smollm2-135m-instruct", config: str = "configs/cqa.py
   from star_jax.star import finetune as ft
 
   cmd = cmd if cmd is not None else common.command(MODULE)
+  if compilation_cache:  # as a run does (the config's compilation_cache)
+    compiling.use_cache(compilation_cache)
   marks: list[tuple[str, float, list]] = []  # (milestone, seconds, [[compiled, seconds]])
   seen = [0]
 
@@ -85,7 +90,9 @@ def run(checkpoint: str = "smollm2-135m-instruct", config: str = "configs/cqa.py
         "cold_start", name, "seconds_since_start", seconds, None, None, machine, cmd,
         checkpoint=checkpoint, prompt_tokens=len(prompt), train_rows=train_cfg.batch_size,
         train_micro_batches=train_cfg.grad_accum, train_seq_len=train_cfg.seq_len,
-        compiles=compiles, compile_s=round(sum(s for _, s in compiles), 2)))
+        compiles=compiles, compile_s=round(sum(s for _, s in compiles), 2),
+        compilation_cache=compilation_cache or None,
+        read_from_cache=[w for w, _ in compiles if w in compiling.CACHE_HITS]))
     records.emit(recs[-1])
   if markdown:
     records.print_markdown(recs)
@@ -97,12 +104,16 @@ def define_flags() -> None:
                       "known checkpoint name, Hugging Face directory or .gguf file")
   flags.DEFINE_string("config", "configs/cqa.py", "the config whose train step is timed")
   flags.DEFINE_integer("seq_len", 0, "train row length (0: the config's train.seq_len)")
+  flags.DEFINE_string("compilation_cache", "", "keep the compiled programs in this directory "
+                      "and read them back from it, as a run does (a second invocation with "
+                      "the same directory is a resumed run's process)")
   common.define_markdown_flag()
 
 
 def main(argv):
   F = common.parsed_flags(argv)
-  run(checkpoint=F.checkpoint, config=F.config, seq_len=F.seq_len, markdown=F.markdown)
+  run(checkpoint=F.checkpoint, config=F.config, seq_len=F.seq_len, markdown=F.markdown,
+      compilation_cache=F.compilation_cache)
 
 
 if __name__ == "__main__":

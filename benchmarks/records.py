@@ -170,8 +170,12 @@ def _sampling_rows(recs):
 
 def _cold_rows(recs):
   head = ["milestone", "seconds since the process started", "compiles on the way (s)"]
+  def compile_s(r, w, s):
+    return f"{w}: {s:g}" + (" (read from the cache)" if w in (r.get("read_from_cache") or ())
+                            else "")
   rows = [[r["case"], _fmt(r["star_jax"]),
-           ", ".join(f"{w}: {s:g}" for w, s in r.get("compiles") or []) or "–"] for r in recs]
+           ", ".join(compile_s(r, w, s) for w, s in r.get("compiles") or []) or "–"]
+          for r in recs]
   return head, rows
 
 

@@ -227,6 +227,31 @@ def test_cold_start_milestones(tiny_chat, capsys):
   assert "| first train step |" in records.markdown_table(recs)
 
 
+def test_cold_start_of_a_resumed_process_reads_the_compilation_cache(tiny_chat, tmp_path,
+                                                                      monkeypatch, capsys):
+  """The same cold start twice with one compilation cache: the second reads its programs."""
+  import jax
+  from star_jax.runtime import compiling
+  monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", raising=False)
+  monkeypatch.setattr(compiling, "CACHE_MIN_COMPILE_S", 0.0)
+  session_cache = jax.config.jax_compilation_cache_dir or ""
+  cache = str(tmp_path / "cache")
+  try:
+    compiling.forget_programs()
+    first = cold_start.run(checkpoint=tiny_chat, seq_len=2048, compilation_cache=cache, cmd="c")
+    compiling.forget_programs()  # a new process
+    second = cold_start.run(checkpoint=tiny_chat, seq_len=2048, compilation_cache=cache,
+                            cmd="c")
+  finally:
+    compiling.use_cache(session_cache)
+  capsys.readouterr()
+  assert [r["read_from_cache"] for r in first] == [[]] * 5
+  read = [w for r in second for w in r["read_from_cache"]]
+  assert read == [w for r in second for w, _ in r["compiles"]]
+  assert any("train step" in w for w in read) and any("decode" in w for w in read)
+  assert "(read from the cache)" in records.markdown_table(second)
+
+
 def test_star_sampling_end_to_end(tiny_chat, tmp_path, capsys):
   """The CQA few-shot workload on a tiny Llama with its own tokenizer: both workloads, with and
   without prefix reuse, against transformers on the same prompt ids."""
