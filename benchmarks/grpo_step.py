@@ -8,7 +8,9 @@ Both in one process, one after the other, on the same CPU:
               own Llama 3 class (``tunix.models.llama3``: SmolLM2 is a Llama, 30 layers, 576
               wide, 9 heads, 3 KV heads, tied embeddings, rope theta 1e5) from the Hugging
               Face directory ``star_jax.export`` writes of it; both compute the same logits
-              (checked: the first prompt's log-probs at every position, the largest gap printed)
+              (checked: the first prompt's log-probs at every position, the largest gap printed;
+              Tunix 0.1.7's attention ignores its config's rope theta, so the benchmark hands
+              SmolLM2's 1e5 to the function it calls)
   questions   ``configs/arithmetic_smollm2.py``'s problems, the same token ids in both (Tunix
               reads them through our tokenizer), Q a step, G samples each at temperature 0.7
   lengths     ``--stops=none`` (the default): every sample runs to exactly ``max_new_tokens``:
@@ -39,6 +41,7 @@ appends them to docs/benchmarks/grpo_step.jsonl. Tunix is not a dependency of st
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -183,10 +186,13 @@ def run_tunix(args, exp, hf_dir: str, questions) -> dict:
   actor, reference = tunix_model(hf_dir, mesh), tunix_model(hf_dir, mesh)
   prompt = exp.tokenizer.encode_prompt(exp.task.prompt(questions[0], hint=False, few_shot=False))
   # Tunix 0.1.7's Llama 3 rotates with theta 1e6 whatever its config says (its attention
-  # calls apply_rope without config.rope_theta); SmolLM2's is 1e5. Past position 0 the
-  # log-probs differ by that alone (the work is the same): with ours at 1e6 they agree.
-  gap = same_logits(exp, actor, prompt)
+  # calls the module's apply_rope without config.rope_theta); SmolLM2's is 1e5. Past
+  # position 0 the log-probs differ by that alone: with ours at 1e6 they agree. The
+  # benchmark then gives Tunix's apply_rope SmolLM2's theta, so both sample one model.
   gap_same_rope = same_logits(exp, actor, prompt, rope_base=1e6)
+  from tunix.models.llama3 import model as llama3
+  llama3.apply_rope = functools.partial(llama3.apply_rope, rope_theta=exp.model_cfg.rope_base)
+  gap = same_logits(exp, actor, prompt)
   print(json.dumps({"logprob_max_abs_difference": gap,
                     "logprob_max_abs_difference_ours_at_tunix_rope": gap_same_rope,
                     "prompt_tokens": len(prompt)}))
