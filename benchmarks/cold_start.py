@@ -51,13 +51,14 @@ def run(checkpoint: str = "smollm2-135m-instruct", config: str = "configs/cqa.py
   cmd = cmd if cmd is not None else common.command(MODULE)
   if compilation_cache:  # as a run does (the config's compilation_cache)
     compiling.use_cache(compilation_cache)
-  marks: list[tuple[str, float, list]] = []  # (milestone, seconds, [[compiled, seconds]])
-  seen = [0]
+  # (milestone, seconds, [[compiled, seconds]], [read from the cache])
+  marks: list[tuple[str, float, list, list]] = []
+  seen = [len(compiling.COMPILED), len(compiling.CACHE_HITS)]  # this run's, from here on
 
   def mark(name: str) -> None:
-    new = compiling.COMPILED[seen[0]:]
-    seen[0] = len(compiling.COMPILED)
-    marks.append((name, time.perf_counter() - _T0, [[w, round(s, 2)] for w, s in new]))
+    new, hits = compiling.COMPILED[seen[0]:], compiling.CACHE_HITS[seen[1]:]
+    seen[:] = [len(compiling.COMPILED), len(compiling.CACHE_HITS)]
+    marks.append((name, time.perf_counter() - _T0, [[w, round(s, 2)] for w, s in new], hits))
     logging.info("%s after %.1f s", name, marks[-1][1])
 
   mark("imported")
@@ -85,14 +86,14 @@ def run(checkpoint: str = "smollm2-135m-instruct", config: str = "configs/cqa.py
 
   machine = common.machine_info(jax.devices()[:1])
   recs = []
-  for name, seconds, compiles in marks:
+  for name, seconds, compiles, hits in marks:
     recs.append(records.record(
         "cold_start", name, "seconds_since_start", seconds, None, None, machine, cmd,
         checkpoint=checkpoint, prompt_tokens=len(prompt), train_rows=train_cfg.batch_size,
         train_micro_batches=train_cfg.grad_accum, train_seq_len=train_cfg.seq_len,
         compiles=compiles, compile_s=round(sum(s for _, s in compiles), 2),
         compilation_cache=compilation_cache or None,
-        read_from_cache=[w for w, _ in compiles if w in compiling.CACHE_HITS]))
+        read_from_cache=hits))
     records.emit(recs[-1])
   if markdown:
     records.print_markdown(recs)
