@@ -159,6 +159,17 @@ def use_cache(directory: str) -> None:
     logging.info("compiled programs are kept in %s", directory)
 
 
+@contextlib.contextmanager
+def cache_in(directory: str):
+  """``use_cache(directory)`` inside the block; the directory used before, after it."""
+  before = jax.config.jax_compilation_cache_dir or ""
+  use_cache(directory)
+  try:
+    yield
+  finally:
+    use_cache(before)
+
+
 def compiled(jitted, args, what: str, hint: str = ""):
   """The compiled executable of ``jitted`` for ``args``; raises MemoryError when it cannot fit
   (found by the compiler itself, or from its memory analysis)."""

@@ -50,7 +50,9 @@ def run(config: Any, workdir: epath.PathLike, overwrite: bool = False) -> list[d
   workdir = epath.Path(workdir)
   check(cfg)
   # One run per workdir: locked before anything is written. SIGTERM stops at a safe point.
-  with wd.WorkdirLock(workdir), distributed.preemption_handling():
+  # Compiled programs kept for the next process (a resume); the process's own cache after.
+  with wd.WorkdirLock(workdir), distributed.preemption_handling(), compiling.cache_in(
+      _compilation_cache(cfg, workdir)):
     return _locked_run(cfg, method_cls, workdir, overwrite)
 
 
@@ -79,7 +81,6 @@ def _locked_run(cfg: config_lib.Config, method_cls, workdir: epath.Path, overwri
   else:
     wd.clear(workdir)  # debris of a start that failed before recording its config
   t0 = time.time()
-  compiling.use_cache(_compilation_cache(cfg, workdir))
   exp = build(cfg, workdir)
   warning = ft.update_reach_check(exp, cfg.train, ft.steps_for_iteration(cfg.star, 1))
   if warning:
