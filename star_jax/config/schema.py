@@ -230,8 +230,8 @@ class Config:
 
 # Keys that change how a run is executed but not its results: free to differ on resume.
 OPERATIONAL_KEYS = frozenset({
-    "checkpoint_every", "checkpoint_async", "compilation_cache", "sample.shard_size", "data.download",
-    "data.tfds_dir", "data.download_timeout_s",
+    "checkpoint_every", "checkpoint_async", "compilation_cache", "sample.shard_size",
+    "data.download", "data.tfds_dir", "data.download_timeout_s",
     # iteration n depends on n alone (its questions, steps and seed), so a finished run can
     # be extended by more iterations, or stopped earlier
     "star.iterations"})
