@@ -18,8 +18,10 @@ Both in one process, one after the other, on the same CPU:
               the same number of tokens. ``--stops=task``: the workload a run has, each sample
               ends where the task's answer ends (its stop string ``\n\n``, one token of
               SmolLM2's, and the end tokens: Tunix's ``eos_tokens``), up to ``max_new_tokens``;
-              each side trains its rows as it lays them out (star_jax: the rows' own lengths
-              in buckets; Tunix: every completion padded to ``max_new_tokens``). Use it with
+              each side trains its rows as it lays them out (star_jax: the samples packed
+              several a row, ``rl.pack_rows``, or with ``--no_pack`` one a row padded to the
+              step's longest; Tunix: every completion padded to ``max_new_tokens``; the
+              records count the token slots a step computes). Use it with
               a checkpoint that has learned the format (the warm-started M_0 of
               ``configs/arithmetic_smollm2.py``), whose samples end there
   the step    GRPO with the frozen reference (KL beta 0.04, Tunix's default), clip 0.2, one
@@ -57,7 +59,8 @@ OUT = os.path.join(ROOT, "docs", "benchmarks", "grpo_step.jsonl")
 BETA, EPSILON, LR, TEMPERATURE = 0.04, 0.2, 1e-6, 0.7
 
 
-def star_jax_config(questions: int, group: int, max_new_tokens: int, checkpoint: str):
+def star_jax_config(questions: int, group: int, max_new_tokens: int, checkpoint: str,
+                    pack_rows: bool = True):
   import importlib.util
   path = os.path.join(ROOT, "configs", "arithmetic_smollm2.py")
   spec = importlib.util.spec_from_file_location("arithmetic_smollm2", path)
@@ -68,7 +71,7 @@ def star_jax_config(questions: int, group: int, max_new_tokens: int, checkpoint:
   c.star.method, c.star.samples_per_question, c.star.temperature = "grpo", group, TEMPERATURE
   c.star.max_new_tokens = max_new_tokens
   c.rl.questions_per_step, c.rl.kl_beta, c.rl.clip_epsilon = questions, BETA, EPSILON
-  c.rl.log_kl = True
+  c.rl.log_kl, c.rl.pack_rows = True, pack_rows
   c.train.batch_size, c.train.grad_accum = questions * group, 1
   c.train.learning_rate, c.train.warmup_steps, c.train.weight_decay = LR, 0, 0.0
   c.train.clip_norm = 0.0
@@ -85,7 +88,7 @@ def build_star_jax(args, workdir: str):
   from star_jax.star import finetune as ft
   from star_jax.star.grpo import GRPO
   cfg = config_lib.load(star_jax_config(args.questions, args.group, args.max_new_tokens,
-                                        args.checkpoint))
+                                        args.checkpoint, not args.no_pack))
   exp = build(cfg, workdir)
   if args.stops == "task":
     sampler = make_sampler(exp, cfg)
@@ -115,6 +118,7 @@ def run_star_jax(args, cfg, exp, method, trainer) -> dict:
           "total": [r["total_seconds"] for r in steps[1:]],
           "tokens_sampled": [r["tokens_sampled"] for r in steps],
           "rows_trained": [r["trained_rows"] for r in steps],
+          "token_slots": [r["token_slots"] for r in steps],
           "reward_mean": float(np.mean([r["reward_mean"] for r in steps])),
           "loss": [r.get("loss") for r in steps], "kl": [r.get("kl") for r in steps]}
 
@@ -263,7 +267,10 @@ def run_tunix(args, exp, hf_dir: str, questions) -> dict:
   return {"sample": spans["generate"][1:],
           "train": [r + u for r, u in zip(spans["ref"][1:], spans["update"][1:])],
           "total": totals[1:], "tokens_sampled": lengths, "reward_mean": float(np.mean(rewards)),
-          "steps": len(starts), "logprob_gap": gap, "logprob_gap_same_rope": gap_same_rope}
+          "steps": len(starts), "logprob_gap": gap, "logprob_gap_same_rope": gap_same_rope,
+          # its layout: every prompt padded to the longest, every completion to max_new_tokens
+          "token_slots": len(questions) // args.steps * args.group * (longest
+                                                                      + args.max_new_tokens)}
 
 
 def main(argv=None):
@@ -276,6 +283,8 @@ def main(argv=None):
   parser.add_argument("--stops", choices=("none", "task"), default="none",
                       help="none: every sample runs to max_new_tokens; task: samples end at the "
                            "task's stop string or an end token, as in a run")
+  parser.add_argument("--no_pack", action="store_true",
+                      help="star_jax trains one sample a row (rl.pack_rows=False)")
   parser.add_argument("--only", choices=("star_jax", "tunix", "both"), default="both")
   parser.add_argument("--out", default=OUT)
   args = parser.parse_args(argv)
@@ -302,16 +311,18 @@ def main(argv=None):
   for phase in ("sample", "train", "total"):
     rec = {"benchmark": "grpo_step", "phase": phase, "questions": args.questions,
            "group": args.group, "max_new_tokens": args.max_new_tokens, "stops": args.stops,
-           "checkpoint": args.checkpoint,
+           "checkpoint": args.checkpoint, "pack_rows": not args.no_pack,
            "timed_steps": args.steps - 1}
     if ours:
       rec["star_jax_s"] = round(statistics.median(ours[phase]), 3)
       rec["star_jax_tokens_sampled_per_step"] = round(statistics.mean(ours["tokens_sampled"]))
       rec["star_jax_reward_mean"] = round(ours["reward_mean"], 4)
+      rec["star_jax_token_slots_per_step"] = round(statistics.mean(ours["token_slots"]))
     if peer:
       rec["tunix_s"] = round(statistics.median(peer[phase]), 3)
       rec["tunix_tokens_sampled_per_step"] = sum(peer["tokens_sampled"]) // max(peer["steps"], 1)
       rec["tunix_reward_mean"] = round(peer["reward_mean"], 4)
+      rec["tunix_token_slots_per_step"] = peer["token_slots"]
     if ours and peer:
       rec["ratio"] = round(rec["tunix_s"] / rec["star_jax_s"], 2)
     rec.update(info)

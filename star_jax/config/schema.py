@@ -178,6 +178,9 @@ class RLConfig:
   clip_epsilon_high: float = key(0.0, "the upper clip (0 = clip_epsilon; DAPO: 0.28)")
   kl_beta: float = key(0.0, "k3 KL penalty to M_0 (TRL's default 0.0; DeepSeekMath 0.04)")
   log_kl: bool = key(True, "log the KL to M_0 when kl_beta = 0 too (one more forward a step)")
+  pack_rows: bool = key(True, "pack a step's samples several a row (segments apart: the same "
+                              "loss) in the fewest token slots, train.batch_size, / 2 or / 4 "
+                              "rows; False: one a row, padded to the longest")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -117,6 +117,15 @@ def token_logprobs(h_BxLxD, w_DxV, bias_V, targets_BxL, temperature: float = 1.0
   return merge(logp_NxBxC), merge(entropy_NxBxC)
 
 
+def segment_sums(x_BxL: jax.Array, segment_ids_BxL: jax.Array) -> jax.Array:
+  """Each token's sum of ``x`` over its row's segment (the tokens of its row with its segment
+  id), ``[B, L]``."""
+  B, L = x_BxL.shape
+  ids_BxL = segment_ids_BxL + (L + 1) * jnp.arange(B)[:, None]
+  sums = jax.ops.segment_sum(x_BxL.reshape(-1), ids_BxL.reshape(-1), num_segments=B * (L + 1))
+  return sums[ids_BxL]
+
+
 @dataclasses.dataclass(frozen=True)
 class CrossEntropy:
   """Supervised fine-tuning: summed cross-entropy of the masked tokens over their count."""
@@ -132,7 +141,8 @@ class CrossEntropy:
 @dataclasses.dataclass(frozen=True)
 class PolicyGradient:
   """The clipped policy-gradient surrogate over completion tokens (``loss_mask``), one
-  advantage per row (``advantages``, ``[B]``), as TRL's GRPO loss computes it:
+  advantage per token (``advantages``, ``[B, L]``: its sequence's; or ``[B]``, one a row), as
+  TRL's GRPO loss computes it:
 
     ratio_t = exp(logp_t - old_t)        old = logp itself, detached (mu = 1: ratio 1), or the
                                          batch's ``old_logprobs`` (mu > 1 inner updates)
@@ -140,8 +150,9 @@ class PolicyGradient:
               + kl_beta (exp(ref_t - logp_t) - (ref_t - logp_t) - 1)     (k3 estimator)
 
   summed with per-token weights and divided by ``normalize``'s denominator: "sequence" (each
-  row's mean, then the mean over the step's rows: TRL's "grpo"), "constant" (the step's rows
-  times ``max_completion``: Dr. GRPO) or "token" (the step's completion tokens).
+  sequence's mean, then the mean over the step's sequences: TRL's "grpo"), "constant" (the
+  step's sequences times ``max_completion``: Dr. GRPO) or "token" (the step's completion
+  tokens). A sequence is a row's segment (``segment_ids``), so packed rows score the same.
 
   Positions are the sampler's (no training jitter of a position scheme), so ``logp`` is the
   log-probability the sampled tokens had. The metrics are token means: KL to the reference
@@ -183,12 +194,13 @@ class PolicyGradient:
   def terms(self, logp_BxL, micro, entropy_BxL=None):
     """The loss's sums from the policy's per-token log-probs (differentiated through)."""
     mask_BxL = micro["loss_mask"].astype(jnp.float32)
-    adv_Bx1 = micro["advantages"].astype(jnp.float32)[:, None]
+    adv = micro["advantages"].astype(jnp.float32)
+    adv_BxL = adv if adv.ndim == 2 else adv[:, None]  # each token's, or each row's
     old_BxL = (micro["old_logprobs"] if self.old_logprobs
                else jax.lax.stop_gradient(logp_BxL))
     ratio_BxL = jnp.exp(logp_BxL - old_BxL)
     clipped_BxL = jnp.clip(ratio_BxL, 1 - self.clip_low, 1 + self.clip_high)
-    per_token_BxL = -jnp.minimum(ratio_BxL * adv_Bx1, clipped_BxL * adv_Bx1)
+    per_token_BxL = -jnp.minimum(ratio_BxL * adv_BxL, clipped_BxL * adv_BxL)
     sums = {}
     if self.ref_logprobs:
       d_BxL = micro["ref_logprobs"] - logp_BxL
@@ -196,16 +208,18 @@ class PolicyGradient:
       if self.kl_beta:
         per_token_BxL = per_token_BxL + self.kl_beta * kl_BxL
       sums["kl"] = jnp.sum(jax.lax.stop_gradient(kl_BxL) * mask_BxL)
-    length_B = jnp.sum(mask_BxL, axis=-1)
-    rows = jnp.sum((length_B > 0).astype(jnp.float32))
+    # each token's share of its sequence (packed rows hold several: their segments)
+    segments_BxL = micro.get("segment_ids", (mask_BxL > 0).astype(jnp.int32))
+    share_BxL = mask_BxL / jnp.maximum(segment_sums(mask_BxL, segments_BxL), 1.0)
+    sequences = jnp.round(jnp.sum(share_BxL))  # those with a completion token
     if self.normalize == "sequence":
-      weight_BxL, denom = mask_BxL / jnp.maximum(length_B, 1.0)[:, None], rows
+      weight_BxL, denom = share_BxL, sequences
     elif self.normalize == "constant":
-      weight_BxL, denom = mask_BxL, rows * self.max_completion
+      weight_BxL, denom = mask_BxL, sequences * self.max_completion
     else:
       weight_BxL, denom = mask_BxL, jnp.sum(mask_BxL)
-    held = (((ratio_BxL < 1 - self.clip_low) & (adv_Bx1 < 0))
-            | ((ratio_BxL > 1 + self.clip_high) & (adv_Bx1 > 0)))
+    held = (((ratio_BxL < 1 - self.clip_low) & (adv_BxL < 0))
+            | ((ratio_BxL > 1 + self.clip_high) & (adv_BxL > 0)))
     sums["clip_fraction"] = jnp.sum(jax.lax.stop_gradient(held.astype(jnp.float32)) * mask_BxL)
     if entropy_BxL is not None:
       sums["entropy"] = jnp.sum(entropy_BxL * mask_BxL)

@@ -203,8 +203,7 @@ class Trainer:
     (after ``init`` or ``abstract_state``: its arguments are the state, the frozen rest,
     the batch and the schedule's numbers)."""
     check_batch_shape(self.mesh, shape)
-    b_shard = {k: self.batch_sharding(shape[:2] if k == "advantages" else shape)
-               for k in self.loss.batch_keys}
+    b_shard = {k: self.batch_sharding(shape) for k in self.loss.batch_keys}
     rep = sharding.replicated(self.mesh)
     return jax.jit(
         functools.partial(train_step, self.graphdef, self.optim.static(), self.compute_dtypes,

@@ -178,10 +178,13 @@ class GRPO(Method):
     all_right, all_wrong = policy.uniform_groups(rewards_QxG)
     rows = [(prompts[q], completions[q][g], float(adv_QxG[q, g]))
             for q in policy.trained_groups(rewards_QxG, self.drop) for g in range(self.group)]
-    metrics = {}
+    metrics, slots = {}, 0
     if rows:
       batch = policy.policy_batch(*zip(*rows), rows=self._rows(trainer),
-                                  max_len=self.sampler.cfg.max_seq_len)
+                                  max_len=self.sampler.cfg.max_seq_len,
+                                  pack=self.config.rl.pack_rows,
+                                  divisor=sharding.batch_divisor(trainer.mesh))
+      slots = int(np.prod(batch["tokens"].shape))  # what the update computes, padding too
       if ref is not None:
         batch["ref_logprobs"] = trainer.logprobs(ref, batch, star.temperature)
       if self.loss.old_logprobs:
@@ -198,7 +201,8 @@ class GRPO(Method):
               "all_right_share": float(all_right.mean()) if len(prompts) else 0.0,
               "all_wrong_share": float(all_wrong.mean()) if len(prompts) else 0.0,
               "questions": len(prompts), "prompts_skipped_too_long": Q - len(prompts),
-              "trained_rows": len(rows), "tokens_sampled": int(sum(lengths)),
+              "trained_rows": len(rows), "token_slots": slots,
+              "tokens_sampled": int(sum(lengths)),
               "completion_length": float(np.mean(lengths)) if lengths else 0.0,
               "reward_by_difficulty": dict(sorted(by_difficulty.items())),
               "sample_seconds": sample_seconds, "train_seconds": time.time() - t0, **metrics}

@@ -11,8 +11,12 @@ each with the task's own 0/1 check (``keep.rewards``). Its advantages (``rl.adva
 
 A group whose samples are all right or all wrong has zero advantage under grpo and dr_grpo;
 with ``rl.drop_uniform_groups`` (Reinforce-Rej) such groups leave the batch altogether.
-``policy_batch`` lays the rest out as the trainer's ``[M, B, L]`` rows: one sampled sequence a
-row (prompt then completion, exactly the sampled token ids), the loss mask on the completion.
+``policy_batch`` lays the rest out as the trainer's ``[M, B, L]`` rows (prompt then completion,
+exactly the sampled token ids, the loss mask on the completion, each token its sequence's
+advantage): one sequence a row, or with ``pack`` several a row as segments (``rl.pack_rows``;
+segment ids keep them apart and positions restart, so the loss is the same) in the layout of
+the fewest token slots (``packed_layout``): a step's samples run from ~40 to ~200 tokens, and
+one a row pads every row to the longest.
 """
 
 from __future__ import annotations
@@ -60,32 +64,83 @@ def trained_groups(rewards_QxG: np.ndarray, drop_uniform: bool) -> list[int]:
   return [q for q in range(len(all_right)) if not (drop_uniform and (all_right[q] or all_wrong[q]))]
 
 
+def first_fit(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+  """Rows of at most ``capacity`` tokens holding every sequence (indices into ``lengths``),
+  first fit in decreasing length (ties in order), each row's sequences in index order."""
+  order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+  rows: list[list[int]] = []
+  room: list[int] = []
+  for i in order:
+    r = next((r for r, free in enumerate(room) if lengths[i] <= free), None)
+    if r is None:
+      rows.append([])
+      room.append(capacity)
+      r = len(rows) - 1
+    rows[r].append(i)
+    room[r] -= lengths[i]
+  return [sorted(r) for r in rows]
+
+
+def packed_layout(lengths: Sequence[int], rows: int, max_len: int, divisor: int = 1
+                  ) -> tuple[int, int, list[list[int]]]:
+  """(rows a micro-batch R, row length L, each row's sequences) packing ``lengths`` into the
+  fewest token slots M x R x L, where R is ``rows``, ``rows`` / 2 or ``rows`` / 4 (a multiple
+  of ``divisor``, the mesh's batch shards) and L a multiple of ``ROW_BUCKET`` (or
+  ``max_len``): a few compiled shapes. Ties go to more rows of fewer tokens."""
+  longest = max(lengths)
+  if longest > max_len:
+    raise ValueError(f"a sampled sequence of {longest + 1} tokens exceeds max_len={max_len}")
+  counts = [r for r in (rows, rows // 2, rows // 4) if r >= divisor and r % divisor == 0]
+  counts = sorted(set(counts or [rows]), reverse=True)
+  first = min(-(-longest // ROW_BUCKET) * ROW_BUCKET, max_len)
+  widths = sorted({min(L, max_len) for L in range(first, max_len + ROW_BUCKET, ROW_BUCKET)})
+  best = None
+  for L in widths:
+    layout = first_fit(lengths, L)
+    for R in counts:
+      slots = -(-len(layout) // R) * R * L
+      if best is None or slots < best[0]:
+        best = (slots, R, L, layout)
+  _, R, L, layout = best
+  return R, L, layout
+
+
 def policy_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
-                 advantages_R: Sequence[float], rows: int, max_len: int) -> dict[str, np.ndarray]:
-  """``[M, rows, L]`` arrays (and ``advantages`` ``[M, rows]``) of one sequence a row; M is
-  the fewest micro-batches of ``rows`` that hold them, L the longest row rounded up to
-  ``ROW_BUCKET`` (at most ``max_len``); padding rows have no loss."""
+                 advantages_R: Sequence[float], rows: int, max_len: int, pack: bool = False,
+                 divisor: int = 1) -> dict[str, np.ndarray]:
+  """``[M, B, L]`` arrays (``advantages`` too: each token its sequence's) of the sequences.
+  One a row: B = ``rows``, M the fewest micro-batches that hold them, L the longest row
+  rounded up to ``ROW_BUCKET`` (at most ``max_len``). With ``pack``: several a row as
+  segments, B and L from ``packed_layout``. Padding carries no loss."""
   n = len(completions)
   if not (len(prompts) == n == len(advantages_R)) or n == 0:
     raise ValueError(f"need as many prompts, completions and advantages (>= 1), got "
                      f"{len(prompts)}, {n}, {len(advantages_R)}")
-  longest = max(len(p) + len(c) - 1 for p, c in zip(prompts, completions))
-  if longest > max_len:
-    raise ValueError(f"a sampled sequence of {longest + 1} tokens exceeds max_len={max_len}")
-  L = min(-(-longest // ROW_BUCKET) * ROW_BUCKET, max_len)
-  M = -(-n // rows)
-  out = batch_arrays(M * rows, L)
-  adv = np.zeros(M * rows, np.float32)
-  for r, (p, c, a) in enumerate(zip(prompts, completions, advantages_R)):
+  for r, c in enumerate(completions):
     if not c:
       raise ValueError(f"sample {r} has an empty completion")
-    seq = np.asarray(list(p) + list(c), np.int32)
-    k = len(seq) - 1
-    out["tokens"][r, :k], out["targets"][r, :k] = seq[:-1], seq[1:]
-    out["loss_mask"][r, len(p) - 1:k] = 1.0  # the targets that are completion tokens
-    out["segment_ids"][r, :k] = 1
-    out["positions"][r, :k] = np.arange(k)
-    adv[r] = a
-  batch = {name: arr.reshape(M, rows, L) for name, arr in out.items()}
-  batch["advantages"] = adv.reshape(M, rows)
-  return batch
+  lengths = [len(p) + len(c) - 1 for p, c in zip(prompts, completions)]
+  if pack:
+    rows, L, layout = packed_layout(lengths, rows, max_len, divisor)
+  else:
+    if max(lengths) > max_len:
+      raise ValueError(f"a sampled sequence of {max(lengths) + 1} tokens exceeds "
+                       f"max_len={max_len}")
+    L = min(-(-max(lengths) // ROW_BUCKET) * ROW_BUCKET, max_len)
+    layout = [[i] for i in range(n)]
+  M = -(-len(layout) // rows)
+  out = batch_arrays(M * rows, L)
+  out["advantages"] = np.zeros((M * rows, L), np.float32)
+  for r, members in enumerate(layout):
+    at = 0
+    for seg, i in enumerate(members, start=1):
+      seq = np.asarray(list(prompts[i]) + list(completions[i]), np.int32)
+      k = len(seq) - 1
+      sl = slice(at, at + k)
+      out["tokens"][r, sl], out["targets"][r, sl] = seq[:-1], seq[1:]
+      out["loss_mask"][r, at + len(prompts[i]) - 1:at + k] = 1.0  # completion targets
+      out["segment_ids"][r, sl] = seg
+      out["positions"][r, sl] = np.arange(k)
+      out["advantages"][r, sl] = advantages_R[i]
+      at += k
+  return {name: arr.reshape(M, rows, L) for name, arr in out.items()}

@@ -18,15 +18,17 @@ T = 0.7  # sampling temperature: TRL divides the logits by it before log_softmax
 MAX_NEW = 12
 
 
-def _batch(seed=0, rows=4, vocab=256):
-  """[1, rows, L] rows of random prompts and completions of different lengths, and advantages."""
+def _batch(seed=0, rows=4, vocab=256, pack=False):
+  """[1, rows, L] rows of random prompts and completions of different lengths, and advantages
+  (with ``pack``: the same sequences packed several a row)."""
   rng = np.random.default_rng(seed)
   prompts = [rng.integers(3, vocab, rng.integers(2, 9)).tolist() for _ in range(rows)]
   completions = [rng.integers(3, vocab, rng.integers(1, MAX_NEW + 1)).tolist() for _ in range(rows)]
   rewards = rng.integers(0, 2, (rows // 2, 2)).astype(np.float32)
   rewards[0] = [1.0, 0.0]  # at least one group with a nonzero advantage
   adv = policy.advantages(rewards, "grpo").reshape(-1)
-  return policy.policy_batch(prompts, completions, adv, rows=rows, max_len=64), rewards
+  return policy.policy_batch(prompts, completions, adv, rows=rows, max_len=64,
+                             pack=pack), rewards
 
 
 def _model(mesh, seed=0):
@@ -82,7 +84,7 @@ def test_loss_and_gradient_equal_trls_grpo_formula(mesh1, loss_type, beta, monke
   tw = torch.tensor(np.asarray(w), requires_grad=True)
   expected = _trl_loss(th, tw, torch.tensor(np.asarray(micro["targets"]), dtype=torch.long),
                        torch.tensor(np.asarray(micro["loss_mask"])),
-                       torch.tensor(np.asarray(micro["advantages"])), loss_type, beta,
+                       torch.tensor(np.asarray(micro["advantages"])[:, 0]), loss_type, beta,
                        torch.tensor(ref))
   expected.backward()
   assert float(value) == pytest.approx(expected.item(), rel=1e-5, abs=1e-7)
@@ -185,6 +187,24 @@ def test_a_policy_step_sharded_equals_one_device(mesh1, mesh8):
   assert 0 < m1["clip_fraction"] < 1
   for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_packed_rows_step_exactly_as_one_sequence_a_row(mesh1):
+  """rl.pack_rows: the same sequences several a row (fewer rows) give the same loss, metrics
+  and update under every normalisation, KL and clipping included."""
+  batch, _ = _batch(rows=8)
+  packed, _ = _batch(rows=8, pack=True)
+  assert packed["tokens"].shape[1] < batch["tokens"].shape[1]  # fewer rows to compute
+  assert packed["loss_mask"].sum() == batch["loss_mask"].sum()
+  for normalize in ("sequence", "constant", "token"):
+    loss = losses.PolicyGradient(temperature=T, kl_beta=0.04, ref_logprobs=True,
+                                 old_logprobs=True, normalize=normalize, max_completion=MAX_NEW)
+    p1, m1 = _pg_step(mesh1, batch, loss)
+    p2, m2 = _pg_step(mesh1, packed, loss)
+    for k in ("loss", "kl", "entropy", "clip_fraction", "grad_norm", "tokens"):
+      assert m2[k] == pytest.approx(m1[k], rel=1e-4, abs=1e-6), (normalize, k)
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_micro_batches_accumulate_to_the_whole_batch(mesh1):

@@ -47,18 +47,53 @@ def test_reinforce_rewards_are_plus_minus_one_and_rej_drops_exactly_the_uniform_
 def test_the_batch_holds_the_sampled_tokens_and_masks_the_prompt():
   batch = policy.policy_batch([[5, 6, 7], [9]], [[20, 21], [30, 31, 32, 2]], [0.5, -1.0],
                               rows=4, max_len=64)
-  assert batch["tokens"].shape == (1, 4, 32) and batch["advantages"].shape == (1, 4)
+  assert batch["tokens"].shape == (1, 4, 32) and batch["advantages"].shape == (1, 4, 32)
   np.testing.assert_array_equal(batch["tokens"][0, 0, :4], [5, 6, 7, 20])
   np.testing.assert_array_equal(batch["targets"][0, 0, :4], [6, 7, 20, 21])
   np.testing.assert_array_equal(batch["loss_mask"][0, 0, :5], [0, 0, 1, 1, 0])
   np.testing.assert_array_equal(batch["loss_mask"][0, 1, :5], [1, 1, 1, 1, 0])
   assert batch["loss_mask"][0, 2:].sum() == 0  # padding rows carry no loss
-  np.testing.assert_array_equal(batch["advantages"][0], [0.5, -1.0, 0, 0])
+  np.testing.assert_array_equal(batch["advantages"][0, :, 0], [0.5, -1.0, 0, 0])
+  np.testing.assert_array_equal(batch["advantages"][0, 1, :5], [-1.0] * 4 + [0.0])
   # more rows than a micro-batch holds: more micro-batches
   assert policy.policy_batch([[1]] * 5, [[2]] * 5, [0.0] * 5, rows=4, max_len=64)[
       "tokens"].shape == (2, 4, 32)
   with pytest.raises(ValueError, match="exceeds max_len"):
     policy.policy_batch([[1] * 40], [[2] * 40], [1.0], rows=4, max_len=64)
+
+
+def test_packed_rows_hold_every_sequence_apart_in_fewer_token_slots():
+  """rl.pack_rows: each sequence once, as a segment of its own (positions from 0, its own
+  advantage), rows of a bucketed length, fewer slots than one a row when lengths differ."""
+  rng = np.random.default_rng(0)
+  prompts = [rng.integers(3, 99, 5).tolist() for _ in range(8)]
+  completions = [rng.integers(3, 99, n).tolist() for n in (150, 20, 30, 170, 10, 40, 25, 60)]
+  adv = [float(i) for i in range(1, 9)]
+  one = policy.policy_batch(prompts, completions, adv, rows=8, max_len=512)
+  packed = policy.policy_batch(prompts, completions, adv, rows=8, max_len=512, pack=True)
+  assert one["tokens"].shape == (1, 8, 192)
+  M, R, L = packed["tokens"].shape
+  assert M * R * L < 8 * 192 and L % policy.ROW_BUCKET == 0 and R in (8, 4, 2)
+  found = []
+  for row in range(R):
+    for seg in range(1, packed["segment_ids"][0, row].max() + 1):
+      at = np.flatnonzero(packed["segment_ids"][0, row] == seg)
+      assert (np.diff(at) == 1).all()  # contiguous
+      np.testing.assert_array_equal(packed["positions"][0, row, at], np.arange(len(at)))
+      a = packed["advantages"][0, row, at]
+      i = int(a[0]) - 1
+      assert (a == adv[i]).all()
+      seq = prompts[i] + completions[i]
+      np.testing.assert_array_equal(packed["tokens"][0, row, at], seq[:-1])
+      np.testing.assert_array_equal(packed["targets"][0, row, at], seq[1:])
+      assert packed["loss_mask"][0, row, at].sum() == len(completions[i])
+      found.append(i)
+  assert sorted(found) == list(range(8))
+  # the layout's choice: rows a multiple of the mesh's batch shards
+  R4, _, _ = policy.packed_layout([100] * 8, rows=8, max_len=512, divisor=4)
+  assert R4 in (8, 4)
+  with pytest.raises(ValueError, match="exceeds max_len"):
+    policy.policy_batch([[1] * 40], [[2] * 40], [1.0], rows=4, max_len=64, pack=True)
 
 
 def _smoke(method="grpo", **star_keys):
