@@ -148,10 +148,14 @@ class Verifier:
 
   def score(self, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]]
             ) -> np.ndarray:
-    """Each (prompt, completion)'s score; -inf for an empty completion or one too long."""
+    """Each (prompt, completion)'s score; -inf for an empty completion or one too long. A
+    text sampled more than once (a confident model's k samples often agree) is scored once."""
     out = np.full(len(prompts), -np.inf)
+    first: dict[tuple, int] = {}  # each distinct (prompt, completion): its first index
+    same = [first.setdefault((tuple(p), tuple(c)), i)
+            for i, (p, c) in enumerate(zip(prompts, completions))]
     ok = [i for i, (p, c) in enumerate(zip(prompts, completions))
-          if c and len(p) + len(c) - 1 <= self.max_len]
+          if same[i] == i and c and len(p) + len(c) - 1 <= self.max_len]
     chunk = self.rows * 8
     for start in range(0, len(ok), chunk):
       idx = ok[start:start + chunk]
@@ -162,7 +166,7 @@ class Verifier:
       lp_ref = np.asarray(self.trainer.logprobs(self.ref, batch, 1.0))
       scores = (self.beta * np.sum((lp_v - lp_ref) * mask, axis=-1)).reshape(-1)
       out[idx] = scores[:len(idx)]
-    return out
+    return out[same]
 
 
 def encode(task: Task, tokenizer: Tokenizer, example: Example, texts: Sequence[str],

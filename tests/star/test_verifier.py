@@ -118,6 +118,12 @@ def test_a_tiny_verifier_ranks_held_out_right_samples_above_wrong_ones(tmp_path,
   assert dataclasses.replace(v, params=v.ref).score([prompt], ids)[0] == 0.0
   scores = v.score([prompt] * 2, ids + [[]])
   assert np.isfinite(scores[0]) and scores[1] == -np.inf  # an empty completion: never picked
+  # a text sampled again is scored once and gets its first copy's score
+  other = exp.tokenizer.encode(train[0].rejected)
+  again = v.score([prompt] * 4, [ids[0], other, ids[0], []])
+  assert again[0] == again[2] and again[3] == -np.inf
+  np.testing.assert_allclose(again[:3], [scores[0], v.score([prompt], [other])[0], scores[0]],
+                             rtol=1e-6)
 
   def held_scores(exp, v):
     prompts = [verifier_lib.encode(exp.task, exp.tokenizer, by_id[p.question], [], False)[0]
