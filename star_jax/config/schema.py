@@ -197,7 +197,8 @@ class VerifierConfig:
                                    "iteration's samples (0 = all of them)")
   heldout_share: float = key(0.1, "share of the questions whose pairs are not trained on: the "
                                   "verifier's held-out pairwise accuracy")
-  batch_pairs: int = key(16, "pairs a DPO step trains on (2 rows each)")
+  batch_pairs: int = key(16, "pairs a DPO step trains on (2 rows each, in micro-batches of "
+                             "at most train.batch_size rows)")
   epochs: float = key(2.0, "passes over the training pairs")
   max_steps: int = key(0, "cap on DPO steps (0 = no cap)")
   learning_rate: float = key(1e-5, "peak learning rate of the DPO steps (train.* for the rest "

@@ -194,7 +194,10 @@ def train(config: Config, exp, n: int, start, pairs: list[Pair], heldout: list[P
       warmup_steps=min(train_cfg.warmup_steps, steps // 10)), steps)
   trainer = Trainer(exp.graphdef, exp.mesh, optim, master_dtype=train_cfg.master_dtype,
                     rounding=exp.rounding, rounding_seed=exp.rounding_seed, loss=DPO(v.beta))
-  rows, _ = ft.micro_batching(2 * v.batch_pairs, 1, sharding.batch_divisor(exp.mesh))
+  # micro-batches of at most the run's train.batch_size rows (whole pairs): a step's
+  # 2 x batch_pairs rows accumulate over as many as they need
+  rows = min(2 * v.batch_pairs, 2 * max(1, train_cfg.batch_size // 2))
+  rows, _ = ft.micro_batching(rows, 1, sharding.batch_divisor(exp.mesh))
   if rows % 2:
     raise ConfigError(f"the mesh's batch shards make DPO micro-batches of {rows} rows; pairs "
                       "need an even number: change verifier.batch_pairs")
@@ -331,7 +334,10 @@ def train_after(config: Config, exp, workdir: epath.PathLike, n: int, base, mode
 def _restored(config: Config, exp, saved: Checkpointer, n: int, start) -> Verifier:
   v = config.verifier
   trainer = Trainer(exp.graphdef, exp.mesh, ft.optim_config(config.train, 1), loss=DPO(v.beta))
-  rows, _ = ft.micro_batching(2 * v.batch_pairs, 1, sharding.batch_divisor(exp.mesh))
+  # micro-batches of at most the run's train.batch_size rows (whole pairs): a step's
+  # 2 x batch_pairs rows accumulate over as many as they need
+  rows = min(2 * v.batch_pairs, 2 * max(1, train_cfg.batch_size // 2))
+  rows, _ = ft.micro_batching(rows, 1, sharding.batch_divisor(exp.mesh))
   params = saved.restore_params(params_lib.abstract_like(exp.params), n)
   return Verifier(params, exp.sampling_copy(start), v.beta, trainer, rows,
                   exp.model_cfg.max_seq_len, fields=saved.meta(n))

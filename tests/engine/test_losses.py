@@ -211,9 +211,10 @@ def test_micro_batches_accumulate_to_the_whole_batch(mesh1):
   """Two micro-batches of 4 rows step exactly as one of 8 (the loss's own denominator)."""
   batch, _ = _batch(rows=8)
   halves = {k: v.reshape((2, 4) + v.shape[2:]) for k, v in batch.items()}
-  for normalize in ("sequence", "constant", "token"):
-    loss = losses.PolicyGradient(temperature=T, ref_logprobs=True, normalize=normalize,
-                                 max_completion=MAX_NEW)
+  dpo = losses.DPO(beta=0.1)  # (chosen, rejected) pairs: whole in each half (the verifier's)
+  for normalize in ("sequence", "constant", "token", dpo):
+    loss = dpo if normalize is dpo else losses.PolicyGradient(
+        temperature=T, ref_logprobs=True, normalize=normalize, max_completion=MAX_NEW)
     p1, m1 = _pg_step(mesh1, batch, loss)
     p2, m2 = _pg_step(mesh1, halves, loss)
     assert m2["loss"] == pytest.approx(m1["loss"], rel=1e-5, abs=1e-7), normalize
