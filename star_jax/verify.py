@@ -78,7 +78,7 @@ def verify(run: str, k: int, iteration: int | None = None, retrain: bool = False
   from star_jax.hub.checkpointer import Checkpointer
   from star_jax.runtime.errors import MissingFileError
   from star_jax.sampling import SamplingParams
-  from star_jax.star import rollout, verifier as verifier_lib
+  from star_jax.star import best_of_k, rollout, verifier as verifier_lib
   from star_jax.star.methods import get_method
 
   workdir = epath.Path(run)
@@ -112,7 +112,7 @@ def verify(run: str, k: int, iteration: int | None = None, retrain: bool = False
                              seed=cfg.seed * 1000 + 900 + n, desc=f"evaluate {k} samples")
   sampled = rollout.sampled_eval(exp.task, gens, exp.eval_set, k, temperature)
   scores = verifier_lib.score_generations(verifier, exp.task, exp.tokenizer, gens, few_shot)
-  sampled.update(verifier_lib.best_of_k_eval(exp.task, gens, scores, exp.eval_set, k))
+  sampled.update(best_of_k.best_of_k_eval(exp.task, gens, scores, exp.eval_set, k))
   result = {"run": str(run), "iteration": n, "samples": k, "temperature": temperature,
             "eval_n": len(exp.eval_set), "pass_at": sampled["pass_at"],
             "majority_at": sampled["majority_at"],

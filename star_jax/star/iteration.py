@@ -30,7 +30,8 @@ from star_jax.experiment.board import Board
 from star_jax.experiment.build import Experiment
 from star_jax.runtime.errors import ConfigError
 from star_jax.sampling import Sampler, SamplingParams
-from star_jax.star import finetune as ft, keep as keep_lib, rollout, verifier as verifier_lib
+from star_jax.star import best_of_k, finetune as ft, keep as keep_lib, rollout
+from star_jax.star import verifier as verifier_lib
 from star_jax.tasks import Example
 
 
@@ -162,7 +163,7 @@ class Method:
       if verifier is not None:
         scores = verifier_lib.score_generations(verifier, self.task, self.tokenizer, gens,
                                                 few_shot)
-        result.sampled.update(verifier_lib.best_of_k_eval(self.task, gens, scores,
+        result.sampled.update(best_of_k.best_of_k_eval(self.task, gens, scores,
                                                           self.exp.eval_set, k))
     result.seconds = time.time() - t0
     return result

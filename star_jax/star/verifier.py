@@ -20,6 +20,7 @@ one), saved in ``verifier/`` by iteration, and its numbers join that iteration's
 metrics.jsonl (``verifier_*``, ``eval_verifier_best_of_*``). Its DPO steps checkpoint in
 ``verifier_train_N`` and step s's pairs are a function of (seed, n, s): a killed run resumes
 to the same verifier. ``python -m star_jax.verify`` trains or reloads one for a finished run.
+Best-of-k from the scores: ``best_of_k.py``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ from star_jax.engine import params as params_lib, sharding
 from star_jax.engine.losses import DPO
 from star_jax.engine.trainer import Trainer
 from star_jax.experiment import workdir as wd
-from star_jax.experiment.report import bucket_key
 from star_jax.experiment.workdir import Shards
 from star_jax.hub.checkpointer import Checkpointer
 from star_jax.runtime import distributed, failpoints
@@ -194,10 +194,7 @@ def train(config: Config, exp, n: int, start, pairs: list[Pair], heldout: list[P
       warmup_steps=min(train_cfg.warmup_steps, steps // 10)), steps)
   trainer = Trainer(exp.graphdef, exp.mesh, optim, master_dtype=train_cfg.master_dtype,
                     rounding=exp.rounding, rounding_seed=exp.rounding_seed, loss=DPO(v.beta))
-  # micro-batches of at most the run's train.batch_size rows (whole pairs): a step's
-  # 2 x batch_pairs rows accumulate over as many as they need
-  rows = min(2 * v.batch_pairs, 2 * max(1, train_cfg.batch_size // 2))
-  rows, _ = ft.micro_batching(rows, 1, sharding.batch_divisor(exp.mesh))
+  rows = _pair_rows(config, exp.mesh)
   if rows % 2:
     raise ConfigError(f"the mesh's batch shards make DPO micro-batches of {rows} rows; pairs "
                       "need an even number: change verifier.batch_pairs")
@@ -331,66 +328,21 @@ def train_after(config: Config, exp, workdir: epath.PathLike, n: int, base, mode
   return verifier
 
 
+def _pair_rows(config: Config, mesh) -> int:
+  """Rows a DPO micro-batch holds: at most the run's ``train.batch_size`` (whole pairs), so a
+  step's 2 x ``verifier.batch_pairs`` rows accumulate over as many as they need."""
+  rows = min(2 * config.verifier.batch_pairs, 2 * max(1, config.train.batch_size // 2))
+  rows, _ = ft.micro_batching(rows, 1, sharding.batch_divisor(mesh))
+  return rows
+
+
 def _restored(config: Config, exp, saved: Checkpointer, n: int, start) -> Verifier:
   v = config.verifier
   trainer = Trainer(exp.graphdef, exp.mesh, ft.optim_config(config.train, 1), loss=DPO(v.beta))
-  # micro-batches of at most the run's train.batch_size rows (whole pairs): a step's
-  # 2 x batch_pairs rows accumulate over as many as they need
-  rows = min(2 * v.batch_pairs, 2 * max(1, train_cfg.batch_size // 2))
-  rows, _ = ft.micro_batching(rows, 1, sharding.batch_divisor(exp.mesh))
+  rows = _pair_rows(config, exp.mesh)
   params = saved.restore_params(params_lib.abstract_like(exp.params), n)
   return Verifier(params, exp.sampling_copy(start), v.beta, trainer, rows,
                   exp.model_cfg.max_seq_len, fields=saved.meta(n))
-
-
-# -- best-of-k -------------------------------------------------------------------------------
-def pick(predictions: Sequence[str | None], scores: Sequence[float]) -> int | None:
-  """The answered sample the verifier scores highest (a tie: the first in sample order);
-  None when no sample gives an answer."""
-  best = None
-  for i, (p, s) in enumerate(zip(predictions, scores)):
-    if p is not None and (best is None or s > scores[best]):
-      best = i
-  return best
-
-
-def blocks(k: int, j: int) -> list[range]:
-  """The k samples as k // j disjoint blocks of j in sample order: best-of-j and majority@j
-  are means over them (every sample used once, no draw)."""
-  return [range(b * j, (b + 1) * j) for b in range(k // j)]
-
-
-def best_of_k_eval(task: Task, gens: Sequence[rollout.Generation],
-                   scores: dict[str, np.ndarray], examples: Sequence[Example], k: int) -> dict:
-  """Verifier best-of-j and majority@j for j = 1, 2, 4, .., k (means over ``blocks``), overall
-  and best-of-k per difficulty bucket; questions without samples count as wrong."""
-  by_id = {g.example.id: g for g in gens}
-  js = rollout.ks(k)
-  best = {j: [] for j in js}
-  major = {j: [] for j in js}
-  by_bucket = collections.defaultdict(list)
-  for ex in examples:
-    g = by_id.get(ex.id)
-    for j in js:
-      if g is None:
-        best[j].append(0.0)
-        major[j].append(0.0)
-        continue
-      hits, votes = [], []
-      for block in blocks(k, j):
-        i = pick([g.predictions[b] for b in block], [scores[ex.id][b] for b in block])
-        hits.append(i is not None and g.correct[block[i]])
-        vote = rollout.majority_vote([g.predictions[b] for b in block])
-        votes.append(vote is not None and task.is_correct(vote, ex))
-      best[j].append(float(np.mean(hits)))
-      major[j].append(float(np.mean(votes)))
-    d = task.difficulty(ex)
-    if d is not None:
-      by_bucket[str(d)].append(best[k][-1])
-  return {"verifier_best_of": {str(j): float(np.mean(best[j])) for j in js},
-          "majority_at": {str(j): float(np.mean(major[j])) for j in js},
-          "verifier_by_difficulty": {b: float(np.mean(by_bucket[b]))
-                                     for b in sorted(by_bucket, key=bucket_key)}}
 
 
 def score_generations(verifier: Verifier, task: Task, tokenizer: Tokenizer,

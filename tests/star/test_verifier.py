@@ -16,7 +16,7 @@ from helpers.runs import load_config, run_main, run_results
 from star_jax import config as config_lib
 from star_jax.experiment.build import build
 from star_jax.runtime.errors import ConfigError
-from star_jax.star import rollout, verifier as verifier_lib
+from star_jax.star import best_of_k, rollout, verifier as verifier_lib
 
 
 def test_pairs_are_right_wrong_combinations_capped_per_question_and_held_out_whole():
@@ -53,7 +53,7 @@ def test_best_of_k_takes_the_answered_sample_the_verifier_scores_highest_ties_fi
   scores = {"q0": np.array([0.0, 2.0, 1.0, 0.0]),  # picks the right one among wrong votes
             "q1": np.array([9.0, 1.0, 1.0, 1.0]),  # the unanswered never wins; a tie: the first
             "q2": np.zeros(4)}
-  out = verifier_lib.best_of_k_eval(task, gens, scores, exs, k=4)
+  out = best_of_k.best_of_k_eval(task, gens, scores, exs, k=4)
   # best-of-4: q0 right, q1 right (sample 1 over 2 and 3), q2 wrong
   assert out["verifier_best_of"]["4"] == pytest.approx(2 / 3)
   # best-of-2 over the blocks (0, 1), (2, 3): q0 1/2, q1 (1 over the unanswered 0; 2 before 3) 1/2
@@ -63,10 +63,10 @@ def test_best_of_k_takes_the_answered_sample_the_verifier_scores_highest_ties_fi
   assert out["majority_at"]["4"] == pytest.approx(1 / 3)  # q0's vote is wrong, q1's right
   assert out["verifier_by_difficulty"] == {"1": 0.5, "2": 1.0}
   scores["q1"] = np.array([9.0, 1.0, 5.0, 1.0])  # now the wrong sample 2 scores highest
-  assert verifier_lib.best_of_k_eval(task, gens, scores, exs, 4)["verifier_best_of"]["4"] == \
+  assert best_of_k.best_of_k_eval(task, gens, scores, exs, 4)["verifier_best_of"]["4"] == \
       pytest.approx(1 / 3)
-  assert verifier_lib.pick([None, "1", "2"], [5.0, 1.0, 1.0]) == 1
-  assert verifier_lib.pick([None, None], [0.0, 0.0]) is None
+  assert best_of_k.pick([None, "1", "2"], [5.0, 1.0, 1.0]) == 1
+  assert best_of_k.pick([None, None], [0.0, 0.0]) is None
 
 
 def _tiny_config(**verifier):
