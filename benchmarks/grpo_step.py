@@ -104,16 +104,25 @@ def build_star_jax(args, workdir: str):
 
 
 def run_star_jax(args, cfg, exp, method, trainer) -> dict:
-  state = trainer.init(exp.params, copy=True)
   ref = exp.sampling_copy(exp.params)
   pool = exp.train_set
-  steps = []
-  for s in range(1, args.steps + 1):
-    t0 = time.perf_counter()
-    state, record = method.policy_step(1, s, trainer, state, pool, ref)
-    record["total_seconds"] = time.perf_counter() - t0
-    steps.append(record)
-  return {"sample": [r["sample_seconds"] for r in steps[1:]],
+
+  def steps_from_m0():
+    state, steps = trainer.init(exp.params, copy=True), []
+    for s in range(1, args.steps + 1):
+      t0 = time.perf_counter()
+      state, record = method.policy_step(1, s, trainer, state, pool, ref)
+      record["total_seconds"] = time.perf_counter() - t0
+      steps.append(record)
+    return steps
+
+  # Steps of different lengths compile their own programs (a run's steps reuse them): the
+  # same steps again from M_0 (the same samples and shapes) time them compiled.
+  steps = steps_from_m0()
+  again = steps_from_m0() if args.compiled else []
+  out = {k: [r[f"{k}_seconds"] for r in again] for k in ("sample", "train", "total")}
+  return {**{f"compiled_{k}": v for k, v in out.items()},
+          "sample": [r["sample_seconds"] for r in steps[1:]],
           "train": [r["train_seconds"] for r in steps[1:]],
           "total": [r["total_seconds"] for r in steps[1:]],
           "tokens_sampled": [r["tokens_sampled"] for r in steps],
@@ -283,6 +292,9 @@ def main(argv=None):
   parser.add_argument("--stops", choices=("none", "task"), default="none",
                       help="none: every sample runs to max_new_tokens; task: samples end at the "
                            "task's stop string or an end token, as in a run")
+  parser.add_argument("--compiled", action="store_true",
+                      help="star_jax's steps a second time from M_0 (the same samples and "
+                           "shapes: every program compiled), recorded as star_jax_compiled_s")
   parser.add_argument("--no_pack", action="store_true",
                       help="star_jax trains one sample a row (rl.pack_rows=False)")
   parser.add_argument("--only", choices=("star_jax", "tunix", "both"), default="both")
@@ -318,6 +330,8 @@ def main(argv=None):
       rec["star_jax_tokens_sampled_per_step"] = round(statistics.mean(ours["tokens_sampled"]))
       rec["star_jax_reward_mean"] = round(ours["reward_mean"], 4)
       rec["star_jax_token_slots_per_step"] = round(statistics.mean(ours["token_slots"]))
+      if ours[f"compiled_{phase}"]:
+        rec["star_jax_compiled_s"] = round(statistics.median(ours[f"compiled_{phase}"]), 3)
     if peer:
       rec["tunix_s"] = round(statistics.median(peer[phase]), 3)
       rec["tunix_tokens_sampled_per_step"] = sum(peer["tokens_sampled"]) // max(peer["steps"], 1)
