@@ -31,12 +31,6 @@ def batch_arrays(rows: int, seq_len: int) -> dict[str, np.ndarray]:
   }
 
 
-def _segment(ex: TrainExample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  seq = np.asarray(list(ex.prompt) + list(ex.completion), np.int32)
-  weight = np.asarray([0.0] * len(ex.prompt) + [1.0] * len(ex.completion), np.float32)
-  return seq[:-1], seq[1:], weight[1:]
-
-
 @dataclasses.dataclass
 class Packed:
   batch: dict[str, np.ndarray]  # [rows, seq_len] arrays
@@ -44,40 +38,63 @@ class Packed:
   num_too_long: int  # examples longer than seq_len, skipped (counted, not silently dropped)
 
 
+def first_fit(lengths: Sequence[int], capacity: int, decreasing: bool = False
+              ) -> list[list[int]]:
+  """Rows of at most ``capacity`` tokens holding every item (indices into ``lengths``), each
+  in the first row with room: in index order (rows keep the examples' order), or longest
+  first (``decreasing``: fewer rows); each row's items in index order."""
+  order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)) if decreasing else \
+      range(len(lengths))
+  rows: list[list[int]] = []
+  room: list[int] = []
+  for i in order:
+    r = next((r for r, free in enumerate(room) if lengths[i] <= free), None)
+    if r is None:
+      rows.append([])
+      room.append(capacity)
+      r = len(rows) - 1
+    rows[r].append(i)
+    room[r] -= lengths[i]
+  return [sorted(r) for r in rows]
+
+
+def lay_out(examples: Sequence[TrainExample], rows: Sequence[Sequence[int]], seq_len: int,
+            values: Sequence[float] | None = None) -> dict[str, np.ndarray]:
+  """``[len(rows), seq_len]`` arrays with ``rows[r]``'s examples (indices) as row r's
+  segments in order; with ``values``, also ``values``: each token its example's value."""
+  batch = batch_arrays(len(rows), seq_len)
+  if values is not None:
+    batch["values"] = np.zeros((len(rows), seq_len), np.float32)
+  for r, members in enumerate(rows):
+    offset = 0
+    for seg_id, i in enumerate(members, start=1):
+      ex = examples[i]
+      seq = np.asarray(list(ex.prompt) + list(ex.completion), np.int32)
+      k = len(seq) - 1
+      sl = slice(offset, offset + k)
+      batch["tokens"][r, sl], batch["targets"][r, sl] = seq[:-1], seq[1:]
+      batch["loss_mask"][r, offset + len(ex.prompt) - 1:offset + k] = 1.0  # completion targets
+      batch["segment_ids"][r, sl] = seg_id
+      batch["positions"][r, sl] = np.arange(k)
+      if values is not None:
+        batch["values"][r, sl] = values[i]
+      offset += k
+  return batch
+
+
 def pack(examples: Sequence[TrainExample], seq_len: int, pack_rows: bool = True) -> Packed:
   """Lays examples into rows of ``seq_len``; too-long examples are skipped and counted."""
-  segments, too_long = [], 0
+  kept, too_long = [], 0
   for ex in examples:
     if not ex.completion:
       raise ValueError("a training example has an empty completion: nothing to learn from")
     if len(ex.prompt) + len(ex.completion) - 1 > seq_len:
       too_long += 1
       continue
-    segments.append(_segment(ex))
-  rows: list[list[tuple]] = []
-  used: list[int] = []
-  for seg in segments:  # first fit keeps rows in example order when nothing fits earlier
-    n = len(seg[0])
-    for r in (range(len(rows)) if pack_rows else ()):
-      if used[r] + n <= seq_len:
-        rows[r].append(seg)
-        used[r] += n
-        break
-    else:
-      rows.append([seg])
-      used.append(n)
-  batch = batch_arrays(len(rows), seq_len)
-  for r, row in enumerate(rows):
-    offset = 0
-    for seg_id, (inp, tgt, w) in enumerate(row, start=1):
-      sl = slice(offset, offset + len(inp))
-      batch["tokens"][r, sl] = inp
-      batch["targets"][r, sl] = tgt
-      batch["loss_mask"][r, sl] = w
-      batch["segment_ids"][r, sl] = seg_id
-      batch["positions"][r, sl] = np.arange(len(inp))
-      offset += len(inp)
-  return Packed(batch, len(segments), too_long)
+    kept.append(ex)
+  lengths = [len(ex.prompt) + len(ex.completion) - 1 for ex in kept]
+  rows = first_fit(lengths, seq_len) if pack_rows else [[i] for i in range(len(kept))]
+  return Packed(lay_out(kept, rows, seq_len), len(kept), too_long)
 
 
 def iterate_batches(rows: dict[str, np.ndarray], batch_size: int, num_steps: int,

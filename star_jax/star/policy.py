@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from star_jax.engine.batching import batch_arrays
+from star_jax.engine.batching import TrainExample, first_fit, lay_out
 
 ADVANTAGES = ("grpo", "dr_grpo", "reinforce")
 # How each advantage's loss is normalised (losses.PolicyGradient.normalize).
@@ -64,21 +64,9 @@ def trained_groups(rewards_QxG: np.ndarray, drop_uniform: bool) -> list[int]:
   return [q for q in range(len(all_right)) if not (drop_uniform and (all_right[q] or all_wrong[q]))]
 
 
-def first_fit(lengths: Sequence[int], capacity: int) -> list[list[int]]:
-  """Rows of at most ``capacity`` tokens holding every sequence (indices into ``lengths``),
-  first fit in decreasing length (ties in order), each row's sequences in index order."""
-  order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-  rows: list[list[int]] = []
-  room: list[int] = []
-  for i in order:
-    r = next((r for r, free in enumerate(room) if lengths[i] <= free), None)
-    if r is None:
-      rows.append([])
-      room.append(capacity)
-      r = len(rows) - 1
-    rows[r].append(i)
-    room[r] -= lengths[i]
-  return [sorted(r) for r in rows]
+def bucketed(length: int, max_len: int) -> int:
+  """A row length holding ``length`` tokens: rounded up to ``ROW_BUCKET``, at most ``max_len``."""
+  return min(-(-length // ROW_BUCKET) * ROW_BUCKET, max_len)
 
 
 def packed_layout(lengths: Sequence[int], rows: int, max_len: int, divisor: int = 1
@@ -86,17 +74,15 @@ def packed_layout(lengths: Sequence[int], rows: int, max_len: int, divisor: int 
   """(rows a micro-batch R, row length L, each row's sequences) packing ``lengths`` into the
   fewest token slots M x R x L, where R is ``rows``, ``rows`` / 2 or ``rows`` / 4 (a multiple
   of ``divisor``, the mesh's batch shards) and L a multiple of ``ROW_BUCKET`` (or
-  ``max_len``): a few compiled shapes. Ties go to more rows of fewer tokens."""
-  longest = max(lengths)
-  if longest > max_len:
-    raise ValueError(f"a sampled sequence of {longest + 1} tokens exceeds max_len={max_len}")
+  ``max_len``; every length at most ``max_len``): a few compiled shapes. Ties go to more
+  rows of fewer tokens."""
   counts = [r for r in (rows, rows // 2, rows // 4) if r >= divisor and r % divisor == 0]
   counts = sorted(set(counts or [rows]), reverse=True)
-  first = min(-(-longest // ROW_BUCKET) * ROW_BUCKET, max_len)
+  first = bucketed(max(lengths), max_len)
   widths = sorted({min(L, max_len) for L in range(first, max_len + ROW_BUCKET, ROW_BUCKET)})
   best = None
   for L in widths:
-    layout = first_fit(lengths, L)
+    layout = first_fit(lengths, L, decreasing=True)
     for R in counts:
       slots = -(-len(layout) // R) * R * L
       if best is None or slots < best[0]:
@@ -120,27 +106,16 @@ def policy_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Sequenc
     if not c:
       raise ValueError(f"sample {r} has an empty completion")
   lengths = [len(p) + len(c) - 1 for p, c in zip(prompts, completions)]
+  if max(lengths) > max_len:
+    raise ValueError(f"a sampled sequence of {max(lengths) + 1} tokens exceeds "
+                     f"max_len={max_len}")
   if pack:
     rows, L, layout = packed_layout(lengths, rows, max_len, divisor)
   else:
-    if max(lengths) > max_len:
-      raise ValueError(f"a sampled sequence of {max(lengths) + 1} tokens exceeds "
-                       f"max_len={max_len}")
-    L = min(-(-max(lengths) // ROW_BUCKET) * ROW_BUCKET, max_len)
-    layout = [[i] for i in range(n)]
+    L, layout = bucketed(max(lengths), max_len), [[i] for i in range(n)]
   M = -(-len(layout) // rows)
-  out = batch_arrays(M * rows, L)
-  out["advantages"] = np.zeros((M * rows, L), np.float32)
-  for r, members in enumerate(layout):
-    at = 0
-    for seg, i in enumerate(members, start=1):
-      seq = np.asarray(list(prompts[i]) + list(completions[i]), np.int32)
-      k = len(seq) - 1
-      sl = slice(at, at + k)
-      out["tokens"][r, sl], out["targets"][r, sl] = seq[:-1], seq[1:]
-      out["loss_mask"][r, at + len(prompts[i]) - 1:at + k] = 1.0  # completion targets
-      out["segment_ids"][r, sl] = seg
-      out["positions"][r, sl] = np.arange(k)
-      out["advantages"][r, sl] = advantages_R[i]
-      at += k
+  layout = list(layout) + [[]] * (M * rows - len(layout))  # padding rows
+  out = lay_out([TrainExample(p, c) for p, c in zip(prompts, completions)], layout, L,
+                values=advantages_R)
+  out["advantages"] = out.pop("values")
   return {name: arr.reshape(M, rows, L) for name, arr in out.items()}
