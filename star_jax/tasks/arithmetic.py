@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+import random
 from typing import Iterator
 
 import numpy as np
@@ -101,6 +102,16 @@ def _in_eval_partition(a: int, b: int, seed: int, eval_fraction: float) -> bool:
 
 
 _ENUMERATE_UP_TO = 50_000  # problem spaces this small are listed, not sampled by rejection
+_INT64_MAX = 2 ** 63 - 1
+
+
+def _draw(rng: np.random.Generator, lo: int, hi: int) -> int:
+  """A uniform integer in [lo, hi]: numpy's draw where int64 holds it (so the shorter
+  lengths' problems are what they always were), else Python's exact one, seeded from ``rng``
+  (19+ digits)."""
+  if hi < _INT64_MAX:
+    return int(rng.integers(lo, hi + 1))
+  return random.Random(int(rng.integers(_INT64_MAX))).randint(lo, hi)
 
 
 def generate(split: str, count: int, seed: int, min_digits: int, max_digits: int,
@@ -136,7 +147,7 @@ def generate(split: str, count: int, seed: int, min_digits: int, max_digits: int
         pairs.append(pair)
       continue
     for _ in range(10_000):
-      a, b = int(rng.integers(lo, hi + 1)), int(rng.integers(lo_b, hi_b + 1))
+      a, b = _draw(rng, lo, hi), _draw(rng, lo_b, hi_b)
       if _in_eval_partition(a, b, seed, eval_fraction) == want_eval and (a, b) not in seen:
         break
     else:
@@ -172,7 +183,7 @@ def generate_by_digits(counts, seed: int, eval_fraction: float = 0.1,
       continue
     seen: set[tuple[int, int]] = set()
     while len(seen) < count:
-      a, b = int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))
+      a, b = _draw(rng, lo, hi), _draw(rng, lo, hi)
       if (a, b) not in seen and not _in_eval_partition(a, b, seed, eval_fraction):
         seen.add((a, b))
         pairs.append((a, b))

@@ -10,7 +10,7 @@ from star_jax.experiment.build import tokenizer_texts
 from star_jax.tokenizer import CharTokenizer
 
 
-@pytest.mark.parametrize("variant", ["", "control", "right_aligned", "smoke"])
+@pytest.mark.parametrize("variant", ["", "4x", "control", "right_aligned", "smoke"])
 def test_every_rounds_longest_text_fits_its_row_and_completion(variant):
   c = load_config("arithmetic_extend", variant)
   task = tasks.get_task("arithmetic", **c.task_options.to_dict())

@@ -3,6 +3,7 @@
 import json
 import random
 
+import numpy as np
 import pytest
 
 from star_jax import tasks
@@ -327,6 +328,25 @@ def test_scratchpad_steps_are_true_partial_sums():
       rest_a, rest_b = str(a)[:-k], str(b)[:-k]
       assert todo.replace(" ", "") == (f"{rest_a}+{rest_b}" if rest_a or rest_b else "")
     assert int(lines[-1].replace(" ", "")) == a + b
+
+
+def test_arithmetic_draws_past_int64():
+  """Problems of 19+ digits (the extend config's 4x variant draws 20, evaluates 22) are drawn
+  exactly, deterministically, of the asked length and disjoint between train and eval; the
+  shorter lengths' problems are what numpy's int64 draw always gave."""
+  task = tasks.get_task("arithmetic", min_digits=18, max_digits=22)
+  c = cfg(max_train=300, max_eval=60)
+  train, evals = task.load("train", c), task.load("eval", c)
+  assert train == task.load("train", c) and evals == task.load("eval", c)
+  assert {e.meta["digits"] for e in train} == {18, 19, 20, 21, 22}
+  for e in train + evals:
+    a, b = e.meta["a"], e.meta["b"]
+    assert len(str(a)) == len(str(b)) == e.meta["digits"] and e.answer == str(a + b)
+  pairs = lambda exs: {(e.meta["a"], e.meta["b"]) for e in exs}
+  assert not pairs(train) & pairs(evals) and len(pairs(train)) > 290
+  rng, again = np.random.default_rng(5), np.random.default_rng(5)
+  assert [arithmetic._draw(rng, 10, 99) for _ in range(5)] == [
+      int(again.integers(10, 100)) for _ in range(5)]
 
 
 def test_arithmetic_generation_deterministic_disjoint():
