@@ -164,7 +164,7 @@ class Method:
         scores = verifier_lib.score_generations(verifier, self.task, self.tokenizer, gens,
                                                 few_shot)
         result.sampled.update(best_of_k.best_of_k_eval(self.task, gens, scores,
-                                                          self.exp.eval_set, k))
+                                                       self.exp.eval_set, k))
     result.seconds = time.time() - t0
     return result
 

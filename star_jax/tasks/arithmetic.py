@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import re
 import random
+import re
 from typing import Iterator
 
 import numpy as np
