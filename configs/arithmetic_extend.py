@@ -122,6 +122,13 @@ def get_config(variant: str = ""):
     c.star.iterations = (longest - SEED_LONGEST + 1) // 2
     c.star.questions_per_iteration = 2000
     c.train.batch_size = 16
+    # A round's rows as long as its longest kept text (192 tokens in round 1, 832 in round
+    # 8): early rounds train at a fraction of the cost of rows sized for 20 digits.
+    c.train.fit_rows = True
+    # The seed P trained as the 2x config trains it (its rows and batch), so M_0 is its M_0.
+    two_x = get_config()
+    c.pretrain.train = {"seq_len": two_x.train.seq_len, "batch_size": two_x.train.batch_size,
+                        "fit_rows": False}
   elif variant == "control":
     c.star.curriculum_step = 0  # the same steps, on 1-5 digit questions only
     c.star.curriculum_start = SEED_LONGEST

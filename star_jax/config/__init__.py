@@ -2,7 +2,7 @@
 ``configs/*.py`` files start from (``defaults``), and the validating boundary (``load``)."""
 
 from star_jax.config.defaults import base_config, model_overrides, task_options, text_task_config
-from star_jax.config.load import flatten, load, seed_data, to_dict
+from star_jax.config.load import flatten, load, seed_data, seed_train, to_dict
 from star_jax.config.schema import (FREE_FORM, OPERATIONAL_KEYS, Config, EvalConfig, MeshConfig,
                                     ModelSpec, PretrainConfig, RLConfig, SampleConfig,
                                     StarConfig, TokenizerConfig, TrainConfig,
@@ -11,6 +11,6 @@ from star_jax.config.schema import (FREE_FORM, OPERATIONAL_KEYS, Config, EvalCon
 __all__ = [
     "FREE_FORM", "OPERATIONAL_KEYS", "Config", "EvalConfig", "MeshConfig", "ModelSpec",
     "PretrainConfig", "RLConfig", "SampleConfig", "StarConfig", "TokenizerConfig", "TrainConfig",
-    "VerifierConfig", "base_config", "flatten", "load", "model_overrides", "seed_data", "task_options",
-    "text_task_config", "to_dict",
+    "VerifierConfig", "base_config", "flatten", "load", "model_overrides", "seed_data",
+    "seed_train", "task_options", "text_task_config", "to_dict",
 ]

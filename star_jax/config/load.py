@@ -12,7 +12,7 @@ import dataclasses
 import json
 from typing import Any
 
-from star_jax.config.schema import Config, PretrainConfig
+from star_jax.config.schema import Config, PretrainConfig, TrainConfig
 from star_jax.data.data_config import DataConfig
 from star_jax.engine.model_config import ModelConfig
 from star_jax.runtime.errors import ConfigError, did_you_mean
@@ -34,6 +34,7 @@ def load(config: Any) -> Config:
   make_options(cls, cfg.pretrain.hinted_task_options, "pretrain.hinted_task_options")
   _check_keys(cfg.pretrain.data, {f.name for f in dataclasses.fields(DataConfig)},
               "pretrain.data")
+  seed_train(cfg)  # pretrain.train's keys and types
   _check_keys(cfg.model.overrides, _MODEL_FIELDS, "model.overrides")
   return dataclasses.replace(cfg, task_options=options)
 
@@ -57,6 +58,16 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def seed_data(cfg: Config) -> DataConfig:
   """The seed set P's data keys: the run's, with ``pretrain.data``'s changes."""
   return dataclasses.replace(cfg.data, **_typed(DataConfig, cfg.pretrain.data, "pretrain.data"))
+
+
+def seed_train(cfg: Config) -> TrainConfig:
+  """The warm start's train keys: the run's, with ``pretrain.train``'s changes and
+  ``pretrain.learning_rate`` (when set)."""
+  train = dataclasses.replace(cfg.train,
+                              **_typed(TrainConfig, cfg.pretrain.train, "pretrain.train"))
+  if cfg.pretrain.learning_rate > 0:
+    train = dataclasses.replace(train, learning_rate=cfg.pretrain.learning_rate)
+  return train
 
 
 def _check_keys(values: dict, known: set[str], where: str) -> None:
@@ -121,4 +132,4 @@ def _value(f: dataclasses.Field, v: Any, where: str) -> Any:
   return v
 
 
-__all__ = ["Config", "PretrainConfig", "flatten", "load", "seed_data", "to_dict"]
+__all__ = ["Config", "PretrainConfig", "flatten", "load", "seed_data", "seed_train", "to_dict"]

@@ -114,6 +114,8 @@ class PretrainConfig:
                                       "unhinted text; {} = none")
   learning_rate: float = key(0.0, "the warm start's rate (0 = train.learning_rate): learning P "
                                   "may want a higher one than self-training on D")
+  train: dict = key({}, "train keys (TrainConfig) that differ for the warm start, e.g. "
+                        "batch_size, seq_len: P's texts may be shorter than D's")
   disjoint: bool = key(False, "D (the questions STaR samples) leaves out P's questions, so "
                               "a seed of official solutions and D's answers never overlap")
 
@@ -124,6 +126,9 @@ class TrainConfig:
   grad_accum: int = key(1, "micro-batches per step: a step is batch_size x grad_accum rows")
   seq_len: int = key(1024, "tokens per training row")
   pack: bool = key(True, "pack several examples into a row")
+  fit_rows: bool = key(False, "rows as long as a fine-tune's longest example (rounded up to "
+                              "64), at most seq_len: a curriculum's early rounds, whose texts "
+                              "are short, train on short rows")
   learning_rate: float = key(1e-6, "Adam's rate (paper: 1e-6, 100 warmup steps, clip 1.0)")
   warmup_steps: int = key(100, "linear warmup steps")
   schedule: str = key("constant", "after warmup", choices=("constant", "linear", "cosine"))

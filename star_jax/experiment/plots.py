@@ -35,9 +35,16 @@ def plot_accuracy(metrics: list[dict], path: epath.PathLike, title: str) -> None
   _save(fig, path)
 
 
+GRID_FROM = 13  # buckets from which accuracy by difficulty is drawn as a grid, not lines
+
+
 def plot_by_difficulty(metrics: list[dict], key: str, path: epath.PathLike, title: str,
                        label: str = "{}") -> None:
+  """One line per difficulty over the iterations, or from ``GRID_FROM`` difficulties on (a
+  length curriculum's 1-22 digits) a grid of iterations x difficulties, each cell its %."""
   buckets = sorted({b for m in metrics for b in m.get(key, {})}, key=bucket_key)
+  if len(buckets) >= GRID_FROM:
+    return plot_grid(metrics, key, buckets, path, title, label)
   fig, ax = plt.subplots(figsize=(6, 4))
   for b in buckets:
     pts = [(m["iteration"], 100 * m[key][b]) for m in metrics if b in m.get(key, {})]
@@ -46,6 +53,30 @@ def plot_by_difficulty(metrics: list[dict], key: str, path: epath.PathLike, titl
           color="black", linestyle="--", label="all")
   _accuracy_axes(ax, title)
   ax.legend(fontsize=8)
+  _save(fig, path)
+
+
+def plot_grid(metrics: list[dict], key: str, buckets: list, path: epath.PathLike, title: str,
+              label: str = "{}") -> None:
+  """Accuracy (%) by iteration (rows) and difficulty (columns); blank where not measured."""
+  import numpy as np
+  acc = np.full((len(metrics), len(buckets)), np.nan)
+  for i, m in enumerate(metrics):
+    for j, b in enumerate(buckets):
+      if b in m.get(key, {}):
+        acc[i, j] = 100 * m[key][b]
+  fig, ax = plt.subplots(figsize=(max(6, 0.42 * len(buckets) + 1.5),
+                                  max(2.5, 0.38 * len(metrics) + 1.2)))
+  ax.imshow(acc, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+  for (i, j), v in np.ndenumerate(acc):
+    if not np.isnan(v):
+      ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7,
+              color="black" if v > 60 else "white")
+  ax.set_xticks(range(len(buckets)), [str(b) for b in buckets], fontsize=8)
+  ax.set_xlabel(label.format("").strip() or "difficulty")
+  ax.set_yticks(range(len(metrics)), [str(m["iteration"]) for m in metrics], fontsize=8)
+  ax.set_ylabel("STaR iteration")
+  ax.set_title(f"{title}: held-out accuracy (%)")
   _save(fig, path)
 
 

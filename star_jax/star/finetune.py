@@ -115,6 +115,19 @@ def training_examples(task: Task, tokenizer: Tokenizer, pairs: Sequence[tuple[Ex
   return out
 
 
+ROW_STEP = 64  # train.fit_rows rounds a row up to a multiple of this
+
+
+def row_length(examples: Sequence[batching.TrainExample], train_cfg: TrainConfig) -> int:
+  """Tokens a training row holds: ``train.seq_len``, or with ``train.fit_rows`` the longest
+  example's (less the one token a row's shift drops) rounded up to ``ROW_STEP``, at most
+  ``train.seq_len`` (a longer example is skipped as too long either way)."""
+  if not (train_cfg.fit_rows and examples):
+    return train_cfg.seq_len
+  longest = max(len(ex.prompt) + len(ex.completion) - 1 for ex in examples)
+  return min(train_cfg.seq_len, ROW_STEP * -(-longest // ROW_STEP))
+
+
 def finetune(trainer: Trainer, params, examples: Sequence[batching.TrainExample],
              train_cfg: TrainConfig, steps: int, seed: int,
              desc: str = "train", ckpt_dir: epath.PathLike | None = None,
@@ -140,7 +153,11 @@ def finetune(trainer: Trainer, params, examples: Sequence[batching.TrainExample]
   rerun resumes from, and the rerun says where the earlier run stopped.
   With ``async_save`` the steps after a save train while orbax writes it.
   """
-  packed = batching.pack(examples, train_cfg.seq_len, pack_rows=train_cfg.pack)
+  seq_len = row_length(examples, train_cfg)
+  if seq_len < train_cfg.seq_len:
+    logging.info("%s: rows of %d tokens, the longest example's (train.fit_rows; at most %d)",
+                 desc, seq_len, train_cfg.seq_len)
+  packed = batching.pack(examples, seq_len, pack_rows=train_cfg.pack)
   if packed.num_too_long:
     logging.warning("%d of %d training examples exceed seq_len=%d and were skipped",
                     packed.num_too_long, len(examples), train_cfg.seq_len)

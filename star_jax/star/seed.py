@@ -8,7 +8,6 @@ M_0: a run's saved iteration 0 when the workdir has one, else built as the confi
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 
@@ -16,7 +15,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from star_jax.config import Config
+from star_jax.config import Config, seed_train
 from star_jax.engine import lora
 from star_jax.engine.batching import TrainExample
 from star_jax.experiment.build import Experiment, hinted_seed_set, seed_set
@@ -62,9 +61,7 @@ def warm_start(config: Config, exp: Experiment, workdir: epath.PathLike, on_step
   weights, since every iteration's fine-tune may start from it.
   """
   steps = config.pretrain.steps
-  train_cfg = config.train
-  if config.pretrain.learning_rate > 0:
-    train_cfg = dataclasses.replace(train_cfg, learning_rate=config.pretrain.learning_rate)
+  train_cfg = seed_train(config)
   examples = seed_examples(config, exp)
   logging.info("pretraining M_0 on the seed set: %d examples, %d steps", len(examples), steps)
   t0 = time.time()

@@ -96,6 +96,23 @@ def test_the_seed_set_reads_the_run_data_with_its_own_changes():
   assert cfg.pretrain.task_options == {"min_digits": 1, "max_digits": 1}
 
 
+def test_the_warm_start_trains_with_the_run_train_keys_and_its_own_changes():
+  d = config_lib.base_config().to_dict()
+  d["pretrain"]["train"] = {"seq_len": 128, "fit_rows": False}
+  d["pretrain"]["learning_rate"] = 5e-3
+  d["train"]["fit_rows"] = True
+  cfg = config_lib.load(d)
+  seed = config_lib.seed_train(cfg)
+  assert (seed.seq_len, seed.fit_rows, seed.learning_rate) == (128, False, 5e-3)
+  assert seed.batch_size == cfg.train.batch_size and cfg.train.seq_len != 128
+  d["pretrain"]["train"] = {"seq_lne": 128}
+  with pytest.raises(ConfigError, match=r"pretrain.train.seq_lne.*'seq_len'"):
+    config_lib.load(d)
+  d["pretrain"]["train"] = {"batch_size": 2.5}
+  with pytest.raises(ConfigError, match="pretrain.train.batch_size must be a whole number"):
+    config_lib.load(d)
+
+
 def test_a_task_gets_options_of_another_task_refused():
   c = config_lib.base_config("arithmetic")
   c.task = "gsm8k"
@@ -114,6 +131,7 @@ def test_every_key_the_docs_use_on_a_command_line_is_declared():
             for f in dataclasses.fields(task_class(t).Options)
             for group in ("task_options", "pretrain.task_options")}
   known |= {f"pretrain.data.{f.name}" for f in dataclasses.fields(DataConfig)}
+  known |= {f"pretrain.train.{f.name}" for f in dataclasses.fields(config_lib.TrainConfig)}
   pages = [os.path.join(ROOT, "README.md")] + glob.glob(os.path.join(ROOT, "docs", "*.md"))
   used = {(os.path.basename(p), k) for p in pages
           for k in re.findall(r"--config\.([a-z_][a-z0-9_.]*[a-z0-9_])=", open(p).read())}

@@ -68,3 +68,24 @@ def test_rows_a_mesh_cannot_split_are_regrouped_keeping_the_rows_per_step():
   assert ft.micro_batching(1, 8, 4) == (4, 2)
   assert ft.micro_batching(8, 1, 4) == (8, 1)  # divisible: as configured
   assert ft.micro_batching(3, 2, 4) == (4, 2)  # 6 rows: rounded up to whole micro-batches
+
+
+def test_fit_rows_trains_on_rows_as_long_as_the_longest_example():
+  from star_jax.engine import batching
+  cfg = get_preset("tiny")
+  mesh = mesh_of((1, 1, 1))
+  graphdef, params = params_lib.init_params(cfg, mesh)
+  tc = dataclasses.replace(load(base_config()).train, seq_len=256, batch_size=4,
+                           warmup_steps=0)
+  short = [batching.TrainExample([1, 2, 3], [4, 5, 6])] * 40  # 5 tokens a row each
+  long = batching.TrainExample(list(range(1, 60)), [7] * 20)  # 78 tokens
+  fit = dataclasses.replace(tc, fit_rows=True)
+  assert ft.row_length(short, tc) == 256  # off: train.seq_len
+  assert ft.row_length(short, fit) == 64  # rounded up to ROW_STEP
+  assert ft.row_length(short + [long], fit) == 128
+  assert ft.row_length(short + [long], dataclasses.replace(fit, seq_len=100)) == 100  # a cap
+  trainer = Trainer(graphdef, mesh, ft.optim_config(tc, 2))
+  _, whole = ft.finetune(trainer, params, short, tc, 2, seed=0)
+  _, fitted = ft.finetune(trainer, params, short, fit, 2, seed=0)
+  assert (whole.rows, fitted.rows) == (1, 4)  # 40 x 5 tokens: one row of 256, 12 a row of 64
+  assert fitted.examples == whole.examples == 40 and fitted.too_long == 0
