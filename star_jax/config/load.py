@@ -35,6 +35,7 @@ def load(config: Any) -> Config:
   _check_keys(cfg.pretrain.data, {f.name for f in dataclasses.fields(DataConfig)},
               "pretrain.data")
   seed_train(cfg)  # pretrain.train's keys and types
+  _check_curriculum(cfg.star.curriculum)
   _check_keys(cfg.model.overrides, _MODEL_FIELDS, "model.overrides")
   return dataclasses.replace(cfg, task_options=options)
 
@@ -68,6 +69,13 @@ def seed_train(cfg: Config) -> TrainConfig:
   if cfg.pretrain.learning_rate > 0:
     train = dataclasses.replace(train, learning_rate=cfg.pretrain.learning_rate)
   return train
+
+
+def _check_curriculum(tops: tuple) -> None:
+  if any(not isinstance(t, int) or isinstance(t, bool) or t < 1 for t in tops) or any(
+      b < a for a, b in zip(tops, tops[1:])):
+    raise ConfigError(f"star.curriculum must be whole numbers >= 1 that never decrease (the "
+                      f"hardest difficulty each iteration draws), got {tuple(tops)}")
 
 
 def _check_keys(values: dict, known: set[str], where: str) -> None:

@@ -75,6 +75,9 @@ class StarConfig:
                                  "digits) up to this, each later one up to curriculum_step more "
                                  "(0 = every question from the start)")
   curriculum_step: int = key(1, "difficulty levels each iteration adds to what it draws from")
+  curriculum: tuple = key((), "the hardest difficulty each iteration draws, in order (the last "
+                              "holds after): a pace curriculum_start and curriculum_step cannot "
+                              "set, e.g. one level a round, then two; () = theirs")
   balanced_draw: bool = key(False, "with questions_per_iteration: draw the same number of "
                                    "questions of each difficulty (all of a level that has "
                                    "fewer), not in proportion to the pool; a curriculum's "
@@ -97,6 +100,15 @@ class StarConfig:
                                    "token log-probability (the model's own confidence, in place "
                                    "of the paper's reward score), scored with every temperature "
                                    "next to no threshold; () = the answer check alone")
+
+  def curriculum_top(self, n: int) -> int:
+    """The hardest difficulty iteration ``n`` draws from: ``curriculum``'s n-th (its last
+    after), else ``curriculum_start + curriculum_step * (n - 1)``; 0: no curriculum."""
+    if self.curriculum:
+      return int(self.curriculum[min(n, len(self.curriculum)) - 1])
+    if not self.curriculum_start:
+      return 0
+    return self.curriculum_start + self.curriculum_step * (n - 1)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -107,17 +107,17 @@ class Method:
                           star.top_k, star.top_p)
 
   def question_pool(self, n: int) -> list[Example]:
-    """The train set, or with a curriculum (``star.curriculum_start``) its questions of
-    difficulty up to ``curriculum_start + curriculum_step * (n - 1)``: each iteration opens
-    the next lengths, whose questions come with answers only (Lee et al. 2025)."""
-    start = self.star.curriculum_start
-    if not start:
+    """The train set, or with a curriculum (``star.curriculum_start`` or ``curriculum``) its
+    questions of difficulty up to ``star.curriculum_top(n)``: each iteration opens the next
+    lengths, whose questions come with answers only (Lee et al. 2025)."""
+    top = self.star.curriculum_top(n)
+    if not top:
       return self.exp.train_set
-    top = start + self.star.curriculum_step * (n - 1)
     pool = [ex for ex in self.exp.train_set if (self.task.difficulty(ex) or 0) <= top]
     if not pool:
-      raise ConfigError(f"star.curriculum_start={start}: no train question of difficulty "
-                        f"<= {top} at iteration {n}")
+      which = (f"star.curriculum={tuple(self.star.curriculum)}" if self.star.curriculum
+               else f"star.curriculum_start={self.star.curriculum_start}")
+      raise ConfigError(f"{which}: no train question of difficulty <= {top} at iteration {n}")
     return pool
 
   def fine_tune(self, n: int, start, examples: list[TrainExample], desc: str

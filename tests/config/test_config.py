@@ -96,6 +96,16 @@ def test_the_seed_set_reads_the_run_data_with_its_own_changes():
   assert cfg.pretrain.task_options == {"min_digits": 1, "max_digits": 1}
 
 
+@pytest.mark.parametrize("tops", [(3, 2), (0, 1), (2.5,)])
+def test_a_curriculum_that_decreases_or_is_not_whole_is_refused(tops):
+  d = config_lib.base_config().to_dict()
+  d["star"]["curriculum"] = tops
+  with pytest.raises(ConfigError, match="star.curriculum must be whole numbers >= 1"):
+    config_lib.load(d)
+  d["star"]["curriculum"] = (2, 2, 5)
+  assert config_lib.load(d).star.curriculum_top(4) == 5
+
+
 def test_the_warm_start_trains_with_the_run_train_keys_and_its_own_changes():
   d = config_lib.base_config().to_dict()
   d["pretrain"]["train"] = {"seq_len": 128, "fit_rows": False}

@@ -302,6 +302,11 @@ def test_a_curriculum_opens_the_next_lengths_each_iteration_and_trains_on_nothin
   short = min(pool, key=pool.get)
   assert sum(drawn.values()) == 20 and drawn[short] == min(pool[short], 5)
   assert max(drawn.values()) - min(v for d, v in drawn.items() if d != short) <= 1
+  # star.curriculum: the hardest length of each iteration in order, the last one after it.
+  m = Star(config(curriculum=(1, 3, 4)), experiment(task, train, evals),
+           ScriptedSampler(task, train, script), tmp_path / "c")
+  assert [max(task.difficulty(ex) for ex in m.question_pool(n)) for n in (1, 2, 3, 4)] == [
+      1, 3, 4, 4]
   direct = Direct(config(curriculum_start=1), experiment(task, train, evals),
                   ScriptedSampler(task, train, script), tmp_path / "d")
   assert {task.difficulty(ex) for ex in direct.question_pool(1)} == {1}
@@ -312,6 +317,10 @@ def test_a_curriculum_opens_the_next_lengths_each_iteration_and_trains_on_nothin
   with pytest.raises(ConfigError, match="curriculum_start"):
     Star(config(curriculum_start=1), experiment(task, [ex for ex in train
                                                       if task.difficulty(ex) > 1], evals),
+         sampler, tmp_path / "e").question_pool(1)
+  with pytest.raises(ConfigError, match=r"star.curriculum=\(1, 2\): no train question"):
+    Star(config(curriculum=(1, 2)), experiment(task, [ex for ex in train
+                                                     if task.difficulty(ex) > 1], evals),
          sampler, tmp_path / "e").question_pool(1)
 
 
