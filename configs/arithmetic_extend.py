@@ -125,14 +125,14 @@ def get_config(variant: str = ""):
     c.star.curriculum = tuple(range(SEED_LONGEST + 1, LONGEST + 1)) + tuple(
         range(LONGEST + 2, longest + 1, 2))
     c.star.iterations = len(c.star.curriculum)
-    c.train.batch_size = 16
-    # A round's rows as long as its longest kept text (192 tokens in round 1, 832 in round
-    # 8): early rounds train at a fraction of the cost of rows sized for 20 digits.
-    c.train.fit_rows = True
-    # The seed P trained as the 2x config trains it (its rows and batch), so M_0 is its M_0.
+    # A round's rows as long as its longest kept text (192 tokens in round 1, 832 in the
+    # last), as many a step as hold the 2x config's tokens (32 x 272): early rounds train as
+    # the 2x config's rounds do, not at the cost of rows sized for 20 digits.
     two_x = get_config()
+    c.train.fit_rows = two_x.train.batch_size * two_x.train.seq_len
+    # The seed P trained as the 2x config trains it (its rows and batch), so M_0 is its M_0.
     c.pretrain.train = {"seq_len": two_x.train.seq_len, "batch_size": two_x.train.batch_size,
-                        "fit_rows": False}
+                        "fit_rows": 0}
   elif variant == "control":
     c.star.curriculum_step = 0  # the same steps, on 1-5 digit questions only
     c.star.curriculum_start = SEED_LONGEST

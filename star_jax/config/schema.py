@@ -138,9 +138,10 @@ class TrainConfig:
   grad_accum: int = key(1, "micro-batches per step: a step is batch_size x grad_accum rows")
   seq_len: int = key(1024, "tokens per training row")
   pack: bool = key(True, "pack several examples into a row")
-  fit_rows: bool = key(False, "rows as long as a fine-tune's longest example (rounded up to "
-                              "64), at most seq_len: a curriculum's early rounds, whose texts "
-                              "are short, train on short rows")
+  fit_rows: int = key(0, "0: batch_size rows of seq_len a step; N: rows as long as a "
+                         "fine-tune's longest example (rounded up to 64, at most seq_len), as "
+                         "many a step as hold N tokens: a curriculum's early rounds, whose "
+                         "texts are short, train on short rows at the same tokens a step")
   learning_rate: float = key(1e-6, "Adam's rate (paper: 1e-6, 100 warmup steps, clip 1.0)")
   warmup_steps: int = key(100, "linear warmup steps")
   schedule: str = key("constant", "after warmup", choices=("constant", "linear", "cosine"))

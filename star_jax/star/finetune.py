@@ -118,14 +118,17 @@ def training_examples(task: Task, tokenizer: Tokenizer, pairs: Sequence[tuple[Ex
 ROW_STEP = 64  # train.fit_rows rounds a row up to a multiple of this
 
 
-def row_length(examples: Sequence[batching.TrainExample], train_cfg: TrainConfig) -> int:
-  """Tokens a training row holds: ``train.seq_len``, or with ``train.fit_rows`` the longest
-  example's (less the one token a row's shift drops) rounded up to ``ROW_STEP``, at most
-  ``train.seq_len`` (a longer example is skipped as too long either way)."""
+def fitted(examples: Sequence[batching.TrainExample], train_cfg: TrainConfig) -> TrainConfig:
+  """``train_cfg`` as a fine-tune on ``examples`` runs it: as configured, or with
+  ``train.fit_rows`` = N rows as long as the longest example (less the one token a row's
+  shift drops) rounded up to ``ROW_STEP``, at most ``train.seq_len`` (a longer example is
+  skipped as too long either way), and N // that length of them a step."""
   if not (train_cfg.fit_rows and examples):
-    return train_cfg.seq_len
+    return train_cfg
   longest = max(len(ex.prompt) + len(ex.completion) - 1 for ex in examples)
-  return min(train_cfg.seq_len, ROW_STEP * -(-longest // ROW_STEP))
+  seq_len = min(train_cfg.seq_len, ROW_STEP * -(-longest // ROW_STEP))
+  return dataclasses.replace(train_cfg, seq_len=seq_len,
+                             batch_size=max(1, train_cfg.fit_rows // seq_len))
 
 
 def finetune(trainer: Trainer, params, examples: Sequence[batching.TrainExample],
@@ -153,11 +156,12 @@ def finetune(trainer: Trainer, params, examples: Sequence[batching.TrainExample]
   rerun resumes from, and the rerun says where the earlier run stopped.
   With ``async_save`` the steps after a save train while orbax writes it.
   """
-  seq_len = row_length(examples, train_cfg)
-  if seq_len < train_cfg.seq_len:
-    logging.info("%s: rows of %d tokens, the longest example's (train.fit_rows; at most %d)",
-                 desc, seq_len, train_cfg.seq_len)
-  packed = batching.pack(examples, seq_len, pack_rows=train_cfg.pack)
+  if train_cfg.fit_rows:
+    train_cfg = fitted(examples, train_cfg)
+    logging.info("%s: %d rows of %d tokens a step (train.fit_rows=%d: rows as long as the "
+                 "longest example)", desc, train_cfg.batch_size, train_cfg.seq_len,
+                 train_cfg.fit_rows)
+  packed = batching.pack(examples, train_cfg.seq_len, pack_rows=train_cfg.pack)
   if packed.num_too_long:
     logging.warning("%d of %d training examples exceed seq_len=%d and were skipped",
                     packed.num_too_long, len(examples), train_cfg.seq_len)

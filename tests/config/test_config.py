@@ -108,12 +108,12 @@ def test_a_curriculum_that_decreases_or_is_not_whole_is_refused(tops):
 
 def test_the_warm_start_trains_with_the_run_train_keys_and_its_own_changes():
   d = config_lib.base_config().to_dict()
-  d["pretrain"]["train"] = {"seq_len": 128, "fit_rows": False}
+  d["pretrain"]["train"] = {"seq_len": 128, "fit_rows": 0}
   d["pretrain"]["learning_rate"] = 5e-3
-  d["train"]["fit_rows"] = True
+  d["train"]["fit_rows"] = 4096
   cfg = config_lib.load(d)
   seed = config_lib.seed_train(cfg)
-  assert (seed.seq_len, seed.fit_rows, seed.learning_rate) == (128, False, 5e-3)
+  assert (seed.seq_len, seed.fit_rows, seed.learning_rate) == (128, 0, 5e-3)
   assert seed.batch_size == cfg.train.batch_size and cfg.train.seq_len != 128
   d["pretrain"]["train"] = {"seq_lne": 128}
   with pytest.raises(ConfigError, match=r"pretrain.train.seq_lne.*'seq_len'"):

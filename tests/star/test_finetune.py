@@ -79,13 +79,16 @@ def test_fit_rows_trains_on_rows_as_long_as_the_longest_example():
                            warmup_steps=0)
   short = [batching.TrainExample([1, 2, 3], [4, 5, 6])] * 40  # 5 tokens a row each
   long = batching.TrainExample(list(range(1, 60)), [7] * 20)  # 78 tokens
-  fit = dataclasses.replace(tc, fit_rows=True)
-  assert ft.row_length(short, tc) == 256  # off: train.seq_len
-  assert ft.row_length(short, fit) == 64  # rounded up to ROW_STEP
-  assert ft.row_length(short + [long], fit) == 128
-  assert ft.row_length(short + [long], dataclasses.replace(fit, seq_len=100)) == 100  # a cap
+  fit = dataclasses.replace(tc, fit_rows=512)  # 512 tokens a step
+  assert ft.fitted(short, tc) == tc  # off: as configured
+  assert (ft.fitted(short, fit).seq_len, ft.fitted(short, fit).batch_size) == (64, 8)
+  assert (ft.fitted(short + [long], fit).seq_len, ft.fitted(short + [long], fit).batch_size
+          ) == (128, 4)
+  capped = ft.fitted(short + [long], dataclasses.replace(fit, seq_len=100))  # seq_len: a cap
+  assert (capped.seq_len, capped.batch_size) == (100, 5)
   trainer = Trainer(graphdef, mesh, ft.optim_config(tc, 2))
   _, whole = ft.finetune(trainer, params, short, tc, 2, seed=0)
   _, fitted = ft.finetune(trainer, params, short, fit, 2, seed=0)
   assert (whole.rows, fitted.rows) == (1, 4)  # 40 x 5 tokens: one row of 256, 12 a row of 64
   assert fitted.examples == whole.examples == 40 and fitted.too_long == 0
+  assert fitted.tokens == whole.tokens == 2 * 40 * 3  # every example's completion, each step
