@@ -7,9 +7,8 @@
       --config.model.checkpoint=runs/arith_extend/checkpoints/0 --config.pretrain.steps=0
   python -m star_jax.main --config=configs/arithmetic_extend.py:right_aligned --workdir=runs/ext_r
   python -m star_jax.main --config=configs/arithmetic_extend.py:smoke --workdir=/tmp/ext_smoke
-  # 4x: to 20 digits, two lengths a round, from the 2x run's M_0 (its seed P's weights)
-  python -m star_jax.main --config=configs/arithmetic_extend.py:4x --workdir=runs/ext4x \
-      --config.model.checkpoint=runs/arith_extend/pretrain_ckpt --config.pretrain.steps=0
+  # 4x: to 20 digits in 10 rounds (one length a round to 10, then two)
+  python -m star_jax.main --config=configs/arithmetic_extend.py:4x --workdir=runs/ext4x
 
 The base model is the arithmetic default's decoder trained from scratch on gold scratchpads of
 1-5 digits only (the seed P). STaR then samples from answers alone, and each iteration opens
@@ -21,10 +20,11 @@ kept text is too long to train on. Held-out accuracy is reported per length, 1 t
 `control` variant gets the same steps on 1-5 digit questions only (`curriculum_step` = 0);
 `right_aligned` drops the columns from the line's start (`task_options.both_columns`), with
 which no length past the seed's opens. `4x` draws to 20 digits (4x the seed's) and evaluates to
-22: two lengths open a round (the model does the next length near-perfectly and the one after
-about half the time zero-shot, and STaR keeps only the right ones), 8 rounds, rows of 832
-tokens, so a step takes fewer rows (16) and a round fewer questions (2,000) for about the 2x
-config's kept tokens per train token.
+22 from the same seed P (trained at the 2x config's rows and batch, `pretrain.train`): one
+length a round to 10 digits, then two (`star.curriculum` = 6, 7, ..., 10, 12, ..., 20; 10
+rounds), and each round's rows as long as its longest kept text, as many a step as hold the 2x
+config's tokens (`train.fit_rows`), so the early rounds train as the 2x config's do and no
+round pays for rows sized for 20 digits.
 Measured results and what limits them: docs/arithmetic.md ("Past the seed's lengths").
 """
 

@@ -132,7 +132,7 @@ def run_model_config(config: config_lib.Config, workdir: epath.PathLike,
                      ) -> model_config.ModelConfig:
   """The architecture of a run's models (without adapters), from its recorded config."""
   ckpt = config.model.checkpoint
-  if ckpt:
+  if ckpt and not is_bare_orbax(ckpt):  # a bare orbax directory: the config's preset, as built
     cfg = model_config_of(ckpt, dtype=config.model.dtype or None)
     cfg = cfg.replace(**model_config.execution_of(config.model.overrides))
     task = make_task(config)

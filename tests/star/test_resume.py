@@ -136,6 +136,26 @@ def test_changed_config_is_refused_naming_the_keys(tmp_path):
   assert json.load(open(os.path.join(workdir, "config.json")))["train"]["learning_rate"] == 0.5
 
 
+def test_a_run_from_another_runs_pretrained_weights_is_a_checkpoint_too(tmp_path, mesh1):
+  """A run started from a bare orbax directory (an earlier run's ``pretrain_ckpt``, weights
+  only: the config's preset says what they are) is named like any run by the next one: its
+  iterations load as the weights it started from."""
+  import numpy as np
+  from jax import tree
+  from star_jax.experiment.models import load_model
+  first, second = str(tmp_path / "first"), str(tmp_path / "second")
+  config = load_config("arithmetic")
+  config.star.iterations, config.pretrain.steps = 0, 2
+  star.run(config, first)
+  config.model.checkpoint, config.pretrain.steps = os.path.join(first, "pretrain_ckpt"), 0
+  star.run(config, second)
+  started = load_model(os.path.join(first, "checkpoints", "0"), mesh1)
+  loaded = load_model(os.path.join(second, "checkpoints", "0"), mesh1)
+  assert loaded.model_cfg == started.model_cfg
+  for a, b in zip(tree.leaves(loaded.params), tree.leaves(started.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_a_run_recorded_before_a_key_existed_resumes_with_the_key_at_its_default(tmp_path):
   config = load_config("arithmetic")
   workdir = str(tmp_path / "run")
