@@ -82,17 +82,22 @@ def lay_out(examples: Sequence[TrainExample], rows: Sequence[Sequence[int]], seq
   return batch
 
 
+def row_tokens(ex: TrainExample) -> int:
+  """Tokens ``ex`` takes in a row: prompt + completion, less the one token the shift drops."""
+  return len(ex.prompt) + len(ex.completion) - 1
+
+
 def pack(examples: Sequence[TrainExample], seq_len: int, pack_rows: bool = True) -> Packed:
   """Lays examples into rows of ``seq_len``; too-long examples are skipped and counted."""
   kept, too_long = [], 0
   for ex in examples:
     if not ex.completion:
       raise ValueError("a training example has an empty completion: nothing to learn from")
-    if len(ex.prompt) + len(ex.completion) - 1 > seq_len:
+    if row_tokens(ex) > seq_len:
       too_long += 1
       continue
     kept.append(ex)
-  lengths = [len(ex.prompt) + len(ex.completion) - 1 for ex in kept]
+  lengths = [row_tokens(ex) for ex in kept]
   rows = first_fit(lengths, seq_len) if pack_rows else [[i] for i in range(len(kept))]
   return Packed(lay_out(kept, rows, seq_len), len(kept), too_long)
 

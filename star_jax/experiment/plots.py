@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on TPU VMs or CI
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 from etils import epath  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
@@ -59,7 +60,6 @@ def plot_by_difficulty(metrics: list[dict], key: str, path: epath.PathLike, titl
 def plot_grid(metrics: list[dict], key: str, buckets: list, path: epath.PathLike, title: str,
               label: str = "{}") -> None:
   """Accuracy (%) by iteration (rows) and difficulty (columns); blank where not measured."""
-  import numpy as np
   acc = np.full((len(metrics), len(buckets)), np.nan)
   for i, m in enumerate(metrics):
     for j, b in enumerate(buckets):

@@ -125,7 +125,7 @@ def fitted(examples: Sequence[batching.TrainExample], train_cfg: TrainConfig) ->
   skipped as too long either way), and N // that length of them a step."""
   if not (train_cfg.fit_rows and examples):
     return train_cfg
-  longest = max(len(ex.prompt) + len(ex.completion) - 1 for ex in examples)
+  longest = max(batching.row_tokens(ex) for ex in examples)
   seq_len = min(train_cfg.seq_len, ROW_STEP * -(-longest // ROW_STEP))
   return dataclasses.replace(train_cfg, seq_len=seq_len,
                              batch_size=max(1, train_cfg.fit_rows // seq_len))
