@@ -40,6 +40,9 @@ from star_jax.runtime.files import read_jsonl, write_atomic, write_jsonl
 
 ARTIFACTS = ("config.json", "metrics.jsonl", "checkpoints", "pretrain_ckpt", "accuracy.png",
              "delta.png", "tensorboard")
+# What only a run that recorded its config writes (a start that failed before leaves at most
+# a tokenizer and compiled programs).
+RUN_FILES = ("metrics.jsonl", "checkpoints", "pretrain_ckpt")
 ConfigMismatchError = WorkdirMismatchError  # the name earlier releases raised
 
 
@@ -50,9 +53,18 @@ def iteration_dir(workdir: epath.PathLike, n: int, *parts: str) -> epath.Path:
 
 def is_resume(config: Config, workdir: epath.PathLike) -> bool:
   """True when ``workdir`` holds this config's run; raises ``WorkdirMismatchError`` naming
-  the keys that differ when it holds another's. Writes nothing."""
+  the keys that differ when it holds another's, or when it holds a run's files without the
+  config.json that says whose they are. Writes nothing."""
   path = epath.Path(workdir) / "config.json"
   if not path.exists():
+    found = [name for name in RUN_FILES if (epath.Path(workdir) / name).exists()]
+    if found:  # put there by hand: whose config they were run with is unknown
+      raise WorkdirMismatchError(
+          f"{workdir} holds a run's {', '.join(found)} but no config.json, so whether they are "
+          "this config's run is unknown; nothing was changed. To resume that run, copy its "
+          "config.json there too; to start from its model, use an empty --workdir with "
+          "--config.model.checkpoint=RUN/checkpoints/N --config.pretrain.steps=0; --overwrite "
+          "deletes them and starts over.")
     return False
   recorded = json.loads(path.read_text(encoding="utf-8"))
   old, new = flatten(recorded), flatten(to_dict(config))

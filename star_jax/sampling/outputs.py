@@ -47,6 +47,19 @@ class BatchRows(NamedTuple):
     self.lengths[dst] = host(lengths, state.lengths_B)[keep]
     self.done[dst] = host(done, state.done_B)[keep]
 
+  def write(self, out: SampleOutput, places: list[tuple[int, int]], limit_R: np.ndarray
+            ) -> None:
+    """Row r's output as sample ``places[r]`` (prompt, sample) of ``out``: cut at its stop
+    string, and at its limit ``limit_R[r]`` (a row cut there is not finished)."""
+    for r, (i, j) in enumerate(places):
+      length = int(self.stop_len[r]) if self.stop_len[r] >= 0 else int(self.lengths[r])
+      finished = (bool(self.done[r]) or self.stop_len[r] >= 0) and length <= limit_R[r]
+      length = min(length, int(limit_R[r]))
+      out.tokens[i, j, :length] = self.tokens[r, :length]
+      out.logprobs[i, j, :length] = self.logprobs[r, :length]
+      out.lengths[i, j] = length
+      out.finished[i, j] = finished
+
 
 def stop_cut(tokens: list[int], stop_strings, decode_fn) -> int | None:
   """Smallest prefix length whose text contains a stop string, or None."""

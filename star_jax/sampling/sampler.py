@@ -210,7 +210,7 @@ class Sampler:
     prefix_1xL = jax.device_put(np.asarray([prefix], np.int32), sharding.replicated(self.mesh))
     return _FNS[key](params, prefix_1xL)
 
-  def sample(self, params, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+  def sample(self, params, prompts: Sequence[Sequence[int]], max_new_tokens: int | Sequence[int],
              sampling: SamplingParams = SamplingParams(), n: int = 1, seed: int = 0,
              stop_strings: Sequence[str] = (),
              decode_fn: Callable[[list[int]], str] | None = None,
@@ -227,11 +227,21 @@ class Sampler:
     called after each batch with the number of rows it held. Prompt ``i`` draws
     its random numbers as prompt ``first_index + i``, so a long list sampled in
     chunks gives the same samples as sampled at once.
+
+    ``max_new_tokens`` may be one limit per prompt: a row longer than its prompt's limit is
+    cut there (not finished), and a batch ends once its rows are done or past their limits,
+    so short limits spare a batch the steps of a row that would run on to the longest. A
+    row's tokens up to its limit are the same as with one limit for all.
     """
     if stop_strings and decode_fn is None:
       raise ValueError("stop_strings need decode_fn to turn token ids into text")
-    if max_new_tokens < 1:
-      raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    limits = np.asarray(max_new_tokens, np.int64)
+    if limits.ndim > 1 or (limits.ndim == 1 and len(limits) != len(prompts)):
+      raise ValueError(f"max_new_tokens: an int or one per prompt, got shape {limits.shape}")
+    limits = np.broadcast_to(limits, (len(prompts),))
+    if limits.size and limits.min() < 1:
+      raise ValueError(f"max_new_tokens must be >= 1, got {limits.min()}")
+    max_new_tokens = int(limits.max()) if limits.size else 1
     if n < 1:
       raise ValueError(f"n must be >= 1, got {n}")
     params = self.place(params)
@@ -262,7 +272,7 @@ class Sampler:
         real = len(batch)
         batch = batch + [batch[0]] * (Q - real)  # pad the remainder; padded rows are dropped
         self._sample_batch(params, prefix_cache, len(prefix), prompts, batch, real, n,
-                           max_new_tokens, N, sampling, seed, stop_strings, decode_fn, out, offset)
+                           limits, N, sampling, seed, stop_strings, decode_fn, out, offset)
         if progress is not None:
           progress(real * n)
     out.tokens = out.tokens[:, :, :max_new_tokens]
@@ -282,7 +292,7 @@ class Sampler:
     return max(div, -(-max(self.batch_size // n, 1) // div) * div)
 
   def _sample_batch(self, params, prefix_cache, prefix: int, prompts, batch, real, n,
-                    max_new_tokens, N, sp, seed, stop_strings, decode_fn, out: SampleOutput,
+                    limits: np.ndarray, N, sp, seed, stop_strings, decode_fn, out: SampleOutput,
                     offset: int):
     layout = self._layout(prompts, batch, prefix, n, N, offset)
     S = prefix + layout.prompt_len + N
@@ -293,16 +303,12 @@ class Sampler:
                 jax.device_put(np.int32(seed), sharding.replicated(self.mesh)),
                 jax.device_put(np.float32(sp.temperature), sharding.replicated(self.mesh)))
     out.prefill_tokens += layout.prompt_QxP.size
-    rows, steps, row_steps = self._decode_until_stopped(params, state, real * n, max_new_tokens,
-                                                        S, N, sp, stop_strings, decode_fn)
+    limit_R = np.repeat(limits[batch[:real]], n)  # each real row's limit
+    rows, steps, row_steps = self._decode_until_stopped(params, state, limit_R, S, N, sp,
+                                                        stop_strings, decode_fn)
     out.decode_steps += steps - 1
     out.decode_row_steps += row_steps
-    for r, (i, j) in enumerate((i, j) for i in batch[:real] for j in range(n)):
-      length = int(rows.stop_len[r]) if rows.stop_len[r] >= 0 else int(rows.lengths[r])
-      out.tokens[i, j, :length] = rows.tokens[r, :length]
-      out.logprobs[i, j, :length] = rows.logprobs[r, :length]
-      out.lengths[i, j] = length
-      out.finished[i, j] = bool(rows.done[r]) or rows.stop_len[r] >= 0
+    rows.write(out, [(i, j) for i in batch[:real] for j in range(n)], limit_R)
 
   def padded_prompt_len(self, longest: int, N: int, prefix: int = 0) -> int:
     """The bucket a batch whose longest prompt (after the prefix) has ``longest`` tokens is
@@ -324,11 +330,11 @@ class Sampler:
     sample_idx_B = np.tile(np.arange(n, dtype=np.int32), len(batch))
     return _Layout(prompt_QxP, mask_QxP, prompt_idx_B, sample_idx_B, prompt_len)
 
-  def _decode_until_stopped(self, params, state: DecodeState, real: int, max_new_tokens: int,
-                            S: int, N: int, sp: SamplingParams, stop_strings, decode_fn
+  def _decode_until_stopped(self, params, state: DecodeState, limit_R: np.ndarray, S: int,
+                            N: int, sp: SamplingParams, stop_strings, decode_fn
                             ) -> tuple["BatchRows", int, int]:
-    """Runs the decode loop of a batch whose first ``real`` rows count; returns their outputs
-    (with the length cut at a stop string, -1: none), the steps run and the row-steps.
+    """Decodes a batch until its first ``len(limit_R)`` rows are done or past their limits;
+    returns their outputs (length cut at a stop string, -1: none), steps and row-steps.
 
     With stop strings or ``compact_rows`` it runs in chunks of ``stop_check_every`` steps;
     between chunks the host cuts rows at stop strings and, once at most half of the batch
@@ -336,10 +342,10 @@ class Sampler:
     batch no longer pays its full width for its longest row).
     """
     rep = sharding.replicated(self.mesh)
-    B = len(state.lengths_B)
+    B, real, max_new_tokens = len(state.lengths_B), len(limit_R), int(limit_R.max())
     rows = BatchRows(np.zeros((B, N), np.int32), np.zeros((B, N), np.float32),
                      np.zeros((B,), np.int32), np.zeros((B,), bool), np.full((B,), -1))
-    if not stop_strings and not self.compact_rows:
+    if not stop_strings and not self.compact_rows and (limit_R == max_new_tokens).all():
       stop_at = jax.device_put(np.int32(max_new_tokens), rep)
       state = self._decoder(params, B, S, N, sp)(params, state, stop_at)
       rows.put(state, np.arange(B))
@@ -359,6 +365,8 @@ class Sampler:
           cut = stop_cut(tokens[r, :lengths[r]].tolist(), stop_strings, decode_fn)
           if cut is not None:
             rows.stop_len[where[r]], done[r] = cut, True
+      live = where >= 0  # a row past its limit is done: its text there decides it
+      done[live] |= lengths[live] > limit_R[where[live]]
       if steps >= max_new_tokens or done.all():
         rows.put(state, where, done, tokens, lengths)
         return rows, steps, row_steps

@@ -70,7 +70,7 @@ def _locked_run(cfg: config_lib.Config, method_cls, workdir: epath.Path, overwri
   if overwrite:
     wd.clear(workdir)
   resuming = wd.is_resume(cfg, workdir)
-  done = wd.finished_iterations(workdir)
+  done = wd.finished_iterations(workdir) if resuming else []
   todo = [n for n in range(cfg.star.iterations + 1) if n not in done]
   if not todo:
     logging.info("nothing to do: %s holds all %d iterations of this run", workdir,

@@ -108,7 +108,8 @@ def generate(task: Task, tokenizer: Tokenizer, sampler: Sampler, params,
       ids = [ex.id for ex in chunk]
       rows = shards.load(k, ids)
       if rows is None:
-        out = sampler.sample(params, prompts[start:start + size], task.max_new_tokens, sampling,
+        limits = [task.completion_limit(ex, tokenizer) for ex in chunk]
+        out = sampler.sample(params, prompts[start:start + size], limits, sampling,
                              n=n, seed=seed, stop_strings=task.stop_strings,
                              decode_fn=tokenizer.decode, progress=bar.update, first_index=start)
         rows = [{"id": ex.id, "texts": [tokenizer.decode(out.sequences(i, j)) for j in range(n)],

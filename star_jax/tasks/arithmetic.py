@@ -234,6 +234,8 @@ class ArithmeticTask(Task):
                                  "line is also the carry and digits of the scratch line above "
                                  "it, so a hint copied under a broken scratchpad is unsupported")
     eval_fraction: float = key(0.1, "share of the problem space held out for eval")
+    completion_margin: float = key(0.0, "> 0: a completion stops at the right one's tokens x "
+                                   "(1 + margin), not max_new_tokens (longer is wrong already)")
     digit_counts: tuple = key((), "train only: distinct problems per digit count 1, 2, ... "
                               "(a seed set, e.g. (90, 1000, 1000, 120, 120)); replaces "
                               "data.max_train and the digit range")

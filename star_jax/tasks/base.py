@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import re
 from typing import Any, Callable
 
@@ -180,6 +181,16 @@ class Task:
   def gold_rationale(self, ex: Example) -> str | None:
     """A known-correct rationale, if the task can produce one (arithmetic can)."""
     return None
+
+  def completion_limit(self, ex: Example, tokenizer) -> int:
+    """Tokens a sampled completion of ``ex`` may take: ``max_new_tokens``; with the option
+    ``completion_margin`` > 0 (a task whose right completion's length the question fixes,
+    as arithmetic's scratchpad), the right completion's tokens x (1 + margin), at most that."""
+    margin = float(getattr(self.options, "completion_margin", 0.0))
+    if margin <= 0:
+      return self.max_new_tokens
+    right = len(tokenizer.encode(self.completion(self.gold_rationale(ex), ex)))
+    return min(self.max_new_tokens, math.ceil(right * (1 + margin)))
 
   def exemplars(self) -> list[Example]:
     """The examples the few-shot prompt is made of (so callers can exclude them)."""

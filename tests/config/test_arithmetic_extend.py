@@ -13,7 +13,7 @@ from star_jax.tokenizer import CharTokenizer
 @pytest.mark.parametrize("variant", ["", "4x", "control", "right_aligned", "smoke"])
 def test_every_rounds_longest_text_fits_its_row_and_completion(variant):
   c = load_config("arithmetic_extend", variant)
-  task = tasks.get_task("arithmetic", **c.task_options.to_dict())
+  task = tasks.get_task("arithmetic", c.star.max_new_tokens, **c.task_options.to_dict())
   data = DataConfig(**c.data.to_dict())
   train, held_out = task.load("train", data), task.load("eval", data)
   longest = {}  # per digit count, the train question with the longest gold text
@@ -39,7 +39,8 @@ def test_every_rounds_longest_text_fits_its_row_and_completion(variant):
     assert max(drawn) == c.task_options.max_digits
   for ex in held_out:  # a right completion of every held-out length is never cut
     completion = tok.encode(task.completion(task.gold_rationale(ex), ex))
-    assert len(completion) <= star.max_new_tokens, (variant, task.difficulty(ex))
+    assert len(completion) <= task.completion_limit(ex, tok) <= star.max_new_tokens, (
+        variant, task.difficulty(ex))
     hinted = tok.encode_prompt(task.prompt(ex, hint=True, few_shot=star.few_shot_rationalization))
     assert len(hinted) + star.max_new_tokens <= c.model.overrides.max_seq_len
   assert {task.difficulty(ex) for ex in held_out} == set(

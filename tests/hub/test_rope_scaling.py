@@ -52,11 +52,12 @@ def test_llama3_checkpoint_matches_transformers(llama3, mesh1, mesh8):
   plain = hf_logits(hf_model("llama"), tokens_BxT, mask_BxT)
   assert np.abs(plain[real] - ref[real]).max() > 1e-2
   # Sharded over (2, 2, 2) as on one device, to float32 rounding: the sharded reductions add
-  # in another order (measured 1.1e-5 on a logit of 1.29 on one CPU; a sharding error is O(1)).
+  # in another order (measured 1.1e-5 on a logit of 1.29, and 1.15e-5 on one of 0.099, over
+  # the 1e-5 this allowed once; a sharding error is O(1)).
   sharded = load_pretrained(path, mesh8)
   np.testing.assert_allclose(hf_forward(sharded.graphdef, mesh8)(sharded.params, tokens_BxT,
                                                                 mask_BxT)[real],
-                             ours[real], atol=1e-5, rtol=1e-5)
+                             ours[real], atol=5e-5, rtol=1e-5)
 
 
 def test_llama3_greedy_continuation_matches_transformers(llama3, mesh1):

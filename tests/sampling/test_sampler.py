@@ -212,3 +212,32 @@ def test_a_mostly_done_batch_decodes_on_compacted_with_the_same_samples(shape):
   for name in ("tokens", "lengths", "finished"):
     np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
   np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+
+
+@pytest.mark.parametrize("compact_rows", [True, False])
+def test_a_limit_per_prompt_cuts_each_row_there_and_ends_a_batch_early(setup, compact_rows):
+  """A row's tokens up to its own limit are those of one limit for all; a row cut there is
+  not finished; a batch whose limits are short stops at them, not at the longest."""
+  cfg, graphdef, params, mesh = setup
+  sampler = Sampler(cfg, graphdef, mesh, batch_size=8, stop_check_every=4,
+                    compact_rows=compact_rows)
+  hot = SamplingParams(temperature=1.0)
+  free = sampler.sample(params, EIGHT, 40, hot, n=2, seed=3)
+  limits = [5, 40, 9, 1, 12, 3, 7, 20]
+  out = sampler.sample(params, EIGHT, limits, hot, n=2, seed=3)
+  assert out.tokens.shape == free.tokens.shape
+  for i, limit in enumerate(limits):
+    for j in range(2):
+      assert out.sequences(i, j) == free.sequences(i, j)[:limit]
+      assert out.finished[i, j] == (free.finished[i, j] and free.lengths[i, j] <= limit)
+  np.testing.assert_array_equal(out.lengths, np.minimum(free.lengths, np.asarray(limits)[:, None]))
+  short = sampler.sample(params, EIGHT, [3] * 7 + [40], hot, n=2, seed=3)
+  assert short.sequences(7, 0) == free.sequences(7, 0)
+  alone = sampler.sample(params, EIGHT[:7], [3] * 7, hot, n=2, seed=3)
+  # Two batches of 4 prompts x 2 samples each: to 40 tokens, to 3 (not to the next check).
+  assert free.decode_steps == 2 * 39 and alone.decode_steps == 2 * 2
+  np.testing.assert_array_equal(alone.tokens[:, :, :3], free.tokens[:7, :, :3])
+  with pytest.raises(ValueError, match="one per prompt"):
+    sampler.sample(params, EIGHT, [4, 4])
+  with pytest.raises(ValueError, match=">= 1"):
+    sampler.sample(params, EIGHT, [0] + [4] * 7)

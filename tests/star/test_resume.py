@@ -115,6 +115,34 @@ def test_killed_run_resumes_to_the_samerun_results(tmp_path, smoke_run):
   # tests/star/test_compiles.py extends one without a compile.)
 
 
+def test_a_workdir_holding_a_copied_run_without_its_config_is_refused_and_left_as_is(
+    tmp_path, smoke_run):
+  """A run's iteration 0 copied by hand into a new workdir (to branch from its M_0): without
+  config.json the start is refused in one line, nothing touched (it once deleted the copies
+  and failed mid-sampling on a model it no longer had); with config.json it resumes to the
+  uninterrupted run's results."""
+  import shutil
+  clean, proc = smoke_run
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  copy = tmp_path / "copy"
+  shutil.copytree(clean / "pretrain_ckpt", copy / "pretrain_ckpt")
+  shutil.copytree(clean / "checkpoints" / "0", copy / "checkpoints" / "0")
+  shutil.copytree(clean / "iter_000", copy / "iter_000")
+  (copy / "metrics.jsonl").write_text(open(clean / "metrics.jsonl").readline())
+  before = checksums(copy)
+  proc = _run(copy)
+  err = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  assert err[-2].startswith(f"star_jax.main: error: {copy} holds a run's metrics.jsonl, "
+                            "checkpoints, pretrain_ckpt but no config.json"), err[-3:]
+  assert "--config.model.checkpoint=RUN/checkpoints/N" in err[-2]
+  assert checksums(copy) == before and not (copy / wd.LOCK_NAME).exists()
+  shutil.copy(clean / "config.json", copy / "config.json")
+  proc = _run(copy)
+  assert proc.returncode == 0 and "resuming" in proc.stderr, proc.stderr[-3000:]
+  assert run_results(copy) == run_results(clean)
+
+
 def test_changed_config_is_refused_naming_the_keys(tmp_path):
   config = load_config("arithmetic")
   config.star.iterations = 0

@@ -387,6 +387,22 @@ def test_arithmetic_bad_digit_range():
     tasks.get_task("arithmetic", min_digits=3, max_digits=2).load("train", cfg(max_train=5))
 
 
+def test_a_completion_limit_is_the_right_completions_tokens_with_the_margin(gsm_ex):
+  """arithmetic's ``completion_margin``: a sampled completion may take the right one's tokens
+  x (1 + margin), at most max_new_tokens; without it (or a margin option) max_new_tokens."""
+  from star_jax.tokenizer import CharTokenizer
+  plain = tasks.get_task("arithmetic")
+  ex = plain.make_example(123, 989, "x")
+  right_text = plain.completion(plain.gold_rationale(ex), ex)
+  tok = CharTokenizer.from_texts([plain.prompt(ex, hint=True), right_text])
+  right = len(tok.encode(right_text))
+  assert plain.completion_limit(ex, tok) == plain.max_new_tokens == 360
+  margin = tasks.get_task("arithmetic", completion_margin=0.25)
+  assert margin.completion_limit(ex, tok) == int(np.ceil(right * 1.25)) and right < 360 / 1.25
+  assert tasks.get_task("arithmetic", completion_margin=9.0).completion_limit(ex, tok) == 360
+  assert tasks.get_task("gsm8k").completion_limit(gsm_ex, tok) == 256
+
+
 def test_arithmetic_prompt_hint_and_extraction():
   task = tasks.get_task("arithmetic")
   ex = task.make_example(29, 57, "a")
