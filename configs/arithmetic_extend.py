@@ -133,10 +133,6 @@ def get_config(variant: str = ""):
     # The seed P trained as the 2x config trains it (its rows and batch), so M_0 is its M_0.
     c.pretrain.train = {"seq_len": two_x.train.seq_len, "batch_size": two_x.train.batch_size,
                         "fit_rows": 0}
-    # A completion stops at its right scratchpad's length + 25%, not at the 928 tokens of 22
-    # digits: a batch of lengths the model cannot do yet no longer decodes to 928 (a longer
-    # scratchpad is wrong already; the right one of each length fits, tested).
-    c.task_options.completion_margin = 0.25
   elif variant == "control":
     c.star.curriculum_step = 0  # the same steps, on 1-5 digit questions only
     c.star.curriculum_start = SEED_LONGEST
