@@ -196,6 +196,15 @@ class RLConfig:
   clip_epsilon_high: float = key(0.0, "the upper clip (0 = clip_epsilon; DAPO: 0.28)")
   kl_beta: float = key(0.0, "k3 KL penalty to M_0 (TRL's default 0.0; DeepSeekMath 0.04)")
   log_kl: bool = key(True, "log the KL to M_0 when kl_beta = 0 too (one more forward a step)")
+  hint: bool = key(False, "GRPO with STaR's hint: a group whose samples are all wrong is "
+                          "sampled again with the answer as a hint (the rationalization "
+                          "prompt); the right, supported hinted samples join the group, trained "
+                          "on the prompt without the hint (star.method=grpo_hint sets it)")
+  hint_samples: int = key(0, "hinted samples drawn for each all-wrong group (0 = "
+                             "star.samples_per_question)")
+  trice_control_variate: bool = key(True, "trice: subtract c x grad log p of the wrong "
+                                          "proposals, c the step's leave-one-out acceptance "
+                                          "(False: c = 0, STaR's step on the memories)")
   pack_rows: bool = key(True, "pack a step's samples several a row (segments apart: the same "
                               "loss) in the fewest token slots, train.batch_size, / 2 or / 4 "
                               "rows; False: one a row, padded to the longest")
@@ -245,7 +254,8 @@ class Config:
   train: TrainConfig = group(TrainConfig, "fine-tuning")
   sample: SampleConfig = group(SampleConfig, "the sampler")
   eval: EvalConfig = group(EvalConfig, "evaluation beyond greedy: self-consistency, pass@k")
-  rl: RLConfig = group(RLConfig, "policy-gradient methods: star.method=grpo | reinforce_rej")
+  rl: RLConfig = group(RLConfig, "policy-gradient methods: star.method=grpo | grpo_hint | "
+                                 "reinforce_rej | trice")
   verifier: VerifierConfig = group(VerifierConfig, "V-STaR: a DPO verifier on right and wrong "
                                                    "samples, best-of-k")
 

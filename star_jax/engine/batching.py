@@ -127,3 +127,13 @@ def iterate_batches(rows: dict[str, np.ndarray], batch_size: int, num_steps: int
         part = np.concatenate([part, np.zeros((per_step - len(idx),) + arr.shape[1:], arr.dtype)])
       out[name] = part.reshape((grad_accum, batch_size) + arr.shape[1:])
     yield out
+
+
+def count_sequences(batch: dict[str, np.ndarray]) -> int:
+  """The sequences a batch trains on: its rows' segments that carry a loss token (a packed
+  row holds several)."""
+  seg = np.asarray(batch["segment_ids"]).reshape(-1, np.shape(batch["segment_ids"])[-1])
+  mask = np.asarray(batch["loss_mask"]).reshape(seg.shape) > 0
+  width = int(seg.max(initial=0)) + 1
+  ids = (np.arange(seg.shape[0])[:, None] * width + seg)[mask]
+  return int(len(np.unique(ids)))

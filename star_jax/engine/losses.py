@@ -154,8 +154,12 @@ class PolicyGradient:
   step's sequences times ``max_completion``: Dr. GRPO) or "token" (the step's completion
   tokens). A sequence is a row's segment (``segment_ids``), so packed rows score the same.
 
-  Positions are the sampler's (no training jitter of a position scheme), so ``logp`` is the
-  log-probability the sampled tokens had. The metrics are token means: KL to the reference
+  Positions are the trainer's, as for ``CrossEntropy``: a position scheme that draws them
+  in training (the arithmetic task's line/column jitter) draws them from the step's key here
+  too, so every method trains on the same positions. ``old_logprobs`` and ``ref_logprobs``
+  must then come from the same key (``Trainer.logprobs(..., step=)``); without such a scheme
+  (or with the sampler's positions, no key) ``logp`` is the log-probability the sampler drew
+  each token with, at its temperature. The metrics are token means: KL to the reference
   (with ``ref_logprobs``), the policy's entropy, and the share of tokens the clip holds.
   """
 
@@ -186,7 +190,7 @@ class PolicyGradient:
             + (("ref_logprobs",) if self.ref_logprobs else ()))
 
   def __call__(self, model, micro, key=None):
-    h_BxLxD = hidden(model, micro)  # the sampler's positions: no key
+    h_BxLxD = hidden(model, micro, key)
     logp_BxL, entropy_BxL = token_logprobs(h_BxLxD, *model.head(h_BxLxD.dtype), micro["targets"],
                                            self.temperature, model.cfg.final_softcap)
     return self.terms(logp_BxL, micro, entropy_BxL)
@@ -285,11 +289,23 @@ def metric_means(loss, sums: dict) -> dict:
 CROSS_ENTROPY = CrossEntropy()
 
 
-def logprobs_of(model, batch: dict[str, jax.Array], temperature: float) -> jax.Array:
-  """Per-token log-probabilities ``[M, B, L]`` of a batch's targets under ``model`` at the
-  sampler's positions: the reference's (or the sampling policy's) for ``PolicyGradient``."""
-  def one(micro):
-    h_BxLxD = hidden(model, micro)
+def step_keys(step, micro_batches: int) -> jax.Array:
+  """The ``[M]`` keys a train step at ``step`` hands its micro-batches' losses (a position
+  scheme's random gaps): a function of the step number, so a resumed run draws what an
+  uninterrupted one drew, and a forward pass outside the step can draw the same."""
+  return jax.random.split(jax.random.fold_in(jax.random.key(0), step), micro_batches)
+
+
+def logprobs_of(model, batch: dict[str, jax.Array], temperature: float,
+                keys: jax.Array | None = None) -> jax.Array:
+  """Per-token log-probabilities ``[M, B, L]`` of a batch's targets under ``model``: at the
+  sampler's positions, or with ``keys`` (``step_keys``) at those the train step of that
+  number draws: the reference's (or the sampling policy's) for ``PolicyGradient``."""
+  def one(xs):
+    micro, key = xs
+    h_BxLxD = hidden(model, micro, key)
     return token_logprobs(h_BxLxD, *model.head(h_BxLxD.dtype), micro["targets"], temperature,
                           model.cfg.final_softcap)[0]
-  return jax.lax.map(one, {k: batch[k] for k in BATCH_KEYS})
+  if keys is None:
+    return jax.lax.map(lambda micro: one((micro, None)), {k: batch[k] for k in BATCH_KEYS})
+  return jax.lax.map(one, ({k: batch[k] for k in BATCH_KEYS}, keys))

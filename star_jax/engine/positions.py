@@ -11,6 +11,9 @@ A scheme is a hashable object (it is part of `ModelConfig`, so of every compile 
                                 training); the sampler's prefill passes none.
   advance(position, token)      the position of `token`, fed right after a token at
                                 `position` (the sampler's decode step)
+  random                        (optional, default False) whether `of_tokens` draws from
+                                its `key`: then a loss that compares two forward passes of
+                                one batch must give both the same key (`draws_positions`)
   rotary_angles(positions, rope_dim, base)  [B, T, rope_dim // 2] rotation angles
 
 The trainer and the sampler call the same scheme, so both see exactly the same positions.
@@ -39,6 +42,11 @@ class PositionScheme(Protocol):
 
   def rotary_angles(self, positions_BxTxC: jax.Array, rope_dim: int,
                     base: float) -> jax.Array: ...
+
+
+def draws_positions(cfg: ModelConfig) -> bool:
+  """Whether a training forward pass of ``cfg``'s model draws its positions from a key."""
+  return cfg.positions is not None and bool(getattr(cfg.positions, "random", False))
 
 
 def segment_starts(segment_ids_BxT: jax.Array) -> jax.Array:

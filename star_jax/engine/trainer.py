@@ -30,7 +30,8 @@ from jax.sharding import Mesh
 
 from star_jax.engine import lora, sharding
 from star_jax.engine.losses import (BATCH_KEYS, CROSS_ENTROPY, LOGITS_CHUNK_ELEMENTS,  # noqa: F401
-                                    logprobs_of, loss_sums, metric_means, xent_sum)
+                                    logprobs_of, loss_sums, metric_means, step_keys,
+                                    xent_sum)
 from star_jax.engine.precision import as_masters, cast_leaves, dtype_names
 from star_jax.engine.optim import OptimConfig, learning_rate, make_optimizer
 from star_jax.engine.params import merge, shardings_of
@@ -73,7 +74,7 @@ def train_step(graphdef, optim: OptimConfig, compute_dtypes: tuple[str, ...] | N
   # Randomness of a step (a position scheme's random gaps) is a function of the step number:
   # a resumed run draws what an uninterrupted one drew.
   M = batch["tokens"].shape[0]
-  keys = jax.random.split(jax.random.fold_in(jax.random.key(0), state.step), M)
+  keys = step_keys(state.step, M)
   if M == 1:  # no float32 accumulator beside the gradients: 4 bytes a parameter less
     (total, denom, sums), grads = micro_grads(state.params, jax.tree.map(lambda x: x[0], batch),
                                               keys[0])
@@ -237,25 +238,31 @@ class Trainer:
     with jax.set_mesh(self.mesh):
       return fn(state, self.frozen, batch, args)
 
-  def logprobs(self, params: nnx.State, batch: dict[str, Any], temperature: float) -> jax.Array:
+  def logprobs(self, params: nnx.State, batch: dict[str, Any], temperature: float,
+               step: int | None = None) -> jax.Array:
     """Per-token log-probabilities ``[M, B, L]`` of ``batch``'s targets under the whole model
-    ``params`` (a reference model, or ``model_params(state)`` before an update), at the
-    sampler's positions and ``temperature``: what ``PolicyGradient`` reads as ``ref_logprobs``
-    or ``old_logprobs``."""
+    ``params`` (a reference model, or ``forward_params(state)`` before an update) at
+    ``temperature``: what ``PolicyGradient`` reads as ``ref_logprobs`` or ``old_logprobs``.
+    Positions are the sampler's, or with ``step`` those the train step at that step number
+    draws (the same for a position scheme that draws them: ``positions.draws_positions``)."""
     shape = tuple(np.shape(batch["tokens"]))
     check_batch_shape(self.mesh, shape)
     p_shard = shardings_of(params)
-    key = ("logprobs", self.graphdef, self.mesh, shape, float(temperature),
+    keyed = step is not None
+    key = ("logprobs", self.graphdef, self.mesh, shape, float(temperature), keyed,
            sharding.tree_key(p_shard))
     fn = _STEP_FNS.get(key)
+    rep = sharding.replicated(self.mesh)
     if fn is None:
       b_shard = {k: self.batch_sharding(shape) for k in BATCH_KEYS}
-      fn = jax.jit(lambda p, b: logprobs_of(merge(self.graphdef, p), b, temperature),
-                   in_shardings=(p_shard, b_shard), out_shardings=self.batch_sharding(shape))
+      fn = jax.jit(lambda p, b, s: logprobs_of(merge(self.graphdef, p), b, temperature,
+                                               step_keys(s, shape[0]) if keyed else None),
+                   in_shardings=(p_shard, b_shard, rep), out_shardings=self.batch_sharding(shape))
       _STEP_FNS[key] = fn
     put = {k: jax.device_put(batch[k], self.batch_sharding(shape)) for k in BATCH_KEYS}
+    s = jax.device_put(np.asarray(0 if step is None else step, np.int32), rep)
     with jax.set_mesh(self.mesh):
-      return fn(params, put)
+      return fn(params, put, s)
 
 
 def check_batch_shape(mesh: Mesh, shape) -> None:

@@ -18,8 +18,11 @@ def summary_line(m: dict[str, Any]) -> str:
   if m["iteration"] > 0:
     loss = m["train_loss"] if m.get("train_loss") is not None else float("nan")
     if "rl_reward_mean" in m:  # a policy-gradient block (grpo.py): its reward, not a kept set
+      wrong = m.get("rl_all_wrong_share")
+      shares = (f"all wrong {wrong:.2f}" if wrong is not None
+                else f"memory {m.get('trice_memory_share') or 0:.2f}")  # TRICE: one proposal
       parts.append(f"reward {m['rl_reward_first']:.3f} -> {m['rl_reward_last']:.3f} (mean "
-                   f"{m['rl_reward_mean']:.3f}, all wrong {m['rl_all_wrong_share']:.2f}) over "
+                   f"{m['rl_reward_mean']:.3f}, {shares}) over "
                    f"{m['train_questions']} questions")
     else:
       parts.append(f"kept {m['kept']}/{m['train_questions']} "

@@ -6,7 +6,8 @@ All take the parameters as an argument (never closed over), so the trainer's fre
 updated arrays are used directly, and a prefix cache lives only as long as the call
 that made it: it is never served with other weights. The loop carries a `DecodeState`
 that the caller donates from call to call. Only the sampled tokens' log-probs are
-kept, never a ``[B, L, V]`` logits buffer.
+kept, never a ``[B, L, V]`` logits buffer: each at the temperature it was drawn at (what an
+off-policy ratio needs), the model's own (T = 1) for greedy decoding.
 """
 
 from __future__ import annotations
@@ -47,7 +48,10 @@ def record(state: DecodeState, logits_BxV, sp: SamplingParams, end_ids: tuple[in
   """
   tok_B = pick_tokens(logits_BxV, state.keys_B, state.step, sp, state.temperature)
   tok_B = jnp.where(state.done_B, pad_id, tok_B)
-  logp_B = jnp.where(state.done_B, 0.0, logprob(logits_BxV, tok_B))
+  # The log-prob of the distribution the token was drawn from: the logits at the call's
+  # temperature (greedy: the model's own, T = 1). Top-k / top-p cuts are not renormalised in.
+  scaled_BxV = logits_BxV if sp.greedy else logits_BxV / state.temperature
+  logp_B = jnp.where(state.done_B, 0.0, logprob(scaled_BxV, tok_B))
   tokens_BxN = jax.lax.dynamic_update_slice(state.tokens_BxN, tok_B[:, None], (0, state.step))
   logprobs_BxN = jax.lax.dynamic_update_slice(state.logprobs_BxN, logp_B[:, None],
                                               (0, state.step))

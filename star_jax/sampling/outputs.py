@@ -17,7 +17,8 @@ class SampleOutput:
   """Per prompt and sample: ``tokens[p, i, :lengths[p, i]]`` (end token included)."""
   tokens: np.ndarray  # [num_prompts, n, max_new_tokens] int32, zero past the length
   lengths: np.ndarray  # [num_prompts, n]
-  logprobs: np.ndarray  # [num_prompts, n, max_new_tokens] model log-prob of each token
+  logprobs: np.ndarray  # [num_prompts, n, max_new_tokens] log-prob of each token at the
+  # temperature it was drawn at (greedy: the model's own)
   finished: np.ndarray  # [num_prompts, n] bool: stopped on an end token or stop string
   decode_steps: int  # decode-loop iterations run over all batches (after prefill)
   decode_row_steps: int  # rows x iterations computed (a compacted batch computes fewer rows)

@@ -34,6 +34,7 @@ class FinetuneStats:
   mean_loss: float
   tokens: float
   first_loss: float = math.nan  # step 1's (a resumed fine-tune: as its checkpoint recorded)
+  sequences: int = 0  # sequences trained on over the steps (a packed row holds several)
 
 
 def steps_for_iteration(star_cfg: StarConfig, iteration: int) -> int:
@@ -206,6 +207,7 @@ def _train(trainer, state, packed, train_cfg, steps, seed, desc, ckpt, checkpoin
                                      start_step=start)
   # What the steps before a resume contributed, as their checkpoint recorded it.
   tokens, first_loss = float(meta.get("tokens", 0.0)), meta.get("first_loss", math.nan)
+  sequences = int(meta.get("sequences", 0))
   losses = []
   pending = None
   clock = [time.perf_counter()]
@@ -247,14 +249,16 @@ def _train(trainer, state, packed, train_cfg, steps, seed, desc, ckpt, checkpoin
       ckpt.delete(old)
     saved[:-1] = []
     saved.append(ckpt.save(state, meta={"loss": losses[-1], "tokens": tokens,
-                                        "first_loss": first_loss}))
+                                        "first_loss": first_loss, "sequences": sequences}))
     save_seconds.append(time.perf_counter() - t0)
 
   with progress(steps, desc, "step") as bar:
     bar.update(start)
     for step in range(start + 1, steps + 1):
+      batch = next(batches)
+      sequences += batching.count_sequences(batch)
       try:
-        state, metrics = trainer.step(state, next(batches))
+        state, metrics = trainer.step(state, batch)
       except MemoryError as e:  # raised before the first step runs: nothing is lost
         raise MemoryError(f"{e}. In the config: train.batch_size rows per micro-batch, "
                           f"train.grad_accum micro-batches per step, train.seq_len tokens per "
@@ -279,7 +283,8 @@ def _train(trainer, state, packed, train_cfg, steps, seed, desc, ckpt, checkpoin
   final = losses[-1] if losses else last_loss
   stats = FinetuneStats(steps, packed.num_examples, packed.num_too_long,
                         len(packed.batch["tokens"]), final,
-                        float(np.mean(losses)) if losses else final, tokens, first_loss)
+                        float(np.mean(losses)) if losses else final, tokens, first_loss,
+                        sequences)
   return state, stats
 
 

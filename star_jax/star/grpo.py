@@ -15,7 +15,8 @@ methods it is compared with, run by the same loop, sampler, trainer and evaluati
 An iteration is a block of ``steps_for_iteration(star, n)`` policy steps on one train state
 (Adam's moments carry from step to step; each block starts them afresh, as STaR's
 iterations do); the loop evaluates M_n after each block. The sampler and the trainer share
-the parameters: every step samples from ``trainer.model_params(state)``, no second copy. Each
+the parameters: every step samples from ``trainer.forward_params(state)``, the weights the
+loss computes with (not the stochastically rounded copy a saved model gets), no second copy. Each
 step's metrics go to ``iter_NNN/policy_steps.jsonl`` and TensorBoard; the block's summary
 (``rl_*``) to metrics.jsonl. A killed block resumes from its last train-state checkpoint
 (every ``checkpoint_every`` steps): step s's questions and samples are functions of (seed,
@@ -32,6 +33,7 @@ import numpy as np
 
 from star_jax.engine import sharding
 from star_jax.engine.losses import PolicyGradient
+from star_jax.engine.positions import draws_positions
 from star_jax.engine.trainer import Trainer
 from star_jax.experiment import workdir as wd
 from star_jax.hub.checkpointer import Checkpointer
@@ -49,6 +51,7 @@ class GRPO(Method):
   name = "grpo"
   advantage: str | None = None  # None: rl.advantage
   drop_uniform: bool | None = None  # None: rl.drop_uniform_groups
+  with_hint: bool | None = None  # None: rl.hint
 
   def __init__(self, *args, **kwargs):
     super().__init__(*args, **kwargs)
@@ -56,6 +59,7 @@ class GRPO(Method):
     star, rl, train = self.star, self.config.rl, self.config.train
     self.kind = self.advantage or rl.advantage
     self.drop = rl.drop_uniform_groups if self.drop_uniform is None else self.drop_uniform
+    self.hint = rl.hint if self.with_hint is None else self.with_hint
     self.group = star.samples_per_question
     self.questions_per_step = (rl.questions_per_step
                                or train.batch_size * train.grad_accum // self.group)
@@ -75,6 +79,9 @@ class GRPO(Method):
     if star.temperature <= 0:
       raise ConfigError(f"star.method={cls.name} samples at star.temperature > 0, got "
                         f"{star.temperature}")
+    if rl.hint_samples < 0:
+      raise ConfigError(f"rl.hint_samples must be >= 0 (0 = star.samples_per_question), got "
+                        f"{rl.hint_samples}")
     if rl.inner_updates < 1 or rl.questions_per_step < 0:
       raise ConfigError(f"rl.inner_updates must be >= 1 and rl.questions_per_step >= 0, got "
                         f"{rl.inner_updates} and {rl.questions_per_step}")
@@ -114,10 +121,8 @@ class GRPO(Method):
     ref = self.exp.sampling_copy(base) if self.loss.ref_logprobs else None
     pool = self.question_pool(n)
     on_step = self.board.step_callback(self.workdir, n) if self.board else None
-    logging.info("iteration %d: %s, %d policy steps of %d questions x %d samples at "
-                 "temperature %g (advantage %s%s)", n, self.name, steps,
-                 self.questions_per_step, self.group, star.temperature, self.kind,
-                 ", uniform groups dropped" if self.drop else "")
+    self.begin_block(n, model, pool, start)
+    logging.info("iteration %d: %s", n, self.describe_block(steps))
     try:
       with progress(steps, f"iter {n} {self.name}", "step") as bar:
         bar.update(start)
@@ -130,6 +135,7 @@ class GRPO(Method):
             # The step log goes with the checkpoint: a resumed block keeps the records up to
             # its checkpoint and redoes the rest.
             write_jsonl(log_path, records)
+            self.save_block_state(n, s)
             ckpt.save(state, meta={"policy_step": s})
           due = s == steps or (self.config.checkpoint_every
                                and s % self.config.checkpoint_every == 0)
@@ -146,6 +152,19 @@ class GRPO(Method):
       ckpt.close()
     return self._result(n, trainer.model_params(state, masters=True), records)
 
+  # -- what a method of this loop may add: its own state beside the train state -------------
+  def begin_block(self, n: int, model, pool, start: int) -> None:
+    """Before iteration ``n``'s steps (``start`` > 0: resumed at that checkpoint's step)."""
+
+  def save_block_state(self, n: int, s: int) -> None:
+    """Written with the train-state checkpoint of step ``s``."""
+
+  def describe_block(self, steps: int) -> str:
+    return (f"{self.name}, {steps} policy steps of {self.questions_per_step} questions x "
+            f"{self.group} samples at temperature {self.star.temperature:g} (advantage "
+            f"{self.kind}{', uniform groups dropped' if self.drop else ''}"
+            f"{', all-wrong groups retried with the hint' if self.hint else ''})")
+
   def policy_step(self, n: int, s: int, trainer: Trainer, state, pool, ref):
     """Step ``s`` of iteration ``n``: sample the groups, reward, update; (state, record)."""
     star, task, tok = self.star, self.task, self.tokenizer
@@ -157,7 +176,10 @@ class GRPO(Method):
     questions, prompts = rollout.fitting_prompts(task, tok, self.sampler,
                                                  [pool[i] for i in picked], hint=False,
                                                  few_shot=self.star.few_shot)
-    out = self.sampler.sample(trainer.model_params(state), prompts, task.max_new_tokens,
+    # Sampled from the weights the loss computes with (the masters cast to the nearest value),
+    # so the sampling policy is the one the update's log-probs score.
+    params = trainer.forward_params(state)
+    out = self.sampler.sample(params, prompts, task.max_new_tokens,
                               self.sampling(), n=self.group,
                               seed=int(rng.integers(2 ** 31)), stop_strings=task.stop_strings,
                               decode_fn=tok.decode)
@@ -171,13 +193,20 @@ class GRPO(Method):
       if d is not None:
         by_difficulty[str(d)][0] += float(rewards_QxG[q].sum())
         by_difficulty[str(d)][1] += self.group
+    all_right, all_wrong = policy.uniform_groups(rewards_QxG)  # as sampled without the hint
+    hinted, hint_record = ({}, {})
+    if self.hint:
+      hinted, hint_record = self.hinted_samples(params, questions, np.flatnonzero(all_wrong),
+                                                int(rng.integers(2 ** 31)))
     sample_seconds = time.time() - t0
 
     t0 = time.time()
-    adv_QxG = policy.advantages(rewards_QxG, self.kind) if len(prompts) else rewards_QxG
-    all_right, all_wrong = policy.uniform_groups(rewards_QxG)
-    rows = [(prompts[q], completions[q][g], float(adv_QxG[q, g]))
-            for q in policy.trained_groups(rewards_QxG, self.drop) for g in range(self.group)]
+    group_rewards = [np.concatenate([rewards_QxG[q], np.ones(len(hinted.get(q, ())), np.float32)])
+                     for q in range(len(prompts))]
+    group_completions = [completions[q] + hinted.get(q, []) for q in range(len(prompts))]
+    rows = [(prompts[q], group_completions[q][g], float(a))
+            for q, adv in policy.group_advantages(group_rewards, self.kind, self.drop)
+            for g, a in enumerate(adv)]
     metrics, slots = {}, 0
     if rows:
       batch = policy.policy_batch(*zip(*rows), rows=self._rows(trainer),
@@ -185,15 +214,7 @@ class GRPO(Method):
                                   pack=self.config.rl.pack_rows,
                                   divisor=sharding.batch_divisor(trainer.mesh))
       slots = int(np.prod(batch["tokens"].shape))  # what the update computes, padding too
-      if ref is not None:
-        batch["ref_logprobs"] = trainer.logprobs(ref, batch, star.temperature)
-      if self.loss.old_logprobs:
-        batch["old_logprobs"] = trainer.logprobs(trainer.forward_params(state), batch,
-                                                 star.temperature)
-      updates = []
-      for _ in range(self.config.rl.inner_updates):
-        state, m = trainer.step(state, batch)
-        updates.append(m)
+      state, updates = self.update(trainer, state, batch, ref)
       metrics = {k: float(np.mean([float(m[k]) for m in updates])) for k in updates[0]}
       ft.check_finite(metrics["loss"], s)
     lengths = [len(c) for cs in completions for c in cs]
@@ -202,11 +223,87 @@ class GRPO(Method):
               "all_wrong_share": float(all_wrong.mean()) if len(prompts) else 0.0,
               "questions": len(prompts), "prompts_skipped_too_long": Q - len(prompts),
               "trained_rows": len(rows), "token_slots": slots,
-              "tokens_sampled": int(sum(lengths)),
+              "rows_with_advantage": sum(1 for _, _, a in rows if a != 0.0),
+              "tokens_sampled": int(sum(lengths)) + hint_record.get("hint_tokens_sampled", 0),
+              **hint_record,
               "completion_length": float(np.mean(lengths)) if lengths else 0.0,
               "reward_by_difficulty": dict(sorted(by_difficulty.items())),
               "sample_seconds": sample_seconds, "train_seconds": time.time() - t0, **metrics}
     return state, record
+
+  def hinted_samples(self, params, questions, wrong: np.ndarray, seed: int
+                     ) -> tuple[dict[int, list[list[int]]], dict]:
+    """GRPO with the hint: ``rl.hint_samples`` samples of each all-wrong group's question with
+    the answer as a hint (STaR's rationalization prompt, ``star.few_shot_rationalization``),
+    from the same weights at the same temperature; ({group: the completions that join it},
+    the step's hint metrics). A hinted sample joins its group when it is right and, with
+    ``star.require_supported``, its rationale reaches the answer: as STaR keeps a hinted
+    rationale, its completion is the task's training text of that rationale (no hint line:
+    ``Task.split_rationale`` strips any the model copied), to follow the prompt without the
+    hint. Its ratio is handled as every row's (``docs/variants.md``: no importance weight
+    for the hint)."""
+    star, task, tok = self.star, self.task, self.tokenizer
+    H = self.config.rl.hint_samples or self.group
+    record = {"hint_groups": int(len(wrong)), "hint_joined": 0, "hint_groups_opened": 0,
+              "hint_tokens_sampled": 0}
+    if not len(wrong):
+      return {}, record
+    groups, exs, prompts = [], [], []
+    for q in wrong:  # a hinted prompt too long for the context: that group stays as it is
+      ex, prompt = rollout.fitting_prompts(task, tok, self.sampler, [questions[q]], hint=True,
+                                           few_shot=star.few_shot_rationalization)
+      groups += [int(q)] * len(ex)
+      exs += ex
+      prompts += prompt
+    if not prompts:
+      return {}, record
+    out = self.sampler.sample(params, prompts, task.max_new_tokens, self.sampling(), n=H,
+                              seed=seed, stop_strings=task.stop_strings, decode_fn=tok.decode)
+    joined: dict[int, list[list[int]]] = {}
+    for i, ex in enumerate(exs):
+      ids = [out.sequences(i, h) for h in range(H)]
+      texts = [tok.decode(c) for c in ids]
+      record["hint_tokens_sampled"] += sum(len(c) for c in ids)
+      right = keep_lib.rewards(task, rollout.Generation.of(task, ex, texts),
+                               star.require_supported)
+      room = self.sampler.cfg.max_seq_len + 1 - len(tok.encode_prompt(
+          task.prompt(ex, hint=False, few_shot=star.few_shot)))
+      done = [c for c in (tok.encode(task.completion(task.split_rationale(t), ex))
+                          for t, r in zip(texts, right) if r > 0) if len(c) <= room]
+      if done:
+        joined[groups[i]] = done
+    record["hint_joined"] = sum(len(c) for c in joined.values())
+    record["hint_groups_opened"] = len(joined)
+    return joined, record
+
+  def update(self, trainer: Trainer, state, batch: dict, ref) -> tuple[object, list[dict]]:
+    """``rl.inner_updates`` steps on one sampled batch; (state, each step's metrics).
+
+    The reference's and the sampling policy's log-probs are taken before the first update,
+    each at the positions the update that reads them draws (a position scheme that jitters
+    in training draws them from the step's key: ``Trainer.logprobs(..., step=)``), so the
+    ratio compares one text at one set of positions.
+    """
+    mu, temperature = self.config.rl.inner_updates, self.loss.temperature
+    keyed = draws_positions(self.exp.model_cfg)
+    first = int(state.step)
+    at = [first + k for k in range(mu)] if keyed else [None] * mu
+    refs = olds = None
+    if ref is not None:
+      refs = [trainer.logprobs(ref, batch, temperature, step=s) for s in at[:mu if keyed else 1]]
+    if self.loss.old_logprobs:
+      sampling_policy = trainer.forward_params(state)
+      olds = [trainer.logprobs(sampling_policy, batch, temperature, step=s)
+              for s in at[:mu if keyed else 1]]
+    updates = []
+    for k in range(mu):
+      if refs is not None:
+        batch["ref_logprobs"] = refs[k if keyed else 0]
+      if olds is not None:
+        batch["old_logprobs"] = olds[k if keyed else 0]
+      state, m = trainer.step(state, batch)
+      updates.append(m)
+    return state, updates
 
   def _rows(self, trainer: Trainer) -> int:
     """Rows a micro-batch holds: ``train.batch_size``, rounded up to the mesh's batch shards."""
@@ -237,19 +334,33 @@ class GRPO(Method):
         "tokens_sampled": int(sum(r["tokens_sampled"] for r in records)),
         "rl_trained_rows": int(sum(r["trained_rows"] for r in records)),
         "rl_steps_without_update": sum(1 for r in records if not r["trained_rows"]),
+        "rl_rows_with_advantage": int(sum(r.get("rows_with_advantage", 0) for r in records)),
         f"rl_reward_by_{name}": {d: right / total for d, (right, total) in sorted(by_d.items())},
     }
+    if self.hint:  # the hinted retries: all-wrong groups retried, opened, samples that joined
+      extra.update({f"rl_{k}": int(sum(r.get(k, 0) for r in records))
+                    for k in ("hint_groups", "hint_groups_opened", "hint_joined",
+                              "hint_tokens_sampled")})
     losses = [r["loss"] for r in records if "loss" in r]
+    mu = self.config.rl.inner_updates  # each sampled batch trains mu times
     stats = ft.FinetuneStats(len(records), extra["rl_trained_rows"], 0, extra["rl_trained_rows"],
                              losses[-1] if losses else float("nan"),
                              float(np.mean(losses)) if losses else float("nan"),
-                             float(sum(r.get("tokens", 0.0) for r in records)))
+                             mu * float(sum(r.get("tokens", 0.0) for r in records)),
+                             sequences=mu * extra["rl_trained_rows"])
     asked = sum(r["questions"] for r in records)
     return IterationResult(self.name, params, [], [], train=stats,
                            skipped=sum(r["prompts_skipped_too_long"] for r in records),
                            sample_seconds=sum(r["sample_seconds"] for r in records),
                            train_seconds=sum(r["train_seconds"] for r in records),
                            extra={"train_questions": asked, **extra})
+
+
+class GRPOHint(GRPO):
+  """GRPO whose all-wrong groups are sampled again with STaR's hint (``rl.hint``)."""
+
+  name = "grpo_hint"
+  with_hint = True
 
 
 class ReinforceRej(GRPO):

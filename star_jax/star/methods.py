@@ -29,7 +29,9 @@ and the STaR family, each reusing Star's steps (docs/variants.md):
            the same probe samples.
 
 and the policy-gradient methods STaR is compared with (grpo.py): grpo (GRPO, Dr. GRPO with
-rl.advantage=dr_grpo) and reinforce_rej (Reinforce-Rej), on the same steps x rows.
+rl.advantage=dr_grpo), grpo_hint (GRPO whose all-wrong groups are retried with STaR's hint)
+and reinforce_rej (Reinforce-Rej), on the same steps x rows; and trice (trice.py: TRICE,
+MCMC-EM over the rationale with a control variate).
 
 Every one of the STaR family logs ``distinct_paths_per_question``; bstar also its probe's scores and choice
 (``bstar_*`` in metrics.jsonl). docs/variants.md has the recipes and their comparison.
@@ -44,8 +46,9 @@ import numpy as np
 
 from star_jax.runtime.errors import ConfigError, did_you_mean
 from star_jax.star import finetune as ft, keep as keep_lib, seed
-from star_jax.star.grpo import GRPO, ReinforceRej
+from star_jax.star.grpo import GRPO, GRPOHint, ReinforceRej
 from star_jax.star.iteration import IterationResult, Method, Star
+from star_jax.star.trice import Trice
 
 
 class Direct(Method):
@@ -170,7 +173,8 @@ def _label(temperature: float, threshold: float | None) -> str:
 
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (Star, Direct, SeedOnly, RestEM, RFT,
-                                                         BStar, GRPO, ReinforceRej)}
+                                                         BStar, GRPO, GRPOHint, ReinforceRej,
+                                                         Trice)}
 
 
 def register_method(cls: type[Method]) -> type[Method]:

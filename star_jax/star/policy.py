@@ -64,6 +64,21 @@ def trained_groups(rewards_QxG: np.ndarray, drop_uniform: bool) -> list[int]:
   return [q for q in range(len(all_right)) if not (drop_uniform and (all_right[q] or all_wrong[q]))]
 
 
+def group_advantages(rewards: Sequence[np.ndarray], kind: str, drop_uniform: bool = False
+                     ) -> list[tuple[int, np.ndarray]]:
+  """(group, its samples' advantages) of the groups a step trains on, for groups of any size
+  (GRPO with the hint adds a group's right hinted samples to it): each group's advantages as
+  ``advantages`` computes them for it alone; with ``drop_uniform`` the groups all right or
+  all wrong are left out."""
+  out = []
+  for q, r in enumerate(rewards):
+    r = np.asarray(r, np.float32)
+    if drop_uniform and ((r > 0).all() or (r <= 0).all()):
+      continue
+    out.append((q, advantages(r[None], kind)[0]))
+  return out
+
+
 def bucketed(length: int, max_len: int) -> int:
   """A row length holding ``length`` tokens: rounded up to ``ROW_BUCKET``, at most ``max_len``."""
   return min(-(-length // ROW_BUCKET) * ROW_BUCKET, max_len)

@@ -5,7 +5,9 @@ Keys (present where they apply):
   iteration, method (all but star), train_questions, kept_by_<difficulty>,
   solved_by_generation, solved_by_rationalization, kept, distinct_paths_per_question,
   train_examples (controls), train_steps, train_loss, train_first_loss, train_tokens (loss
-  tokens trained on), iteration_seconds (sampling to evaluation, wall),
+  tokens trained on), train_sequences (sequences trained on: a packed row holds several),
+  train_sequences_per_step, train_tokens_per_step, iteration_seconds (sampling to evaluation,
+  wall),
   train_examples_too_long, prompts_skipped_too_long, train_pass_at_1, kept_wrong_step_share,
   kept_wrong_step_share_by_source, unsupported_by_source, sample_seconds,
   rationalize_seconds, train_seconds, tokens_sampled (what the iteration's sampling took:
@@ -62,6 +64,7 @@ def star_fields(task: Task, r: IterationResult) -> dict:
       "train_loss": stats.final_loss if stats else None,
       "train_first_loss": _finite(stats.first_loss) if stats else None,
       "train_tokens": stats.tokens if stats else 0,
+      **per_step(stats),
       "train_examples_too_long": stats.too_long if stats else 0,
       "prompts_skipped_too_long": r.skipped,
       "train_pass_at_1": sum(sum(g.correct) for g in r.samples)
@@ -77,6 +80,16 @@ def star_fields(task: Task, r: IterationResult) -> dict:
   }
 
 
+def per_step(stats) -> dict:
+  """What a train step trained on, on average: sequences (a packed row holds several) and
+  loss tokens; the budget two methods are compared at (docs/variants.md)."""
+  if not stats or not stats.steps:
+    return {"train_sequences": 0, "train_sequences_per_step": 0.0, "train_tokens_per_step": 0.0}
+  return {"train_sequences": stats.sequences,
+          "train_sequences_per_step": stats.sequences / stats.steps,
+          "train_tokens_per_step": stats.tokens / stats.steps}
+
+
 def _finite(x: float) -> float | None:
   return None if x is None or not np.isfinite(x) else float(x)
 
@@ -89,6 +102,7 @@ def control_fields(r: IterationResult) -> dict:
       "solved_by_generation": 0, "solved_by_rationalization": 0, "kept": 0,
       "train_examples": stats.examples, "train_steps": stats.steps,
       "train_loss": stats.final_loss, "train_examples_too_long": stats.too_long,
+      "train_tokens": stats.tokens, **per_step(stats),
       "sample_seconds": r.sample_seconds, "rationalize_seconds": 0.0,
       "train_seconds": r.train_seconds, **r.extra,
   }

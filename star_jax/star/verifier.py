@@ -247,7 +247,9 @@ def train(config: Config, exp, n: int, start, pairs: list[Pair], heldout: list[P
   finally:
     if ckpt is not None:
       ckpt.close()
-  verifier.params = trainer.model_params(state)
+  # Scores come from the weights DPO's loss computed with (nearest-rounded masters), not the
+  # stochastically rounded copy: the scored verifier is the trained one.
+  verifier.params = trainer.forward_params(state)
   mean = lambda k: float(np.mean([h[k] for h in history])) if history else None
   verifier.fields = {
       "verifier_iteration": n, "verifier_init": v.init, "verifier_beta": v.beta,

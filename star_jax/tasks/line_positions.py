@@ -47,6 +47,11 @@ class LineColumnPositions:
   def coords(self) -> int:
     return 4 if self.both_columns else 3
 
+  @property
+  def random(self) -> bool:
+    """Whether training draws positions (the jitter's gaps) from the step's key."""
+    return self.jitter > 0
+
   def of_tokens(self, tokens_BxT, starts_BxT, key=None) -> jax.Array:
     """Positions of whole texts (the trainer's, with the step's ``key``; the prefill's)."""
     pos_BxTx3 = line_column(tokens_BxT, starts_BxT, self.break_ids, self.right_aligned)

@@ -12,7 +12,9 @@ import pytest
 
 from helpers.runs import load_config, run_main, run_results
 from star_jax import config as config_lib, star
+from star_jax.engine.losses import PolicyGradient
 from star_jax.engine.optim import OptimConfig
+from star_jax.engine.positions import draws_positions
 from star_jax.engine.trainer import Trainer
 from star_jax.experiment.build import build, make_sampler
 from star_jax.runtime.errors import ConfigError
@@ -116,18 +118,50 @@ def test_the_loss_scores_the_sampled_tokens_as_the_sampler_drew_them(tmp_path):
   task, tok = exp.task, exp.tokenizer
   prompts = [tok.encode_prompt(task.prompt(q, hint=False, few_shot=False))
              for q in exp.train_set[:4]]
-  out = sampler.sample(exp.params, prompts, task.max_new_tokens, SamplingParams(1.0), n=2,
+  # at 0.7, where the tempered and the model's own log-probs differ by up to ~1 nat
+  out = sampler.sample(exp.params, prompts, task.max_new_tokens, SamplingParams(0.7), n=2,
                        seed=3, stop_strings=task.stop_strings, decode_fn=tok.decode)
   rows = [(prompts[i], out.sequences(i, j), 1.0) for i in range(4) for j in range(2)]
   batch = policy.policy_batch(*zip(*rows), rows=8, max_len=sampler.cfg.max_seq_len)
   trainer = Trainer(exp.graphdef, exp.mesh, OptimConfig())
-  logp = np.asarray(trainer.logprobs(exp.params, batch, 1.0))[0]
+  logp = np.asarray(trainer.logprobs(exp.params, batch, 0.7))[0]
+  untempered = np.asarray(trainer.logprobs(exp.params, batch, 1.0))[0]
+  assert np.abs(logp - untempered)[batch["loss_mask"][0] > 0].max() > 0.05
   assert batch["loss_mask"].sum() == sum(len(c) for _, c, _ in rows) > 0
   for r in range(8):
     i, j = divmod(r, 2)
     n = len(out.sequences(i, j))
     np.testing.assert_allclose(logp[r][batch["loss_mask"][0, r] > 0], out.logprobs[i, j, :n],
                                atol=1e-4)
+
+
+def test_the_ratio_compares_one_text_at_the_positions_its_update_draws(tmp_path):
+  """Every method trains at the trainer's positions (the arithmetic task's line/column jitter
+  included): the sampling policy's log-probs taken at the step's key give a ratio of exactly 1
+  before the update; taken at the sampler's positions they would not."""
+  cfg = config_lib.load(_smoke())
+  exp = build(cfg, tmp_path)
+  assert draws_positions(exp.model_cfg)
+  task, tok = exp.task, exp.tokenizer
+  prompts = [tok.encode_prompt(task.prompt(q, hint=False, few_shot=False))
+             for q in exp.train_set[:4]]
+  out = make_sampler(exp, cfg).sample(exp.params, prompts, task.max_new_tokens,
+                                      SamplingParams(0.7), n=2, seed=3,
+                                      stop_strings=task.stop_strings, decode_fn=tok.decode)
+  rows = [(prompts[i], out.sequences(i, j), 1.0) for i in range(4) for j in range(2)]
+  batch = policy.policy_batch(*zip(*rows), rows=8, max_len=exp.model_cfg.max_seq_len)
+  loss = PolicyGradient(temperature=0.7, old_logprobs=True)
+  losses = {}
+  for keyed in (True, False):
+    trainer = Trainer(exp.graphdef, exp.mesh, OptimConfig(learning_rate=1e-3), loss=loss)
+    state = trainer.init(exp.params, copy=True)
+    step = int(state.step) if keyed else None
+    batch["old_logprobs"] = trainer.logprobs(trainer.forward_params(state), batch, 0.7,
+                                             step=step)
+    _, m = trainer.step(state, batch)
+    losses[keyed] = (float(m["loss"]), float(m["clip_fraction"]))
+  assert losses[True][0] == pytest.approx(-1.0, abs=1e-5) and losses[True][1] == 0.0
+  assert abs(losses[False][0] + 1.0) > 1e-3  # the sampler's positions: another policy
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +203,9 @@ def test_policy_methods_run_end_to_end(tmp_path, base_model, method, rl, dtype):
       assert s["trained_rows"] == 4 * q
     if s["trained_rows"]:
       assert {"loss", "kl", "entropy", "clip_fraction", "grad_norm"} <= set(s)
+  # the test exercised a policy gradient: some group was mixed, some row carried an advantage
+  assert any(s["all_right_share"] + s["all_wrong_share"] < 1 for s in steps)
+  assert sum(s["rows_with_advantage"] for s in steps) > 0
   if method == "grpo":  # the updates reach the model the next step scores, bfloat16 included
     assert max(s.get("kl", 0.0) for s in steps[1:]) > 0
   assert last["tokens_sampled"] == sum(s["tokens_sampled"] for s in steps)
