@@ -13,7 +13,7 @@ import pytest
 
 from conftest import mesh_of
 from helpers.runs import load_config, run_main, run_results
-from star_jax import config as config_lib
+from star_jax import config as config_lib, tasks
 from star_jax.experiment.build import build
 from star_jax.runtime.errors import ConfigError
 from star_jax.star import best_of_k, rollout, verifier as verifier_lib
@@ -80,11 +80,13 @@ def _tiny_config(**verifier):
 
 
 def _handmade_pairs(task, examples):
-  """A right sample (the true scratchpad) over a wrong one (the same, answered 0)."""
+  """A right sample (the true scratchpad) over a wrong one (the same scratchpad, answered
+  1-7 above the sum: wrong answers differ, so no constant rule such as "an answer of 0 is
+  wrong" ranks them)."""
   return [verifier_lib.Pair(ex.id, task.completion(task.gold_rationale(ex), ex),
-                            task.completion(task.gold_rationale(ex),
-                                            dataclasses.replace(ex, answer="0")))
-          for ex in examples if ex.answer != "0"]
+                            task.completion(task.gold_rationale(ex), dataclasses.replace(
+                                ex, answer=str(int(ex.answer) + 1 + i % 7))))
+          for i, ex in enumerate(examples)]
 
 
 def _train_verifier(tmp_path, shape, monkeypatch):
@@ -105,11 +107,12 @@ def _train_verifier(tmp_path, shape, monkeypatch):
 
 
 def test_a_tiny_verifier_ranks_held_out_right_samples_above_wrong_ones(tmp_path, monkeypatch):
-  """From random weights, DPO on 40 hand-made pairs; the held-out questions' pairs are ranked
-  right. Sharded on a (2, 2, 2) mesh it scores as on one device."""
+  """From random weights, DPO on 40 hand-made pairs; the held-out questions' pairs are mostly
+  ranked right. Sharded on a (2, 2, 2) mesh it scores as on one device."""
   exp, v, train, held = _train_verifier(tmp_path / "one", (1, 1, 1), monkeypatch)
   assert v.fields["verifier_heldout_pairs"] == len(held) >= 4
-  assert v.fields["verifier_pairwise_accuracy"] == 1.0
+  # measured 0.875 (7 of 8 held-out pairs); a constant score ranks none of them right
+  assert v.fields["verifier_pairwise_accuracy"] >= 0.75
   assert v.fields["verifier_steps"] == 20 and v.fields["verifier_pairs"] == 40
   by_id = {ex.id: ex for ex in exp.train_set}
   prompt, ids = verifier_lib.encode(exp.task, exp.tokenizer, by_id[train[0].question],
@@ -131,8 +134,10 @@ def test_a_tiny_verifier_ranks_held_out_right_samples_above_wrong_ones(tmp_path,
     return np.stack([v.score(prompts, [exp.tokenizer.encode(getattr(p, side)) for p in held])
                      for side in ("chosen", "rejected")])
   one = held_scores(exp, v)
+  assert len({p.rejected.split("\n")[-3] for p in train}) >= 7  # the wrong answers vary
+  assert np.std(one[0]) > 0 and np.std(one[1]) > 0  # and so do the scores, per side
   exp8, v8, _, _ = _train_verifier(tmp_path / "eight", (2, 2, 2), monkeypatch)
-  assert v8.fields["verifier_pairwise_accuracy"] == 1.0
+  assert v8.fields["verifier_pairwise_accuracy"] == v.fields["verifier_pairwise_accuracy"]
   np.testing.assert_allclose(held_scores(exp8, v8), one, rtol=1e-2, atol=1e-2)
 
 
@@ -149,6 +154,7 @@ def test_bad_verifier_settings_are_refused(tmp_path):
     assert not (tmp_path / "x" / "config.json").exists()
 
 
+ARITHMETIC = tasks.get_task("arithmetic")
 CMD = [sys.executable, "-m", "star_jax.main", "--config=configs/arithmetic.py:smoke",
        "--config.verifier.enabled=True", "--config.verifier.every_iteration=True",
        "--config.verifier.batch_pairs=2", "--config.verifier.epochs=3",
@@ -172,6 +178,9 @@ def test_vstar_end_to_end_resumed_after_a_kill_and_verified_after_the_fact(tmp_p
     samples = [json.loads(l) for l in open(clean / f"iter_{n:03d}" / "samples.jsonl")]
     assert len(samples) == m["train_questions"]
     assert all(r["right"] or r["wrong"] for r in samples)
+    # real wrong samples, not one constant answer a verifier could learn to spot
+    answers = {ARITHMETIC.extract_answer(t) for r in samples for t in r["wrong"]}
+    assert len(answers) > 3 and answers != {"0"}
     assert m["verifier_iteration"] == n and m["verifier_pairs"] > 0
     assert set(m["eval_verifier_best_of"]) == set(m["eval_majority_at"]) == {"1", "2", "4"}
     # best-of-1 and majority@1 are the samples' own accuracy, pass@1
