@@ -226,8 +226,9 @@ def test_bad_policy_settings_are_refused(tmp_path):
   assert get_method("reinforce_rej").drop_uniform
 
 
+# GRPO with the hint: GRPO's loop and step, plus the hinted retries (which must resume too)
 CMD = [sys.executable, "-m", "star_jax.main", "--config=configs/arithmetic.py:smoke",
-       "--config.star.method=grpo", "--config.star.samples_per_question=4",
+       "--config.star.method=grpo_hint", "--config.star.samples_per_question=4",
        "--config.star.temperature=1.0", "--config.rl.kl_beta=0.04", "--config.pretrain.steps=40"]
 
 
@@ -239,6 +240,8 @@ def test_a_killed_grpo_run_resumes_to_the_uninterrupted_runs_results(tmp_path):
   clean = tmp_path / "clean"
   proc = _run(clean)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  metrics = [json.loads(l) for l in open(clean / "metrics.jsonl")]
+  assert metrics[1]["method"] == "grpo_hint" and metrics[1]["rl_hint_groups"] > 0
   killed = tmp_path / "killed"
   # 40 pretraining steps, then iteration 1 has 6 policy steps and iteration 2 has 8; each
   # rerun counts the steps it runs afresh.
@@ -250,10 +253,43 @@ def test_a_killed_grpo_run_resumes_to_the_uninterrupted_runs_results(tmp_path):
   proc = _run(killed, "train_step:4:TERM", "--config.checkpoint_every=4")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "iteration 1: resuming the policy steps at 4 of 6" in proc.stderr
-  assert "preempted at iteration 2, phase grpo, step 2 of 8" in proc.stderr
+  assert "preempted at iteration 2, phase grpo_hint, step 2 of 8" in proc.stderr
   proc = _run(killed)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "iteration 2: resuming the policy steps at 2 of 8" in proc.stderr
+  assert run_results(killed) == run_results(clean)
+
+
+TRICE = [sys.executable, "-m", "star_jax.main", "--config=configs/arithmetic.py:smoke",
+         "--config.star.method=trice", "--config.star.temperature=1.0",
+         "--config.pretrain.steps=40"]
+
+
+def test_trice_runs_end_to_end_and_a_killed_run_resumes_to_the_uninterrupted_runs_results(
+    tmp_path):
+  clean = tmp_path / "clean"
+  proc = run_main(TRICE, clean)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  metrics = [json.loads(l) for l in open(clean / "metrics.jsonl")]
+  first, second = metrics[1], metrics[2]
+  assert first["method"] == "trice" and first["rl_policy_steps"] == 6
+  # the hinted init once (iteration 1: every question), then only the proposals
+  assert first["trice_init_asked"] > 0 and first["trice_init_kept"] > 0
+  assert "trice_init_asked" not in second
+  assert first["tokens_sampled"] > first["trice_init_tokens_sampled"] > 0
+  for n in (1, 2):
+    saved = json.load(open(clean / f"iter_{n:03d}" / "trice_memory.json"))
+    assert saved["memory"] and not any("Hint" in t for t in saved["memory"].values())
+    assert not (clean / f"iter_{n:03d}" / "trice_memory").exists()  # the per-step copies
+  assert set(json.load(open(clean / "iter_001" / "trice_memory.json"))["memory"]) <= set(
+      json.load(open(clean / "iter_002" / "trice_memory.json"))["memory"])  # only replaced
+  killed = tmp_path / "killed"
+  proc = run_main(TRICE, killed, "train_step:45", "--config.checkpoint_every=4",
+                  "--config.checkpoint_async=False")  # iteration 1, step 5, after its checkpoint
+  assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stderr[-3000:])
+  proc = run_main(TRICE, killed)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "iteration 1: resuming the policy steps at 4 of 6" in proc.stderr
   assert run_results(killed) == run_results(clean)
 
 
