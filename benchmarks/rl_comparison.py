@@ -5,7 +5,8 @@ training seeds a method, as mean +- sd tables and a plot.
       grpo=runs/c_grpo_s0,runs/c_grpo_s1,runs/c_grpo_s2 ... --plot docs/img/rl_comparison.png
 
 Per method: held-out greedy accuracy per iteration (mean +- sd over the seeds), the last
-iteration's by digits, what each iteration sampled (tokens) and trained (steps x rows), the
+iteration's by digits, what each iteration sampled (tokens) and trained (steps, sequences and
+loss tokens a step), the
 minutes its phases took, and for the policy-gradient methods their reward, all-wrong share
 and KL to M_0.
 """
@@ -55,24 +56,26 @@ def digits_table(runs: dict[str, list[list[dict]]]) -> str:
 
 
 def budget_table(runs: dict[str, list[list[dict]]]) -> str:
-  """What an iteration sampled and trained, and the policy-gradient methods' own numbers
-  (means over seeds and iterations)."""
-  rows = ["| method | tokens sampled / iter | train steps / iter | rows trained / step "
-          "| reward (first -> last) | all-wrong share | all-right share | KL to M_0 (last step) |",
-          "| --- " * 8 + "|"]
+  """What an iteration sampled and trained (sequences and loss tokens a step: a packed row
+  holds several sequences), and the policy-gradient methods' own numbers (means over seeds
+  and iterations)."""
+  rows = ["| method | tokens sampled / iter | train steps / iter | sequences / step "
+          "| loss tokens / step | reward (first -> last) | all-wrong share | all-right share "
+          "| KL to M_0 (last step) |",
+          "| --- " * 9 + "|"]
   for name, seeds in runs.items():
     its = [m for ms in seeds for m in ms[1:]]
     mean = lambda k: np.mean([m[k] for m in its if m.get(k) is not None]) if any(
         m.get(k) is not None for m in its) else None
     fmt = lambda x, f="{:.0f}": "—" if x is None else f.format(x)
     steps = mean("train_steps")
-    # a policy step trains on its rows less the dropped groups; a fine-tune step on all of its
-    per_step = (mean("rl_trained_rows") / steps if mean("rl_trained_rows") is not None and steps
-                else None)
+    sequences = mean("train_sequences_per_step")
+    if sequences is None and mean("rl_trained_rows") is not None and steps:
+      sequences = mean("rl_trained_rows") / steps  # a run from before the count was kept
     reward = (f"{mean('rl_reward_first'):.3f} -> {mean('rl_reward_last'):.3f}"
               if mean("rl_reward_mean") is not None else "—")
     rows.append(f"| {name} | {fmt(mean('tokens_sampled'))} | {fmt(steps)} | "
-                f"{fmt(per_step, '{:.1f}') if per_step is not None else 'all'} | {reward} | "
+                f"{fmt(sequences, '{:.1f}')} | {fmt(mean('train_tokens_per_step'))} | {reward} | "
                 f"{fmt(mean('rl_all_wrong_share'), '{:.2f}')} | "
                 f"{fmt(mean('rl_all_right_share'), '{:.2f}')} | {fmt(mean('rl_kl'), '{:.3f}')} |")
   return "\n".join(rows)

@@ -311,7 +311,8 @@ def test_the_rl_comparison_gives_mean_and_sd_over_training_seeds(tmp_path, capsy
   rl = {"rl_trained_rows": 4800, "rl_reward_mean": 0.5, "rl_reward_first": 0.4,
         "rl_reward_last": 0.6, "rl_all_wrong_share": 0.25, "rl_all_right_share": 0.5,
         "rl_kl": 0.01}
-  star_runs = [write("s0", [0.5, 0.7]), write("s1", [0.5, 0.9])]
+  counted = {"train_sequences_per_step": 64.0, "train_tokens_per_step": 3000.0}
+  star_runs = [write("s0", [0.5, 0.7], counted), write("s1", [0.5, 0.9], counted)]
   grpo_runs = [write("g0", [0.5, 0.6], rl)]
   rl_comparison.main(["--runs", "star=" + ",".join(star_runs), "grpo=" + grpo_runs[0],
                       "--plot", str(tmp_path / "p.png")])
@@ -319,6 +320,6 @@ def test_the_rl_comparison_gives_mean_and_sd_over_training_seeds(tmp_path, capsy
   assert "| star | 2 | 50.0 ± 0.0 | 80.0 ± 14.1 | 1 |" in out
   assert "| grpo | 1 | 50.0 | 60.0 | 1 |" in out
   assert "| star | 1 | 40.0 ± 7.1 | — |" in out  # 5 digits at the last iteration, no vote
-  assert "| star | 1000 | 150 | all | — | — | — | — |" in out
-  assert "| grpo | 1000 | 150 | 32.0 | 0.400 -> 0.600 | 0.25 | 0.50 | 0.010 |" in out
+  assert "| star | 1000 | 150 | 64.0 | 3000 | — | — | — | — |" in out
+  assert "| grpo | 1000 | 150 | 32.0 | — | 0.400 -> 0.600 | 0.25 | 0.50 | 0.010 |" in out
   assert (tmp_path / "p.png").exists()
