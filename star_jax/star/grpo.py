@@ -171,18 +171,7 @@ class GRPO(Method):
     t0 = time.time()
     rng = np.random.default_rng([self.config.seed, n, s, 31])
     Q = self.questions_per_step
-    picked = rng.choice(len(pool), Q, replace=len(pool) < Q)
-    # too long for the context: not asked (counted)
-    questions, prompts = rollout.fitting_prompts(task, tok, self.sampler,
-                                                 [pool[i] for i in picked], hint=False,
-                                                 few_shot=self.star.few_shot)
-    # Sampled from the weights the loss computes with (the masters cast to the nearest value),
-    # so the sampling policy is the one the update's log-probs score.
-    params = trainer.forward_params(state)
-    out = self.sampler.sample(params, prompts, task.max_new_tokens,
-                              self.sampling(), n=self.group,
-                              seed=int(rng.integers(2 ** 31)), stop_strings=task.stop_strings,
-                              decode_fn=tok.decode)
+    questions, prompts, params, out = self.ask(rng, trainer, state, pool)
     completions = [[out.sequences(q, g) for g in range(self.group)] for q in range(len(prompts))]
     rewards_QxG = np.zeros((len(prompts), self.group), np.float32)
     by_difficulty = collections.defaultdict(lambda: [0.0, 0])
@@ -207,16 +196,7 @@ class GRPO(Method):
     rows = [(prompts[q], group_completions[q][g], float(a))
             for q, adv in policy.group_advantages(group_rewards, self.kind, self.drop)
             for g, a in enumerate(adv)]
-    metrics, slots = {}, 0
-    if rows:
-      batch = policy.policy_batch(*zip(*rows), rows=self._rows(trainer),
-                                  max_len=self.sampler.cfg.max_seq_len,
-                                  pack=self.config.rl.pack_rows,
-                                  divisor=sharding.batch_divisor(trainer.mesh))
-      slots = int(np.prod(batch["tokens"].shape))  # what the update computes, padding too
-      state, updates = self.update(trainer, state, batch, ref)
-      metrics = {k: float(np.mean([float(m[k]) for m in updates])) for k in updates[0]}
-      ft.check_finite(metrics["loss"], s)
+    state, metrics, slots = self.train_rows(trainer, state, rows, ref, s)
     lengths = [len(c) for cs in completions for c in cs]
     record = {"step": s, "reward_mean": float(rewards_QxG.mean()) if len(prompts) else 0.0,
               "all_right_share": float(all_right.mean()) if len(prompts) else 0.0,
@@ -230,6 +210,37 @@ class GRPO(Method):
               "reward_by_difficulty": dict(sorted(by_difficulty.items())),
               "sample_seconds": sample_seconds, "train_seconds": time.time() - t0, **metrics}
     return state, record
+
+  def ask(self, rng: np.random.Generator, trainer: Trainer, state, pool):
+    """A step's questions (``questions_per_step`` drawn from ``pool``; one too long for the
+    context is not asked, the caller counts it) and their samples, ``self.group`` each:
+    (questions, prompts, the sampled weights, the sampler's output)."""
+    task, tok, Q = self.task, self.tokenizer, self.questions_per_step
+    picked = rng.choice(len(pool), Q, replace=len(pool) < Q)
+    questions, prompts = rollout.fitting_prompts(task, tok, self.sampler,
+                                                 [pool[i] for i in picked], hint=False,
+                                                 few_shot=self.star.few_shot)
+    # Sampled from the weights the loss computes with (the masters cast to the nearest value),
+    # so the sampling policy is the one the update's log-probs score.
+    params = trainer.forward_params(state)
+    out = self.sampler.sample(params, prompts, task.max_new_tokens, self.sampling(),
+                              n=self.group, seed=int(rng.integers(2 ** 31)),
+                              stop_strings=task.stop_strings, decode_fn=tok.decode)
+    return questions, prompts, params, out
+
+  def train_rows(self, trainer: Trainer, state, rows: list, ref, s: int):
+    """The update on (prompt, completion, advantage) ``rows`` (none: no update); (state, the
+    step's metrics, token slots computed, padding included)."""
+    if not rows:
+      return state, {}, 0
+    batch = policy.policy_batch(*zip(*rows), rows=self._rows(trainer),
+                                max_len=self.sampler.cfg.max_seq_len,
+                                pack=self.config.rl.pack_rows,
+                                divisor=sharding.batch_divisor(trainer.mesh))
+    state, updates = self.update(trainer, state, batch, ref)
+    metrics = {k: float(np.mean([float(m[k]) for m in updates])) for k in updates[0]}
+    ft.check_finite(metrics["loss"], s)
+    return state, metrics, int(np.prod(batch["tokens"].shape))
 
   def hinted_samples(self, params, questions, wrong: np.ndarray, seed: int
                      ) -> tuple[dict[int, list[list[int]]], dict]:

@@ -37,12 +37,11 @@ import time
 
 import numpy as np
 
-from star_jax.engine import sharding
 from star_jax.engine.losses import PolicyGradient
 from star_jax.experiment import workdir as wd
 from star_jax.runtime.errors import ConfigError
 from star_jax.runtime.files import write_atomic
-from star_jax.star import finetune as ft, keep as keep_lib, policy, rollout
+from star_jax.star import keep as keep_lib, rollout
 from star_jax.star.grpo import GRPO
 from star_jax.star.iteration import IterationResult
 
@@ -165,14 +164,7 @@ class Trice(GRPO):
     t0 = time.time()
     rng = np.random.default_rng([self.config.seed, n, s, 37])
     Q = self.questions_per_step
-    picked = rng.choice(len(pool), Q, replace=len(pool) < Q)
-    questions, prompts = rollout.fitting_prompts(task, tok, self.sampler,
-                                                 [pool[i] for i in picked], hint=False,
-                                                 few_shot=star.few_shot)
-    params = trainer.forward_params(state)
-    out = self.sampler.sample(params, prompts, task.max_new_tokens, self.sampling(), n=1,
-                              seed=int(rng.integers(2 ** 31)), stop_strings=task.stop_strings,
-                              decode_fn=tok.decode)
+    questions, prompts, _, out = self.ask(rng, trainer, state, pool)  # one proposal each
     proposals = [out.sequences(i, 0) for i in range(len(prompts))]
     accepted = np.zeros(len(prompts), bool)
     by_difficulty = collections.defaultdict(lambda: [0.0, 0])
@@ -199,16 +191,7 @@ class Trice(GRPO):
         rows.append((prompts[i], proposals[i], float(w_prop[i])))
     room = self.sampler.cfg.max_seq_len + 1
     rows = [r for r in rows if r[1] and len(r[0]) + len(r[1]) <= room]
-    metrics, slots = {}, 0
-    if rows:
-      batch = policy.policy_batch(*zip(*rows), rows=self._rows(trainer),
-                                  max_len=self.sampler.cfg.max_seq_len,
-                                  pack=self.config.rl.pack_rows,
-                                  divisor=sharding.batch_divisor(trainer.mesh))
-      slots = int(np.prod(batch["tokens"].shape))
-      state, updates = self.update(trainer, state, batch, ref)
-      metrics = {k: float(np.mean([float(m[k]) for m in updates])) for k in updates[0]}
-      ft.check_finite(metrics["loss"], s)
+    state, metrics, slots = self.train_rows(trainer, state, rows, ref, s)
     ids = {ex.id for ex in pool}
     lengths = [len(p) for p in proposals]
     record = {"step": s, "reward_mean": float(accepted.mean()) if len(prompts) else 0.0,

@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers.arithmetic_texts import TASK, hint_copied, other_path, right, wrong
 from helpers.scripted import ScriptedSampler, experiment
-from star_jax import config as config_lib, tasks
+from star_jax import config as config_lib
 from star_jax.data import DataConfig
 from star_jax.engine import losses, params as params_lib
 from star_jax.engine.model_config import get_preset
@@ -21,27 +22,7 @@ from star_jax.star import methods, policy
 from star_jax.star.grpo import GRPOHint
 from star_jax.star.trice import Trice, trice_weights
 
-TASK = tasks.get_task("arithmetic", max_digits=3, min_digits=3)
 MODEL = {"w": np.ones(2, np.float32)}
-
-
-def right(ex) -> str:
-  return TASK.completion(TASK.gold_rationale(ex), ex)
-
-
-def hint_copied(ex) -> str:  # right, with the hint line copied in front of the scratchpad
-  return f"Hint: {' '.join(ex.answer)}\n" + right(ex)
-
-
-def other_path(ex) -> str:  # one wrong middle line, the right last line: right, another text
-  lines = TASK.gold_rationale(ex).split("\n")
-  lines[1] = lines[1].replace(" C: ", " 9 C: ", 1)
-  return TASK.completion("\n".join(lines), ex)
-
-
-def wrong(ex) -> str:
-  other = TASK.make_example(ex.meta["a"], ex.meta["b"] + 1, "other")
-  return TASK.completion(TASK.gold_rationale(other), other)
 
 
 class RecordingTrainer:

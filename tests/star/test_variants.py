@@ -16,6 +16,7 @@ import math
 import numpy as np
 import pytest
 
+from helpers.arithmetic_texts import TASK, other_path, right, spaced, wrong
 from helpers.scripted import ScriptedSampler, experiment
 from star_jax import config as config_lib, tasks
 from star_jax.data import DataConfig
@@ -25,29 +26,8 @@ from star_jax.star.record import iteration_record
 from star_jax.runtime.errors import ConfigError
 from star_jax.star.methods import RFT, BStar, RestEM
 
-TASK = tasks.get_task("arithmetic", max_digits=3, min_digits=3)
 BASE, MODEL = {"w": np.zeros(2, np.float32)}, {"w": np.ones(2, np.float32)}
 TRAINED = {"w": np.full(2, 7.0, np.float32)}
-
-
-def right(ex) -> str:
-  return TASK.completion(TASK.gold_rationale(ex), ex)
-
-
-def spaced(ex) -> str:  # the same path (scratch lines), another text
-  lines = TASK.gold_rationale(ex).split("\n")
-  return TASK.completion("\n".join([lines[0] + "  "] + lines[1:]), ex)
-
-
-def other_path(ex) -> str:  # one wrong middle line, the right last line: a distinct path
-  lines = TASK.gold_rationale(ex).split("\n")
-  lines[1] = lines[1].replace(" C: ", " 9 C: ", 1)
-  return TASK.completion("\n".join(lines), ex)
-
-
-def wrong(ex) -> str:
-  other = TASK.make_example(ex.meta["a"], ex.meta["b"] + 1, "other")
-  return TASK.completion(TASK.gold_rationale(other), other)
 
 
 def config(star=None, evals=None):
