@@ -71,7 +71,8 @@ def _from_learn_base(star_run, method, **rl):
 def test_grpo_with_the_hint_opens_all_wrong_groups_and_learns(star_run, tmp_path):
   """GRPO's recipe above with STaR's hint: hinted samples join the all-wrong groups, so more
   rows carry an advantage; the reward and held-out accuracy rise as GRPO's do."""
-  config = _from_learn_base(star_run, "grpo_hint", questions_per_step=16)
+  config = _from_learn_base(star_run, "grpo_hint", questions_per_step=16)  # measured: 37.0 /
+  # 43.5% (GRPO: 40.5 / 41.5%); 525 hinted samples joined in its first iteration
   config.star.samples_per_question = 4
   config.train.learning_rate = 3e-4
   metrics = star.run(config, str(tmp_path / "hint"))
@@ -83,13 +84,15 @@ def test_grpo_with_the_hint_opens_all_wrong_groups_and_learns(star_run, tmp_path
 
 
 def test_trice_lifts_held_out_accuracy_over_its_base_model(star_run, tmp_path):
-  """TRICE from the same M_0 at STaR's rate: the memory (hinted at first) trains, right
-  proposals replace it, wrong ones are trained against; the proposals' acceptance and
-  held-out accuracy rise."""
-  config = _from_learn_base(star_run, "trice", questions_per_step=16)
+  """TRICE from the same M_0: the memory (hinted at first) trains, right proposals replace
+  it, wrong ones are trained against; the proposals' acceptance and held-out accuracy rise
+  (measured: acceptance 0.29 -> 0.44, accuracy 26.0 -> 42.0 / 53.0%. 16 questions a step at
+  3e-3 fell to 16% before 27%; 32 at 3e-3: 33 / 47%, and 50% without the control variate)."""
+  config = _from_learn_base(star_run, "trice", questions_per_step=32)
+  config.train.learning_rate = 1e-3
   metrics = star.run(config, str(tmp_path / "trice"))
   base, (first, second) = metrics[0]["eval_accuracy"], metrics[1:]
   assert first["trice_init_kept"] > 0 and first["trice_negative_rows"] > 0
   assert second["trice_acceptance"] >= first["trice_acceptance"] + 0.05, (
       first["trice_acceptance"], second["trice_acceptance"])
-  assert second["eval_accuracy"] >= base + 0.1, [m["eval_accuracy"] for m in metrics]
+  assert second["eval_accuracy"] >= base + 0.15, [m["eval_accuracy"] for m in metrics]
