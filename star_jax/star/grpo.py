@@ -184,9 +184,11 @@ class GRPO(Method):
         by_difficulty[str(d)][1] += self.group
     all_right, all_wrong = policy.uniform_groups(rewards_QxG)  # as sampled without the hint
     hinted, hint_record = ({}, {})
-    if self.hint:
-      hinted, hint_record = self.hinted_samples(params, questions, np.flatnonzero(all_wrong),
-                                                int(rng.integers(2 ** 31)))
+    if self.hint:  # all-wrong groups sampled again with the hint; the right ones join them
+      texts, hint_record = self.hinted_samples(params, questions, np.flatnonzero(all_wrong),
+                                               int(rng.integers(2 ** 31)),
+                                               self.config.rl.hint_samples or self.group)
+      hinted = {q: [tok.encode(t) for t in ts] for q, ts in texts.items()}
     sample_seconds = time.time() - t0
 
     t0 = time.time()
@@ -242,50 +244,46 @@ class GRPO(Method):
     ft.check_finite(metrics["loss"], s)
     return state, metrics, int(np.prod(batch["tokens"].shape))
 
-  def hinted_samples(self, params, questions, wrong: np.ndarray, seed: int
-                     ) -> tuple[dict[int, list[list[int]]], dict]:
-    """GRPO with the hint: ``rl.hint_samples`` samples of each all-wrong group's question with
-    the answer as a hint (STaR's rationalization prompt, ``star.few_shot_rationalization``),
-    from the same weights at the same temperature; ({group: the completions that join it},
-    the step's hint metrics). A hinted sample joins its group when it is right and, with
-    ``star.require_supported``, its rationale reaches the answer: as STaR keeps a hinted
-    rationale, its completion is the task's training text of that rationale (no hint line:
+  def hinted_samples(self, params, questions, which, seed: int, samples: int
+                     ) -> tuple[dict[int, list[str]], dict]:
+    """``samples`` samples of each of ``questions[which]`` with the answer as a hint (STaR's
+    rationalization prompt, ``star.few_shot_rationalization``), from the same weights at the
+    same temperature; ({question index: the training texts of its right ones}, the step's
+    hint metrics). A hinted sample counts when it is right and, with
+    ``star.require_supported``, its rationale reaches the answer; as STaR keeps a hinted
+    rationale, its text is the task's training text of that rationale (no hint line:
     ``Task.split_rationale`` strips any the model copied), to follow the prompt without the
-    hint. Its ratio is handled as every row's (``docs/variants.md``: no importance weight
-    for the hint)."""
+    hint. A question whose prompt, hinted or not, leaves no room is left as it is."""
     star, task, tok = self.star, self.task, self.tokenizer
-    H = self.config.rl.hint_samples or self.group
-    record = {"hint_groups": int(len(wrong)), "hint_joined": 0, "hint_groups_opened": 0,
+    record = {"hint_groups": len(which), "hint_joined": 0, "hint_groups_opened": 0,
               "hint_tokens_sampled": 0}
-    if not len(wrong):
-      return {}, record
-    groups, exs, prompts = [], [], []
-    for q in wrong:  # a hinted prompt too long for the context: that group stays as it is
+    owners, exs, prompts = [], [], []
+    for q in which:
       ex, prompt = rollout.fitting_prompts(task, tok, self.sampler, [questions[q]], hint=True,
                                            few_shot=star.few_shot_rationalization)
-      groups += [int(q)] * len(ex)
+      owners += [int(q)] * len(ex)
       exs += ex
       prompts += prompt
     if not prompts:
       return {}, record
-    out = self.sampler.sample(params, prompts, task.max_new_tokens, self.sampling(), n=H,
-                              seed=seed, stop_strings=task.stop_strings, decode_fn=tok.decode)
-    joined: dict[int, list[list[int]]] = {}
+    out = self.sampler.sample(params, prompts, task.max_new_tokens, self.sampling(),
+                              n=samples, seed=seed, stop_strings=task.stop_strings,
+                              decode_fn=tok.decode)
+    right: dict[int, list[str]] = {}
     for i, ex in enumerate(exs):
-      ids = [out.sequences(i, h) for h in range(H)]
+      ids = [out.sequences(i, h) for h in range(samples)]
       texts = [tok.decode(c) for c in ids]
       record["hint_tokens_sampled"] += sum(len(c) for c in ids)
-      right = keep_lib.rewards(task, rollout.Generation.of(task, ex, texts),
-                               star.require_supported)
+      ok = keep_lib.rewards(task, rollout.Generation.of(task, ex, texts), star.require_supported)
       room = self.sampler.cfg.max_seq_len + 1 - len(tok.encode_prompt(
           task.prompt(ex, hint=False, few_shot=star.few_shot)))
-      done = [c for c in (tok.encode(task.completion(task.split_rationale(t), ex))
-                          for t, r in zip(texts, right) if r > 0) if len(c) <= room]
+      done = [c for c in (task.completion(task.split_rationale(t), ex)
+                          for t, r in zip(texts, ok) if r > 0) if len(tok.encode(c)) <= room]
       if done:
-        joined[groups[i]] = done
-    record["hint_joined"] = sum(len(c) for c in joined.values())
-    record["hint_groups_opened"] = len(joined)
-    return joined, record
+        right[owners[i]] = done
+    record["hint_joined"] = sum(len(c) for c in right.values())
+    record["hint_groups_opened"] = len(right)
+    return right, record
 
   def update(self, trainer: Trainer, state, batch: dict, ref) -> tuple[object, list[dict]]:
     """``rl.inner_updates`` steps on one sampled batch; (state, each step's metrics).

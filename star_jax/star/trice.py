@@ -2,8 +2,11 @@
 MCMC-EM, on STaR's loop, sampler, trainer and budget (``star.method=trice``).
 
 Each train question has one remembered rationale z_mem (its training text: rationale and
-answer), first drawn with the answer as a hint (STaR's rationalization prompt; kept only when
-right and, with ``star.require_supported``, supported; saved without the hint). A policy step
+answer), first drawn with the answer as a hint the first time a step draws the question
+(STaR's rationalization prompt, one sample; kept only when right and, with
+``star.require_supported``, supported; saved without the hint). Drawn lazily, the hinted
+init costs what the questions actually asked cost (its tokens count in ``tokens_sampled``),
+not a pass over the whole train set. A policy step
 draws one proposal z' per question from the current model without the hint. The proposal
 replaces the memory when it is right (a_i = 1): an independence sampler whose target is the
 posterior p(z | x, y), since for a 0/1 likelihood the Metropolis-Hastings acceptance of a
@@ -32,7 +35,6 @@ from __future__ import annotations
 
 import collections
 import json
-import logging
 import time
 
 import numpy as np
@@ -84,8 +86,7 @@ class Trice(GRPO):
                                max_completion=self.task.max_new_tokens,
                                ref_logprobs=rl.kl_beta > 0 or rl.log_kl)
     self.memory: dict[str, str] = {}  # question id -> its remembered training text
-    self.hinted: set[str] = set()  # the questions whose memory was first drawn with the hint
-    self.init_fields: dict = {}
+    self.hinted: set[str] = set()  # the questions given their hinted try (once each)
 
   @classmethod
   def check(cls, config) -> None:
@@ -101,61 +102,34 @@ class Trice(GRPO):
 
   def describe_block(self, steps: int) -> str:
     return (f"trice, {steps} steps of {self.questions_per_step} questions, one proposal each "
-            f"at temperature {self.star.temperature:g}; {len(self.memory)} rationales in "
-            f"memory; control variate {'on' if self.config.rl.trice_control_variate else 'off'}")
+            f"at temperature {self.star.temperature:g} (a hinted try the first time a question "
+            f"is drawn); {len(self.memory)} rationales in memory; control variate "
+            f"{'on' if self.config.rl.trice_control_variate else 'off'}")
 
   # -- the memory ---------------------------------------------------------------------------
   def begin_block(self, n: int, model, pool, start: int) -> None:
-    """The memory at the block's start: the checkpoint's (resumed), else the last block's,
-    with every pool question still without one given a hinted try (all of them at n = 1)."""
+    """The memory at the block's start: the checkpoint's (resumed), else the last block's
+    (none at n = 1: each question gets its hinted try the first time a step draws it)."""
     if start:
       saved = wd.iteration_dir(self.workdir, n, MEMORY_DIR, f"{start}.json")
       if not saved.exists():
         raise FileNotFoundError(f"{saved}: the TRICE memory of the checkpoint at step {start} "
                                 "is missing; delete the iteration's train_ckpt to redo it")
-      self._load(saved)
-      return
-    self.memory, self.hinted, self.init_fields = {}, set(), {}
-    prev = wd.iteration_dir(self.workdir, n - 1, FINAL_MEMORY) if n > 1 else None
-    if prev is not None and prev.exists():
-      saved = json.loads(prev.read_text())
-      self.memory, self.hinted = saved["memory"], set(saved["hinted"])
-    # once per question: at n = 1, and for the questions a curriculum adds later
-    missing = [ex for ex in pool if ex.id not in self.hinted and ex.id not in self.memory]
-    missing = list({ex.id: ex for ex in missing}.values())  # a repeated problem once
-    if not missing:
-      return
-    logging.info("iteration %d: TRICE memory: a hinted try for %d questions", n, len(missing))
-    gens, skipped = rollout.generate(
-        self.task, self.tokenizer, self.sampler, self.exp.sampling_copy(model), missing,
-        hint=True, few_shot=self.star.few_shot_rationalization, sampling=self.sampling(), n=1,
-        seed=self.config.seed * 1000 + n + 300, desc=f"iter {n} trice memory",
-        shard_dir=wd.iteration_dir(self.workdir, n, "trice_init_shards"),
-        shard_size=self.config.sample.shard_size)
-    kept = 0
-    self.hinted |= {ex.id for ex in missing}
-    for g in gens:
-      if keep_lib.rewards(self.task, g, self.star.require_supported)[0] > 0:
-        self.memory[g.example.id] = self.task.completion(
-            self.task.split_rationale(g.texts[0]), g.example)  # never the hint
-        kept += 1
-    self.init_fields = {"trice_init_asked": len(missing), "trice_init_kept": kept,
-                        "trice_init_tokens_sampled": rollout.tokens_sampled(gens) or 0,
-                        "trice_init_skipped_too_long": skipped}
+    else:
+      saved = wd.iteration_dir(self.workdir, n - 1, FINAL_MEMORY) if n > 1 else None
+    if saved is not None and saved.exists():
+      loaded = json.loads(saved.read_text())
+      self.memory, self.hinted = loaded["memory"], set(loaded["hinted"])
+    else:
+      self.memory, self.hinted = {}, set()
 
   def save_block_state(self, n: int, s: int) -> None:
     folder = wd.iteration_dir(self.workdir, n, MEMORY_DIR)
     folder.mkdir(parents=True, exist_ok=True)
     write_atomic(folder / f"{s}.json", json.dumps({"step": s, "memory": self.memory,
-                                                   "hinted": sorted(self.hinted),
-                                                   "init": self.init_fields}))
+                                                   "hinted": sorted(self.hinted)}))
     for old in sorted(int(p.stem) for p in folder.glob("*.json") if p.stem.isdigit())[:-2]:
       (folder / f"{old}.json").unlink()  # the newest two: the checkpoint's, and the one before
-
-  def _load(self, path) -> None:
-    saved = json.loads(path.read_text())
-    self.memory, self.init_fields = saved["memory"], saved["init"]
-    self.hinted = set(saved["hinted"])
 
   # -- a step -------------------------------------------------------------------------------
   def policy_step(self, n: int, s: int, trainer, state, pool, ref):
@@ -164,8 +138,16 @@ class Trice(GRPO):
     t0 = time.time()
     rng = np.random.default_rng([self.config.seed, n, s, 37])
     Q = self.questions_per_step
-    questions, prompts, _, out = self.ask(rng, trainer, state, pool)  # one proposal each
+    questions, prompts, params, out = self.ask(rng, trainer, state, pool)  # one proposal each
     proposals = [out.sequences(i, 0) for i in range(len(prompts))]
+    # A question drawn for the first time: its memory is first drawn with the hint, once.
+    fresh = list({ex.id: i for i, ex in reversed(list(enumerate(questions)))
+                  if ex.id not in self.hinted and ex.id not in self.memory}.values())
+    texts, init = self.hinted_samples(params, questions, sorted(fresh),
+                                      int(rng.integers(2 ** 31)), samples=1)
+    self.hinted |= {questions[i].id for i in fresh}
+    for i, (text,) in texts.items():
+      self.memory[questions[i].id] = text
     accepted = np.zeros(len(prompts), bool)
     by_difficulty = collections.defaultdict(lambda: [0.0, 0])
     for i, ex in enumerate(questions):
@@ -201,7 +183,9 @@ class Trice(GRPO):
               "trained_rows": len(rows), "token_slots": slots,
               "rows_with_advantage": sum(1 for _, _, w in rows if w != 0.0),
               "negative_rows": sum(1 for _, _, w in rows if w < 0.0),
-              "tokens_sampled": int(sum(lengths)),
+              "tokens_sampled": int(sum(lengths)) + init["hint_tokens_sampled"],
+              "init_asked": init["hint_groups"], "init_kept": init["hint_joined"],
+              "init_tokens_sampled": init["hint_tokens_sampled"],
               "completion_length": float(np.mean(lengths)) if lengths else 0.0,
               "reward_by_difficulty": dict(sorted(by_difficulty.items())),
               "sample_seconds": sample_seconds, "train_seconds": time.time() - t0, **metrics}
@@ -214,11 +198,12 @@ class Trice(GRPO):
                             sort_keys=True))
     result = super()._result(n, params, records)
     mean = lambda key: float(np.mean([r[key] for r in records])) if records else None
+    total = lambda key: int(sum(r[key] for r in records))
     result.extra.update({
         "trice_acceptance": result.extra["rl_reward_mean"],
         "trice_memory_share": records[-1]["memory_share"] if records else None,
         "trice_control_variate": mean("control_variate"),
-        "trice_negative_rows": int(sum(r["negative_rows"] for r in records)),
-        **self.init_fields})
-    result.extra["tokens_sampled"] += self.init_fields.get("trice_init_tokens_sampled", 0)
+        "trice_negative_rows": total("negative_rows"),
+        "trice_init_asked": total("init_asked"), "trice_init_kept": total("init_kept"),
+        "trice_init_tokens_sampled": total("init_tokens_sampled")})
     return result

@@ -131,9 +131,10 @@ def test_trice_weights_are_the_leave_one_out_control_variate():
 
 
 def test_trice_memory_is_replaced_only_by_a_right_proposal(tmp_path, rows_trained):
-  """Hinted init: questions 0 and 1 remembered (saved without the hint), 2 and 3 not. One
-  step's proposals: 0 right by another path (replaces its memory), 1 wrong (memory kept, the
-  proposal trained against), 2 right (its first memory), 3 wrong (no memory: nothing)."""
+  """First draw of each question: a hinted try, once (0 and 1 right, saved without the hint;
+  2 and 3 wrong). The step's proposals: 0 right by another path (replaces its memory), 1 wrong
+  (memory kept, the proposal trained against), 2 right (its first memory), 3 wrong (no
+  memory: nothing)."""
   train = TASK.load("train", DataConfig(max_train=4))
   ids = [ex.id for ex in train]
   hint_script = {ids[0]: hint_copied, ids[1]: right, ids[2]: wrong, ids[3]: wrong}
@@ -141,13 +142,15 @@ def test_trice_memory_is_replaced_only_by_a_right_proposal(tmp_path, rows_traine
   method, sampler = _method(Trice, tmp_path, lambda ex, hint: (
       hint_script if hint else proposal)[ex.id](ex), train)
   method.begin_block(1, MODEL, train, 0)
-  assert method.memory == {ids[0]: right(train[0]), ids[1]: right(train[1])}
-  assert method.init_fields["trice_init_kept"] == 2
+  assert method.memory == {} and method.hinted == set()
   _, record = method.policy_step(1, 1, RecordingTrainer(),
                                  types.SimpleNamespace(step=0, params=MODEL), train, None)
-  assert [h for _, h in sampler.calls[-1].asked] == [False] * 4 and sampler.calls[-1].n == 1
+  proposals, hinted = sampler.calls
+  assert [h for _, h in proposals.asked] == [False] * 4 and proposals.n == 1
+  assert [h for _, h in hinted.asked] == [True] * 4 and hinted.n == 1
   assert method.memory == {ids[0]: other_path(train[0]), ids[1]: right(train[1]),
                            ids[2]: right(train[2])}
+  assert record["init_asked"] == 4 and record["init_kept"] == 2
   assert record["reward_mean"] == 0.5 and record["negative_rows"] == 1
   (rows,) = rows_trained
   got = sorted((p, c, round(w, 6)) for p, c, w in rows)
@@ -158,10 +161,14 @@ def test_trice_memory_is_replaced_only_by_a_right_proposal(tmp_path, rows_traine
                  (prompt(1), wrong(train[1]), round(-c_wrong, 6)),
                  (prompt(2), right(train[2]), round(1 - c_right, 6))])
   assert got == want
+  # a second step asks no hint again
+  _, record = method.policy_step(1, 2, RecordingTrainer(),
+                                 types.SimpleNamespace(step=1, params=MODEL), train, None)
+  assert len(sampler.calls) == 3 and record["init_asked"] == 0
   # saved with the checkpoint, restored on resume
-  method.save_block_state(1, 1)
+  method.save_block_state(1, 2)
   resumed, _ = _method(Trice, tmp_path, lambda ex, hint: pytest.fail("resampled"), train)
-  resumed.begin_block(1, MODEL, train, 1)
+  resumed.begin_block(1, MODEL, train, 2)
   assert resumed.memory == method.memory and resumed.hinted == set(ids)
 
 
