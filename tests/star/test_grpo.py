@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -164,6 +165,36 @@ def test_the_ratio_compares_one_text_at_the_positions_its_update_draws(tmp_path)
   assert abs(losses[False][0] + 1.0) > 1e-3  # the sampler's positions: another policy
 
 
+def test_a_policy_step_samples_the_weights_its_loss_computes_with(tmp_path):
+  """bfloat16 with float32 masters: after an update the masters hold values bfloat16 cannot,
+  and the stochastically rounded copy (a saved model's) differs from the nearest-rounded one
+  the loss computes with. The step samples the latter: the policy its log-probs score."""
+  c = _smoke()
+  c.model.overrides = dict(c.model.overrides, param_dtype="bfloat16", dtype="bfloat16")
+  cfg = config_lib.load(c)
+  exp = build(cfg, tmp_path)
+  sampler = make_sampler(exp, cfg)
+  method = get_method("grpo")(cfg, exp, sampler, tmp_path)
+  trainer = Trainer(exp.graphdef, exp.mesh, OptimConfig(learning_rate=1e-3),
+                    master_dtype="float32", rounding="stochastic", loss=PolicyGradient())
+  state = trainer.init(exp.params, copy=True)
+  tok, task = exp.tokenizer, exp.task
+  prompts = [tok.encode_prompt(task.prompt(q, hint=False, few_shot=False))
+             for q in exp.train_set[:8]]
+  batch = policy.policy_batch(prompts, [tok.encode("1 2\n")] * 8, [1.0, -1.0] * 4,
+                              rows=8, max_len=exp.model_cfg.max_seq_len)
+  state, _ = trainer.step(state, batch)
+  seen = []
+  sample = sampler.sample
+  sampler.sample = lambda params, *a, **k: (seen.append(params), sample(params, *a, **k))[1]
+  method.ask(np.random.default_rng(0), trainer, state, exp.train_set)
+  leaves = lambda tree: [np.asarray(x, np.float32) for x in jax.tree.leaves(tree)]
+  for a, b in zip(leaves(seen[0]), leaves(trainer.forward_params(state))):
+    np.testing.assert_array_equal(a, b)
+  assert any((a != b).any() for a, b in zip(leaves(trainer.model_params(state)),
+                                            leaves(trainer.forward_params(state))))
+
+
 @pytest.fixture(scope="module")
 def base_model(tmp_path_factory):
   """checkpoints/0 of a :smoke run with no iterations: the M_0 the method runs start from."""
@@ -182,7 +213,7 @@ def base_model(tmp_path_factory):
 ])
 def test_policy_methods_run_end_to_end(tmp_path, base_model, method, rl, dtype):
   """Each from one M_0; in bfloat16 the trainer holds float32 masters and every step samples
-  their stochastically rounded copy."""
+  them rounded to the nearest value, as its loss computes with them."""
   c = _smoke(method)
   c.model.checkpoint, c.model.dtype, c.pretrain.steps = base_model, dtype, 0
   for k, v in rl.items():
