@@ -7,7 +7,8 @@ import numpy as np
 from conftest import mesh_of
 from star_jax.config import base_config, load
 from star_jax.data import DataConfig
-from star_jax.engine import params as params_lib
+from star_jax.engine import batching, params as params_lib
+from star_jax.engine.batching import TrainExample
 from star_jax.engine.model_config import get_preset
 from star_jax.engine.trainer import Trainer
 from star_jax.sampling import Sampler, SamplingParams
@@ -32,6 +33,9 @@ def test_overfit_examples_are_reproduced_by_the_sampler():
   before = [np.asarray(x).copy() for x in __import__("jax").tree.leaves(params)]
   trained, stats = ft.finetune(trainer, params, examples, tc, 200, seed=0)
   assert stats.final_loss < 0.01 and stats.examples == 6
+  # what it trained on: each step's 8 rows hold the six (and two padding rows)
+  assert stats.sequences == 200 * 6
+  assert stats.tokens == 200 * sum(len(e.completion) for e in examples)
   # finetune trains a copy: the base parameters are untouched (STaR restarts from them).
   for a, b in zip(before, __import__("jax").tree.leaves(params)):
     np.testing.assert_array_equal(a, np.asarray(b))
@@ -92,3 +96,15 @@ def test_fit_rows_trains_on_rows_as_long_as_the_longest_example():
   assert (whole.rows, fitted.rows) == (1, 4)  # 40 x 5 tokens: one row of 256, 12 a row of 64
   assert fitted.examples == whole.examples == 40 and fitted.too_long == 0
   assert fitted.tokens == whole.tokens == 2 * 40 * 3  # every example's completion, each step
+
+
+def test_sequences_trained_count_packed_segments_with_a_loss_token():
+  examples = [TrainExample([1, 2], [3, 4]), TrainExample([5], [6, 7, 8]),
+              TrainExample([9, 9, 9], [10])]
+  packed = batching.pack(examples, 8, pack_rows=True)
+  assert len(packed.batch["tokens"]) < 3  # several a row
+  assert batching.count_sequences(packed.batch) == 3
+  one_a_row = batching.pack(examples, 8, pack_rows=False)
+  assert batching.count_sequences(one_a_row.batch) == 3
+  empty = {k: np.zeros_like(v) for k, v in packed.batch.items()}  # padding rows only
+  assert batching.count_sequences(empty) == 0

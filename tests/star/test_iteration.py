@@ -182,9 +182,10 @@ def test_direct_trains_on_every_question_bare(tmp_path, trained):
   assert record | {"train_seconds": 0} == {
       "iteration": 1, "method": "direct", "train_questions": 20, "solved_by_generation": 0,
       "solved_by_rationalization": 0, "kept": 0, "train_examples": 20, "train_steps": 40,
-      "train_loss": 0.5, "train_examples_too_long": 0, "sample_seconds": 0.0,
-      "rationalize_seconds": 0.0, "train_seconds": 0, "eval_accuracy": 0.25, "eval_n": 4,
-      "eval_seconds": 0.0, "eval_skipped_too_long": 0}
+      "train_loss": 0.5, "train_examples_too_long": 0, "train_tokens": 0.0,
+      "train_sequences": 0, "train_sequences_per_step": 0.0, "train_tokens_per_step": 0.0,
+      "sample_seconds": 0.0, "rationalize_seconds": 0.0, "train_seconds": 0,
+      "eval_accuracy": 0.25, "eval_n": 4, "eval_seconds": 0.0, "eval_skipped_too_long": 0}
 
 
 def test_seed_only_trains_on_the_seed_set(tmp_path, trained):
