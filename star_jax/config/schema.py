@@ -138,6 +138,10 @@ class TrainConfig:
   grad_accum: int = key(1, "micro-batches per step: a step is batch_size x grad_accum rows")
   seq_len: int = key(1024, "tokens per training row")
   pack: bool = key(True, "pack several examples into a row")
+  jitter_positions: bool = key(True, "train every method's loss at the positions a position "
+                                     "scheme draws at random (arithmetic's position_jitter); "
+                                     "False: at the sampler's positions (the policy-gradient "
+                                     "methods' samples are on-policy there; docs/variants.md)")
   fit_rows: int = key(0, "0: batch_size rows of seq_len a step; N: rows as long as a "
                          "fine-tune's longest example (rounded up to 64, at most seq_len), as "
                          "many a step as hold N tokens: a curriculum's early rounds, whose "

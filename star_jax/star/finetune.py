@@ -15,6 +15,7 @@ from etils import epath
 from star_jax.config import StarConfig, TrainConfig
 from star_jax.engine import batching, lora, precision, sharding
 from star_jax.hub.checkpointer import Checkpointer
+from star_jax.engine.losses import CrossEntropy
 from star_jax.engine.optim import OptimConfig
 from star_jax.engine.trainer import Trainer
 from star_jax.runtime import distributed, failpoints
@@ -84,7 +85,8 @@ def make_trainer(exp, train_cfg: TrainConfig, steps: int) -> Trainer:
   """A trainer for ``exp``'s model (an ``experiment.Experiment``) and ``steps`` steps."""
   return Trainer(exp.graphdef, exp.mesh, optim_config(train_cfg, steps),
                  master_dtype=train_cfg.master_dtype, rounding=exp.rounding,
-                 rounding_seed=exp.rounding_seed)
+                 rounding_seed=exp.rounding_seed,
+                 loss=CrossEntropy(jitter=train_cfg.jitter_positions))
 
 
 def micro_batching(batch_size: int, grad_accum: int, shards: int) -> tuple[int, int]:

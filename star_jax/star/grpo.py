@@ -67,7 +67,14 @@ class GRPO(Method):
         temperature=star.temperature, clip_low=rl.clip_epsilon,
         clip_high=rl.clip_epsilon_high or rl.clip_epsilon, kl_beta=rl.kl_beta,
         normalize=policy.NORMALIZE[self.kind], max_completion=self.task.max_new_tokens,
-        old_logprobs=rl.inner_updates > 1, ref_logprobs=rl.kl_beta > 0 or rl.log_kl)
+        jitter=train.jitter_positions, old_logprobs=rl.inner_updates > 1,
+        ref_logprobs=rl.kl_beta > 0 or rl.log_kl)
+    if train.jitter_positions and draws_positions(self.exp.model_cfg):
+      logging.warning("star.method=%s trains at jittered positions (train.jitter_positions) "
+                      "but samples at the sampler's: off-policy in positions, measured to "
+                      "drift and collapse on arithmetic; --config.train.jitter_positions=False "
+                      "trains every method at the sampler's positions (docs/variants.md)",
+                      self.name)
 
   @classmethod
   def check(cls, config) -> None:
@@ -294,7 +301,7 @@ class GRPO(Method):
     ratio compares one text at one set of positions.
     """
     mu, temperature = self.config.rl.inner_updates, self.loss.temperature
-    keyed = draws_positions(self.exp.model_cfg)
+    keyed = self.loss.jitter and draws_positions(self.exp.model_cfg)
     first = int(state.step)
     at = [first + k for k in range(mu)] if keyed else [None] * mu
     refs = olds = None

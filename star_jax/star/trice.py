@@ -84,6 +84,7 @@ class Trice(GRPO):
     # the model's likelihood (T = 1), a token mean over the step's rows, ratio 1 (mu = 1)
     self.loss = PolicyGradient(temperature=1.0, normalize="token", kl_beta=rl.kl_beta,
                                max_completion=self.task.max_new_tokens,
+                               jitter=train.jitter_positions,
                                ref_logprobs=rl.kl_beta > 0 or rl.log_kl)
     self.memory: dict[str, str] = {}  # question id -> its remembered training text
     self.hinted: set[str] = set()  # the questions given their hinted try (once each)

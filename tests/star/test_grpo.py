@@ -137,9 +137,10 @@ def test_the_loss_scores_the_sampled_tokens_as_the_sampler_drew_them(tmp_path):
 
 
 def test_the_ratio_compares_one_text_at_the_positions_its_update_draws(tmp_path):
-  """Every method trains at the trainer's positions (the arithmetic task's line/column jitter
-  included): the sampling policy's log-probs taken at the step's key give a ratio of exactly 1
-  before the update; taken at the sampler's positions they would not."""
+  """train.jitter_positions, on the arithmetic task's line/column jitter: with it, the sampling
+  policy's log-probs taken at the step's key give a ratio of exactly 1 before the update, and
+  taken at the sampler's positions they do not (another policy); without it the loss scores
+  at the sampler's positions, and those give exactly 1."""
   cfg = config_lib.load(_smoke())
   exp = build(cfg, tmp_path)
   assert draws_positions(exp.model_cfg)
@@ -151,18 +152,19 @@ def test_the_ratio_compares_one_text_at_the_positions_its_update_draws(tmp_path)
                                       stop_strings=task.stop_strings, decode_fn=tok.decode)
   rows = [(prompts[i], out.sequences(i, j), 1.0) for i in range(4) for j in range(2)]
   batch = policy.policy_batch(*zip(*rows), rows=8, max_len=exp.model_cfg.max_seq_len)
-  loss = PolicyGradient(temperature=0.7, old_logprobs=True)
   losses = {}
-  for keyed in (True, False):
+  for jitter, keyed in ((True, True), (True, False), (False, False)):
+    loss = PolicyGradient(temperature=0.7, old_logprobs=True, jitter=jitter)
     trainer = Trainer(exp.graphdef, exp.mesh, OptimConfig(learning_rate=1e-3), loss=loss)
     state = trainer.init(exp.params, copy=True)
     step = int(state.step) if keyed else None
     batch["old_logprobs"] = trainer.logprobs(trainer.forward_params(state), batch, 0.7,
                                              step=step)
     _, m = trainer.step(state, batch)
-    losses[keyed] = (float(m["loss"]), float(m["clip_fraction"]))
-  assert losses[True][0] == pytest.approx(-1.0, abs=1e-5) and losses[True][1] == 0.0
-  assert abs(losses[False][0] + 1.0) > 1e-3  # the sampler's positions: another policy
+    losses[jitter, keyed] = (float(m["loss"]), float(m["clip_fraction"]))
+  for case in ((True, True), (False, False)):
+    assert losses[case][0] == pytest.approx(-1.0, abs=1e-5) and losses[case][1] == 0.0
+  assert abs(losses[True, False][0] + 1.0) > 1e-3  # the sampler's positions: another policy
 
 
 def test_a_policy_step_samples_the_weights_its_loss_computes_with(tmp_path):
