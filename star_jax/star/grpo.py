@@ -72,7 +72,7 @@ class GRPO(Method):
     if train.jitter_positions and draws_positions(self.exp.model_cfg):
       logging.warning("star.method=%s trains at jittered positions (train.jitter_positions) "
                       "but samples at the sampler's: off-policy in positions, measured to "
-                      "drift and collapse on arithmetic; --config.train.jitter_positions=False "
+                      "drift and collapse; --config.train.jitter_positions=False "
                       "trains every method at the sampler's positions (docs/variants.md)",
                       self.name)
 
