@@ -301,22 +301,21 @@ class GRPO(Method):
     ratio compares one text at one set of positions.
     """
     mu, temperature = self.config.rl.inner_updates, self.loss.temperature
+    # one set of positions per update when they are drawn, else the sampler's for all
     keyed = self.loss.jitter and draws_positions(self.exp.model_cfg)
-    first = int(state.step)
-    at = [first + k for k in range(mu)] if keyed else [None] * mu
+    at = [int(state.step) + k for k in range(mu)] if keyed else [None]
     refs = olds = None
     if ref is not None:
-      refs = [trainer.logprobs(ref, batch, temperature, step=s) for s in at[:mu if keyed else 1]]
+      refs = [trainer.logprobs(ref, batch, temperature, step=s) for s in at]
     if self.loss.old_logprobs:
       sampling_policy = trainer.forward_params(state)
-      olds = [trainer.logprobs(sampling_policy, batch, temperature, step=s)
-              for s in at[:mu if keyed else 1]]
+      olds = [trainer.logprobs(sampling_policy, batch, temperature, step=s) for s in at]
     updates = []
     for k in range(mu):
       if refs is not None:
-        batch["ref_logprobs"] = refs[k if keyed else 0]
+        batch["ref_logprobs"] = refs[min(k, len(at) - 1)]
       if olds is not None:
-        batch["old_logprobs"] = olds[k if keyed else 0]
+        batch["old_logprobs"] = olds[min(k, len(at) - 1)]
       state, m = trainer.step(state, batch)
       updates.append(m)
     return state, updates
