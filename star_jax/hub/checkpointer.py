@@ -63,8 +63,16 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                            enable_async_checkpointing=async_save,
                                            cleanup_tmp_directories=True)  # a killed save's debris
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    for item in ("params", "opt_state"):
+      handler = ocp.StandardCheckpointHandler()
+      registry.add(item, ocp.args.StandardSave, handler)
+      registry.add(item, ocp.args.StandardRestore, handler)
+    meta = _MetaHandler()
+    registry.add("meta", ocp.args.JsonSave, meta)
+    registry.add("meta", ocp.args.JsonRestore, meta)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=("params", "opt_state", "meta"))
+                                          handler_registry=registry)
 
   def latest_step(self) -> int | None:
     """The newest complete step (a save in flight is waited for: orbax lists it already)."""
@@ -254,7 +262,36 @@ class Checkpointer:
     return step
 
   def close(self) -> None:
-    self._manager.close()
+    """Waits for a save in flight (a full disk reported as one line, as ``wait`` does), then
+    closes. Inside ``with Checkpointer(...)`` a close error met while another error is on its
+    way out is logged, and that error is the one raised."""
+    try:
+      self.wait()
+    finally:
+      self._manager.close()
+
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, exc_type, exc, tb) -> None:
+    if exc_type is None:
+      self.close()
+      return
+    try:
+      self.close()
+    except Exception as e:  # noqa: BLE001 - the error on its way out is the one to report
+      logging.warning("while stopping on %s: the last checkpoint in %s was not written either "
+                      "(%s)", exc_type.__name__, self.directory, _one_line(e))
+
+
+class _MetaHandler(ocp.JsonCheckpointHandler):
+  """orbax's JSON handler for a step's ``meta``, with the failpoint of the asynchronous write
+  (``checkpoint_async_write``: the fault tests' full disk in the background thread, after the
+  step's temporary directory exists)."""
+
+  async def _save_fn(self, x, directory):
+    failpoints.hit("checkpoint_async_write", directory)
+    await super()._save_fn(x, directory)
 
 
 # How orbax and tensorstore report files that are cut short or garbled (not a wrong target).

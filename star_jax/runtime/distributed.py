@@ -17,7 +17,10 @@ line the command logs before it exits 0:
 
 The rerun resumes from what was saved, to the same results as an uninterrupted run. A second
 SIGTERM ends the process at once (the last checkpoints still resume it), as does a notice
-that meets no safe point within ``STAR_JAX_PREEMPT_GRACE_SECONDS`` (20). Under
+that meets no safe point within ``STAR_JAX_PREEMPT_GRACE_SECONDS`` (20) of its arrival; on that
+forced path the workdir's lock is given back too, so a rerun starts at once. The notice is
+received by a thread of its own the moment it arrives, not when the main thread next runs
+Python (which, inside a compile or a long step, can be seconds later). Under
 ``jax.distributed`` the runtime's own preemption notifier receives the signal, and every
 process stops at the same safe point (``multihost_utils.reached_preemption_sync_point``).
 """
@@ -35,6 +38,8 @@ from typing import Callable, Iterator
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+
+from star_jax.runtime.errors import UserError
 
 
 def initialize(coordinator_address: str = "", num_processes: int = 0,
@@ -85,11 +90,18 @@ _notice = threading.Event()
 _where: dict = {"iteration": None}
 _count = [0]  # safe points passed: the same sequence on every process of a multi-host run
 _timer: list[threading.Timer] = []
+_cleanups: list[Callable[[], None]] = []
+_stop = {"line": ""}  # a request to stop at the next safe point: why
 
 
 class Preempted(BaseException):
   """Raised at a safe point after a preemption notice (a BaseException, like
   KeyboardInterrupt: no ``except Exception`` on the way swallows it)."""
+
+
+class StopRun(UserError, RuntimeError):
+  """Raised at a safe point when the run must stop writing (its workdir's lock was taken
+  over): the command prints the line and exits 2, nothing saved on the way."""
 
 
 def _multihost_sync() -> bool:
@@ -103,29 +115,68 @@ def _multihost_sync() -> bool:
 @contextlib.contextmanager
 def preemption_handling() -> Iterator[None]:
   """SIGTERM is a preemption notice while inside (main thread only; elsewhere, and under
-  jax.distributed's notifier, nothing is installed)."""
+  jax.distributed's notifier, nothing is installed).
+
+  The notice is received by a thread of its own, at once: Python runs a signal handler only
+  in the main thread between bytecodes, so during a compile or a long step it would run
+  seconds late. The C-level handler writes the signal's number to a socket
+  (``signal.set_wakeup_fd``) whichever thread it interrupts, and the receiver thread reads it
+  there: the grace starts when the notice arrives."""
   install = (threading.current_thread() is threading.main_thread() and not _multihost_sync())
-  previous = signal.signal(signal.SIGTERM, _on_sigterm) if install else None
   _notice.clear()
   _count[0] = 0
+  _stop["line"] = ""
+  receiver, previous, previous_fd = None, None, -1
+  if install:
+    read_end, write_end = socket.socketpair()
+    write_end.setblocking(False)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous_fd = signal.set_wakeup_fd(write_end.fileno(), warn_on_full_buffer=False)
+    receiver = threading.Thread(target=_receive, args=(read_end,), daemon=True,
+                                name="star_jax-sigterm")
+    receiver.start()
   try:
     yield
   finally:
     if install:
+      signal.set_wakeup_fd(previous_fd)
       signal.signal(signal.SIGTERM, previous)
+      write_end.close()
+      read_end.shutdown(socket.SHUT_RDWR)  # the receiver reads end-of-file and returns
+      receiver.join(timeout=5)
+      read_end.close()
     for timer in _timer:
       timer.cancel()
     _timer.clear()
     _notice.clear()
+    _stop["line"] = ""
     _where["iteration"] = None
 
 
 def _on_sigterm(signum, frame) -> None:
-  del frame
+  """The Python-level handler: its being installed makes the C handler write the wakeup
+  byte; the receiver thread has acted on the notice already."""
+  del signum, frame
+
+
+def _receive(read_end: socket.socket) -> None:
+  """The receiver thread: every SIGTERM byte the C handler wrote is a notice."""
+  while True:
+    try:
+      data = read_end.recv(64)
+    except OSError:
+      return
+    if not data:
+      return
+    for signum in data:
+      if signum == signal.SIGTERM:
+        _notice_arrived()
+
+
+def _notice_arrived() -> None:
   if _notice.is_set():  # a second notice: no more waiting
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
-    return
+    _force_exit("a second preemption notice (SIGTERM); stopping now. Rerun the same "
+                "command: the run resumes from its last checkpoints")
   _notice.set()
   logging.warning("preemption notice (SIGTERM): stopping at the next safe point")
   timer = threading.Timer(PREEMPT_GRACE_SECONDS, _out_of_grace)
@@ -135,11 +186,35 @@ def _on_sigterm(signum, frame) -> None:
 
 
 def _out_of_grace() -> None:
-  logging.warning("preempted: no safe point within %.0fs of the notice; stopping now. Rerun "
-                  "the same command: the run resumes from its last checkpoints",
-                  PREEMPT_GRACE_SECONDS)
+  _force_exit(f"preempted: no safe point within {PREEMPT_GRACE_SECONDS:.0f}s of the notice; "
+              "stopping now. Rerun the same command: the run resumes from its last "
+              "checkpoints")
+
+
+def on_forced_exit(cleanup: Callable[[], None]) -> Callable[[], None]:
+  """Registers ``cleanup`` (e.g. giving back the workdir's lock) to run when a notice ends the
+  process without reaching a safe point; returns what unregisters it."""
+  _cleanups.append(cleanup)
+  return lambda: _cleanups.remove(cleanup) if cleanup in _cleanups else None
+
+
+def _force_exit(line: str) -> None:
+  """Ends the process now (as SIGKILL would, but with the lock given back and the line
+  logged): the last checkpoints resume it."""
+  logging.warning("%s", line)
+  for cleanup in list(_cleanups):
+    try:
+      cleanup()
+    except Exception as e:  # noqa: BLE001 - nothing may keep the process from ending
+      logging.warning("cleanup on the way out failed: %s", e)
   logging.shutdown()
   os._exit(128 + signal.SIGTERM)
+
+
+def stop_at_safe_point(line: str) -> None:
+  """Asks the run to stop at its next safe point, with ``line`` (a ``StopRun``) and without
+  saving anything more: e.g. its workdir's lock was taken by another run."""
+  _stop["line"] = _stop["line"] or line
 
 
 def note_iteration(n: int) -> None:
@@ -156,6 +231,8 @@ def safe_point(phase: str, step: int, total: int, save: Callable[[], None] | Non
   """Stops here if a notice came: ``save()`` (what a rerun needs that is not saved yet), then
   raises ``Preempted``. ``phase`` is a progress label ("iter 1 train", "pretrain")."""
   _count[0] += 1
+  if _stop["line"]:
+    raise StopRun(_stop["line"])
   if _multihost_sync():
     stop = multihost_utils.reached_preemption_sync_point(_count[0])
   else:
@@ -205,14 +282,3 @@ def gone(holder: dict) -> str:
   except PermissionError:  # another user's process: alive
     pass
   return ""
-
-
-def create_exclusive(path: str, text: str) -> bool:
-  """Creates the local file ``path`` holding ``text``, unless it exists (atomic: O_EXCL)."""
-  try:
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-  except FileExistsError:
-    return False
-  with os.fdopen(fd, "w") as f:
-    f.write(text)
-  return True

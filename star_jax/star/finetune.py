@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -174,13 +175,12 @@ def finetune(trainer: Trainer, params, examples: Sequence[batching.TrainExample]
   # Asynchronous: the next steps train while orbax writes (the save returns once the state
   # is in host memory); a kill mid-write leaves the previous checkpoint as the latest.
   # Two at most: the newest, and the one before it until the newest's loss is known (_train).
+  # Closed on the way out, waiting for the last save (the caller may read or delete the
+  # directory); a save that failed meanwhile never hides the error that stopped training.
   ckpt = Checkpointer(ckpt_dir, max_to_keep=None, async_save=async_save) if ckpt_dir else None
-  try:
+  with ckpt or contextlib.nullcontext():
     state, stats = _train(trainer, state, packed, train_cfg, steps, seed, desc, ckpt,
                           checkpoint_every, on_step)
-  finally:
-    if ckpt is not None:
-      ckpt.close()  # waits for the last save: the caller may read or delete the directory
   return trainer.model_params(state, masters=keep_masters), stats
 
 

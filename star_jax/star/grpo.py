@@ -78,14 +78,15 @@ class GRPO(Method):
 
   @classmethod
   def check(cls, config) -> None:
+    super().check(config)
     star, rl, train = config.star, config.rl, config.train
     group = star.samples_per_question
     if group < 2:
       raise ConfigError(f"star.method={cls.name} samples a group per question: "
                         f"star.samples_per_question must be >= 2, got {group}")
-    if star.temperature <= 0:
-      raise ConfigError(f"star.method={cls.name} samples at star.temperature > 0, got "
-                        f"{star.temperature}")
+    if star.temperature <= 0 or star.top_k == 1:  # greedy: every group all right or all wrong
+      raise ConfigError(f"star.method={cls.name} samples at star.temperature > 0 with "
+                        f"star.top_k != 1, got {star.temperature:g} and {star.top_k}")
     if rl.hint_samples < 0:
       raise ConfigError(f"rl.hint_samples must be >= 0 (0 = star.samples_per_question), got "
                         f"{rl.hint_samples}")
@@ -130,33 +131,31 @@ class GRPO(Method):
     on_step = self.board.step_callback(self.workdir, n) if self.board else None
     self.begin_block(n, model, pool, start)
     logging.info("iteration %d: %s", n, self.describe_block(steps))
-    try:
-      with progress(steps, f"iter {n} {self.name}", "step") as bar:
-        bar.update(start)
-        for s in range(start + 1, steps + 1):
-          state, record = self.policy_step(n, s, trainer, state, pool, ref)
-          records.append(record)
-          if on_step is not None:
-            on_step(s, record)
-          def save(s=s, state=state):
-            # The step log goes with the checkpoint: a resumed block keeps the records up to
-            # its checkpoint and redoes the rest.
-            write_jsonl(log_path, records)
-            self.save_block_state(n, s)
-            ckpt.save(state, meta={"policy_step": s})
-          due = s == steps or (self.config.checkpoint_every
-                               and s % self.config.checkpoint_every == 0)
-          if due:
-            save()
-            failpoints.hit("train_checkpoint")
-          bar.set_postfix(reward=f"{record['reward_mean']:.2f}", refresh=False)
-          bar.update(1)
-          failpoints.hit("train_step")
-          # After a preemption notice: this step saved (unless it is already), then stop.
-          distributed.safe_point(f"iter {n} {self.name}", s, steps,
-                                 None if due else save)
-    finally:
-      ckpt.close()
+    # A save that failed never hides the error that stopped the block (Checkpointer.__exit__).
+    with ckpt, progress(steps, f"iter {n} {self.name}", "step") as bar:
+      bar.update(start)
+      for s in range(start + 1, steps + 1):
+        state, record = self.policy_step(n, s, trainer, state, pool, ref)
+        records.append(record)
+        if on_step is not None:
+          on_step(s, record)
+        def save(s=s, state=state):
+          # The step log goes with the checkpoint: a resumed block keeps the records up to
+          # its checkpoint and redoes the rest.
+          write_jsonl(log_path, records)
+          self.save_block_state(n, s)
+          ckpt.save(state, meta={"policy_step": s})
+        due = s == steps or (self.config.checkpoint_every
+                             and s % self.config.checkpoint_every == 0)
+        if due:
+          save()
+          failpoints.hit("train_checkpoint")
+        bar.set_postfix(reward=f"{record['reward_mean']:.2f}", refresh=False)
+        bar.update(1)
+        failpoints.hit("train_step")
+        # After a preemption notice: this step saved (unless it is already), then stop.
+        distributed.safe_point(f"iter {n} {self.name}", s, steps,
+                               None if due else save)
     return self._result(n, trainer.model_params(state, masters=True), records)
 
   # -- what a method of this loop may add: its own state beside the train state -------------

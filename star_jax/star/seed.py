@@ -94,11 +94,8 @@ def saved_base(config: Config, exp: Experiment, ckpt: Checkpointer):
 def base_model(config: Config, exp: Experiment, workdir: epath.PathLike, on_step=None
                ) -> tuple[object, str, dict | None]:
   """M_0, where it came from, and (when built here) iteration 0's fields about it."""
-  ckpt = Checkpointer(epath.Path(workdir) / "checkpoints", max_to_keep=None)
-  try:
+  with Checkpointer(epath.Path(workdir) / "checkpoints", max_to_keep=None) as ckpt:
     saved = saved_base(config, exp, ckpt)
-  finally:
-    ckpt.close()
   if saved is not None:
     return saved, "iteration 0 of the run in the workdir", None
   if config.pretrain.steps > 0:

@@ -92,3 +92,30 @@ def test_a_target_of_another_shape_is_not_damage(two_steps, mesh1):
   assert not isinstance(e.value, CheckpointError)
   assert checksums(directory) == before
 
+
+
+# --- a full disk under an asynchronous save ------------------------------------------------
+
+
+def test_a_full_disk_in_the_asynchronous_write_is_one_line_at_close_and_never_hides_an_error(
+    tmp_path, mesh1, monkeypatch, caplog):
+  """The failpoint fires in orbax's background write, after the step's temporary directory
+  exists: ``close`` reports it as ``wait`` does (one line); closing on the way out of another
+  error logs it and lets that error through. (The rerun that cleans the partial step:
+  tests/star/test_faults.py.)"""
+  from star_jax.runtime.errors import DiskFullError
+  _, state, _ = _trained_state(mesh1, steps=1)
+  directory = str(tmp_path / "ck")
+  monkeypatch.setenv("STAR_JAX_FAILPOINT", "checkpoint_async_write:1:ENOSPC")
+  ckpt = Checkpointer(directory, max_to_keep=None, async_save=True)
+  ckpt.save(state)  # returns once the state is in host memory; the write fails behind it
+  with pytest.raises(DiskFullError) as e:
+    ckpt.close()
+  assert str(e.value) == f"no space left on device writing a checkpoint in {directory}"
+  assert [n for n in os.listdir(directory) if "tmp" in n]  # orbax's partial step is left
+  monkeypatch.setenv("STAR_JAX_FAILPOINT", "checkpoint_async_write:2:ENOSPC")  # the next write
+  with caplog.at_level("WARNING"), pytest.raises(KeyError):
+    with Checkpointer(str(tmp_path / "ck2"), max_to_keep=None, async_save=True) as ckpt:
+      ckpt.save(state)
+      raise KeyError("the error that stopped training")
+  assert "while stopping on KeyError: the last checkpoint in" in caplog.text

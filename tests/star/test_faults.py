@@ -14,7 +14,7 @@ import pytest
 
 from helpers.runs import ROOT, load_config, run_results
 from star_jax import config as config_lib, star
-from star_jax.experiment import workdir as wd
+from star_jax.experiment import lock as lock_lib, workdir as wd
 from star_jax.runtime import distributed
 from star_jax.runtime.errors import WorkdirMismatchError
 
@@ -130,7 +130,7 @@ def test_a_refused_or_failed_start_leaves_no_directory_behind(tmp_path):
 
 
 def test_the_heartbeat_renews_the_lock(tmp_path, monkeypatch):
-  monkeypatch.setattr(wd, "HEARTBEAT_SECONDS", 0.05)
+  monkeypatch.setattr(lock_lib, "HEARTBEAT_SECONDS", 0.05)
   with wd.WorkdirLock(tmp_path) as held:
     first = json.load(open(held.path))["heartbeat"]
     time.sleep(0.3)
@@ -261,22 +261,26 @@ def test_a_run_whose_latest_checkpoint_is_damaged_resumes_from_the_one_before(tm
 
 
 @pytest.mark.parametrize("notices", [1, 2])
-def test_a_notice_that_meets_no_safe_point_ends_the_run_when_the_grace_runs_out(notices):
+def test_a_notice_that_meets_no_safe_point_ends_the_run_when_the_grace_runs_out(
+    notices, tmp_path):
   """(A GRPO policy step, a compile: no safe point.) After the grace, or at a second notice,
-  the process ends as SIGKILL would end it; the rerun resumes from its last checkpoints."""
+  the process ends as SIGKILL would end it, but gives the workdir's lock back: the rerun
+  starts at once and resumes from the last checkpoints."""
   code = ("import os, signal, time\nfrom star_jax.runtime import distributed\n"
-          "with distributed.preemption_handling():\n"
+          "from star_jax.experiment.lock import WorkdirLock\n"
+          f"with WorkdirLock({str(tmp_path)!r}), distributed.preemption_handling():\n"
           f"  for _ in range({notices}):\n    os.kill(os.getpid(), signal.SIGTERM)\n"
           "    time.sleep(0.2)\n  time.sleep(60)\n")
   t0 = time.time()
   proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                         timeout=60, env=dict(_env(), STAR_JAX_PREEMPT_GRACE_SECONDS="2"))
   assert time.time() - t0 < 30
+  assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
   if notices == 1:
-    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
     assert "preempted: no safe point within 2s of the notice; stopping now" in proc.stderr
   else:
-    assert proc.returncode == -signal.SIGTERM, proc.stderr
+    assert "a second preemption notice (SIGTERM); stopping now" in proc.stderr
+  assert os.listdir(tmp_path) == []  # the lock given back on the forced way out
 
 
 def test_an_iteration_whose_checkpoint_is_damaged_is_done_again(tmp_path, clean):
