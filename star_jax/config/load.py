@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any
 
 from star_jax.config.schema import Config, PretrainConfig, TrainConfig
@@ -128,6 +129,8 @@ def _value(f: dataclasses.Field, v: Any, where: str) -> Any:
   elif isinstance(default, _NUMBER):
     if isinstance(v, bool) or not isinstance(v, _NUMBER):
       raise ConfigError(f"{where} must be a number, got {v!r}")
+    if not math.isfinite(v):  # config.json could not record it and read it back
+      raise ConfigError(f"{where} must be a finite number, got {v!r}")
     if isinstance(default, int) and v != int(v):
       raise ConfigError(f"{where} must be a whole number, got {v!r}")
     v = type(default)(v)

@@ -129,6 +129,8 @@ def read_jsonl(path: str, parse: Callable[[dict, int, str], dict], split: str) -
       except json.JSONDecodeError as e:
         raise DataFormatError(
             f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from e
+      except RecursionError:
+        raise DataFormatError(f"{path}:{lineno}: JSON nested too deeply to read") from None
       except ValueError as e:
         raise DataFormatError(f"{path}:{lineno}: {e}") from e
   return records

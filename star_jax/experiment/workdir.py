@@ -36,7 +36,7 @@ from star_jax.config import OPERATIONAL_KEYS, Config, base_config, flatten, load
 from star_jax.runtime.distributed import (barrier, create_exclusive, gone, is_primary,
                                           this_process)
 from star_jax.runtime.errors import UserError, WorkdirMismatchError
-from star_jax.runtime.files import read_jsonl, write_atomic, write_jsonl
+from star_jax.runtime.files import read_json, read_jsonl, write_atomic, write_jsonl
 
 ARTIFACTS = ("config.json", "metrics.jsonl", "checkpoints", "pretrain_ckpt", "accuracy.png",
              "delta.png", "tensorboard")
@@ -66,7 +66,7 @@ def is_resume(config: Config, workdir: epath.PathLike) -> bool:
           "--config.model.checkpoint=RUN/checkpoints/N --config.pretrain.steps=0; --overwrite "
           "deletes them and starts over.")
     return False
-  recorded = json.loads(path.read_text(encoding="utf-8"))
+  recorded = read_json(path, WorkdirMismatchError)  # unreadable: one line, nothing changed
   old, new = flatten(recorded), flatten(to_dict(config))
   # A key a later release declared is absent from an earlier run's record; at its default it
   # keeps that release's behaviour, so the run resumes.
@@ -105,7 +105,13 @@ def clear(workdir: epath.PathLike) -> None:
 
 
 def finished_iterations(workdir: epath.PathLike) -> list[int]:
-  return [r["iteration"] for r in read_jsonl(epath.Path(workdir) / "metrics.jsonl")]
+  path = epath.Path(workdir) / "metrics.jsonl"
+  done = [r.get("iteration") for r in read_jsonl(path, WorkdirMismatchError)]
+  bad = [i for i in done if type(i) is not int or i < 0]  # noqa: E721 (True is no iteration)
+  if bad:
+    raise WorkdirMismatchError(f"{path}: iteration {bad[0]!r} is not a whole number >= 0; "
+                               "nothing was changed (--overwrite starts the run over)")
+  return done
 
 
 class Shards:

@@ -10,7 +10,6 @@ the Hugging Face hub's snapshot (``hub_ids``).
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 import time
@@ -108,8 +107,7 @@ def model_config_of(name_or_path: str, dtype: str | None = None) -> ModelConfig:
   path = resolve(name_or_path)
   if hf.is_checkpoint_dir(path):
     where = os.path.join(path, "config.json")
-    with open(where) as f:
-      config = json.load(f)
+    config = hf.read_config(path)
     hf.check_files(config, path)  # the files' headers (no tensor), before walking the layers
     return hf.model_config(config, dtype, where=where)
   if _is_gguf(path):

@@ -49,6 +49,7 @@ def model_config(reader, dtype: str | None = None, where: str = "GGUF") -> Model
     raise CheckpointError(f"{where}: unsupported GGUF architecture {arch!r}; "
                           f"supported: {SUPPORTED}")
   get = lambda key, default=None: field(reader, f"{arch}.{key}", default)
+  _check_numbers(get, f"{where}: {arch}")
   check_layers(int(get("block_count", 0)), _tensors(reader), r"^blk\.(\d+)\.", where,
                f"{arch}.block_count")
 
@@ -58,8 +59,37 @@ def model_config(reader, dtype: str | None = None, where: str = "GGUF") -> Model
       raise CheckpointError(f"{where}: no {arch}.{key} in the GGUF metadata")
     return value
 
-  if arch == "gemma3":
-    return _gemma3_config(reader, get, need, dtype, where)
+  try:
+    if arch == "gemma3":
+      return _gemma3_config(reader, get, need, dtype, where)
+    return _llama_config(reader, get, need, dtype, where)
+  except CheckpointError:
+    raise
+  except ValueError as e:  # ModelConfig's own checks (heads against kv heads, ...)
+    raise CheckpointError(f"{where}: {e}") from None
+
+
+# Metadata read as numbers: whole numbers >= 1, or finite reals > 0 (absent: unset).
+_WHOLE = ("embedding_length", "attention.head_count", "attention.head_count_kv",
+          "attention.key_length", "attention.value_length", "feed_forward_length", "block_count",
+          "vocab_size", "context_length", "attention.sliding_window", "rope.dimension_count")
+_REAL = ("attention.layer_norm_rms_epsilon", "rope.freq_base", "rope.scaling.factor")
+
+
+def _check_numbers(get, where: str) -> None:
+  for key in _WHOLE:
+    v = get(key)
+    if v is not None and (type(v) is not int or v < 1):  # noqa: E721 (True is no size)
+      raise CheckpointError(f"{where}.{key}={v!r} is not a whole number >= 1")
+  for key in _REAL:
+    v = get(key)
+    if v is not None and (type(v) not in (int, float) or not 0 < v < float("inf")):
+      raise CheckpointError(f"{where}.{key}={v!r} is not a finite number > 0")
+
+
+def _llama_config(reader, get, need, dtype: str | None, where: str) -> ModelConfig:
+  """Llama as llama.cpp's converter writes it."""
+  arch = "llama"
   scaling = get("rope.scaling.type", "none")
   if scaling not in ("none", None):
     raise CheckpointError(f"{where}: RoPE scaling {scaling!r} is not implemented (implemented: "

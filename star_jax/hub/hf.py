@@ -20,6 +20,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from star_jax.engine.model_config import ModelConfig
+from star_jax.hub.hf_files import NUMBERS, check_values, index_files, read_config
 from star_jax.hub.place import (CheckpointError, Entry, check_layers, check_safetensors, place,
                                 reshape, split_in, split_out, transpose)
 
@@ -46,6 +47,8 @@ def is_checkpoint_dir(path: str) -> bool:
 def model_config(hf: dict[str, Any], dtype: str | None = None, where: str = "config.json"
                  ) -> ModelConfig:
   """Our ModelConfig from a transformers ``config.json``; refuses what the decoder lacks."""
+  check_values(hf, where)
+  hf = {k: v for k, v in hf.items() if v is not None or k not in NUMBERS}  # null: not given
   archs = hf.get("architectures") or []
   arch = archs[0] if archs else hf.get("model_type")
   if arch not in SUPPORTED:
@@ -58,7 +61,7 @@ def model_config(hf: dict[str, Any], dtype: str | None = None, where: str = "con
           **{k: v for k, v in hf["text_config"].items() if v is not None}}
   if dtype is None:
     dtype = hf.get("torch_dtype") or hf.get("dtype") or "float32"
-    if dtype not in _DTYPES:
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
       raise CheckpointError(f"{where}: checkpoint dtype {dtype!r} is not one of {sorted(_DTYPES)}; "
                             f"pass dtype= to load it as one of those")
   try:
@@ -68,6 +71,10 @@ def model_config(hf: dict[str, Any], dtype: str | None = None, where: str = "con
     return ModelConfig(**kw, **fields)
   except KeyError as e:
     raise CheckpointError(f"{where}: no {e.args[0]!r}, which a {arch} config needs") from None
+  except CheckpointError:
+    raise
+  except ValueError as e:  # ModelConfig's own checks (heads against kv heads, ...)
+    raise CheckpointError(f"{where}: {e}") from None
 
 
 def _llama(hf: dict[str, Any], arch: str, where: str) -> dict[str, Any]:
@@ -293,12 +300,11 @@ class SafetensorsSource:
   """The tensors of one ``.safetensors`` file or of a sharded set with an index."""
 
   def __init__(self, directory: str):
-    from safetensors import safe_open  # optional dependency: only HF checkpoints need it
+    from safetensors import SafetensorError, safe_open  # optional: only HF checkpoints
     self._open = safe_open
     index = os.path.join(directory, "model.safetensors.index.json")
     if os.path.exists(index):  # sharded: the index names the files
-      with open(index) as f:
-        files = sorted(set(json.load(f)["weight_map"].values()))
+      files = index_files(index, directory)
     else:
       files = sorted(f for f in os.listdir(directory) if f.endswith(".safetensors"))
     if not files:
@@ -309,10 +315,13 @@ class SafetensorsSource:
     for name in files:
       path = os.path.join(directory, name)
       check_safetensors(path)  # the header against the file, before safe_open
-      with safe_open(path, framework="np") as f:
-        for k in f.keys():
-          s = f.get_slice(k)
-          self._file[k], self._meta[k] = path, (s.get_dtype(), tuple(s.get_shape()))
+      try:
+        with safe_open(path, framework="np") as f:
+          for k in f.keys():
+            s = f.get_slice(k)
+            self._file[k], self._meta[k] = path, (s.get_dtype(), tuple(s.get_shape()))
+      except SafetensorError as e:  # a rule of the library's our checks do not repeat
+        raise CheckpointError(f"{path}: {e}") from None
 
   def keys(self):
     return self._file.keys()
@@ -340,6 +349,7 @@ def _read_bf16(path: str, key: str) -> np.ndarray:
 def check_files(hf: dict[str, Any], directory: str) -> "SafetensorsSource":
   """The files' headers, and config.json's layer count against their tensors (before anything
   walks the layers); returns the files."""
+  check_values(hf, os.path.join(directory, "config.json"))
   source = SafetensorsSource(directory)
   key = "n_layer" if "n_layer" in hf else "num_hidden_layers"
   layers = (hf.get("text_config") or {}).get(key, hf.get(key, 0))
@@ -351,8 +361,7 @@ def check_files(hf: dict[str, Any], directory: str) -> "SafetensorsSource":
 def load(directory: str, mesh: Mesh, dtype: str | None = None, execution: dict | None = None):
   """(ModelConfig, graphdef, params) of a transformers checkpoint directory; ``execution``:
   ModelConfig fields of how it runs (remat, scan_layers, ...)."""
-  with open(os.path.join(directory, "config.json")) as f:
-    hf = json.load(f)
+  hf = read_config(directory)
   source = check_files(hf, directory)
   cfg = model_config(hf, dtype, where=os.path.join(directory, "config.json"))
   cfg = cfg.replace(**(execution or {}))

@@ -23,7 +23,6 @@ whose layer count the file's tensors do not hold is refused before anything walk
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import struct
@@ -37,6 +36,7 @@ from jax.sharding import Mesh
 from star_jax.engine import params as params_lib
 from star_jax.engine.model_config import ModelConfig
 from star_jax.runtime.errors import CheckpointError
+from star_jax.runtime.files import parse_json
 
 
 
@@ -92,20 +92,7 @@ def place(cfg: ModelConfig, mesh: Mesh, table: dict[tuple, Entry], source: Sourc
   if set(table) != {path for path, _ in per_layer}:  # a loader bug, not a bad file
     raise AssertionError(f"loader table does not cover the model: "
                          f"{sorted(map(str, set(table) ^ {p for p, _ in per_layer}))}")
-  available = set(source.keys())
-  missing = sorted(e.key for e in table.values() if e.key not in available)
-  if missing:
-    raise CheckpointError(f"{where}: missing tensor(s) {_few(missing)} "
-                          f"(needed by this {cfg.block_type} config)")
-  used = {e.key for e in table.values()}
-  unexpected = sorted(k for k in available - used if not ignore(k))
-  if unexpected:
-    raise CheckpointError(f"{where}: unexpected tensor(s) {_few(unexpected)}; the architecture "
-                          f"has parameters this loader does not map")
-  for e in table.values():  # all shapes before any reading: fail fast on a wrong config
-    if tuple(source.shape(e.key)) != tuple(e.shape):
-      raise CheckpointError(f"{where}: tensor {e.key!r} has shape {tuple(source.shape(e.key))}, "
-                            f"expected {tuple(e.shape)} from the model config")
+  check_table(table, source, where, ignore, cfg.block_type)
   placed = []
   for path, var in wanted:
     target = var.get_value()
@@ -118,6 +105,26 @@ def place(cfg: ModelConfig, mesh: Mesh, table: dict[tuple, Entry], source: Sourc
     w = w.astype(target.dtype, copy=False)
     placed.append((path, var.replace(jax.device_put(w, shardings[path].get_value()))))
   return graphdef, nnx.from_flat_state(placed)
+
+
+def check_table(table: dict[tuple, Entry], source: Source, where: str,
+                ignore: Callable[[str], bool] = lambda key: False, kind: str = "") -> None:
+  """The file's tensor names and shapes against the table, before anything is read: a
+  missing, unexpected or misshapen tensor is one line naming it."""
+  available = set(source.keys())
+  missing = sorted(e.key for e in table.values() if e.key not in available)
+  if missing:
+    raise CheckpointError(f"{where}: missing tensor(s) {_few(missing)} "
+                          f"(needed by this {kind} config)")
+  used = {e.key for e in table.values()}
+  unexpected = sorted(k for k in available - used if not ignore(k))
+  if unexpected:
+    raise CheckpointError(f"{where}: unexpected tensor(s) {_few(unexpected)}; the architecture "
+                          f"has parameters this loader does not map")
+  for e in table.values():  # all shapes before any reading: fail fast on a wrong config
+    if tuple(source.shape(e.key)) != tuple(e.shape):
+      raise CheckpointError(f"{where}: tensor {e.key!r} has shape {tuple(source.shape(e.key))}, "
+                            f"expected {tuple(e.shape)} from the model config")
 
 
 def _read(e: Entry, source: Source) -> np.ndarray:
@@ -152,20 +159,20 @@ def check_safetensors(path: str) -> None:
     (n,) = struct.unpack("<Q", head)
     if n > min(size - 8, MAX_HEADER_BYTES):
       raise _past_end(path, "the header length field declares a header", 8, n, size)
-    try:
-      header = json.loads(f.read(n))
-    except ValueError as e:
-      raise CheckpointError(f"{path}: the header is not JSON ({e})") from e
+    header = parse_json(f.read(n), f"{path}: the header", CheckpointError)
   if not isinstance(header, dict):
     raise CheckpointError(f"{path}: the header is not a JSON object")
   data = size - 8 - n
+  spans = []
   for name, info in header.items():
     if name == "__metadata__":
+      if not (isinstance(info, dict) and all(isinstance(v, str) for v in info.values())):
+        raise CheckpointError(f"{path}: __metadata__ is not an object of strings")
       continue
     where = f"{path}: tensor {name!r}"
     dtype, shape, offsets = (info.get(k) if isinstance(info, dict) else None
                              for k in ("dtype", "shape", "data_offsets"))
-    if dtype not in ST_ITEMSIZE:
+    if not isinstance(dtype, str) or dtype not in ST_ITEMSIZE:
       raise CheckpointError(f"{where}: unknown dtype {dtype!r}")
     if (not isinstance(shape, list) or len(shape) > MAX_DIMS
         or not all(isinstance(d, int) and d >= 0 for d in shape)):
@@ -180,6 +187,16 @@ def check_safetensors(path: str) -> None:
     if offsets[1] > data:
       raise _past_end(path, f"tensor {name!r} declares {shape} ({dtype}) in data_offsets "
                       f"{offsets}", 8 + n + offsets[0], nbytes, size)
+    spans.append((offsets, name))
+  end = 0  # the tensors tile the data, as the safetensors library requires
+  for (begin, stop), name in sorted(spans):
+    if begin != end:
+      raise CheckpointError(f"{path}: tensor {name!r}: data_offsets [{begin}, {stop}] do not "
+                            f"start where the tensor before ends ({end})")
+    end = stop
+  if end != data:
+    raise CheckpointError(f"{path}: the tensors' data_offsets cover {end} of the file's {data} "
+                          f"data bytes")
 
 
 class _Header:
@@ -199,9 +216,13 @@ class _Header:
 
   def string(self, what: str) -> str:
     (n,) = self.unpack("Q", what)
-    return self.take(n, what).decode("utf-8", "replace")
+    try:
+      return self.take(n, what).decode("utf-8")
+    except UnicodeDecodeError as e:
+      raise CheckpointError(f"{self.path}: {what} is not UTF-8 text (byte {e.start})") from None
 
 
+GGUF_VERSIONS = (2, 3)  # what the gguf package reads
 _GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q",
                  12: "d"}
 
@@ -234,6 +255,8 @@ def check_gguf(path: str) -> None:
     if magic != GGUF_MAGIC:
       raise CheckpointError(f"{path}: not a GGUF file (magic {magic:#x})")
     version, n_tensors, n_kv = h.unpack("IQQ", "the counts")
+    if version not in GGUF_VERSIONS:
+      raise CheckpointError(f"{path}: GGUF version {version}; readable: {GGUF_VERSIONS}")
     alignment = 32
     for i in range(n_kv):
       key = h.string(f"metadata key {i} of {n_kv}")
@@ -253,6 +276,9 @@ def check_gguf(path: str) -> None:
         block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(kind)]
       except (ValueError, KeyError):
         raise CheckpointError(f"{path}: tensor {name!r} has unknown type {kind}") from None
+      if dims and dims[0] % block:  # a quantized row is whole blocks
+        raise CheckpointError(f"{path}: tensor {name!r} rows of {dims[0]} are not whole blocks "
+                              f"of {block} ({GGMLQuantizationType(kind).name})")
       tensors.append((name, dims, kind, offset, block, type_size))
     start = -(-f.tell() // alignment) * alignment
   del version

@@ -14,13 +14,13 @@ import errno
 import json
 import os
 import uuid
-from typing import Iterable
+from typing import Any, Iterable
 
 from etils import epath
 
 from star_jax.runtime import failpoints
 from star_jax.runtime.distributed import is_primary
-from star_jax.runtime.errors import DiskFullError
+from star_jax.runtime.errors import DataError, DiskFullError, UserError
 
 
 def write_atomic(path: epath.PathLike, text: str) -> None:
@@ -76,10 +76,47 @@ def write_jsonl(path: epath.PathLike, records: Iterable[dict]) -> None:
   write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
-def read_jsonl(path: epath.PathLike) -> list[dict]:
+def parse_json(data: bytes | str, where: str, error: type[UserError] = DataError) -> Any:
+  """The JSON value of ``data``; text that is not UTF-8, not JSON or nested past the parser's
+  depth is ``error`` in one line that starts with ``where``."""
+  try:
+    return json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
+  except UnicodeDecodeError as e:
+    raise error(f"{where}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+  except json.JSONDecodeError as e:
+    raise error(f"{where}: not JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+  except RecursionError:
+    raise error(f"{where}: JSON nested too deeply to read") from None
+
+
+def read_json(path: epath.PathLike, error: type[UserError] = DataError, kind: type = dict
+              ) -> Any:
+  """The JSON value in file ``path``, which must be a ``kind`` (an object, by default);
+  anything else is ``error`` in one line naming the file."""
+  value = parse_json(epath.Path(path).read_bytes(), str(path), error)
+  if not isinstance(value, kind):
+    raise error(f"{path}: expected a JSON {_JSON_NAMES.get(kind, kind.__name__)}, got "
+                f"{_JSON_NAMES.get(type(value), type(value).__name__)}")
+  return value
+
+
+_JSON_NAMES = {dict: "object", list: "array", str: "string", type(None): "null", bool: "boolean",
+               int: "number", float: "number"}
+
+
+def read_jsonl(path: epath.PathLike, error: type[UserError] = DataError) -> list[dict]:
+  """The JSON objects of a jsonl file, one a line ([] when there is no file); a line that is
+  not one is ``error`` naming the file and the line."""
   path = epath.Path(path)
   if not path.exists():
     return []
+  rows = []
   # split on newlines only: str.splitlines would also cut at a U+2028 inside a string
-  return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n")
-          if line.strip()]
+  for n, line in enumerate(path.read_bytes().split(b"\n"), start=1):
+    if line.strip():
+      row = parse_json(line, f"{path}:{n}", error)
+      if not isinstance(row, dict):
+        raise error(f"{path}:{n}: expected a JSON object, got "
+                    f"{_JSON_NAMES.get(type(row), type(row).__name__)}")
+      rows.append(row)
+  return rows

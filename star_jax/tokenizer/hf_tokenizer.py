@@ -15,6 +15,8 @@ import json
 import os
 from typing import Any, Sequence
 
+from star_jax.runtime.errors import CheckpointError
+from star_jax.runtime.files import read_json
 from star_jax.tokenizer.base import CHAT_END_PIECES, SubwordTokenizer, write_bytes
 
 _FORMAT = "hf_tokenizers"  # the "type" of files written by HFTokenizer.save
@@ -84,10 +86,7 @@ def import_tokenizers():
 
 
 def _read_json(path: str) -> dict[str, Any]:
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
+  return read_json(path, CheckpointError) if os.path.exists(path) else {}
 
 
 def from_pretrained_dir(directory: str, filename: str = "tokenizer.json") -> HFTokenizer:
@@ -96,7 +95,12 @@ def from_pretrained_dir(directory: str, filename: str = "tokenizer.json") -> HFT
   path = os.path.join(directory, filename)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{directory} has no {filename} (only fast tokenizers are supported)")
-  tok = tokenizers.Tokenizer.from_file(path)
+  try:
+    tok = tokenizers.Tokenizer.from_file(path)
+    tok.encode("a \u2603\u0100 1")  # a vocabulary that cannot encode (no unk token) fails here
+  except Exception as e:  # noqa: BLE001 - the tokenizers library raises bare Exceptions
+    raise CheckpointError(f"{path}: not a tokenizer.json the tokenizers library reads "
+                          f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
   tc = _read_json(os.path.join(directory, "tokenizer_config.json"))
   tc.update({k: v for k, v in _read_json(
       os.path.join(directory, "special_tokens_map.json")).items() if k not in tc})
@@ -111,7 +115,7 @@ def from_pretrained_dir(directory: str, filename: str = "tokenizer.json") -> HFT
 
   eos, bos, pad = special("eos"), special("bos"), special("pad")
   if eos is None:
-    raise ValueError(f"{directory}: no eos token in tokenizer_config.json or config.json; "
+    raise CheckpointError(f"{directory}: no eos token in tokenizer_config.json or config.json; "
                      f"generation could never stop")
   end_ids = _as_list(gen.get("eos_token_id")) + _as_list(cfg.get("eos_token_id"))
   add_bos = tc.get("add_bos_token")

@@ -6,70 +6,11 @@ import json
 import os
 import struct
 
-import numpy as np
 import pytest
 
+# The tiny Llama's files, shared with the fuzzing that mutates them (benchmarks/fuzz.py).
+from benchmarks.fuzz_targets import D, L, write_gguf, write_safetensors
 from star_jax.hub import CheckpointError, load_pretrained, model_config_of
-
-D, H, N, F, V, L = 16, 8, 2, 32, 32, 2
-
-
-def _llama_tensors():
-  rng = np.random.default_rng(0)
-  t = {"model.embed_tokens.weight": (V, D), "model.norm.weight": (D,), "lm_head.weight": (V, D)}
-  for i in range(L):
-    p = f"model.layers.{i}."
-    t.update({p + "self_attn.q_proj.weight": (N * H, D), p + "self_attn.k_proj.weight": (N * H, D),
-              p + "self_attn.v_proj.weight": (N * H, D), p + "self_attn.o_proj.weight": (D, N * H),
-              p + "input_layernorm.weight": (D,), p + "post_attention_layernorm.weight": (D,),
-              p + "mlp.gate_proj.weight": (F, D), p + "mlp.up_proj.weight": (F, D),
-              p + "mlp.down_proj.weight": (D, F)})
-  return {k: rng.normal(size=s).astype(np.float32) for k, s in t.items()}
-
-
-def write_safetensors(directory, **config):
-  from safetensors.numpy import save_file
-  os.makedirs(directory, exist_ok=True)
-  cfg = {"architectures": ["LlamaForCausalLM"], "vocab_size": V, "hidden_size": D,
-         "num_hidden_layers": L, "num_attention_heads": N, "num_key_value_heads": N,
-         "intermediate_size": F, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-         "max_position_embeddings": 64, "hidden_act": "silu", "torch_dtype": "float32",
-         "tie_word_embeddings": False, **config}
-  with open(os.path.join(directory, "config.json"), "w") as f:
-    json.dump(cfg, f)
-  save_file(_llama_tensors(), os.path.join(directory, "model.safetensors"))
-  return str(directory), os.path.join(directory, "model.safetensors")
-
-
-GGUF_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight":
-              "output_norm.weight", "lm_head.weight": "output.weight"}
-
-
-def write_gguf(path, block_count=L):
-  import gguf
-  w = gguf.GGUFWriter(str(path), "llama")
-  w.add_uint32("llama.embedding_length", D)
-  w.add_uint32("llama.attention.head_count", N)
-  w.add_uint32("llama.block_count", block_count)
-  w.add_uint32("llama.feed_forward_length", F)
-  w.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
-  w.add_uint32("llama.vocab_size", V)
-  w.add_uint32("llama.context_length", 64)
-  parts = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj":
-           "attn_v", "self_attn.o_proj": "attn_output", "input_layernorm": "attn_norm",
-           "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate",
-           "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
-  for k, v in _llama_tensors().items():
-    name = GGUF_NAMES.get(k)
-    if name is None:
-      i, rest = k.split(".")[2], ".".join(k.split(".")[3:-1])
-      name = f"blk.{i}.{parts[rest]}.weight"
-    w.add_tensor(name, v)
-  w.write_header_to_file()
-  w.write_kv_data_to_file()
-  w.write_tensors_to_file()
-  w.close()
-  return str(path)
 
 
 def test_the_tiny_files_load(tmp_path, mesh1):
