@@ -39,6 +39,19 @@ def test_a_mistyped_key_is_one_line_naming_it_and_its_suggestion(tmp_path):
   assert not (tmp_path / "run").exists()
 
 
+def test_a_config_that_cannot_work_is_one_line_naming_the_keys_before_anything_runs(tmp_path):
+  # V-STaR on greedy samples, one a question: it used to run the whole loop, then end in a
+  # traceback (ValueError: no training pairs)
+  code, _, err = star_jax("main", f"--config={SMOKE}", f"--workdir={tmp_path / 'run'}",
+                          "--config.eval.samples=4", "--config.verifier.enabled=True",
+                          cwd=tmp_path)
+  lines = err.strip().splitlines()
+  assert code == 2 and len(lines) <= 2 and "Traceback" not in err, err
+  assert "verifier.enabled" in lines[0] and "star.samples_per_question >= 2" in lines[0]
+  assert "star.temperature > 0" in lines[0]
+  assert not (tmp_path / "run").exists()
+
+
 def test_traceback_flag_brings_the_traceback_back(tmp_path):
   code, _, err = star_jax("main", f"--config={SMOKE}", f"--workdir={tmp_path / 'run'}",
                           "--config.model.checkpoint=/no/such/checkpoint", "--traceback",

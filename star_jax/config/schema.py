@@ -82,7 +82,9 @@ class StarConfig:
                                    "questions of each difficulty (all of a level that has "
                                    "fewer), not in proportion to the pool; a curriculum's "
                                    "short levels keep their share as longer ones open")
-  samples_per_question: int = key(1, "rationales sampled per question")
+  samples_per_question: int = key(1, "rationales sampled per question (> 1 needs "
+                                     "star.temperature > 0, bstar's are: k copies of one "
+                                     "greedy text are refused)")
   max_kept_per_question: int = key(1, "distinct correct rationales kept per question")
   require_supported: bool = key(True, "keep a right answer only if its rationale itself reaches "
                                       "it (a worded rationale; arithmetic/GSM8K: its result)")
@@ -174,7 +176,8 @@ class SampleConfig:
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
   samples: int = key(0, "k sampled answers per held-out question besides the greedy one: "
-                        "pass@k and majority-vote accuracy (0 = greedy only)")
+                        "pass@k and majority-vote accuracy (0 = greedy only; k > 0 needs "
+                        "eval.temperature > 0)")
   temperature: float = key(0.7, "temperature of those k samples (self-consistency: 0.5-0.7)")
   choice_loglik: bool = key(True, "multiple choice: also score the likeliest choice by "
                                   "log-likelihood (eval_choice_loglik_accuracy; one more "
@@ -217,7 +220,10 @@ class RLConfig:
 @dataclasses.dataclass(frozen=True)
 class VerifierConfig:
   enabled: bool = key(False, "V-STaR: train a verifier with DPO on the iterations' right and "
-                             "wrong samples; with eval.samples = k, best-of-k by its score")
+                             "wrong samples; with eval.samples = k, best-of-k by its score. "
+                             "Needs star.method star | rest_em | rft | bstar sampling "
+                             "star.samples_per_question >= 2 at a temperature > 0 (else "
+                             "refused: no question could have a right and a wrong sample)")
   every_iteration: bool = key(False, "train one after every iteration (default: after the "
                                      "last), each on all samples so far")
   init: str = key("base", "the verifier's start and DPO's frozen reference: base = M_0 (the "

@@ -75,7 +75,26 @@ class Method:
   @classmethod
   def check(cls, config: Config) -> None:
     """Refuses (``ConfigError``) settings this method cannot run, before anything is built or
-    written."""
+    written; here the sampling keys every method shares."""
+    star, k = config.star, config.eval.samples
+    if star.samples_per_question < 1 or star.temperature < 0 or star.top_k < 0:
+      raise ConfigError(f"star.samples_per_question must be >= 1 and star.temperature and "
+                        f"star.top_k >= 0, got {star.samples_per_question}, "
+                        f"{star.temperature:g} and {star.top_k}")
+    if not 0 < star.top_p <= 1:
+      raise ConfigError(f"star.top_p must be in (0, 1], got {star.top_p:g}")
+    if k < 0:
+      raise ConfigError(f"eval.samples must be >= 0 (0 = greedy only), got {k}")
+    if k and config.eval.temperature <= 0:
+      raise ConfigError(f"eval.samples={k} at eval.temperature={config.eval.temperature:g} "
+                        f"draws the greedy answer {k} times: set eval.temperature > 0 (0.5-0.7) "
+                        f"or eval.samples=0")
+
+  @classmethod
+  def verifier_texts(cls, config: Config) -> int:
+    """The most distinct texts of one question an iteration's samples can give the verifier
+    (``iter_NNN/samples.jsonl``, V-STaR's D_VER); 0: the method records none."""
+    return 0
 
   @property
   def restarts_from_base(self) -> bool:
@@ -184,11 +203,54 @@ def balanced_pick(rng: np.random.Generator, levels: list, k: int) -> np.ndarray:
   return np.asarray(picked, dtype=int)
 
 
+def greedy(temperatures, top_k: int) -> bool:
+  """Whether sampling at every one of ``temperatures`` with ``top_k`` gives one text a prompt."""
+  return top_k == 1 or all(t <= 0 for t in temperatures)
+
+
 class Star(Method):
   """The paper's iteration (Algorithm 1)."""
 
   name = "star"
   distinct = "text"  # what makes two kept rationales of a question the same (keep.DISTINCT)
+  temperature_key = "star.temperature"  # the key(s) its sampling temperature comes from
+
+  @classmethod
+  def temperatures(cls, config: Config) -> tuple:
+    return (config.star.temperature,)
+
+  @classmethod
+  def check(cls, config: Config) -> None:
+    super().check(config)
+    k = config.star.samples_per_question
+    if k > 1 and greedy(cls.temperatures(config), config.star.top_k):
+      raise ConfigError(f"{cls.sampling_keys(config)} samples the same greedy text {k} times: "
+                        f"set {cls.several_texts(config)}, or star.samples_per_question=1")
+
+  @classmethod
+  def verifier_texts(cls, config: Config) -> int:
+    star = config.star
+    return 1 if greedy(cls.temperatures(config), star.top_k) else star.samples_per_question
+
+  @classmethod
+  def sampling_keys(cls, config: Config) -> str:
+    """The sampling keys as set: "star.samples_per_question=1 at star.temperature=0"."""
+    star = config.star
+    temperatures = ",".join(f"{t:g}" for t in cls.temperatures(config))
+    return (f"star.samples_per_question={star.samples_per_question} at {cls.temperature_key}="
+            f"{temperatures}{' with star.top_k=1' if star.top_k == 1 else ''}")
+
+  @classmethod
+  def several_texts(cls, config: Config) -> str:
+    """The changes that give a question several distinct texts: "star.temperature > 0"."""
+    star, changes = config.star, []
+    if star.samples_per_question < 2:
+      changes.append("star.samples_per_question >= 2 (e.g. 4)")
+    if all(t <= 0 for t in cls.temperatures(config)):
+      changes.append(f"{cls.temperature_key} > 0 (e.g. 0.7)")
+    if star.top_k == 1:
+      changes.append("star.top_k != 1")
+    return " and ".join(changes)
 
   def iteration(self, n: int, base, model) -> IterationResult:
     star, seed = self.star, self.config.seed * 1000 + n

@@ -42,11 +42,12 @@ from star_jax.star.record import iteration_record
 def run(config: Any, workdir: epath.PathLike, overwrite: bool = False) -> list[dict]:
   """Runs (or resumes) every iteration of ``config`` (a ConfigDict or ``config.Config``) in
   ``workdir``; returns the metrics. Everything the config names is checked before the
-  workdir is written: a run that fails to start leaves nothing behind."""
+  workdir is written: a run that fails to start leaves nothing behind, and a config that
+  cannot work (the methods' and the verifier's ``check``) is refused there in one line."""
   cfg = config_lib.load(config)
   method_cls = get_method(cfg.star.method)
   method_cls.check(cfg)
-  verifier_lib.check(cfg)
+  verifier_lib.check(cfg, method_cls)
   workdir = epath.Path(workdir)
   check(cfg)
   # One run per workdir: locked before anything is written. SIGTERM stops at a safe point.
@@ -92,6 +93,7 @@ def _locked_run(cfg: config_lib.Config, method_cls, workdir: epath.Path, overwri
   distributed.note_iteration(0)
   base = _base_model(cfg, method, ckpt, 0 in done)
   last, model = _latest_model(workdir, exp, method, ckpt, max(done) if done else 0, base)
+  unverified = None  # the last verifier's samples gave no pairs: why
   for n in range(last + 1, cfg.star.iterations + 1):
     distributed.note_iteration(n)
     started = time.time()
@@ -100,8 +102,13 @@ def _locked_run(cfg: config_lib.Config, method_cls, workdir: epath.Path, overwri
     # D_VER: the generated samples, right and wrong (V-STaR's verifier trains on them)
     verifier_lib.record_samples(workdir, n, exp.task, result.samples, cfg.star.require_supported)
     few_shot = method.eval_few_shot(n)
-    verifier = (verifier_lib.train_after(cfg, exp, workdir, n, base, model, few_shot)
-                if verifier_lib.due(cfg, n) else None)
+    verifier = unverified = None
+    if verifier_lib.due(cfg, n):
+      try:
+        verifier = verifier_lib.train_after(cfg, exp, workdir, n, base, model, few_shot)
+      except verifier_lib.NoPairsError as e:  # the iteration is kept; a later verifier may do
+        logging.warning("%s", e)
+        unverified = e
     evaluation = method.evaluate(n, model, few_shot, verifier)
     record = iteration_record(n, exp.task, result, evaluation)
     record.update(verifier.fields if verifier else {})
@@ -113,7 +120,26 @@ def _locked_run(cfg: config_lib.Config, method_cls, workdir: epath.Path, overwri
   board.close()
   metrics = read_jsonl(artifacts.metrics_path(workdir))
   logging.info("%s", report.closing_summary(metrics, workdir, time.time() - t0))
+  if unverified is not None:
+    raise verifier_lib.NoPairsError(_rerun_for_pairs(cfg, method_cls, workdir, unverified),
+                                    unverified.why)
   return metrics
+
+
+def _rerun_for_pairs(cfg: config_lib.Config, method_cls, workdir: epath.Path,
+                     e: verifier_lib.NoPairsError) -> str:
+  """``e`` and what a run whose last verifier found no pairs can do next, in one line."""
+  n = cfg.star.iterations
+  kept = f"{e}; iterations 0..{n} are kept in {workdir}"
+  if e.why == "held_out":  # verifier.* keys are the run's config: retrain beside it
+    return (f"{kept}: train a verifier on their samples with python -m star_jax.verify "
+            f"--checkpoint={workdir} --retrain --set=heldout_share=0")
+  if e.why == "too_long":
+    return (f"{kept}: a verifier needs a longer model context (model.overrides.max_seq_len) "
+            f"or shorter samples (star.max_new_tokens), in a new workdir")
+  return (f"{kept}: rerun with --config.star.iterations={n + 1} to sample more for a verifier "
+          f"after it, or start a new workdir with more star.samples_per_question or another "
+          f"{method_cls.temperature_key}")
 
 
 def _latest_model(workdir, exp, method, ckpt: Checkpointer, last: int, base):

@@ -83,10 +83,9 @@ class RestEM(Star):
 
   def __init__(self, *args, **kwargs):
     super().__init__(*args, **kwargs)
-    if self.star.samples_per_question < 2 or self.star.temperature <= 0:
-      logging.warning("%s samples %d per question at temperature %g: the recipe samples several "
-                      "at a temperature (docs/variants.md)", self.name,
-                      self.star.samples_per_question, self.star.temperature)
+    if self.verifier_texts(self.config) < 2:
+      logging.warning("%s with %s: the recipe samples several a question at a temperature "
+                      "(docs/variants.md)", self.name, self.sampling_keys(self.config))
 
   def rationalize(self, n, model, failed, rng, seed):
     return [], 0
@@ -105,10 +104,21 @@ class BStar(RestEM):
 
   name = "bstar"
   distinct = "path"
+  temperature_key = "star.bstar_temperatures"  # star.temperature is not read
 
   def __init__(self, *args, **kwargs):
     super().__init__(*args, **kwargs)
-    star = self.star
+    self.check(self.config)
+    self._temperature: float | None = None
+    self._threshold: float | None = None
+
+  @classmethod
+  def temperatures(cls, config) -> tuple:
+    return tuple(config.star.bstar_temperatures)
+
+  @classmethod
+  def check(cls, config) -> None:
+    star = config.star
     if not star.bstar_temperatures or min(star.bstar_temperatures) <= 0:
       raise ConfigError(f"star.bstar_temperatures must be temperatures > 0, got "
                         f"{star.bstar_temperatures!r}")
@@ -117,8 +127,7 @@ class BStar(RestEM):
     if any(t > 0 for t in star.bstar_thresholds):
       raise ConfigError(f"star.bstar_thresholds are mean token log-probabilities (<= 0), got "
                         f"{star.bstar_thresholds!r}")
-    self._temperature: float | None = None
-    self._threshold: float | None = None
+    super().check(config)
 
   def sampling(self, temperature=None):
     return super().sampling(self._temperature if temperature is None else temperature)

@@ -91,6 +91,7 @@ class Trice(GRPO):
 
   @classmethod
   def check(cls, config) -> None:
+    super(GRPO, cls).check(config)  # the shared keys (Method's); GRPO's group rules do not apply
     star, rl = config.star, config.rl
     if star.temperature <= 0:
       raise ConfigError(f"star.method=trice samples proposals at star.temperature > 0 (1.0: "

@@ -43,7 +43,7 @@ from star_jax.experiment import workdir as wd
 from star_jax.experiment.workdir import Shards
 from star_jax.hub.checkpointer import Checkpointer
 from star_jax.runtime import distributed, failpoints
-from star_jax.runtime.errors import ConfigError
+from star_jax.runtime.errors import ConfigError, DataError
 from star_jax.runtime.files import read_jsonl, write_jsonl
 from star_jax.runtime.progress import progress
 from star_jax.star import finetune as ft, keep as keep_lib, policy, rollout
@@ -54,8 +54,18 @@ SAMPLES = "samples.jsonl"  # an iteration's generated samples, right and wrong (
 DIRECTORY = "verifier"  # the trained verifiers, by iteration
 
 
-def check(config: Config) -> None:
-  """Refuses verifier settings that cannot train, before anything is written."""
+class NoPairsError(DataError):
+  """The samples gave the verifier no pair to train on (``loop`` keeps the iterations).
+  ``why``: "mixed" (no question with a right and a wrong sample), "held_out" or "too_long"."""
+
+  def __init__(self, message: str, why: str = "mixed"):
+    super().__init__(message)
+    self.why = why
+
+
+def check(config: Config, method=None) -> None:
+  """Refuses verifier settings that cannot train, before anything is written; with the run's
+  ``method`` class, a run whose samples can never give a question a right and a wrong text."""
   v = config.verifier
   if not v.enabled:
     return
@@ -67,11 +77,15 @@ def check(config: Config) -> None:
                       "verifier.batch_pairs >= 1")
   if not 0 <= v.heldout_share < 1:
     raise ConfigError(f"verifier.heldout_share must be in [0, 1), got {v.heldout_share}")
-  if config.star.samples_per_question < 2 or config.star.temperature <= 0:
-    logging.warning("verifier.enabled with star.samples_per_question=%d at temperature %g: "
-                    "a question has a right and a wrong sample only across iterations, so "
-                    "few pairs; V-STaR samples several per question (e.g. 4 at 0.7)",
-                    config.star.samples_per_question, config.star.temperature)
+  texts = method.verifier_texts(config) if method is not None else 2
+  if texts == 0:
+    raise ConfigError(f"verifier.enabled trains on the right and wrong samples an iteration "
+                      f"records, and star.method={config.star.method} records none: set "
+                      f"star.method to star, rest_em, rft or bstar, or verifier.enabled=False")
+  if texts == 1:  # pairs only where one answer changed between iterations: none in practice
+    raise ConfigError(f"verifier.enabled trains on questions with a right and a wrong sample, "
+                      f"but {method.sampling_keys(config)} gives one text a question: set "
+                      f"{method.several_texts(config)}, or verifier.enabled=False")
 
 
 def due(config: Config, n: int) -> bool:
@@ -183,7 +197,7 @@ def train(config: Config, exp, n: int, start, pairs: list[Pair], heldout: list[P
   numbers, the held-out pairwise accuracy among them). Resumes from ``ckpt_dir``."""
   v, train_cfg = config.verifier, config.train
   if not pairs:
-    raise ValueError("no training pairs: no question had both a right and a wrong sample")
+    raise NoPairsError(f"no verifier after iteration {n}: no training pairs")
   by_id = {ex.id: ex for ex in exp.train_set}
   max_len = exp.model_cfg.max_seq_len
   t0 = time.time()
@@ -202,7 +216,8 @@ def train(config: Config, exp, n: int, start, pairs: list[Pair], heldout: list[P
   verifier = Verifier(None, ref, v.beta, trainer, rows, max_len)
   encoded = _encode_pairs(exp, by_id, pairs, few_shot, max_len)
   if not encoded:
-    raise ValueError(f"every training pair is longer than the model's {max_len} tokens")
+    raise NoPairsError(f"no verifier after iteration {n}: every training pair is longer than "
+                       f"the model's {max_len} tokens", "too_long")
   state = trainer.init(start, copy=True)
   ckpt = Checkpointer(ckpt_dir, max_to_keep=1, async_save=config.checkpoint_async) \
       if ckpt_dir else None
@@ -314,8 +329,11 @@ def train_after(config: Config, exp, workdir: epath.PathLike, n: int, base, mode
     if n in saved.all_steps() and not retrain:
       logging.info("iteration %d: the verifier saved in %s", n, directory)
       return _restored(config, exp, saved, n, start)
-    pairs, heldout = make_pairs(load_samples(workdir, n), v.pairs_per_question,
-                                v.heldout_share, config.seed)
+    samples = load_samples(workdir, n)
+    pairs, heldout = make_pairs(samples, v.pairs_per_question, v.heldout_share, config.seed)
+    if not pairs:
+      raise NoPairsError(no_pairs(samples, heldout, n, v.heldout_share),
+                         "held_out" if heldout else "mixed")
     # The DPO train state, while it trains (a killed run resumes from it), beside the saved
     # verifiers (orbax reads every numbered directory in theirs as a step).
     steps_dir = directory.parent / f"{directory.name}_train_{n}"
@@ -328,6 +346,20 @@ def train_after(config: Config, exp, workdir: epath.PathLike, n: int, base, mode
     saved.close()
   Shards(steps_dir).remove()  # it has served
   return verifier
+
+
+def no_pairs(samples: dict[str, tuple[list[str], list[str]]], heldout: list[Pair], n: int,
+             heldout_share: float) -> str:
+  """Why iterations 1..``n``'s ``samples`` gave no training pair, in one line."""
+  if heldout:
+    return (f"no verifier after iteration {n}: verifier.heldout_share={heldout_share:g} holds "
+            f"out all {len({p.question for p in heldout})} questions with a right and a wrong "
+            f"sample")
+  right = sum(bool(r) and not w for r, w in samples.values())
+  wrong = sum(bool(w) and not r for r, w in samples.values())
+  span = "iteration 1" if n == 1 else f"iterations 1..{n}"
+  return (f"no verifier after iteration {n}: no question of {span} has both a right and a "
+          f"wrong sample ({right} all right, {wrong} all wrong)")
 
 
 def _pair_rows(config: Config, mesh) -> int:

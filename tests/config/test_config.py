@@ -44,13 +44,28 @@ def test_the_defaults_load_to_the_declared_defaults():
   assert isinstance(cfg.data, DataConfig)
 
 
+def _variants(path):
+  """"" and every variant a configs/*.py file names (``variant == "smoke"``), the shared
+  ones of ``text_task_config`` (smoke, paper) too."""
+  import re
+  text = open(path).read()
+  if "text_task_config" in text:
+    text += open(os.path.join(ROOT, "star_jax", "config", "defaults.py")).read()
+  return [""] + sorted(set(re.findall(r'variant [!=]= "(\w+)"', text)))
+
+
 @pytest.mark.parametrize("spec", sorted(
     f"{os.path.basename(p)[:-3]}:{v}" for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
-    for v in ("", "smoke")))
-def test_every_shipped_config_loads(spec):
+    for v in _variants(p)))
+def test_every_shipped_config_loads_and_passes_the_checks_a_run_starts_with(spec):
+  from star_jax.star import verifier
+  from star_jax.star.methods import get_method
   name, variant = spec.split(":")
   cfg = config_lib.load(load_config(name, variant))
   assert cfg.task in ("arithmetic", "cqa", "gsm8k")
+  method = get_method(cfg.star.method)
+  method.check(cfg)  # what star.run refuses before anything runs
+  verifier.check(cfg, method)
 
 
 @pytest.mark.parametrize("key,value,named,nearest", [

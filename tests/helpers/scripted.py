@@ -7,6 +7,8 @@ per sample, n of them) and records every call: which params and sampling it samp
 and which (question, hint) pairs it was asked. A script with a third argument also gets the
 call's temperature. A problem
 that is in ``examples`` twice (arithmetic's train sets repeat some) is recorded as one of them.
+With ``tokenizer`` (a run's own) the texts come back in its ids, so a whole run
+(``star.run``, its sampler replaced) answers from the script.
 """
 
 import dataclasses
@@ -45,7 +47,8 @@ class _Output:
   (a script's (text, score) item; 0 for a bare text), so its mean log-probability is the
   score."""
 
-  def __init__(self, items: list[list]):
+  def __init__(self, items: list[list], tokenizer=None):
+    self.tokenizer = tokenizer or CharTokenizer()
     items = [[it if isinstance(it, tuple) else (it, 0.0) for it in row] for row in items]
     self.texts = [[text for text, _ in row] for row in items]
     longest = max((len(self.sequences(i, j)) for i, row in enumerate(items)
@@ -56,15 +59,16 @@ class _Output:
         self.logprobs[i, j, :len(self.sequences(i, j))] = score
 
   def sequences(self, prompt: int, sample: int = 0) -> list[int]:
-    return CharTokenizer().encode(self.texts[prompt][sample])
+    return self.tokenizer.encode(self.texts[prompt][sample])
 
 
 class ScriptedSampler:
   """Answers every prompt of ``examples`` (with or without hint and exemplars) by ``script``."""
 
   def __init__(self, task: Task, examples: list[Example],
-               script: Callable[[Example, bool], str]):
+               script: Callable[[Example, bool], str], tokenizer=None):
     self.cfg = types.SimpleNamespace(max_seq_len=1 << 16)
+    self.tokenizer = tokenizer
     self.script, self.calls = script, []
     self._temperature = len(inspect.signature(script).parameters) > 2
     self._asked = {task.prompt(ex, hint=hint, few_shot=few_shot): (ex, hint)
@@ -80,7 +84,7 @@ class ScriptedSampler:
     outs = [self.script(ex, hint, *extra) for ex, hint in asked]
     outs = [list(o) if isinstance(o, list) else [o] * n for o in outs]
     assert all(len(o) == n for o in outs), "a script's list must hold n texts"
-    return _Output(outs)
+    return _Output(outs, self.tokenizer)
 
 
 def experiment(task: Task, train: list[Example], evals: list[Example] = ()) -> Experiment:

@@ -169,6 +169,50 @@ def test_missing_data_files_fail_before_any_work(tmp_path):
   assert not os.path.exists(tmp_path / "run")  # nothing written
 
 
+# A config that can only fail late, or sample nothing useful: (keys set, keys the refusal names)
+CANNOT_WORK = [
+    # V-STaR with one greedy sample a question: no question can have a right and a wrong one
+    ({"eval.samples": 4, "verifier.enabled": True},
+     ["star.samples_per_question >= 2", "star.temperature > 0"]),
+    ({"verifier.enabled": True, "star.temperature": 0.7}, ["star.samples_per_question >= 2"]),
+    ({"verifier.enabled": True, "star.method": "bstar"}, ["star.samples_per_question >= 2"]),
+    ({"verifier.enabled": True, "star.method": "grpo", "star.samples_per_question": 4,
+      "star.temperature": 1.0}, ["star.method=grpo", "star.method to star"]),
+    ({"verifier.enabled": True, "star.method": "direct"}, ["star.method=direct"]),
+    # k samples of one greedy text
+    ({"star.samples_per_question": 4}, ["star.temperature > 0", "star.samples_per_question=1"]),
+    ({"star.method": "rest_em", "star.samples_per_question": 4, "star.temperature": 0.7,
+      "star.top_k": 1}, ["star.top_k != 1"]),
+    ({"eval.samples": 4, "eval.temperature": 0.0}, ["eval.temperature > 0", "eval.samples=0"]),
+    ({"eval.samples": -1}, ["eval.samples"]),
+    # values the sampler refuses only when it first samples
+    ({"star.temperature": -0.5}, ["star.temperature"]),
+    ({"star.method": "trice", "star.temperature": 1.0, "star.top_p": 0.0}, ["star.top_p"]),
+    # every group all right or all wrong: no advantage, no update
+    ({"star.method": "grpo", "star.samples_per_question": 4, "star.temperature": 1.0,
+      "star.top_k": 1}, ["star.top_k != 1"]),
+    # bstar's own keys, refused once its model was built
+    ({"star.method": "bstar", "star.bstar_temperatures": (0.0, 0.7)},
+     ["star.bstar_temperatures"]),
+    ({"star.method": "bstar", "star.bstar_thresholds": (0.5,)}, ["star.bstar_thresholds"]),
+]
+
+
+@pytest.mark.parametrize("keys,named", CANNOT_WORK, ids=lambda x: str(x)[:60])
+def test_a_config_that_cannot_work_is_refused_in_one_line_before_anything_runs(
+    tmp_path, monkeypatch, keys, named):
+  from star_jax.star import loop
+  monkeypatch.setattr(loop, "check", lambda cfg: pytest.fail("the run went past the checks"))
+  c = load_config("arithmetic", "smoke")
+  for key, value in keys.items():
+    group, name = key.split(".")
+    setattr(getattr(c, group), name, value)
+  with pytest.raises(ConfigError) as e:
+    star.run(c, tmp_path / "run")
+  assert "\n" not in str(e.value) and all(k in str(e.value) for k in named), str(e.value)
+  assert not (tmp_path / "run").exists()
+
+
 def _saved_dtypes(workdir, n):
   import jax
   import orbax.checkpoint as ocp

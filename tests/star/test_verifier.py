@@ -39,6 +39,23 @@ def _example(i, a, b):
   return ArithmeticTask.make_example(a, b, f"q{i}")
 
 
+def test_no_pairs_says_why_and_the_loop_what_to_rerun(tmp_path):
+  from star_jax.star import loop
+  samples = {"a": (["r"], ["w"]), "b": (["r"], []), "c": ([], ["w"]), "d": ([], ["v"])}
+  train, held = verifier_lib.make_pairs(samples, per_question=0, heldout_share=0.9, seed=0)
+  assert not train and len(held) == 1  # round(0.9 x 1 question): all held out
+  why = verifier_lib.no_pairs(samples, held, 3, 0.9)
+  assert "verifier.heldout_share=0.9 holds out all 1 questions" in why
+  del samples["a"]
+  assert "(1 all right, 2 all wrong)" in verifier_lib.no_pairs(samples, [], 3, 0.9)
+  cfg = config_lib.load(load_config("arithmetic", "smoke"))
+  rerun = loop._rerun_for_pairs(cfg, loop.get_method("star"), tmp_path,
+                                verifier_lib.NoPairsError(why, "held_out"))
+  # verifier.* keys are the run's config (a rerun would be refused): retrain beside the run
+  assert rerun.startswith(why) and "0..2 are kept" in rerun and "\n" not in rerun
+  assert f"star_jax.verify --checkpoint={tmp_path} --retrain --set=heldout_share=0" in rerun
+
+
 def test_best_of_k_takes_the_answered_sample_the_verifier_scores_highest_ties_first():
   from star_jax.experiment.models import make_task
   task = make_task(config_lib.load(load_config("arithmetic", "smoke")))
@@ -147,11 +164,42 @@ def test_bad_verifier_settings_are_refused(tmp_path):
                       ({"batch_pairs": 0}, "batch_pairs")]:
     c = load_config("arithmetic", "smoke")
     c.verifier.enabled = True
+    c.star.samples_per_question, c.star.temperature = 4, 0.7
     for k, v in keys.items():
       setattr(c.verifier, k, v)
     with pytest.raises(ConfigError, match=match):
       star.run(c, tmp_path / "x")
     assert not (tmp_path / "x" / "config.json").exists()
+
+
+def test_a_run_whose_samples_give_no_pairs_ends_in_one_line_its_iterations_kept(
+    tmp_path, monkeypatch):
+  """A config that can work (2 samples a question at 0.7) whose samples all come back wrong:
+  the iteration is kept without a verifier and the run ends in one line naming the rerun,
+  which (star.iterations is operational) goes on in the same workdir."""
+  from helpers.arithmetic_texts import wrong
+  from helpers.scripted import ScriptedSampler
+  from star_jax import star
+  from star_jax.star import loop
+  monkeypatch.setattr(loop, "make_sampler", lambda exp, cfg: ScriptedSampler(
+      exp.task, exp.train_set + exp.eval_set, lambda ex, hint: wrong(ex), exp.tokenizer))
+  c = load_config("arithmetic", "smoke")
+  c.data.max_train, c.data.max_eval = 8, 4
+  c.pretrain.steps = 0
+  c.star.samples_per_question, c.star.temperature = 2, 0.7
+  c.verifier.enabled = True
+  for n in (1, 2):
+    c.star.iterations = n
+    with pytest.raises(verifier_lib.NoPairsError) as e:
+      star.run(c, tmp_path)
+    message = str(e.value)
+    assert "\n" not in message and f"no verifier after iteration {n}" in message
+    assert "0 all right, 8 all wrong" in message and f"0..{n} are kept" in message
+    assert f"--config.star.iterations={n + 1}" in message and "star.temperature" in message
+    metrics = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+    assert [m["iteration"] for m in metrics] == list(range(n + 1))
+    assert "verifier_pairs" not in metrics[-1]
+    assert str(n) in os.listdir(tmp_path / "checkpoints")
 
 
 ARITHMETIC = tasks.get_task("arithmetic")
