@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 from typing import Any, Callable, TypeVar
 
@@ -161,6 +162,7 @@ class Checkpointer:
     try:
       self._manager.wait_until_finished()
     except Exception as e:  # an asynchronous save that failed
+      _settle_background_writes()
       if is_disk_full(e):
         raise disk_full(self.directory, f"a checkpoint in {self.directory}") from e
       raise
@@ -282,6 +284,16 @@ class Checkpointer:
     except Exception as e:  # noqa: BLE001 - the error on its way out is the one to report
       logging.warning("while stopping on %s: the last checkpoint in %s was not written either "
                       "(%s)", exc_type.__name__, self.directory, _one_line(e))
+
+
+def _settle_background_writes(timeout: float = 60.0) -> None:
+  """Waits for orbax's writer threads still running after one of a save's writes failed (the
+  others go on): a process that stops on that error would otherwise end under them, and each
+  would print a traceback after the run's one line."""
+  deadline = time.time() + timeout
+  for thread in threading.enumerate():
+    if type(thread).__module__.startswith("orbax.") and thread is not threading.current_thread():
+      thread.join(max(0.0, deadline - time.time()))
 
 
 class _MetaHandler(ocp.JsonCheckpointHandler):

@@ -222,6 +222,8 @@ def test_a_full_disk_stops_in_one_line_keeps_what_was_written_and_the_rerun_resu
   for failpoint, what, metrics in [
       # pretraining saves at 20, 40, 60: the second save finds the disk full
       ("checkpoint_write:2:ENOSPC", f"checkpoint step 40 in {workdir}/pretrain_ckpt", 0),
+      # resumed at 20: 40 is written, 60's asynchronous write (the default) finds it full
+      ("checkpoint_async_write:2:ENOSPC", f"a checkpoint in {workdir}/pretrain_ckpt", 0),
       ("write_eval.jsonl:2:ENOSPC", f"{workdir}/iter_001/eval.jsonl", 1),  # iteration 1's
       ("write_metrics.jsonl:1:ENOSPC", f"{workdir}/metrics.jsonl", 1)]:
     proc = _run(workdir, failpoint, "--config.checkpoint_every=20")
@@ -234,8 +236,12 @@ def test_a_full_disk_stops_in_one_line_keeps_what_was_written_and_the_rerun_resu
              for line in open(workdir / "metrics.jsonl")] if metrics else []
     assert [json.dumps(r) for r in lines] == [metrics0][:metrics]  # earlier lines intact
     assert not (workdir / wd.LOCK_NAME).exists()
-    if failpoint.startswith("checkpoint"):
+    if failpoint.startswith("checkpoint_write"):
       assert sorted(os.listdir(workdir / "pretrain_ckpt")) == ["20"]  # the one before kept
+    if failpoint.startswith("checkpoint_async"):  # orbax's partial step is left behind ...
+      assert sorted(os.listdir(workdir / "pretrain_ckpt")) == ["40", "60.orbax-checkpoint-tmp"]
+    if failpoint.startswith("write_eval"):  # ... and the rerun resumes before it
+      assert "pretrain: resuming from the checkpoint at step 40 of 60" in proc.stderr
   proc = _run(workdir)
   assert proc.returncode == 0 and "resuming" in proc.stderr, proc.stderr[-3000:]
   assert run_results(workdir) == clean
