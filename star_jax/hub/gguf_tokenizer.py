@@ -40,7 +40,9 @@ def from_gguf(reader, where: str = "GGUF") -> HFTokenizer:
     raise CheckpointError(f"{where}: a tokenizer.ggml.merges entry is not two tokens and a space")
   try:
     tok = tokenizers.Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, merges))
-  except Exception as e:  # noqa: BLE001 - the tokenizers library raises bare Exceptions
+  except (KeyboardInterrupt, SystemExit):
+    raise
+  except BaseException as e:  # noqa: BLE001 - bare Exceptions, and Rust panics (BaseException)
     raise CheckpointError(f"{where}: tokenizer.ggml.merges do not fit the tokens "
                           f"({str(e).splitlines()[0]})") from None
   byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)

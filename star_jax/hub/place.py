@@ -289,6 +289,9 @@ def check_gguf(path: str) -> None:
       shape = " x ".join(str(d) for d in reversed(dims))  # GGUF lists dims fastest first
       raise _past_end(path, f"tensor {name!r} declares {shape} "
                       f"({GGMLQuantizationType(kind).name})", start + offset, nbytes, h.size)
+    if any(d > 8 * h.size for d in dims):  # zero elements, but no type packs 8 in a byte
+      raise CheckpointError(f"{path}: tensor {name!r} declares dimensions {list(dims)}, "
+                            f"longer than the file ({h.size} bytes) could hold")
 
 
 def check_layers(num_layers: int, keys: Iterable[str], pattern: str, where: str,

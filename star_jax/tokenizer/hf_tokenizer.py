@@ -98,7 +98,9 @@ def from_pretrained_dir(directory: str, filename: str = "tokenizer.json") -> HFT
   try:
     tok = tokenizers.Tokenizer.from_file(path)
     tok.encode("a \u2603\u0100 1")  # a vocabulary that cannot encode (no unk token) fails here
-  except Exception as e:  # noqa: BLE001 - the tokenizers library raises bare Exceptions
+  except (KeyboardInterrupt, SystemExit):
+    raise
+  except BaseException as e:  # noqa: BLE001 - bare Exceptions, and Rust panics (BaseException)
     raise CheckpointError(f"{path}: not a tokenizer.json the tokenizers library reads "
                           f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
   tc = _read_json(os.path.join(directory, "tokenizer_config.json"))

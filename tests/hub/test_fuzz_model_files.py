@@ -57,3 +57,31 @@ def test_the_findings_stay_refused(tmp_path):
     with pytest.raises(CheckpointError, match=says) as e:
       model_config_of(directory)
     assert "\n" not in str(e.value)
+
+
+def test_a_gguf_dimension_longer_than_the_file_is_refused(tmp_path):
+  """Found by fuzzing: dims [0, 2**63] declare no bytes, and numpy's reshape then failed."""
+  import struct
+  from star_jax.hub import CheckpointError, model_config_of
+  path = fuzz_targets.write_gguf(tmp_path / "m.gguf")
+  raw = open(path, "rb").read()
+  i = raw.index(b"token_embd.weight") + len(b"token_embd.weight") + 4  # after name and n_dims
+  open(path, "wb").write(raw[:i] + struct.pack("<QQ", 0, 2**63) + raw[i + 16:])
+  with pytest.raises(CheckpointError, match=r"m\.gguf: tensor 'token_embd\.weight' declares "
+                                            r"dimensions \[0, 9223372036854775808\], longer"):
+    model_config_of(path)
+
+
+def test_a_tokenizer_json_that_panics_the_tokenizers_library_is_one_line(tmp_path):
+  """Found by fuzzing: a subword prefix longer than a merge's token panics the library's Rust
+  (a BaseException, not an Exception)."""
+  import json
+  from star_jax.hub import CheckpointError
+  from star_jax.tokenizer.hf_tokenizer import from_pretrained_dir
+  fuzz_targets.write_tokenizer(tmp_path)
+  data = json.loads((tmp_path / "tokenizer.json").read_text())
+  data["model"]["continuing_subword_prefix"] = "\u2028"
+  (tmp_path / "tokenizer.json").write_text(json.dumps(data))
+  with pytest.raises(CheckpointError, match=r"tokenizer\.json: not a tokenizer\.json the "
+                                            r"tokenizers library reads \(range end index"):
+    from_pretrained_dir(str(tmp_path))
