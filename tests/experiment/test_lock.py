@@ -10,7 +10,7 @@ import time
 import pytest
 
 from star_jax.experiment import lock as lock_lib
-from star_jax.runtime import distributed
+from star_jax.runtime import distributed, lockfile
 
 
 def _dead_pid() -> int:
@@ -175,7 +175,7 @@ def test_the_gs_lock_takes_over_and_renews_only_the_generation_it_read(monkeypat
   path = epath.Path("gs://b/runs/x") / lock_lib.LOCK_NAME
 
   def new_lock():
-    return lock_lib.WorkdirLock("gs://b/runs/x", file=lock_lib.GcsLockFile(path, client=bucket))
+    return lock_lib.WorkdirLock("gs://b/runs/x", file=lockfile.GcsLockFile(path, client=bucket))
 
   stale = dict(_stale_record(1), host="tpu-vm-7", heartbeat=time.time() - 2 * 3600)
   bucket.blob("runs/x/run.lock").upload_from_string(json.dumps(stale))
