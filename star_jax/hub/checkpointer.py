@@ -88,14 +88,16 @@ class Checkpointer:
     """Whether an asynchronous save is still being written."""
     return self._manager.is_saving_in_progress()
 
-  def save(self, state: TrainState, meta: dict | None = None, force: bool = True) -> int:
-    """Saves at ``state.step``; ``meta`` is any JSON (e.g. the data position).
+  def save(self, state: TrainState, meta: dict | None = None, force: bool = True,
+           step: int | None = None) -> int:
+    """Saves at ``step`` (default ``state.step``); ``meta`` is any JSON (e.g. the data
+    position; its ``step`` is the train state's own).
 
     Asynchronous: returns after waiting for the previous save and copying ``state`` to
     host memory; ``state`` may be donated to the next train step right away.
     """
-    step = int(state.step)
-    meta = dict(meta or {}, step=step)
+    meta = dict(meta or {}, step=int(state.step))
+    step = int(state.step) if step is None else step
     self._save(step, ocp.args.Composite(
         params=ocp.args.StandardSave(state.params),
         opt_state=ocp.args.StandardSave(state.opt_state),

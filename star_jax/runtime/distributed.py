@@ -92,6 +92,8 @@ _count = [0]  # safe points passed: the same sequence on every process of a mult
 _timer: list[threading.Timer] = []
 _cleanups: list[Callable[[], None]] = []
 _stop = {"line": ""}  # a request to stop at the next safe point: why
+_received = [0]  # SIGTERMs the receiver thread read
+_notice_lock = threading.RLock()
 
 
 class Preempted(BaseException):
@@ -124,7 +126,7 @@ def preemption_handling() -> Iterator[None]:
   there: the grace starts when the notice arrives."""
   install = (threading.current_thread() is threading.main_thread() and not _multihost_sync())
   _notice.clear()
-  _count[0] = 0
+  _count[0] = _received[0] = 0
   _stop["line"] = ""
   receiver, previous, previous_fd = None, None, -1
   if install:
@@ -154,9 +156,11 @@ def preemption_handling() -> Iterator[None]:
 
 
 def _on_sigterm(signum, frame) -> None:
-  """The Python-level handler: its being installed makes the C handler write the wakeup
-  byte; the receiver thread has acted on the notice already."""
+  """The Python-level handler (main thread, between bytecodes): its being installed makes the
+  C handler write the wakeup byte. It sets the notice too, so a signal a process sends itself
+  is seen at once; the receiver thread counts the notices (a second one ends the process)."""
   del signum, frame
+  _first_notice()
 
 
 def _receive(read_end: socket.socket) -> None:
@@ -169,20 +173,26 @@ def _receive(read_end: socket.socket) -> None:
     if not data:
       return
     for signum in data:
-      if signum == signal.SIGTERM:
-        _notice_arrived()
+      if signum != signal.SIGTERM:
+        continue
+      _received[0] += 1
+      if _received[0] > 1:  # a second notice: no more waiting
+        _force_exit("a second preemption notice (SIGTERM); stopping now. Rerun the same "
+                    "command: the run resumes from its last checkpoints")
+      _first_notice()
 
 
-def _notice_arrived() -> None:
-  if _notice.is_set():  # a second notice: no more waiting
-    _force_exit("a second preemption notice (SIGTERM); stopping now. Rerun the same "
-                "command: the run resumes from its last checkpoints")
-  _notice.set()
-  logging.warning("preemption notice (SIGTERM): stopping at the next safe point")
-  timer = threading.Timer(PREEMPT_GRACE_SECONDS, _out_of_grace)
-  timer.daemon = True
-  timer.start()
-  _timer.append(timer)
+def _first_notice() -> None:
+  """The notice and its grace timer, once, whichever thread sees the signal first."""
+  with _notice_lock:
+    if _notice.is_set():
+      return
+    _notice.set()
+    logging.warning("preemption notice (SIGTERM): stopping at the next safe point")
+    timer = threading.Timer(PREEMPT_GRACE_SECONDS, _out_of_grace)
+    timer.daemon = True
+    timer.start()
+    _timer.append(timer)
 
 
 def _out_of_grace() -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import logging
 import math
 import time
@@ -15,13 +13,11 @@ from etils import epath
 
 from star_jax.config import StarConfig, TrainConfig
 from star_jax.engine import batching, lora, precision, sharding
-from star_jax.hub.checkpointer import Checkpointer
 from star_jax.engine.losses import CrossEntropy
 from star_jax.engine.optim import OptimConfig
 from star_jax.engine.trainer import Trainer
-from star_jax.runtime import distributed, failpoints
 from star_jax.runtime.errors import ConfigError, NonFiniteLossError
-from star_jax.runtime.progress import progress
+from star_jax.star.train_loop import TrainLoop
 from star_jax.tasks import Example, Task
 from star_jax.tokenizer import Tokenizer
 
@@ -174,31 +170,18 @@ def finetune(trainer: Trainer, params, examples: Sequence[batching.TrainExample]
   state = trainer.init(params, copy=True)  # the step donates what it trains
   # Asynchronous: the next steps train while orbax writes (the save returns once the state
   # is in host memory); a kill mid-write leaves the previous checkpoint as the latest.
-  # Two at most: the newest, and the one before it until the newest's loss is known (_train).
-  # Closed on the way out, waiting for the last save (the caller may read or delete the
-  # directory); a save that failed meanwhile never hides the error that stopped training.
-  ckpt = Checkpointer(ckpt_dir, max_to_keep=None, async_save=async_save) if ckpt_dir else None
-  with ckpt or contextlib.nullcontext():
-    state, stats = _train(trainer, state, packed, train_cfg, steps, seed, desc, ckpt,
-                          checkpoint_every, on_step)
+  with TrainLoop(desc, steps, ckpt_dir, checkpoint_every=checkpoint_every,
+                 async_save=async_save) as loop:
+    state = loop.resume(state)
+    state, stats = _train(loop, trainer, state, packed, train_cfg, seed, on_step)
   return trainer.model_params(state, masters=keep_masters), stats
 
 
-def _train(trainer, state, packed, train_cfg, steps, seed, desc, ckpt, checkpoint_every,
-           on_step) -> tuple[object, FinetuneStats]:
-  start, last_loss, meta = 0, math.nan, {}
-  saved = ckpt.all_steps() if ckpt is not None else []  # oldest first
-  stopped = _read_stop(ckpt)
-  if saved:
-    state, meta = ckpt.restore(state)  # the newest that restores (a damaged one set aside)
-    saved = ckpt.all_steps()
-    start, last_loss = int(meta["step"]), meta.get("loss", math.nan)
-    logging.info("%s: resuming from the checkpoint at step %d of %d", desc, start, steps)
-  if stopped:
-    logging.warning("%s: an earlier run stopped at step %d, where the loss was %s; %s", desc,
-                    stopped["step"], stopped["loss"],
-                    f"resuming from step {start}, the last checkpoint whose loss was finite"
-                    if saved else "no checkpoint before it had a finite loss: starting over")
+def _train(loop: TrainLoop, trainer, state, packed, train_cfg, seed, on_step
+           ) -> tuple[object, FinetuneStats]:
+  """The fine-tuning steps from ``loop.start``: packed rows in batches that are a function of
+  (seed, step), so a resumed run equals an uninterrupted one."""
+  steps, desc, meta = loop.steps, loop.desc, loop.meta
   rows, micro = micro_batching(train_cfg.batch_size, train_cfg.grad_accum,
                                sharding.batch_divisor(trainer.mesh))
   if (rows, micro) != (train_cfg.batch_size, train_cfg.grad_accum):
@@ -206,110 +189,40 @@ def _train(trainer, state, packed, train_cfg, steps, seed, desc, ckpt, checkpoin
                  "splits rows over %d batch shards)", desc, train_cfg.grad_accum,
                  train_cfg.batch_size, micro, rows, sharding.batch_divisor(trainer.mesh))
   batches = batching.iterate_batches(packed.batch, rows, steps, seed, grad_accum=micro,
-                                     start_step=start)
+                                     start_step=loop.start)
   # What the steps before a resume contributed, as their checkpoint recorded it.
-  tokens, first_loss = float(meta.get("tokens", 0.0)), meta.get("first_loss", math.nan)
-  sequences = int(meta.get("sequences", 0))
-  losses = []
-  pending = None
-  clock = [time.perf_counter()]
-  save_seconds = []
+  done = {"tokens": float(meta.get("tokens", 0.0)), "first_loss": meta.get("first_loss", math.nan),
+          "sequences": int(meta.get("sequences", 0))}
 
-  def settle(metrics) -> float:
-    nonlocal tokens, first_loss
-    step = start + len(losses) + 1
-    loss = float(metrics["loss"])
-    if not math.isfinite(loss) and ckpt is not None:
-      # The loss of step s is the loss of the state after s - 1 steps: that state is bad.
-      _discard_from(ckpt, saved, step - 1, loss)
-      kept = (f"the checkpoint at step {saved[-1]}, the last whose loss was finite, is kept"
-              if saved else "no checkpoint had a finite loss")
-      raise NonFiniteLossError(f"training loss became {loss} at step {step - 1}; {kept}. "
-                               "Lower train.learning_rate or check the data")
-    losses.append(check_finite(loss, step - 1))
-    if step == 1:
-      first_loss = losses[0]
-    tokens += float(metrics["tokens"])
+  def step(state, s):
+    batch = next(batches)
+    done["sequences"] += batching.count_sequences(batch)
+    try:
+      return trainer.step(state, batch)
+    except MemoryError as e:  # raised before the first step runs: nothing is lost
+      raise MemoryError(f"{e}. In the config: train.batch_size rows per micro-batch, "
+                        f"train.grad_accum micro-batches per step, train.seq_len tokens per "
+                        f"row") from e
+
+  clock = [time.perf_counter()]
+
+  def settled(s, metrics):
+    done["tokens"] += metrics["tokens"]
+    if s == 1:
+      done["first_loss"] = metrics["loss"]
     if on_step is not None:
       now = time.perf_counter()
-      host = {k: float(v) for k, v in metrics.items()}
-      host["tokens_per_s"] = host["tokens"] / max(now - clock[0], 1e-9)
+      on_step(s, dict(metrics, tokens_per_s=metrics["tokens"] / max(now - clock[0], 1e-9)))
       clock[0] = now
-      on_step(step, host)
-    return losses[-1]
 
-  def save() -> None:
-    nonlocal pending
-    if pending is not None:
-      settle(pending)  # never checkpoint a state whose loss is not known to be finite
-      pending = None
-    if saved and saved[-1] == int(state.step):
-      return
-    t0 = time.perf_counter()
-    # Every loss so far is finite, so the newest checkpoint's is: the older ones can go.
-    for old in saved[:-1]:
-      ckpt.delete(old)
-    saved[:-1] = []
-    saved.append(ckpt.save(state, meta={"loss": losses[-1], "tokens": tokens,
-                                        "first_loss": first_loss, "sequences": sequences}))
-    save_seconds.append(time.perf_counter() - t0)
-
-  with progress(steps, desc, "step") as bar:
-    bar.update(start)
-    for step in range(start + 1, steps + 1):
-      batch = next(batches)
-      sequences += batching.count_sequences(batch)
-      try:
-        state, metrics = trainer.step(state, batch)
-      except MemoryError as e:  # raised before the first step runs: nothing is lost
-        raise MemoryError(f"{e}. In the config: train.batch_size rows per micro-batch, "
-                          f"train.grad_accum micro-batches per step, train.seq_len tokens per "
-                          f"row") from e
-      if pending is not None:  # read step n-1's metrics after dispatching step n: no host stall
-        bar.set_postfix(loss=f"{settle(pending):.3f}", refresh=False)
-      pending = metrics
-      due = step == steps or (checkpoint_every and step % checkpoint_every == 0)
-      if ckpt is not None and due:
-        save()
-        failpoints.hit("train_checkpoint")
-      bar.update(1)
-      failpoints.hit("train_step")
-      # After a preemption notice: this step saved (unless it is already), then stop.
-      distributed.safe_point(desc, step, steps, save if ckpt is not None else None)
-  if pending is not None:
-    settle(pending)
-  if save_seconds:  # the loop's stall: waiting for the previous save + copying to host
-    logging.info("%s: %d checkpoints, %.3fs blocked in save (mean %.1fms, max %.1fms)", desc,
-                 len(save_seconds), sum(save_seconds), 1e3 * np.mean(save_seconds),
-                 1e3 * max(save_seconds))
-  final = losses[-1] if losses else last_loss
+  state = loop.run(state, step, meta=lambda: dict(done), on_step=settled)
+  losses = [r["loss"] for r in loop.records]
+  final = losses[-1] if losses else meta.get("loss", math.nan)
   stats = FinetuneStats(steps, packed.num_examples, packed.num_too_long,
                         len(packed.batch["tokens"]), final,
-                        float(np.mean(losses)) if losses else final, tokens, first_loss,
-                        sequences)
+                        float(np.mean(losses)) if losses else final, done["tokens"],
+                        done["first_loss"], done["sequences"])
   return state, stats
-
-
-STOP_FILE = "stopped_nonfinite.json"
-
-
-def _discard_from(ckpt: Checkpointer, saved: list[int], bad_step: int, loss: float) -> None:
-  """Deletes the checkpoints at and after ``bad_step`` (a state whose loss is not finite) and
-  records where the run stopped, for the rerun to say."""
-  for step in [s for s in saved if s >= bad_step]:
-    ckpt.delete(step)
-    saved.remove(step)
-  (ckpt.directory / STOP_FILE).write_text(json.dumps({"step": bad_step, "loss": str(loss)}))
-
-
-def _read_stop(ckpt: Checkpointer | None) -> dict | None:
-  """What ``_discard_from`` recorded, once (the file is removed)."""
-  if ckpt is None or not (ckpt.directory / STOP_FILE).exists():
-    return None
-  path = ckpt.directory / STOP_FILE
-  stopped = json.loads(path.read_text())
-  path.unlink()
-  return stopped
 
 
 def check_finite(loss: float, step: int) -> float:

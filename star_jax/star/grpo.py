@@ -36,13 +36,11 @@ from star_jax.engine.losses import PolicyGradient
 from star_jax.engine.positions import draws_positions
 from star_jax.engine.trainer import Trainer
 from star_jax.experiment import workdir as wd
-from star_jax.hub.checkpointer import Checkpointer
-from star_jax.runtime import distributed, failpoints
 from star_jax.runtime.errors import ConfigError
 from star_jax.runtime.files import read_jsonl, write_jsonl
-from star_jax.runtime.progress import progress
 from star_jax.star import finetune as ft, keep as keep_lib, policy, rollout
 from star_jax.star.iteration import IterationResult, Method
+from star_jax.star.train_loop import TrainLoop
 
 STEP_LOG = "policy_steps.jsonl"
 
@@ -117,45 +115,29 @@ class GRPO(Method):
                       master_dtype=self.config.train.master_dtype, rounding=self.exp.rounding,
                       rounding_seed=self.exp.rounding_seed, loss=self.loss)
     state = trainer.init(model, copy=True)
-    ckpt = Checkpointer(wd.iteration_dir(self.workdir, n, "train_ckpt"), max_to_keep=1,
-                        async_save=self.config.checkpoint_async)
     log_path = wd.iteration_dir(self.workdir, n, STEP_LOG)
-    start = 0
-    if ckpt.latest_step() is not None:
-      state, meta = ckpt.restore(state)
-      start = int(meta["policy_step"])
-      logging.info("iteration %d: resuming the policy steps at %d of %d", n, start, steps)
-    records = [r for r in read_jsonl(log_path) if r["step"] <= start]
     ref = self.exp.sampling_copy(base) if self.loss.ref_logprobs else None
     pool = self.question_pool(n)
-    on_step = self.board.step_callback(self.workdir, n) if self.board else None
-    self.begin_block(n, model, pool, start)
-    logging.info("iteration %d: %s", n, self.describe_block(steps))
-    # A save that failed never hides the error that stopped the block (Checkpointer.__exit__).
-    with ckpt, progress(steps, f"iter {n} {self.name}", "step") as bar:
-      bar.update(start)
-      for s in range(start + 1, steps + 1):
-        state, record = self.policy_step(n, s, trainer, state, pool, ref)
-        records.append(record)
-        if on_step is not None:
-          on_step(s, record)
-        def save(s=s, state=state):
-          # The step log goes with the checkpoint: a resumed block keeps the records up to
-          # its checkpoint and redoes the rest.
-          write_jsonl(log_path, records)
-          self.save_block_state(n, s)
-          ckpt.save(state, meta={"policy_step": s})
-        due = s == steps or (self.config.checkpoint_every
-                             and s % self.config.checkpoint_every == 0)
-        if due:
-          save()
-          failpoints.hit("train_checkpoint")
-        bar.set_postfix(reward=f"{record['reward_mean']:.2f}", refresh=False)
-        bar.update(1)
-        failpoints.hit("train_step")
-        # After a preemption notice: this step saved (unless it is already), then stop.
-        distributed.safe_point(f"iter {n} {self.name}", s, steps,
-                               None if due else save)
+    with TrainLoop(f"iter {n} {self.name}", steps, wd.iteration_dir(self.workdir, n, "train_ckpt"),
+                   checkpoint_every=self.config.checkpoint_every,
+                   async_save=self.config.checkpoint_async, step_key="policy_step",
+                   postfix=lambda r: {"reward": f"{r['reward_mean']:.2f}"}) as loop:
+      state = loop.resume(state)
+      start = loop.start
+      earlier = [r for r in read_jsonl(log_path) if r["step"] <= start]
+      self.begin_block(n, model, pool, start)
+      logging.info("iteration %d: %s", n, self.describe_block(steps))
+
+      def on_save(s: int) -> None:
+        # The step log goes with the checkpoint: a resumed block keeps the records up to its
+        # checkpoint and redoes the rest.
+        write_jsonl(log_path, earlier + loop.records)
+        self.save_block_state(n, s)
+
+      state = loop.run(state, lambda state, s: self.policy_step(n, s, trainer, state, pool, ref),
+                       on_save=on_save,
+                       on_step=self.board.step_callback(self.workdir, n) if self.board else None)
+    records = earlier + loop.records
     return self._result(n, trainer.model_params(state, masters=True), records)
 
   # -- what a method of this loop may add: its own state beside the train state -------------
@@ -246,8 +228,8 @@ class GRPO(Method):
                                 pack=self.config.rl.pack_rows,
                                 divisor=sharding.batch_divisor(trainer.mesh))
     state, updates = self.update(trainer, state, batch, ref)
+    # (a non-finite loss stops the block in TrainLoop, the checkpoints after it deleted)
     metrics = {k: float(np.mean([float(m[k]) for m in updates])) for k in updates[0]}
-    ft.check_finite(metrics["loss"], s)
     return state, metrics, int(np.prod(batch["tokens"].shape))
 
   def hinted_samples(self, params, questions, which, seed: int, samples: int

@@ -42,11 +42,10 @@ from star_jax.engine.trainer import Trainer
 from star_jax.experiment import workdir as wd
 from star_jax.experiment.workdir import Shards
 from star_jax.hub.checkpointer import Checkpointer
-from star_jax.runtime import distributed, failpoints
 from star_jax.runtime.errors import ConfigError, DataError
 from star_jax.runtime.files import read_jsonl, write_jsonl
-from star_jax.runtime.progress import progress
 from star_jax.star import finetune as ft, keep as keep_lib, policy, rollout
+from star_jax.star.train_loop import TrainLoop
 from star_jax.tasks import Example, Task
 from star_jax.tokenizer import Tokenizer
 
@@ -219,49 +218,28 @@ def train(config: Config, exp, n: int, start, pairs: list[Pair], heldout: list[P
     raise NoPairsError(f"no verifier after iteration {n}: every training pair is longer than "
                        f"the model's {max_len} tokens", "too_long")
   state = trainer.init(start, copy=True)
-  ckpt = Checkpointer(ckpt_dir, max_to_keep=1, async_save=config.checkpoint_async) \
-      if ckpt_dir else None
-  first = 0
-  if ckpt is not None and ckpt.latest_step() is not None:
-    state, meta = ckpt.restore(state)
-    first = int(meta["verifier_step"])
-    logging.info("iteration %d: resuming the verifier at step %d of %d", n, first, steps)
   logging.info("iteration %d: training a verifier (DPO, beta %g) from %s on %d pairs of %d "
                "questions, %d steps of %d pairs", n, v.beta, v.init, len(encoded),
                len({p.question for p in pairs}), steps, v.batch_pairs)
-  history = collections.deque(maxlen=max(1, steps // 10))
-  try:
-    with progress(steps, f"iter {n} {desc}", "step") as bar:
-      bar.update(first)
-      for s in range(first + 1, steps + 1):
-        chosen = [encoded[i] for i in _step_pairs(config.seed, n, s, v.batch_pairs,
-                                                  len(encoded))]
-        prompts = [p for p, _, _ in chosen for _ in range(2)]
-        completions = [c for _, pair_c, pair_r in chosen for c in (pair_c, pair_r)]
-        batch = policy.policy_batch(prompts, completions, [0.0] * len(prompts), rows=rows,
-                                    max_len=max_len)
-        del batch["advantages"]
-        batch["ref_logprobs"] = trainer.logprobs(ref, batch, 1.0)
-        state, m = trainer.step(state, batch)
-        m = {k: float(x) for k, x in m.items()}
-        ft.check_finite(m["loss"], s)
-        history.append(m)
-        save = None if ckpt is None else (
-            lambda s=s, state=state: ckpt.save(state, meta={"verifier_step": s}))
-        due = save is not None and (s == steps or (config.checkpoint_every
-                                                   and s % config.checkpoint_every == 0))
-        if due:
-          save()
-          failpoints.hit("train_checkpoint")
-        bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.2f}", refresh=False)
-        bar.update(1)
-        failpoints.hit("verifier_step")
-        # After a preemption notice: this step saved (unless it is already), then stop.
-        distributed.safe_point(f"iter {n} {desc}", s, steps,
-                               None if due else save)
-  finally:
-    if ckpt is not None:
-      ckpt.close()
+
+  def step(state, s):
+    chosen = [encoded[i] for i in _step_pairs(config.seed, n, s, v.batch_pairs, len(encoded))]
+    prompts = [p for p, _, _ in chosen for _ in range(2)]
+    completions = [c for _, pair_c, pair_r in chosen for c in (pair_c, pair_r)]
+    batch = policy.policy_batch(prompts, completions, [0.0] * len(prompts), rows=rows,
+                                max_len=max_len)
+    del batch["advantages"]
+    batch["ref_logprobs"] = trainer.logprobs(ref, batch, 1.0)
+    return trainer.step(state, batch)
+
+  with TrainLoop(f"iter {n} {desc}", steps, ckpt_dir, checkpoint_every=config.checkpoint_every,
+                 async_save=config.checkpoint_async, step_key="verifier_step",
+                 step_failpoint="verifier_step",
+                 postfix=lambda m: {"loss": f"{m['loss']:.3f}",
+                                    "acc": f"{m['accuracy']:.2f}"}) as loop:
+    state = loop.resume(state)
+    state = loop.run(state, step)
+  history = loop.records[-max(1, steps // 10):]
   # Scores come from the weights DPO's loss computed with (nearest-rounded masters), not the
   # stochastically rounded copy: the scored verifier is the trained one.
   verifier.params = trainer.forward_params(state)

@@ -285,11 +285,11 @@ def test_a_killed_grpo_run_resumes_to_the_uninterrupted_runs_results(tmp_path):
   # a preemption notice at iteration 2, step 2, before any checkpoint: saved there, exit 0
   proc = _run(killed, "train_step:4:TERM", "--config.checkpoint_every=4")
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "iteration 1: resuming the policy steps at 4 of 6" in proc.stderr
+  assert "iter 1 grpo_hint: resuming from the checkpoint at step 4 of 6" in proc.stderr
   assert "preempted at iteration 2, phase grpo_hint, step 2 of 8" in proc.stderr
   proc = _run(killed)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "iteration 2: resuming the policy steps at 2 of 8" in proc.stderr
+  assert "iter 2 grpo_hint: resuming from the checkpoint at step 2 of 8" in proc.stderr
   assert run_results(killed) == run_results(clean)
 
 
@@ -323,7 +323,7 @@ def test_trice_runs_end_to_end_and_a_killed_run_resumes_to_the_uninterrupted_run
   assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stderr[-3000:])
   proc = run_main(TRICE, killed)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "iteration 1: resuming the policy steps at 4 of 6" in proc.stderr
+  assert "iter 1 trice: resuming from the checkpoint at step 4 of 6" in proc.stderr
   assert run_results(killed) == run_results(clean)
 
 

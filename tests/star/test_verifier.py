@@ -244,7 +244,7 @@ def test_vstar_end_to_end_resumed_after_a_kill_and_verified_after_the_fact(tmp_p
   assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
   proc = _run(killed, None, "--config.checkpoint_every=2")
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "resuming the verifier at step 2" in proc.stderr
+  assert "iter 1 verifier: resuming from the checkpoint at step 2 of" in proc.stderr
   assert run_results(killed) == run_results(clean)
 
   from star_jax.verify import verify, table
