@@ -71,6 +71,9 @@ class Task:
   # Choices per rationale step (RL-STaR's M), for tasks whose `step_correct` knows the true
   # steps; None: no per-step diagnostics.
   step_choices: int | None = None
+  # Where a step of a completion ends (the tree search's unit, and a string the sampler can
+  # stop at): a line by default; sentence-level tasks add ". ".
+  step_boundaries: tuple[str, ...] = ("\n",)
   # The official files it reads (a key of data.sources.SOURCES), checked before a run starts;
   # None for tasks that make their own problems.
   data_source: str | None = None
@@ -153,6 +156,28 @@ class Task:
     the right answer through a wrong step.
     """
     return None
+
+  def steps(self, completion: str) -> list[str]:
+    """``completion`` (generated or a training completion) cut after each step boundary: each
+    step keeps its boundary, so the steps joined are the completion and every prefix of them
+    is a prefix of it (a node of a search over steps)."""
+    out, start, i = [], 0, 0
+    while i < len(completion):
+      end = next((i + len(b) for b in self.step_boundaries if completion.startswith(b, i)), None)
+      if end is None:
+        i += 1
+        continue
+      out.append(completion[start:end])
+      start = i = end
+    if start < len(completion):
+      out.append(completion[start:])
+    merged: list[str] = []  # a step of boundaries alone (the blank line that ends a completion)
+    for step in out:        # belongs to the step before it
+      if merged and not step.strip():
+        merged[-1] += step
+      else:
+        merged.append(step)
+    return merged
 
   def step_accuracy(self, rationale: str, ex: Example) -> float | None:
     """Share of `rationale`'s steps that are the true ones (None: the task does not know)."""

@@ -80,6 +80,7 @@ class CommonsenseQATask(Task):
   name = "cqa"
   data_source = "commonsense_qa"  # its official files (data.sources.SOURCES)
   max_new_tokens = 128
+  step_boundaries = (". ", "\n")  # sentences, and lines
 
   @dataclasses.dataclass(frozen=True)
   class Options:

@@ -193,6 +193,7 @@ class Gsm8kTask(Task):
   name = "gsm8k"
   data_source = "gsm8k"  # its official files (data.sources.SOURCES)
   max_new_tokens = 256
+  step_boundaries = (". ", "\n")  # sentences, and lines
 
   def __init__(self, options: Task.Options | None = None, max_new_tokens: int | None = None):
     super().__init__(options, max_new_tokens)
