@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from benchmarks import (cold_start, common, decode, records, star_iteration, star_sampling,
-                        star_vs_trl, to_markdown, train)
+from benchmarks import (cold_start, common, decode, records, soak, star_iteration,
+                        star_sampling, star_vs_trl, to_markdown, train)
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -191,6 +191,50 @@ def test_star_iteration_reads_finished_runs(tmp_path, capsys):
   other.star.iterations = 3  # a run can be extended: this one is not, yet
   with pytest.raises(ValueError, match=r"has not finished .* expected \[0, 1, 2, 3\]"):
     star_iteration._finished_metrics(spec, other, str(run_dir))
+
+
+def _soak_metrics(rss, files, sampler):
+  """metrics.jsonl lines of a run whose iteration n held rss[n] MiB, files[n] open files and
+  sampler[n] programs in the sampler's cache."""
+  return [{"iteration": n, "iteration_seconds": 1.0, "process_rss_mib": r,
+           "process_peak_rss_mib": max(rss[:n + 1]), "process_open_files": f,
+           "process_threads": 30, "process_compiled_programs": {"sampler": p, "trainer": 2,
+                                                                "xla": 10 + p}}
+          for n, (r, f, p) in enumerate(zip(rss, files, sampler))]
+
+
+def test_soak_judges_memory_programs_and_files(tmp_path, capsys):
+  flat = _soak_metrics([800.0] * 3 + [900.0, 905.0, 910.0, 900.0, 950.0, 920.0],
+                       [10, 12, 11, 12, 12, 12, 12, 12, 12], [6, 14, 14, 16, 16, 16, 16, 16, 16])
+  v = soak.verdict(flat)
+  assert v["failures"] == [] and v["rss_mib"] == [910.0, 920.0]
+  assert v["rss_change"] == pytest.approx(920 / 910 - 1)
+  assert v["rss_slope_mib_per_iteration"] == pytest.approx(8.0)
+  assert v["compiled_programs"]["sampler"] == [16, 16] and v["open_files"] == [12, 12, 12]
+  leaky = _soak_metrics([800.0 + 40 * n for n in range(9)], [10, 12, 11, 12, 12, 12, 12, 13, 14],
+                        [6, 14, 14, 16, 16, 16, 17, 18, 19])
+  failures = soak.verdict(leaky)["failures"]
+  assert [f.split(":")[0] for f in failures] == ["memory", "programs", "files"], failures
+  assert "sampler 16 -> 19, xla 26 -> 29" in failures[1] and "trainer" not in failures[1]
+  with pytest.raises(ValueError, match="no iteration 5"):
+    soak.verdict(leaky[:5])
+  with pytest.raises(ValueError, match="no process_"):
+    soak.verdict([{"iteration": 0, "eval_accuracy": 0.5}])
+  # a finished run judged from its workdir: a table row an iteration, the verdict, the records
+  run_dir = tmp_path / "run"
+  run_dir.mkdir()
+  (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in leaky))
+  recs, v = soak.run(finished=str(run_dir), method="grpo", cmd="python -m benchmarks.soak")
+  out = capsys.readouterr().out
+  assert records.read_records(out.splitlines()) == recs and v["failures"] == failures
+  assert "| 8 | 1120.0 | 1120.0 | 14 | 30 | 19 | 2 | 29 | 1.0 |" in out
+  assert "grpo: FAIL memory: 1000 MiB at iteration 5, 1120 MiB at 8 (+12.0%, past 10%)" in out
+  assert "grpo: FAIL programs" in out and "grpo: FAIL files" in out
+  assert [r["case"] for r in recs] == [f"grpo iteration {n}" for n in range(9)] + [
+      "grpo verdict"]
+  assert recs[-1]["verdict"] == v and recs[-1]["star_jax"] == v["rss_change"]
+  with pytest.raises(ValueError, match="holds a run already"):  # its processes' figures
+    soak.run(workdir=str(run_dir))
 
 
 SAMPLING_KEYS = set(records.RECORD_KEYS) | {

@@ -49,7 +49,7 @@ def init_params(cfg: ModelConfig, mesh: Mesh, seed: int = 0,
   return graphdef, params
 
 
-_CREATORS: dict = program_cache()
+_CREATORS: dict = program_cache("params_init")
 
 
 def _creator(cfg, mesh, key, shardings):

@@ -98,10 +98,10 @@ def train_step(graphdef, optim: OptimConfig, compute_dtypes: tuple[str, ...] | N
 
 # Compiled steps shared by every Trainer with the same structure, optimizer, mesh and
 # shapes: the STaR loop builds a fresh Trainer each iteration without recompiling.
-_STEP_FNS: dict = program_cache()
+_STEP_FNS: dict = program_cache("trainer")
 
 
-_OPT_INITS: dict = program_cache()
+_OPT_INITS: dict = program_cache("optimizer_init")
 
 
 def _opt_init(optim: OptimConfig, params: nnx.State):

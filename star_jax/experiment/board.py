@@ -48,7 +48,8 @@ class Board:
     n = record["iteration"]
     for key, value in _flat(record):
       group = ("time" if key.endswith("_seconds") else
-               "eval" if key.startswith(("eval_", "accuracy_by_", "rl_star_by_")) else "kept")
+               "eval" if key.startswith(("eval_", "accuracy_by_", "rl_star_by_")) else
+               "process" if key.startswith("process_") else "kept")
       self._writer.add_scalar(f"{group}/{key}", value, n)
     if kept:
       rows = ["| source | question | rationale | answer |", "| --- | --- | --- | --- |"]

@@ -122,21 +122,48 @@ def out_of_device_memory(error: BaseException) -> tuple[int, int, str] | None:
   return None
 
 
-_PROGRAM_CACHES: list[dict] = []
+_PROGRAM_CACHES: dict[str, dict] = {}
+_XLA_PROGRAMS = [0]  # programs XLA compiled (or read from the persistent cache), all jits'
 
 
-def program_cache() -> dict:
+def _count_programs(event: str, duration: float, **kwargs) -> None:
+  if event == "/jax/core/compile/backend_compile_duration":
+    _XLA_PROGRAMS[0] += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_programs)
+
+
+def program_cache(name: str) -> dict:
   """A module's own cache of jitted or compiled programs (keyed by shapes, mesh, config),
-  registered so that ``forget_programs`` clears it."""
-  cache: dict = {}
-  _PROGRAM_CACHES.append(cache)
+  registered under ``name`` so that ``forget_programs`` clears it and ``compiled_programs``
+  counts it (a module imported again replaces its cache)."""
+  cache = _PROGRAM_CACHES[name] = {}
   return cache
+
+
+def compiled_programs() -> dict[str, int]:
+  """How many compiled programs each program cache holds, and under "xla" how many programs
+  this process has compiled in all (any jitted function's, in a cache or not): numbers that
+  stop growing once a run has met its shapes. A cache keyed on an unbucketed length grows
+  every iteration."""
+  out = {name: sum(_programs_in(fn) for fn in cache.values())
+         for name, cache in sorted(_PROGRAM_CACHES.items())}
+  out["xla"] = _XLA_PROGRAMS[0]
+  return out
+
+
+def _programs_in(fn) -> int:
+  if isinstance(fn, CompileOnFirstCall):
+    return int(fn._exe is not None)
+  size = getattr(fn, "_cache_size", None)  # a jax.jit function: one program per signature
+  return size() if callable(size) else 1
 
 
 def forget_programs() -> None:
   """Forgets every program this process compiled, as if it were a new process: the next
   call of each traces and compiles again (or reads it from the persistent cache)."""
-  for cache in _PROGRAM_CACHES:
+  for cache in _PROGRAM_CACHES.values():
     cache.clear()
   jax.clear_caches()
 

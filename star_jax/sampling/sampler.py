@@ -51,7 +51,7 @@ def shared_prefix_len(prompts: Sequence[Sequence[int]]) -> int:
 
 
 # Compiled functions shared by all samplers of the same structure and layout.
-_FNS: dict = program_cache()
+_FNS: dict = program_cache("sampler")
 
 
 class Sampler:

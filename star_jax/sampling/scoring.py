@@ -33,7 +33,7 @@ def _scores(graphdef, params, tokens_BxT, mask_BxT, cont_mask_BxC):
   return jnp.sum(logp_BxC * cont_mask_BxC, axis=-1)
 
 
-_FNS: dict = program_cache()
+_FNS: dict = program_cache("scoring")
 
 
 def continuation_logprobs(graphdef, mesh, params, contexts: Sequence[Sequence[int]],

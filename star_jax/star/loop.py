@@ -31,7 +31,7 @@ from star_jax.experiment import artifacts, report, workdir as wd
 from star_jax.experiment.board import Board
 from star_jax.experiment.build import build, check, make_sampler
 from star_jax.hub.checkpointer import Checkpointer
-from star_jax.runtime import compiling, distributed
+from star_jax.runtime import compiling, distributed, resources
 from star_jax.runtime.errors import CheckpointError
 from star_jax.runtime.files import read_jsonl
 from star_jax.star import finetune as ft, seed, verifier as verifier_lib
@@ -113,6 +113,7 @@ def _locked_run(cfg: config_lib.Config, method_cls, workdir: epath.Path, overwri
     record = iteration_record(n, exp.task, result, evaluation)
     record.update(verifier.fields if verifier else {})
     record["iteration_seconds"] = time.time() - started
+    record.update(resources.process_fields())  # memory, files, programs: do they grow?
     artifacts.finish(workdir, ckpt, board, exp.task, record, evaluation.records, result.kept,
                      model)
   ckpt.wait()
@@ -167,7 +168,8 @@ def _base_model(cfg: config_lib.Config, method, ckpt: Checkpointer, saved: bool)
   on_step = method.board.step_callback(method.workdir, 0) if method.board else None
   base, _, fields = seed.base_model(cfg, method.exp, method.workdir, on_step)
   evaluation = method.evaluate(0, base, method.eval_few_shot(0))
-  artifacts.finish(method.workdir, ckpt, method.board, method.exp.task,
-                   iteration_record(0, method.exp.task, None, evaluation, fields),
+  record = iteration_record(0, method.exp.task, None, evaluation, fields)
+  record.update(resources.process_fields())
+  artifacts.finish(method.workdir, ckpt, method.board, method.exp.task, record,
                    evaluation.records, [], base)
   return base

@@ -21,7 +21,9 @@ Keys (present where they apply):
   eval_majority_accuracy, pass_at_k_by_<difficulty>, majority_accuracy_by_<difficulty>; with
   a verifier (verifier.enabled, verifier.py): verifier_* (its training and held-out pairwise
   accuracy), eval_verifier_best_of_k, eval_verifier_best_of and eval_majority_at (j = 1, 2,
-  4, .., k), verifier_best_of_k_by_<difficulty>.
+  4, .., k), verifier_best_of_k_by_<difficulty>; every iteration, added by the loop:
+  process_* (the process's memory, open files, threads and compiled programs when the line
+  was made: runtime/resources.py; they differ between two runs of one config).
 """
 
 from __future__ import annotations

@@ -85,9 +85,11 @@ def read_events(directory):
 
 
 def run_results(workdir):
-  """A run's metrics.jsonl without wall-clock fields, plus every kept/eval artifact: what two
-  runs that should be the same (resumed, extended, uninterrupted) are compared on."""
-  metrics = [{k: v for k, v in json.loads(line).items() if not k.endswith("_seconds")}
+  """A run's metrics.jsonl without wall-clock and process (``process_*``) fields, plus every
+  kept/eval artifact: what two runs that should be the same (resumed, extended,
+  uninterrupted) are compared on."""
+  metrics = [{k: v for k, v in json.loads(line).items()
+              if not k.endswith("_seconds") and not k.startswith("process_")}
              for line in open(os.path.join(workdir, "metrics.jsonl"))]
   files = {}
   for d in sorted(os.listdir(workdir)):

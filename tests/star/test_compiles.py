@@ -56,3 +56,29 @@ def test_a_resumed_runs_new_process_reads_its_programs_from_the_compilation_cach
     assert compiled_again and read_again == compiled_again
   finally:
     compiling.use_cache(session_cache)
+
+
+def test_a_long_runs_programs_and_open_files_stop_growing(tmp_path):
+  """What ``python -m benchmarks.soak`` checks over 30 iterations (docs/performance.md), over
+  four: every line of metrics.jsonl records the process's memory, open files and compiled
+  programs, and after iteration 1 no program cache gains a program and no file stays open,
+  though each iteration draws other questions in small batches (other prompt lengths: a
+  cache keyed on an unbucketed length grows here)."""
+  from benchmarks import soak
+  from star_jax.runtime import resources
+  config = load_config("arithmetic")
+  config.pretrain.steps = 80  # a model that solves some: every iteration trains
+  config.star.iterations = 4
+  config.star.questions_per_iteration = 24  # of 48: a new draw every iteration
+  config.sample.batch_size = 8  # batches of few prompts: their longest differs between draws
+  metrics = star.run(config, tmp_path / "run")
+  assert all(m["train_steps"] > 0 for m in metrics[1:])  # 6, 8, 10, 12 steps
+  assert all(set(resources.KEYS) <= set(m) for m in metrics)
+  assert metrics[-1]["process_rss_mib"] > 0 and metrics[-1]["process_threads"] > 0
+  programs = [m["process_compiled_programs"] for m in metrics]
+  assert programs[1]["sampler"] > 0 and programs[1]["trainer"] > 0, programs[1]
+  assert programs[2:] == [programs[1]] * 3, programs
+  files = [m["process_open_files"] for m in metrics]
+  assert max(files[2:]) <= max(files[:2]), files
+  assert not [f for f in soak.verdict(metrics, reference=1)["failures"]
+              if not f.startswith("memory")]
