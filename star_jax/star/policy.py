@@ -88,22 +88,29 @@ def packed_layout(lengths: Sequence[int], rows: int, max_len: int, divisor: int 
                   ) -> tuple[int, int, list[list[int]]]:
   """(rows a micro-batch R, row length L, each row's sequences) packing ``lengths`` into the
   fewest token slots M x R x L, where R is ``rows``, ``rows`` / 2 or ``rows`` / 4 (a multiple
-  of ``divisor``, the mesh's batch shards) and L a multiple of ``ROW_BUCKET`` (or
-  ``max_len``; every length at most ``max_len``): a few compiled shapes. Ties go to more
-  rows of fewer tokens."""
+  of ``divisor``, the mesh's batch shards), L a power of two (at least ``ROW_BUCKET``, or
+  ``max_len``; every length at most ``max_len``) and M, the micro-batches, a power of two
+  (the rows past the sequences are padding): a few compiled shapes however the sampled
+  lengths vary, so a long run stops compiling early. Ties go to more rows of fewer tokens."""
   counts = [r for r in (rows, rows // 2, rows // 4) if r >= divisor and r % divisor == 0]
   counts = sorted(set(counts or [rows]), reverse=True)
-  first = bucketed(max(lengths), max_len)
-  widths = sorted({min(L, max_len) for L in range(first, max_len + ROW_BUCKET, ROW_BUCKET)})
+  first = power_of_two(bucketed(max(lengths), max_len))
+  widths = sorted({min(L, max_len) for L in (first << k for k in range(16))
+                   if L < 2 * max_len})
   best = None
   for L in widths:
     layout = first_fit(lengths, L, decreasing=True)
     for R in counts:
-      slots = -(-len(layout) // R) * R * L
+      slots = power_of_two(-(-len(layout) // R)) * R * L
       if best is None or slots < best[0]:
         best = (slots, R, L, layout)
   _, R, L, layout = best
   return R, L, layout
+
+
+def power_of_two(n: int) -> int:
+  """The least power of two >= ``n`` (>= 1)."""
+  return 1 << max(0, int(n) - 1).bit_length()
 
 
 def policy_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
@@ -126,9 +133,10 @@ def policy_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Sequenc
                      f"max_len={max_len}")
   if pack:
     rows, L, layout = packed_layout(lengths, rows, max_len, divisor)
+    M = power_of_two(-(-len(layout) // rows))
   else:
     L, layout = bucketed(max(lengths), max_len), [[i] for i in range(n)]
-  M = -(-len(layout) // rows)
+    M = -(-len(layout) // rows)
   layout = list(layout) + [[]] * (M * rows - len(layout))  # padding rows
   out = lay_out([TrainExample(p, c) for p, c in zip(prompts, completions)], layout, L,
                 values=advantages_R)
