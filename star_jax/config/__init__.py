@@ -5,12 +5,12 @@ from star_jax.config.defaults import base_config, model_overrides, task_options,
 from star_jax.config.load import flatten, load, seed_data, seed_train, to_dict
 from star_jax.config.schema import (FREE_FORM, OPERATIONAL_KEYS, Config, EvalConfig, MeshConfig,
                                     ModelSpec, PretrainConfig, RLConfig, SampleConfig,
-                                    StarConfig, TokenizerConfig, TrainConfig,
+                                    SearchConfig, StarConfig, TokenizerConfig, TrainConfig,
                                     VerifierConfig)
 
 __all__ = [
     "FREE_FORM", "OPERATIONAL_KEYS", "Config", "EvalConfig", "MeshConfig", "ModelSpec",
-    "PretrainConfig", "RLConfig", "SampleConfig", "StarConfig", "TokenizerConfig", "TrainConfig",
-    "VerifierConfig", "base_config", "flatten", "load", "model_overrides", "seed_data",
-    "seed_train", "task_options", "text_task_config", "to_dict",
+    "PretrainConfig", "RLConfig", "SampleConfig", "SearchConfig", "StarConfig",
+    "TokenizerConfig", "TrainConfig", "VerifierConfig", "base_config", "flatten", "load",
+    "model_overrides", "seed_data", "seed_train", "task_options", "text_task_config", "to_dict",
 ]

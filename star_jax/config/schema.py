@@ -53,6 +53,7 @@ class MeshConfig:
 class StarConfig:
   method: str = key("star", "star | direct (fine-tune on bare answers) | seed_only (train on "
                             "the seed set P) | rest_em | rft | bstar | grpo | reinforce_rej | "
+                            "mcts (tree search over steps) | "
                             "a registered method "
                             "(star/methods.py, docs/variants.md): all run STaR's budget")
   iterations: int = key(10, "outer-loop iterations N")
@@ -243,6 +244,24 @@ class VerifierConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SearchConfig:
+  width: int = key(4, "star.method=mcts: children an expansion samples (k); each distinct step "
+                      "is one child")
+  rollouts: int = key(2, "rollouts to the answer that value a new node (R); Q = their mean "
+                         "reward, backed up to the root")
+  c_uct: float = key(1.0, "UCT's exploration weight c: Q + c sqrt(ln N_parent / N_child)")
+  temperature: float = key(0.7, "the temperature expansions and rollouts sample at (the search "
+                                "reads it, not star.temperature)")
+  budget_tokens: int = key(0, "sampled tokens a question's search may spend, expansions and "
+                              "rollouts together (0 = width x (1 + rollouts) x the task's "
+                              "max_new_tokens x 2)")
+  step_tokens: int = key(64, "most tokens one step may take")
+  max_depth: int = key(16, "most steps a completion may have")
+  reward_wrong: float = key(-1.0, "a wrong answer's reward, a right one's 1 (rStar-Math: -1; "
+                                  "ReST-MCTS*: 0)")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
   """A whole run. ``task_options`` is the task's own ``Options`` once loaded."""
   task: str = key("arithmetic", "cqa | gsm8k | arithmetic | \"module.path:TaskClass\"")
@@ -268,6 +287,8 @@ class Config:
                                  "reinforce_rej | trice")
   verifier: VerifierConfig = group(VerifierConfig, "V-STaR: a DPO verifier on right and wrong "
                                                    "samples, best-of-k")
+  search: SearchConfig = group(SearchConfig, "star.method=mcts: tree search over the steps "
+                                             "of a completion (star/search.py)")
 
 
 # Keys that change how a run is executed but not its results: free to differ on resume.

@@ -22,7 +22,7 @@ from star_jax.runtime.files import read_jsonl, write_jsonl
 from star_jax.tasks import Task
 
 PHASE_DIRS = ("generate_shards", "rationalize_shards", "eval_shards", "eval_k_shards",
-              "train_ckpt", "trice_init_shards", "trice_memory")
+              "train_ckpt", "trice_init_shards", "trice_memory", "search_shards")
 
 
 def metrics_path(workdir: epath.PathLike) -> epath.Path:

@@ -48,6 +48,7 @@ from star_jax.runtime.errors import ConfigError, did_you_mean
 from star_jax.star import finetune as ft, keep as keep_lib, seed
 from star_jax.star.grpo import GRPO, GRPOHint, ReinforceRej
 from star_jax.star.iteration import IterationResult, Method, Star
+from star_jax.star.mcts import Mcts
 from star_jax.star.trice import Trice
 
 
@@ -183,7 +184,7 @@ def _label(temperature: float, threshold: float | None) -> str:
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (Star, Direct, SeedOnly, RestEM, RFT,
                                                          BStar, GRPO, GRPOHint, ReinforceRej,
-                                                         Trice)}
+                                                         Trice, Mcts)}
 
 
 def register_method(cls: type[Method]) -> type[Method]:

@@ -9,13 +9,16 @@ once (lockstep, one sampler call for all of them):
 2. **expand** the leaf: ``width`` samples of its one prompt (prefilled once for all of them)
    each stopped at the next step boundary, one child per distinct step;
 3. **value** each new child: ``rollouts`` samples from it to the end of the completion, each
-   scored by the task's own check (``reward_right`` or ``reward_wrong``: rStar-Math's ±1); a
+   scored by the task's own check (1 or ``reward_wrong``: rStar-Math's ±1); a
    child that completes the answer itself is scored directly;
 4. **back up**: every node on the way to the root counts the rollouts' visits and rewards;
-   its Q is their mean. A selected leaf that is already terminal backs its reward up again.
+   its Q is their mean. A finished node is never selected again: selection descends only
+   into children below which something can still grow.
 
-A question's search stops when its next round could exceed its **budget in sampled tokens**
-(every expansion and rollout token counts, so it compares with STaR's and GRPO's budgets) or
+A question's search spends at most its **budget in sampled tokens** (every expansion and
+rollout token counts, so it compares with STaR's and GRPO's budgets): a round's expansion may
+take half of what is left, its rollouts the rest, each call's token limits cut to fit (a
+rollout cut short reaches no answer: the wrong reward). It stops when the budget is spent or
 its tree holds no leaf to expand. Random numbers are a function of (seed, round), and a tree
 is plain JSON (``Tree.to_dict``), so a search saved after a round and resumed gives the same
 trees. Nothing here reads the task's true steps (``Task.step_correct``).
@@ -23,25 +26,17 @@ trees. Nothing here reads the task's true steps (``Task.step_correct``).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 from typing import Callable, Sequence
 
 import numpy as np
 
+from star_jax.config import SearchConfig
 from star_jax.tasks import Example, Task
 
-
-@dataclasses.dataclass(frozen=True)
-class SearchConfig:
-  width: int = 4  # children an expansion samples (k)
-  rollouts: int = 2  # rollouts that value a new node (R)
-  c_uct: float = 1.0  # exploration weight
-  budget_tokens: int = 4096  # sampled tokens a question may spend
-  step_tokens: int = 64  # most tokens one step may take
-  max_depth: int = 16  # steps a completion may have
-  reward_right: float = 1.0
-  reward_wrong: float = -1.0
+REWARD_RIGHT = 1.0
 
 
 @dataclasses.dataclass
@@ -75,13 +70,22 @@ class Tree:
       return math.inf
     return child.q + c * math.sqrt(math.log(max(parent.visits, 1)) / child.visits)
 
-  def select(self, c: float) -> int:
-    """The leaf a round expands (or a terminal one whose reward it backs up again)."""
+  def closed(self, i: int) -> bool:
+    """Whether nothing below node ``i`` can grow: it is finished, or all its children are."""
+    node = self.nodes[i]
+    return node.terminal or (bool(node.children) and all(self.closed(j) for j in node.children))
+
+  def select(self, c: float) -> int | None:
+    """The leaf a round expands: down from the root by UCT among the children that can still
+    grow; None when none can (the tree is exhausted)."""
     i = 0
-    while self.nodes[i].children and not self.nodes[i].terminal:
+    if self.closed(0):
+      return None
+    while self.nodes[i].children:
       node = self.nodes[i]
-      scores = [self.uct(node, self.nodes[j], c) for j in node.children]
-      i = node.children[int(np.argmax(scores))]  # the first of equals: deterministic
+      open_ = [j for j in node.children if not self.closed(j)]
+      scores = [self.uct(node, self.nodes[j], c) for j in open_]
+      i = open_[int(np.argmax(scores))]  # the first of equals: deterministic
     return i
 
   def back_up(self, i: int, rewards: Sequence[float]) -> None:
@@ -119,7 +123,7 @@ class Tree:
 def reward_of(task: Task, ex: Example, completion: str, cfg: SearchConfig) -> float:
   """The task's own check of a finished completion."""
   right = task.is_correct(task.extract_answer(completion), ex)
-  return cfg.reward_right if right else cfg.reward_wrong
+  return REWARD_RIGHT if right else cfg.reward_wrong
 
 
 def finished(task: Task, text: str) -> bool:
@@ -137,13 +141,13 @@ def search_round(trees: list[Tree], examples: list[Example], prompts: list[list[
     if tree.done:
       continue
     i = tree.select(cfg.c_uct)
-    node = tree.nodes[i]
-    if node.terminal:  # nothing to grow here: its reward counts once more
-      tree.back_up(i, [node.reward])
-      tree.rounds += 1
+    if i is None:  # every path finished
+      tree.done = True
       continue
-    worst = cfg.width * (cfg.step_tokens + cfg.rollouts * limit)
-    if tree.tokens + worst > cfg.budget_tokens:
+    # Half of what is left may go to this expansion, the rest to its rollouts: each call's
+    # limits are cut so that even its longest samples stay inside the budget.
+    left = cfg.budget_tokens - tree.tokens
+    if left // (2 * cfg.width) < 1:
       tree.done = True
       continue
     leaves.append((t, i))
@@ -152,9 +156,11 @@ def search_round(trees: list[Tree], examples: list[Example], prompts: list[list[
   decode = tokenizer.decode
   step = max(tree.rounds for tree in trees)  # the same on a resumed search
   round_seed = int(np.random.default_rng([seed, step, 59]).integers(2**31))
+  step_limits = [min(cfg.step_tokens, (cfg.budget_tokens - trees[t].tokens) // (2 * cfg.width))
+                 for t, _ in leaves]
   out = sampler.sample(params, [prompts[t] + tokenizer.encode(trees[t].nodes[i].text)
                                 for t, i in leaves],
-                       cfg.step_tokens, sampling, n=cfg.width, seed=round_seed,
+                       step_limits, sampling, n=cfg.width, seed=round_seed,
                        stop_strings=tuple(task.step_boundaries) + tuple(task.stop_strings),
                        decode_fn=decode)
   new: list[tuple[int, int]] = []  # (tree, child) to value by rollouts
@@ -179,11 +185,19 @@ def search_round(trees: list[Tree], examples: list[Example], prompts: list[list[
       tree.nodes[i].terminal = True
       tree.nodes[i].reward = reward_of(task, examples[t], tree.nodes[i].text, cfg)
       tree.back_up(i, [tree.nodes[i].reward])
+  children = collections.Counter(t for t, _ in new)
+  rollout_limits = {t: min(limit, (cfg.budget_tokens - trees[t].tokens)
+                           // (children[t] * cfg.rollouts)) for t in children}
+  for t, limit_t in rollout_limits.items():
+    if limit_t < 1:  # no budget left to value them: the search of this question ends
+      trees[t].done = True
+  new = [(t, c) for t, c in new if rollout_limits[t] >= 1]
   if new:
     out = sampler.sample(params, [prompts[t] + tokenizer.encode(trees[t].nodes[c].text)
                                   for t, c in new],
-                         limit, sampling, n=cfg.rollouts, seed=round_seed + 1,
-                         stop_strings=tuple(task.stop_strings), decode_fn=decode)
+                         [rollout_limits[t] for t, _ in new], sampling, n=cfg.rollouts,
+                         seed=round_seed + 1, stop_strings=tuple(task.stop_strings),
+                         decode_fn=decode)
     for row, (t, c) in enumerate(new):
       tree, rewards = trees[t], []
       for g in range(cfg.rollouts):
@@ -213,8 +227,8 @@ def search(trees: list[Tree], examples: list[Example], prompts: list[list[int]],
     before = [(tree.rounds, tree.done) for tree in trees]
     search_round(trees, examples, prompts, sampler, params, task, tokenizer, sampling, cfg,
                  seed)
-    for tree in trees:  # a tree every leaf of which is terminal is done
-      if not tree.done and all(n.terminal for n in tree.nodes if not n.children):
+    for tree in trees:  # a tree whose every path is finished is done
+      if not tree.done and tree.closed(0):
         tree.done = True
     if on_round is not None:
       on_round(trees)

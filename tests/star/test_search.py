@@ -8,7 +8,8 @@ import math
 
 from star_jax.sampling import SamplingParams
 from star_jax.star import search as search_lib
-from star_jax.star.search import Node, SearchConfig, Tree
+from star_jax.config import SearchConfig
+from star_jax.star.search import Node, Tree
 from star_jax.tasks import Example, Task
 from helpers.scripted import CharTokenizer
 
@@ -40,7 +41,10 @@ class KnownTree:
     texts = [decode_fn(p).split(":", 1)[1] for p in prompts]
     table = self.steps if "\n" in stop_strings else self.ends
     self.calls.append((texts, n, "\n" in stop_strings))
-    rows = [[table[t][g % len(table[t])] for g in range(n)] for t in texts]
+    limits = ([max_new_tokens] * len(texts) if isinstance(max_new_tokens, int)
+              else list(max_new_tokens))  # a sampler stops a row at its limit
+    rows = [[table.get(t, ["ans=0\n\n"])[g % len(table.get(t, [0]))][:limit] for g in range(n)]
+            for t, limit in zip(texts, limits)]  # a text cut short ends in a wrong answer
     tok = CharTokenizer()
 
     class Out:
@@ -98,15 +102,14 @@ def test_selection_follows_uct_and_a_finished_step_is_scored_by_the_check():
 
 def test_the_budget_in_sampled_tokens_is_never_exceeded():
   task, tok = ToyTask(), CharTokenizer()
-  # a round's worst case: 3 x (8 + 2 x 16) = 120 tokens; at 60 no round can start
-  for budget in (60, 120, 250, 400):
+  for budget in (5, 30, 60, 120, 250, 400):  # below 2 x width: no round can start
     cfg = SearchConfig(width=3, rollouts=2, budget_tokens=budget, step_tokens=8)
     examples = [Example(id="q0", question="0", answer="1")]
     trees = search_lib.search([Tree("q0")], examples, [tok.encode(task.prompt(examples[0]))],
                               KnownTree(STEPS, ENDS), None, task, tok,
                               SamplingParams(temperature=1.0), cfg, seed=0)
     assert trees[0].done and trees[0].tokens <= budget, (budget, trees[0].tokens)
-    assert (trees[0].tokens > 0) == (budget >= 120)
+    assert (trees[0].tokens > 0) == (budget >= 6)
 
 
 def test_a_search_saved_after_a_round_resumes_to_the_same_trees():
