@@ -110,7 +110,7 @@ class WorkdirLock:
       self._hold(record)
       return
     held, version = self.file.read()
-    if not held:  # another process may be between its create and its write: look again
+    if not held:  # a heartbeat caught mid-write (renewed in place): look again
       time.sleep(1.0)
       held, version = self.file.read()
     why = self._stale(held)
@@ -165,8 +165,8 @@ class WorkdirLock:
     who = (f"pid {now.get('pid')} on host {now.get('host')}" if now else "someone (the lock "
            "file is gone)")
     self.lost = (f"workdir {self.workdir} was taken over by {who} while this run (pid "
-                 f"{this_process()['pid']}) held it; this run stopped without writing anything more. "
-                 "Let that run finish, or stop it and rerun this command to resume")
+                 f"{this_process()['pid']}) held it; this run stopped without writing anything "
+                 "more. Let that run finish, or stop it and rerun this command to resume")
     logging.error("%s", self.lost)
     distributed.stop_at_safe_point(self.lost)
 

@@ -44,8 +44,7 @@ class LocalLockFile:
   def read(self) -> tuple[dict, object]:
     """(the lock's record, its version): ({}, None) when there is none; a record of {} when it
     is unreadable (a heartbeat caught mid-write, or debris)."""
-    held, version = _read_file(self.path)
-    return held, version
+    return _read_file(self.path)
 
   def replace(self, version: object, text: str) -> bool:
     """Replaces the lock of ``version`` by a new one holding ``text``; False (nothing
@@ -70,11 +69,7 @@ class LocalLockFile:
     never written: the write lands in the file that was moved aside."""
     try:
       with open(self.path, "r+b") as f:
-        try:
-          held = json.loads(f.read().decode("utf-8"))
-        except ValueError:
-          held = {}
-        if held.get("token") != token:
+        if _record(f.read()).get("token") != token:
           return False
         data = text.encode("utf-8")
         f.seek(0)
@@ -105,11 +100,16 @@ def _read_file(path: epath.Path) -> tuple[dict, object]:
       version = (os.fstat(f.fileno()).st_ino, data)
   except OSError:
     return {}, None
+  return _record(data), version
+
+
+def _record(data: bytes) -> dict:
+  """A lock's JSON record; {} when the bytes are not one (half-written, or debris)."""
   try:
     held = json.loads(data.decode("utf-8"))
   except ValueError:
-    held = {}
-  return (held if isinstance(held, dict) else {}), version
+    return {}
+  return held if isinstance(held, dict) else {}
 
 
 def _put_back(aside: epath.Path, path: epath.Path) -> None:
@@ -162,11 +162,7 @@ class GcsLockFile:
       if self._failed_precondition(e):  # replaced or deleted since: read again
         return self.read()
       raise
-    try:
-      held = json.loads(data.decode("utf-8"))
-    except ValueError:
-      held = {}
-    return (held if isinstance(held, dict) else {}), blob.generation
+    return _record(data), blob.generation
 
   def replace(self, version: object, text: str) -> bool:
     if version is None:

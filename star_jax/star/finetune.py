@@ -16,7 +16,7 @@ from star_jax.engine import batching, lora, precision, sharding
 from star_jax.engine.losses import CrossEntropy
 from star_jax.engine.optim import OptimConfig
 from star_jax.engine.trainer import Trainer
-from star_jax.runtime.errors import ConfigError, NonFiniteLossError
+from star_jax.runtime.errors import ConfigError
 from star_jax.star.train_loop import TrainLoop
 from star_jax.tasks import Example, Task
 from star_jax.tokenizer import Tokenizer
@@ -223,10 +223,3 @@ def _train(loop: TrainLoop, trainer, state, packed, train_cfg, seed, on_step
                         float(np.mean(losses)) if losses else final, done["tokens"],
                         done["first_loss"], done["sequences"])
   return state, stats
-
-
-def check_finite(loss: float, step: int) -> float:
-  if not math.isfinite(loss):
-    raise NonFiniteLossError(f"training loss became {loss} at step {step}; lower "
-                             "train.learning_rate or check the data")
-  return loss

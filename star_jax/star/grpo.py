@@ -186,7 +186,7 @@ class GRPO(Method):
     rows = [(prompts[q], group_completions[q][g], float(a))
             for q, adv in policy.group_advantages(group_rewards, self.kind, self.drop)
             for g, a in enumerate(adv)]
-    state, metrics, slots = self.train_rows(trainer, state, rows, ref, s)
+    state, metrics, slots = self.train_rows(trainer, state, rows, ref)
     lengths = [len(c) for cs in completions for c in cs]
     record = {"step": s, "reward_mean": float(rewards_QxG.mean()) if len(prompts) else 0.0,
               "all_right_share": float(all_right.mean()) if len(prompts) else 0.0,
@@ -218,7 +218,7 @@ class GRPO(Method):
                               stop_strings=task.stop_strings, decode_fn=tok.decode)
     return questions, prompts, params, out
 
-  def train_rows(self, trainer: Trainer, state, rows: list, ref, s: int):
+  def train_rows(self, trainer: Trainer, state, rows: list, ref):
     """The update on (prompt, completion, advantage) ``rows`` (none: no update); (state, the
     step's metrics, token slots computed, padding included)."""
     if not rows:

@@ -175,7 +175,7 @@ class Trice(GRPO):
         rows.append((prompts[i], proposals[i], float(w_prop[i])))
     room = self.sampler.cfg.max_seq_len + 1
     rows = [r for r in rows if r[1] and len(r[0]) + len(r[1]) <= room]
-    state, metrics, slots = self.train_rows(trainer, state, rows, ref, s)
+    state, metrics, slots = self.train_rows(trainer, state, rows, ref)
     ids = {ex.id for ex in pool}
     lengths = [len(p) for p in proposals]
     record = {"step": s, "reward_mean": float(accepted.mean()) if len(prompts) else 0.0,
